@@ -1,0 +1,37 @@
+"""dnmf: non-negative matrix factorization of matrices larger than memory.
+
+V ≈ W·H with W, H ≥ 0, on Dask (local threads or a distributed cluster) and Zarr,
+reading V once per iteration in row panels.
+"""
+
+from __future__ import annotations
+
+from ._estimator import NMF, non_negative_factorization
+from .errors import (
+    ConvergenceWarning,
+    CorruptCheckpointError,
+    DnmfError,
+    IncompatibleRunError,
+    InvalidInputError,
+    InvalidParameterError,
+    NotFittedError,
+    RunLockedError,
+    StoreError,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "NMF",
+    "ConvergenceWarning",
+    "CorruptCheckpointError",
+    "DnmfError",
+    "IncompatibleRunError",
+    "InvalidInputError",
+    "InvalidParameterError",
+    "NotFittedError",
+    "RunLockedError",
+    "StoreError",
+    "__version__",
+    "non_negative_factorization",
+]

@@ -1,0 +1,158 @@
+"""Running panel tasks: Dask's local threads scheduler or a distributed cluster.
+
+The driver asks for a *pass*: one task per panel, each returning ``(output, stats)``,
+and the stats summed in a fixed binary tree over the panels in row order, so the sum
+does not depend on which task finished first. Outputs (new W panels) either come back
+(local) or stay on the workers as futures (distributed) for the next pass. Each pass
+builds a fresh graph from concrete inputs, so graphs never grow across iterations.
+This module knows nothing of NMF; it schedules functions.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
+from typing import Any
+
+import dask
+from dask.delayed import Delayed, delayed
+
+__all__ = ["Backend", "get_backend", "tree_reduce"]
+
+
+def tree_reduce(items: Sequence[Any], combine: Callable[[Any, Any], Any]) -> Any:
+    """Combine ``items`` pairwise in a fixed balanced tree (as Delayed objects)."""
+    level = list(items)
+    while len(level) > 1:
+        nxt = []
+        for i in range(0, len(level), 2):
+            if i + 1 < len(level):
+                nxt.append(delayed(combine, pure=False)(level[i], level[i + 1]))
+            else:
+                nxt.append(level[i])
+        level = nxt
+    return level[0]
+
+
+def _blas_limit(threads: int) -> AbstractContextManager[Any]:
+    """Limit BLAS so that threads × BLAS threads does not exceed the cores."""
+    cores = os.cpu_count() or 1
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # pragma: no cover - threadpoolctl is a dependency
+        return nullcontext()
+    return threadpool_limits(limits=max(1, cores // max(threads, 1)), user_api="blas")
+
+
+class Backend:
+    """Dask's threads scheduler in this process (``client=None``) or a Client."""
+
+    def __init__(self, client: Any = None, n_threads: int | None = None) -> None:
+        self.client = client
+        if client is not None:
+            info = client.scheduler_info()
+            workers = info.get("workers", {})
+            self.n_threads = max(1, sum(w.get("nthreads", 1) for w in workers.values()))
+        else:
+            configured = dask.config.get("num_workers", None)
+            self.n_threads = int(n_threads or configured or os.cpu_count() or 1)
+
+    @property
+    def distributed(self) -> bool:
+        return self.client is not None
+
+    @property
+    def dashboard_link(self) -> str | None:
+        return getattr(self.client, "dashboard_link", None) if self.client else None
+
+    def describe(self) -> str:
+        if self.client is None:
+            return f"local threads scheduler ({self.n_threads} threads)"
+        return f"distributed scheduler {self.client.scheduler.address} ({self.n_threads} threads)"
+
+    def share(self, value: Any) -> Any:
+        """One graph key for a value every task of a pass reads (H, the context)."""
+        if self.client is not None:
+            return self.client.scatter(value, broadcast=False, hash=False)
+        return delayed(value, pure=False)
+
+    def scatter_panels(self, panels: list[Any]) -> list[Any]:
+        """Place in-memory panels on the workers once (distributed), or keep them."""
+        if self.client is None:
+            return panels
+        return list(self.client.scatter(panels, hash=False))
+
+    def gather(self, handles: list[Any]) -> list[Any]:
+        """Bring panel outputs (futures or arrays) to this process, in order."""
+        if self.client is None:
+            return handles
+        return list(self.client.gather(handles))
+
+    def run_pass(
+        self,
+        task: Callable[..., tuple[Any, Any]],
+        per_panel: list[tuple[Any, ...]],
+        shared: tuple[Any, ...],
+        combine: Callable[[Any, Any], Any],
+        *,
+        keep_outputs: bool,
+    ) -> tuple[list[Any], Any]:
+        """Run ``task(*per_panel[i], *shared)`` for every panel and reduce the stats.
+
+        Returns the outputs (arrays locally, futures on a cluster, or ``[]`` when
+        ``keep_outputs`` is false) and the reduced stats, as concrete values.
+        """
+        shared_keys = tuple(self.share(value) for value in shared)
+        parts = [delayed(task, pure=False, nout=2)(*args, *shared_keys) for args in per_panel]
+        outputs: list[Delayed] = [p[0] for p in parts] if keep_outputs else []
+        total = tree_reduce([p[1] for p in parts], combine)
+        if self.client is None:
+            with _blas_limit(self.n_threads):
+                *out, result = dask.compute(
+                    *outputs, total, scheduler="threads", num_workers=self.n_threads
+                )
+            return list(out), result
+        futures = self.client.compute([*outputs, total])
+        result = futures[-1].result()
+        return list(futures[:-1]), result
+
+    def map(self, task: Callable[..., Any], per_panel: list[tuple[Any, ...]], shared: tuple[Any, ...] = ()) -> list[Any]:
+        """Run ``task(*per_panel[i], *shared)`` for every panel; gather the results."""
+        shared_keys = tuple(self.share(value) for value in shared)
+        parts = [delayed(task, pure=False)(*args, *shared_keys) for args in per_panel]
+        if self.client is None:
+            with _blas_limit(self.n_threads):
+                return list(dask.compute(*parts, scheduler="threads", num_workers=self.n_threads))
+        return list(self.client.gather(self.client.compute(parts)))
+
+    def map_keep(self, task: Callable[..., Any], per_panel: list[tuple[Any, ...]], shared: tuple[Any, ...] = ()) -> list[Any]:
+        """Like :meth:`map`, but leave the results on the workers (futures)."""
+        if self.client is None:
+            return self.map(task, per_panel, shared)
+        shared_keys = tuple(self.share(value) for value in shared)
+        parts = [delayed(task, pure=False)(*args, *shared_keys) for args in per_panel]
+        return list(self.client.compute(parts))
+
+
+def get_backend(scheduler: Any = None) -> Backend:
+    """Resolve the ``scheduler`` parameter.
+
+    ``None``: the active ``distributed.Client`` if there is one, else the local
+    threads scheduler. ``"threads"``: always local. A ``Client``: that client. A
+    string ``"tcp://host:port"``: connect a client to that scheduler.
+    """
+    if scheduler == "threads":
+        return Backend()
+    if scheduler is None:
+        try:
+            from distributed import default_client
+
+            return Backend(default_client())
+        except (ImportError, ValueError):
+            return Backend()
+    if isinstance(scheduler, str):
+        from distributed import Client
+
+        return Backend(Client(scheduler))
+    return Backend(scheduler)

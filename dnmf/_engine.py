@@ -1,0 +1,399 @@
+"""The iteration driver: one pass over V per iteration, H updated on the driver.
+
+Per iteration the driver computes the H-sized context (``H·Hᵀ``, row sums of H),
+asks the backend for one pass (per panel: read ``V_i`` once, update ``W_i``, return
+``A_i``, ``B_i`` and loss pieces), sums the panel statistics in a fixed tree, updates
+H from the sums, records the loss and tests convergence. It owns the loop, the
+convergence test, callbacks and progress; the mathematics is in ``_solvers`` and the
+scheduling in ``_backend``. It does not know where W panels live: a *W keeper* says
+where each pass writes them (memory, or a buffer of a run store).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from . import _init
+from ._backend import Backend
+from ._solvers import PanelContext, Regularization, Solver, Stats, add_stats
+from ._source import PanelSource, load_panel
+from .errors import ConvergenceWarning, InvalidInputError
+
+__all__ = [
+    "DataSummary",
+    "FitState",
+    "MemoryKeeper",
+    "context_for",
+    "initialize",
+    "iterate",
+    "scan",
+    "transform",
+]
+
+logger = logging.getLogger("dnmf")
+
+
+# --------------------------------------------------------------------------- scan
+@dataclass(frozen=True)
+class DataSummary:
+    """What one validation pass over V learns: ‖V‖², the mean, the count of entries."""
+
+    norm_sq: float
+    total: float
+    size: int
+    nnz: int
+
+    @property
+    def mean(self) -> float:
+        return self.total / self.size
+
+
+def scan_task(v_ref: Any, start: int) -> dict[str, Any]:
+    """Counts of bad entries (with the first position) and sums, for one panel."""
+    V = load_panel(v_ref)
+    import scipy.sparse as sp
+
+    if sp.issparse(V):
+        coo = V.tocoo()
+        values, rows, cols = coo.data, coo.row, coo.col
+    else:
+        values, rows, cols = V, None, None
+    bad_finite = ~np.isfinite(values)
+    n_nonfinite = int(np.count_nonzero(bad_finite))
+    negative = values < 0
+    n_negative = int(np.count_nonzero(negative))
+
+    def first(mask: np.ndarray) -> tuple[int, int] | None:
+        if not mask.any():
+            return None
+        if rows is None:
+            r, c = np.unravel_index(int(np.argmax(mask.ravel())), mask.shape)
+            return start + int(r), int(c)
+        idx = int(np.argmax(mask))
+        return start + int(rows[idx]), int(cols[idx])
+
+    finite = values[~bad_finite] if n_nonfinite else values
+    f64 = np.asarray(finite, dtype=np.float64)
+    return {
+        "n_nonfinite": n_nonfinite,
+        "first_nonfinite": first(bad_finite),
+        "n_negative": n_negative,
+        "first_negative": first(negative),
+        "norm_sq": float(np.dot(f64.ravel(), f64.ravel())),
+        "total": float(f64.sum()),
+        "nnz": int(np.count_nonzero(values)),
+    }
+
+
+def scan(backend: Backend, source: PanelSource, refs: list[Any], bounds: list[tuple[int, int]],
+         name: str = "NMF") -> DataSummary:
+    """Read V once, refuse NaN, ±inf and negative values, and return its summary."""
+    parts = backend.map(scan_task, [(ref, a) for ref, (a, _) in zip(refs, bounds)])
+    n_nonfinite = sum(p["n_nonfinite"] for p in parts)
+    if n_nonfinite:
+        r, c = next(p["first_nonfinite"] for p in parts if p["first_nonfinite"])
+        raise InvalidInputError(
+            f"Input X contains NaN or infinity: {n_nonfinite} entries are NaN or inf "
+            f"(the first at row {r}, column {c}). NMF needs finite values: impute or "
+            f"drop them first."
+        )
+    n_negative = sum(p["n_negative"] for p in parts)
+    if n_negative:
+        r, c = next(p["first_negative"] for p in parts if p["first_negative"])
+        raise InvalidInputError(
+            f"Negative values in data passed to {name}: {n_negative} entries are negative "
+            f"(the first at row {r}, column {c}). NMF needs non-negative data: shift or "
+            f"clip it, e.g. X - X.min() or np.clip(X, 0, None)."
+        )
+    n, m = source.shape
+    # Fixed order: panels in row order.
+    norm_sq = math.fsum(p["norm_sq"] for p in parts)
+    total = math.fsum(p["total"] for p in parts)
+    return DataSummary(norm_sq, total, n * m, sum(p["nnz"] for p in parts))
+
+
+# ------------------------------------------------------------------- the context
+def context_for(H: np.ndarray, source: PanelSource) -> PanelContext:
+    """The H-derived data every panel of a pass needs."""
+    H_data = H.astype(source.dtype, copy=False)
+    H64 = H.astype(np.float64, copy=False)
+    return PanelContext(
+        H=H_data,
+        gram=H64 @ H64.T,
+        H_sum=H64.sum(axis=1),
+        shape=source.shape,
+        nnz=source.nnz,
+    )
+
+
+# ---------------------------------------------------------------- initialisation
+def initialize(
+    backend: Backend,
+    source: PanelSource,
+    refs: list[Any],
+    bounds: list[tuple[int, int]],
+    *,
+    init: str,
+    k: int,
+    seed: int,
+    summary: DataSummary,
+) -> tuple[list[Any], np.ndarray]:
+    """W panels (handles) and H for ``init`` in {"random", "nndsvd", "nndsvda", "nndsvdar"}."""
+    n, m = source.shape
+    dtype = source.dtype.str
+    avg = math.sqrt(summary.mean / k)
+    if init == "random":
+        H = _init.random_H(seed, k, m, avg, source.dtype)
+        W = backend.map_keep(
+            _init.random_W_task, [(a, b) for a, b in bounds], (k, avg, seed, dtype)
+        )
+        return W, H
+    # NNDSVD family: a randomized range finder, one read of V per power pass.
+    Q = _init.svd_sketch(seed, m, k)
+    n_passes = 4 if k >= 0.1 * min(n, m) else 6
+    C = np.zeros((Q.shape[1], Q.shape[1]))
+    for power in range(n_passes):
+        _, (Z, C) = backend.run_pass(
+            _range_pass_task, [(ref,) for ref in refs], (Q,), _add_pair, keep_outputs=False
+        )
+        if power < n_passes - 1:
+            Q = np.linalg.qr(Z)[0]
+    S, Vt = _init.svd_from_gram(Q, C, k)
+    proj = Vt.T / np.where(S > 0, S, 1.0)
+    U_handles, x_norms = backend.run_pass(
+        _init.nndsvd_U_task, [(ref,) for ref in refs], (proj,), _add, keep_outputs=True
+    )
+    H, use_pos, scale = _init.nndsvd_H(S, Vt, x_norms)
+    W = backend.map_keep(
+        _init.nndsvd_W_task,
+        [(U, a) for U, (a, _) in zip(U_handles, bounds)],
+        (use_pos, scale, init, summary.mean, seed, dtype),
+    )
+    H = _init.fill_H(H, init, summary.mean, seed)
+    return W, H.astype(source.dtype)
+
+
+def _range_pass_task(v_ref: Any, Q: np.ndarray) -> tuple[None, tuple[np.ndarray, np.ndarray]]:
+    return None, _init.range_finder_task(v_ref, Q)
+
+
+def _add(a: Any, b: Any) -> Any:
+    return a + b
+
+
+def _add_pair(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    return a[0] + b[0], a[1] + b[1]
+
+
+# --------------------------------------------------------------------- the loop
+class WKeeper(Protocol):
+    """Where a pass writes the new W panels."""
+
+    def sinks(self, iteration: int) -> list[Any]:
+        """One sink per panel for the pass that produces iteration ``iteration``."""
+
+    def handles(self, outputs: list[Any], sinks: list[Any]) -> list[Any]:
+        """The W handles for the next pass, from a pass's outputs and sinks."""
+
+
+class MemoryKeeper:
+    """W panels live in memory (this process, or the workers' memory as futures)."""
+
+    def __init__(self, n_panels: int) -> None:
+        self.n_panels = n_panels
+
+    def sinks(self, iteration: int) -> list[Any]:
+        return [None] * self.n_panels
+
+    def handles(self, outputs: list[Any], sinks: list[Any]) -> list[Any]:
+        return outputs
+
+
+def update_task(
+    v_ref: Any, w_ref: Any, sink: Any, solver: Solver, ctx: PanelContext, reg: Regularization
+) -> tuple[Any, Stats]:
+    """The panel task: read V_i and W_i, update W_i, return it (or store it) and stats."""
+    V = load_panel(v_ref)
+    W = load_panel(w_ref)
+    W_new, stats = solver.update_panel(V, W, ctx, reg)
+    if sink is not None:
+        return sink.store(W_new), stats
+    return W_new, stats
+
+
+def loss_task(v_ref: Any, w_ref: Any, solver: Solver, ctx: PanelContext) -> tuple[None, Stats]:
+    """Loss pieces at (W_i, H) for one panel (the extra pass KL needs at the end)."""
+    return None, solver.loss_pieces(load_panel(v_ref), load_panel(w_ref), ctx)
+
+
+@dataclass
+class FitState:
+    """Everything the loop needs to continue: it is what a checkpoint saves."""
+
+    W: list[Any]
+    H: np.ndarray
+    iteration: int = 0
+    loss_history: list[float] = field(default_factory=list)
+    init_loss: float | None = None
+    converged: bool = False
+    stopped_by_callback: bool = False
+    done: bool = False
+
+
+def _converged(history: list[float], init_loss: float | None, tol: float) -> bool:
+    """Relative decrease of the loss over the last iteration is below ``tol``."""
+    if len(history) == 0:
+        return False
+    previous = history[-2] if len(history) >= 2 else init_loss
+    if previous is None:
+        return False
+    current = history[-1]
+    if previous <= 0.0:
+        return True
+    return (previous - current) / previous < tol
+
+
+def iterate(
+    backend: Backend,
+    source: PanelSource,
+    refs: list[Any],
+    solver: Solver,
+    reg: Regularization,
+    state: FitState,
+    *,
+    max_iter: int,
+    tol: float,
+    norm_sq: float,
+    keeper: WKeeper | None = None,
+    callback: Callable[[int, float], Any] | None = None,
+    on_iteration: Callable[[FitState], None] | None = None,
+    progress: Callable[[FitState], None] | None = None,
+) -> FitState:
+    """Run iterations until convergence, ``max_iter`` or the callback says stop.
+
+    For solvers whose loss needs a pass (KL), pass t also yields the loss of
+    iteration t − 1; when that loss meets the stopping rule the pass's new W is
+    dropped, so the state returned always matches its last recorded loss.
+    """
+    keeper = keeper or MemoryKeeper(len(refs))
+
+    def record(loss: float) -> bool:
+        state.loss_history.append(float(loss))
+        stop = False
+        if callback is not None and callback(state.iteration, float(loss)):
+            state.stopped_by_callback = True
+            stop = True
+        if _converged(state.loss_history, state.init_loss, tol):
+            state.converged = True
+            stop = True
+        if progress is not None:
+            progress(state)
+        return stop
+
+    lagged = not solver.exact_loss_after_update
+    while True:
+        ctx = context_for(state.H, source)
+        if lagged and state.iteration == max_iter:
+            _, pieces = backend.run_pass(
+                loss_task,
+                list(zip(refs, state.W)),
+                (solver, ctx),
+                add_stats,
+                keep_outputs=False,
+            )
+            loss = solver.loss_before(pieces, ctx, norm_sq)
+            if len(state.loss_history) < state.iteration:
+                record(loss)
+            break
+        sinks = keeper.sinks(state.iteration + 1)
+        outputs, stats = backend.run_pass(
+            update_task,
+            list(zip(refs, state.W, sinks)),
+            (solver, ctx, reg),
+            add_stats,
+            keep_outputs=True,
+        )
+        loss_before = solver.loss_before(stats, ctx, norm_sq)
+        if state.iteration == 0 and state.init_loss is None:
+            state.init_loss = loss_before
+        if lagged and len(state.loss_history) < state.iteration:
+            # Pass t measured iteration t - 1: record it, and stop before committing
+            # to this pass's W if that loss says so.
+            if record(loss_before):
+                break
+        H_new = solver.update_H(state.H.astype(np.float64), stats, ctx, reg)
+        state.W = keeper.handles(outputs, sinks)
+        state.H = H_new.astype(source.dtype)
+        state.iteration += 1
+        stop = False
+        if not lagged:
+            loss_after = solver.loss_after(stats, H_new, norm_sq)
+            assert loss_after is not None
+            stop = record(loss_after)
+        if on_iteration is not None:
+            on_iteration(state)
+        if stop or (not lagged and state.iteration >= max_iter):
+            break
+    state.done = True
+    if not (state.converged or state.stopped_by_callback):
+        warnings.warn(
+            f"Maximum number of iterations {max_iter} reached before the relative "
+            f"decrease of the loss fell below tol={tol}. Increase max_iter or tol.",
+            ConvergenceWarning,
+            stacklevel=3,
+        )
+    return state
+
+
+# ---------------------------------------------------------------- transform
+def transform_task(
+    v_ref: Any,
+    w_ref: Any,
+    solver: Solver,
+    ctx: PanelContext,
+    reg: Regularization,
+    max_iter: int,
+    tol: float,
+) -> np.ndarray:
+    """Solve one panel of W with H fixed: one read of V_i, inner iterations in memory."""
+    V = load_panel(v_ref)
+    W0 = load_panel(w_ref)
+    return solver.transform_panel(V, W0, ctx, reg, max_iter, tol)
+
+
+def start_W_task(start: int, stop: int, k: int, value: float, dtype: str) -> np.ndarray:
+    """A constant start for ``transform`` (scikit-learn's choice for MU)."""
+    return np.full((stop - start, k), value, dtype=dtype)
+
+
+def transform(
+    backend: Backend,
+    source: PanelSource,
+    refs: list[Any],
+    bounds: list[tuple[int, int]],
+    solver: Solver,
+    reg: Regularization,
+    H: np.ndarray,
+    *,
+    start_value: float,
+    max_iter: int,
+    tol: float,
+) -> list[Any]:
+    """W (handles per panel) minimising the loss with H fixed."""
+    k = H.shape[0]
+    ctx = context_for(H, source)
+    starts = backend.map_keep(
+        start_W_task, [(a, b) for a, b in bounds], (k, start_value, source.dtype.str)
+    )
+    return backend.map_keep(
+        transform_task,
+        list(zip(refs, starts)),
+        (solver, ctx, reg, max_iter, tol),
+    )

@@ -1,0 +1,406 @@
+"""The public estimator :class:`NMF` and the function :func:`non_negative_factorization`.
+
+This module follows scikit-learn's conventions (``__init__`` only stores, fitted
+attributes end in ``_``, ``fit`` calls ``fit_transform``) and wires the pieces:
+validation, the panel source, the backend, initialisation and the driver. It holds
+no mathematics and no scheduling of its own.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import math
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from . import _engine
+from ._backend import Backend, get_backend
+from ._solvers import Regularization, Solver, get_solver
+from ._source import PanelSource, as_source
+from ._validation import check_custom_factor, check_params, regularization, resolve_seed
+from .errors import InvalidInputError, NotFittedError
+
+__all__ = ["NMF", "non_negative_factorization"]
+
+logger = logging.getLogger("dnmf")
+
+
+class _Prepared:
+    """V made ready for passes: source, backend, panel bounds and references, summary."""
+
+    def __init__(self, X: Any, scheduler: Any, panel_rows: int | None) -> None:
+        self.source: PanelSource = as_source(X)
+        self.backend: Backend = get_backend(scheduler)
+        self.bounds = self.source.panel_bounds(panel_rows, self.backend.n_threads)
+        refs = self.source.panel_refs(self.bounds)
+        if self.backend.distributed and self.source.kind in ("numpy", "sparse"):
+            # In-memory data goes to the workers once, not once per iteration.
+            refs = self.backend.scatter_panels([ref.load() for ref in refs])
+        self.refs = refs
+        self.summary = _engine.scan(self.backend, self.source, self.refs, self.bounds)
+
+    def split_rows(self, W: np.ndarray) -> list[Any]:
+        panels = [W[a:b] for a, b in self.bounds]
+        return self.backend.scatter_panels(panels)
+
+    def assemble(self, handles: list[Any], k: int) -> Any:
+        """W as the same kind of array as X: NumPy for in-memory input, else Dask."""
+        if self.source.kind in ("numpy", "sparse"):
+            return np.concatenate(self.backend.gather(handles), axis=0)
+        import dask
+        import dask.array as da
+
+        blocks = [
+            da.from_delayed(dask.delayed(h), shape=(b - a, k), dtype=self.source.dtype)
+            for h, (a, b) in zip(handles, self.bounds)
+        ]
+        return da.concatenate(blocks, axis=0)
+
+
+class NMF:
+    r"""Non-negative matrix factorization of data that may not fit in memory.
+
+    Find non-negative ``W`` (n_samples × n_components) and ``H`` (n_components ×
+    n_features) whose product approximates the non-negative ``X``, minimising
+
+    .. math::
+
+        \tfrac12\|X - WH\|_F^2 + \alpha_W l_1 n_{features} \|W\|_1
+        + \tfrac12 \alpha_W (1 - l_1) n_{features} \|W\|_F^2 + (\text{same for } H)
+
+    or the generalised Kullback-Leibler divergence in place of the first term.
+    ``X`` is read in row panels, once per iteration; it may be a NumPy array, a SciPy
+    sparse matrix, a Dask array or a Zarr array (or the path or URL of one).
+
+    Parameters
+    ----------
+    n_components : int or "auto", default="auto"
+        Rank k. "auto" takes it from custom ``W``/``H``, else ``n_features``.
+    solver : {"hals", "mu", "als"}, default="hals"
+        Accelerated HALS, Lee & Seung's multiplicative updates, or alternating
+        NNLS with block principal pivoting.
+    beta_loss : {"frobenius", "kullback-leibler"} or {2, 1}, default="frobenius"
+        The divergence minimised. KL is available with ``solver="mu"``.
+    init : {None, "random", "nndsvd", "nndsvda", "nndsvdar", "custom"}, default=None
+        Start. None means "nndsvda" when n_components <= min(n_samples,
+        n_features), else "random" (scikit-learn's rule).
+    max_iter : int, default=200
+        Maximum number of iterations (passes over X).
+    tol : float, default=1e-4
+        Stop when the loss decreases by less than ``tol`` (relative) in an iteration.
+    random_state : int, RandomState, Generator or None, default=None
+        Seed of the initialisation.
+    alpha_W, alpha_H, l1_ratio : float
+        Regularisation, with scikit-learn's meaning and scaling.
+    callback : callable(iteration, loss) -> bool, default=None
+        Called after every iteration; returning True stops the fit.
+    verbose : int, default=0
+        0 silent; 1 a live progress display; 2 also a log line per iteration.
+    panel_rows : int or None, default=None
+        Rows per panel of X; None picks about 64 MiB per panel, aligned with the
+        storage chunks.
+    scheduler : None, "threads", str or distributed.Client, default=None
+        None uses the active ``distributed.Client`` if there is one, else Dask's
+        local threads scheduler.
+
+    Attributes
+    ----------
+    components_ : ndarray of shape (n_components, n_features)
+        H.
+    n_components_ : int
+    n_iter_ : int
+        Iterations run.
+    reconstruction_err_ : float
+        ``sqrt(2 · loss)``: the Frobenius norm ‖X − WH‖ for Frobenius, as in
+        scikit-learn for KL.
+    loss_history_ : list of float
+        The loss (½‖X − WH‖², or the KL divergence) after each iteration.
+    n_features_in_ : int
+
+    References
+    ----------
+    Lee, D. D. and Seung, H. S. (2000). Algorithms for non-negative matrix
+    factorization. NIPS 13.
+    Gillis, N. and Glineur, F. (2012). Neural Computation 24(4).
+    doi:10.1162/NECO_a_00256
+    Kim, J. and Park, H. (2011). SIAM J. Sci. Comput. 33(6). doi:10.1137/110821172
+
+    Examples
+    --------
+    >>> import numpy as np, dnmf
+    >>> X = np.random.default_rng(0).random((100, 30))
+    >>> W = dnmf.NMF(5, random_state=0).fit_transform(X)
+    >>> W.shape
+    (100, 5)
+    """
+
+    def __init__(
+        self,
+        n_components: int | str = "auto",
+        *,
+        solver: str = "hals",
+        beta_loss: str | float = "frobenius",
+        init: str | None = None,
+        max_iter: int = 200,
+        tol: float = 1e-4,
+        random_state: Any = None,
+        alpha_W: float = 0.0,
+        alpha_H: float | str = "same",
+        l1_ratio: float = 0.0,
+        callback: Callable[[int, float], Any] | None = None,
+        verbose: int = 0,
+        panel_rows: int | None = None,
+        scheduler: Any = None,
+    ) -> None:
+        self.n_components = n_components
+        self.solver = solver
+        self.beta_loss = beta_loss
+        self.init = init
+        self.max_iter = max_iter
+        self.tol = tol
+        self.random_state = random_state
+        self.alpha_W = alpha_W
+        self.alpha_H = alpha_H
+        self.l1_ratio = l1_ratio
+        self.callback = callback
+        self.verbose = verbose
+        self.panel_rows = panel_rows
+        self.scheduler = scheduler
+
+    # ------------------------------------------------------------ parameters
+    @classmethod
+    def _get_param_names(cls) -> list[str]:
+        signature = inspect.signature(cls.__init__)
+        return sorted(p for p in signature.parameters if p != "self")
+
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
+        """Parameters of this estimator (scikit-learn protocol)."""
+        return {name: getattr(self, name) for name in self._get_param_names()}
+
+    def set_params(self, **params: Any) -> NMF:
+        """Set parameters (scikit-learn protocol)."""
+        valid = self._get_param_names()
+        for name, value in params.items():
+            if name not in valid:
+                raise ValueError(
+                    f"Invalid parameter {name!r} for estimator {type(self).__name__}. "
+                    f"Valid parameters are: {valid!r}."
+                )
+            setattr(self, name, value)
+        return self
+
+    def __repr__(self) -> str:
+        defaults = {
+            name: p.default
+            for name, p in inspect.signature(type(self).__init__).parameters.items()
+            if name != "self"
+        }
+        shown = []
+        for name in self._get_param_names():
+            value = getattr(self, name)
+            default = defaults[name]
+            same = value is default or (
+                type(value) is type(default) and not callable(value) and value == default
+            )
+            if not same:
+                shown.append(f"{name}={value!r}")
+        return f"{type(self).__name__}({', '.join(shown)})"
+
+    def __sklearn_tags__(self) -> Any:
+        # scikit-learn is imported only when scikit-learn itself asks for the tags.
+        from sklearn.utils import InputTags, Tags, TargetTags, TransformerTags
+
+        return Tags(
+            estimator_type=None,
+            target_tags=TargetTags(required=False),
+            transformer_tags=TransformerTags(preserves_dtype=["float64", "float32"]),
+            input_tags=InputTags(positive_only=True, sparse=True, two_d_array=True),
+            requires_fit=True,
+        )
+
+    def _checked(self) -> dict[str, Any]:
+        return check_params(self.get_params())
+
+    def _solver(self, params: dict[str, Any]) -> Solver:
+        return get_solver(params["solver"], params["beta_loss"])
+
+    def _reg(self, params: dict[str, Any], n: int, m: int) -> Regularization:
+        return regularization(params["alpha_W"], params["alpha_H"], params["l1_ratio"], n, m)
+
+    # ------------------------------------------------------------------ fit
+    def fit(self, X: Any, y: Any = None, W: Any = None, H: Any = None) -> NMF:
+        """Learn the factorization of ``X``; see :meth:`fit_transform`."""
+        self.fit_transform(X, y, W=W, H=H)
+        return self
+
+    def fit_transform(self, X: Any, y: Any = None, W: Any = None, H: Any = None) -> Any:
+        """Learn the factorization of ``X`` and return W.
+
+        Parameters
+        ----------
+        X : array-like, sparse matrix, Dask array, Zarr array or str of shape (n_samples, n_features)
+            Non-negative data. Not modified.
+        y : ignored
+        W : array-like of shape (n_samples, n_components), optional
+            Start for W with ``init="custom"``.
+        H : array-like of shape (n_components, n_features), optional
+            Start for H with ``init="custom"``.
+
+        Returns
+        -------
+        W : ndarray of shape (n_samples, n_components), or a Dask array for Dask
+            and Zarr input.
+        """
+        params = self._checked()
+        prep = _Prepared(X, params["scheduler"], params["panel_rows"])
+        source = prep.source
+        n, m = source.shape
+        k = self._resolve_k(params, W, H, m)
+        init = params["init"]
+        if init is None:
+            init = "nndsvda" if k <= min(n, m) else "random"
+        seed = resolve_seed(params["random_state"])
+        if init == "custom":
+            W0 = check_custom_factor(W, "W", (n, k), source.dtype)
+            H0 = check_custom_factor(H, "H", (k, m), source.dtype)
+            W_handles = prep.split_rows(W0)
+        else:
+            W_handles, H0 = _engine.initialize(
+                prep.backend, source, prep.refs, prep.bounds,
+                init=init, k=k, seed=seed, summary=prep.summary,
+            )
+        solver = self._solver(params)
+        state = _engine.FitState(W=W_handles, H=H0)
+        from ._progress import Progress
+
+        with Progress(params["verbose"], params["max_iter"], prep.backend) as progress:
+            state = _engine.iterate(
+                prep.backend, source, prep.refs, solver, self._reg(params, n, m), state,
+                max_iter=params["max_iter"], tol=params["tol"],
+                norm_sq=prep.summary.norm_sq, callback=params["callback"],
+                progress=progress.update,
+            )
+        self._set_fitted(state, k, m)
+        return prep.assemble(state.W, k)
+
+    def _resolve_k(self, params: dict[str, Any], W: Any, H: Any, m: int) -> int:
+        k = params["n_components"]
+        if k != "auto":
+            return int(k)
+        if params["init"] == "custom":
+            if H is not None:
+                return int(np.shape(H)[0])
+            if W is not None:
+                return int(np.shape(W)[1])
+        return m
+
+    def _set_fitted(self, state: _engine.FitState, k: int, m: int) -> None:
+        self.components_ = np.asarray(state.H)
+        self.n_components_ = k
+        self.n_iter_ = state.iteration
+        self.loss_history_ = list(state.loss_history)
+        last = state.loss_history[-1] if state.loss_history else state.init_loss or 0.0
+        self.reconstruction_err_ = math.sqrt(2.0 * max(last, 0.0))
+        self.n_features_in_ = m
+
+    # ------------------------------------------------------------ transform
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "components_"):
+            raise NotFittedError(
+                f"This {type(self).__name__} instance is not fitted yet. Call 'fit' with "
+                f"appropriate arguments before using this estimator."
+            )
+
+    def transform(self, X: Any) -> Any:
+        """W for new rows ``X`` with H (``components_``) fixed.
+
+        Each row is solved independently, so the answer for a row does not depend on
+        the other rows passed with it.
+        """
+        self._check_fitted()
+        params = self._checked()
+        prep_source = as_source(X)
+        if prep_source.shape[1] != self.n_features_in_:
+            raise InvalidInputError(
+                f"X has {prep_source.shape[1]} features, but {type(self).__name__} is "
+                f"expecting {self.n_features_in_} features as input."
+            )
+        prep = _Prepared(X, params["scheduler"], params["panel_rows"])
+        n, m = prep.source.shape
+        k = self.n_components_
+        start = math.sqrt(prep.summary.mean / k) if params["solver"] == "mu" else 0.0
+        handles = _engine.transform(
+            prep.backend, prep.source, prep.refs, prep.bounds, self._solver(params),
+            self._reg(params, n, m), self.components_,
+            start_value=start, max_iter=params["max_iter"], tol=params["tol"],
+        )
+        return prep.assemble(handles, k)
+
+    def inverse_transform(self, X: Any) -> Any:
+        """``X @ components_``: data space from W (NumPy or Dask, lazily)."""
+        self._check_fitted()
+        if hasattr(X, "dask"):
+            return X @ self.components_
+        W = np.asarray(X)
+        if W.ndim != 2 or W.shape[1] != self.n_components_:
+            raise InvalidInputError(
+                f"W has shape {W.shape}, but {type(self).__name__} has "
+                f"{self.n_components_} components: expected (n_samples, "
+                f"{self.n_components_})."
+            )
+        return W @ self.components_
+
+
+def non_negative_factorization(
+    X: Any,
+    W: Any = None,
+    H: Any = None,
+    n_components: int | str = "auto",
+    *,
+    init: str | None = None,
+    update_H: bool = True,
+    solver: str = "hals",
+    beta_loss: str | float = "frobenius",
+    tol: float = 1e-4,
+    max_iter: int = 200,
+    alpha_W: float = 0.0,
+    alpha_H: float | str = "same",
+    l1_ratio: float = 0.0,
+    random_state: Any = None,
+    verbose: int = 0,
+    callback: Callable[[int, float], Any] | None = None,
+    panel_rows: int | None = None,
+    scheduler: Any = None,
+) -> tuple[Any, np.ndarray, int]:
+    """Factorize ``X ≈ W·H``; the function form of :class:`NMF`.
+
+    With ``update_H=False``, H is fixed to the given ``H`` and only W is solved for.
+
+    Returns
+    -------
+    W : ndarray or dask array of shape (n_samples, n_components)
+    H : ndarray of shape (n_components, n_features)
+    n_iter : int
+    """
+    est = NMF(
+        n_components, solver=solver, beta_loss=beta_loss, init=init, max_iter=max_iter,
+        tol=tol, random_state=random_state, alpha_W=alpha_W, alpha_H=alpha_H,
+        l1_ratio=l1_ratio, callback=callback, verbose=verbose, panel_rows=panel_rows,
+        scheduler=scheduler,
+    )
+    if update_H:
+        W_out = est.fit_transform(X, W=W, H=H)
+        return W_out, est.components_, est.n_iter_
+    if H is None:
+        raise InvalidInputError("update_H=False needs H: pass the fixed H.")
+    source = as_source(X)
+    k = int(np.shape(H)[0]) if n_components == "auto" else int(n_components)
+    H_fixed = check_custom_factor(H, "H", (k, source.shape[1]), source.dtype)
+    est.components_ = H_fixed
+    est.n_components_ = k
+    est.n_features_in_ = source.shape[1]
+    W_out = est.transform(X)
+    return W_out, H_fixed, est.max_iter

@@ -1,0 +1,28 @@
+"""Per-panel solver kernels: pure NumPy/SciPy, no Dask, no storage.
+
+``get_solver(name, beta_loss)`` returns the kernel the driver runs on each panel.
+"""
+
+from __future__ import annotations
+
+from ._als import ALS
+from ._base import EPSILON, PanelContext, Regularization, Solver, Stats, add_stats
+from ._hals import HALS
+from ._mu import KLMultiplicative, Multiplicative
+
+__all__ = [
+    "EPSILON",
+    "PanelContext",
+    "Regularization",
+    "Solver",
+    "Stats",
+    "add_stats",
+    "get_solver",
+]
+
+
+def get_solver(name: str, beta_loss: str) -> Solver:
+    """The kernel for ``solver=name`` and ``beta_loss`` (validated by the caller)."""
+    if beta_loss == "kullback-leibler":
+        return KLMultiplicative()
+    return {"mu": Multiplicative, "hals": HALS, "als": ALS}[name]()

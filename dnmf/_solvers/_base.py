@@ -1,0 +1,139 @@
+"""What every solver provides to the iteration driver, and the pieces they share.
+
+A solver is pure NumPy/SciPy mathematics on blocks. It never sees Dask, Zarr or a
+scheduler: the driver hands it one row panel ``V_i`` of the data with the matching
+block ``W_i`` of W and the small H-sized arrays, and it returns the new ``W_i`` plus
+*panel statistics*: a dict of arrays (``k × m``, ``k × k``, scalars) that the driver
+sums over panels in a fixed order. From the summed statistics the solver updates H
+and evaluates the loss, so an iteration reads V exactly once.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+
+__all__ = [
+    "EPSILON",
+    "PanelContext",
+    "Regularization",
+    "Solver",
+    "Stats",
+    "add_stats",
+    "t_dot",
+]
+
+#: The floor scikit-learn's NMF uses for denominators and for WH in the KL terms.
+EPSILON = float(np.finfo(np.float32).eps)
+
+Stats = dict[str, np.ndarray]
+Array = Any  # a dense ndarray or a SciPy sparse matrix (row panel of V)
+
+
+@dataclass(frozen=True)
+class Regularization:
+    """Scaled L1/L2 penalties, with scikit-learn's semantics.
+
+    ``l1_W = n_features * alpha_W * l1_ratio`` and so on (see
+    :func:`dnmf._validation.regularization`).
+    """
+
+    l1_W: float = 0.0
+    l2_W: float = 0.0
+    l1_H: float = 0.0
+    l2_H: float = 0.0
+
+
+@dataclass(frozen=True)
+class PanelContext:
+    """H-derived data computed once per pass on the driver and shared by all panels.
+
+    Attributes
+    ----------
+    H : ndarray of shape (n_components, n_features)
+        The current H, in the data's dtype.
+    gram : ndarray of shape (n_components, n_components)
+        ``H @ H.T`` in float64.
+    H_sum : ndarray of shape (n_components,)
+        Row sums of H (KL).
+    shape : tuple of int
+        ``(n_samples, n_features)`` of the whole V (for rules that must not depend
+        on how V is split into panels).
+    nnz : int
+        Number of stored entries of V (``n * m`` when dense).
+    """
+
+    H: np.ndarray
+    gram: np.ndarray
+    H_sum: np.ndarray
+    shape: tuple[int, int]
+    nnz: int
+
+
+def add_stats(a: Stats, b: Stats) -> Stats:
+    """Sum two panels' statistics key by key (the reduction operator)."""
+    return {key: a[key] + b[key] for key in a}
+
+
+def t_dot(W: np.ndarray, V: Array) -> np.ndarray:
+    """``W.T @ V`` for a dense or sparse panel ``V``, as a dense array."""
+    if sp.issparse(V):
+        return np.asarray((V.T @ W).T)
+    return W.T @ V
+
+
+class Solver(ABC):
+    """The contract between a solver and the iteration driver.
+
+    Attributes
+    ----------
+    beta : float
+        The beta divergence minimised: 2 for Frobenius, 1 for Kullback-Leibler.
+    exact_loss_after_update : bool
+        True if :meth:`loss_after` can give the loss of the updated (W, H) from the
+        pass's statistics (Frobenius). Otherwise the loss of an iteration is only
+        known during the next pass (from :meth:`loss_before`).
+    """
+
+    beta: float = 2.0
+    exact_loss_after_update: bool = True
+
+    @abstractmethod
+    def update_panel(
+        self, V: Array, W: np.ndarray, ctx: PanelContext, reg: Regularization
+    ) -> tuple[np.ndarray, Stats]:
+        """Update one panel of W and return it with the panel's statistics."""
+
+    @abstractmethod
+    def update_H(
+        self, H: np.ndarray, stats: Stats, ctx: PanelContext, reg: Regularization
+    ) -> np.ndarray:
+        """Update H (float64) from the statistics summed over all panels."""
+
+    @abstractmethod
+    def loss_pieces(self, V: Array, W: np.ndarray, ctx: PanelContext) -> Stats:
+        """Statistics from which :meth:`loss_before` evaluates the loss at (W, H)."""
+
+    @abstractmethod
+    def loss_before(self, stats: Stats, ctx: PanelContext, norm_sq: float) -> float:
+        """Loss at the (W, H) a pass started from, from its summed statistics."""
+
+    def loss_after(self, stats: Stats, H_new: np.ndarray, norm_sq: float) -> float | None:
+        """Loss at the updated (W, H) if it follows from the statistics, else None."""
+        return None
+
+    @abstractmethod
+    def transform_panel(
+        self,
+        V: Array,
+        W: np.ndarray,
+        ctx: PanelContext,
+        reg: Regularization,
+        max_iter: int,
+        tol: float,
+    ) -> np.ndarray:
+        """Solve for a panel of W with H fixed (used by ``transform``)."""

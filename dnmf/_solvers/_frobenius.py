@@ -1,0 +1,127 @@
+"""The shared structure of the Frobenius-loss solvers (MU, HALS, ALS).
+
+For ½‖V − WH‖² a panel needs only ``P_i = V_i·Hᵀ`` and the Gram ``G = H·Hᵀ`` to
+update its rows of W; it then returns ``A_i = W_iᵀ·V_i`` and ``B_i = W_iᵀ·W_i``. H
+is the transposed problem: the H-step is the W-step applied to ``(Hᵀ, Aᵀ, B)``. The
+loss follows from the same sums without forming WH:
+
+    ½‖V − WH‖² = ½(‖V‖² − 2⟨A, H⟩ + ⟨B, H·Hᵀ⟩).
+
+Subclasses only provide ``step``: one W-step on a block of rows given ``P`` and
+``G``, row-local so that how V is split into panels does not change the result.
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+
+import numpy as np
+
+from ._base import Array, PanelContext, Regularization, Solver, Stats, t_dot
+
+__all__ = ["FrobeniusSolver"]
+
+
+class FrobeniusSolver(Solver):
+    """Base class of the Frobenius solvers; see the module docstring."""
+
+    beta = 2.0
+    exact_loss_after_update = True
+
+    @abstractmethod
+    def step(
+        self,
+        X: np.ndarray,
+        P: np.ndarray,
+        G: np.ndarray,
+        l1: float,
+        l2: float,
+        rho: float,
+    ) -> np.ndarray:
+        """One update of the rows of ``X`` (n × k) for min ½‖Y − X·Fᵀ‖² + penalties.
+
+        ``P = Y·F`` (n × k) and ``G = Fᵀ·F`` (k × k). ``rho`` is the ratio of the cost
+        of forming ``P`` to the cost of one sweep over ``X`` (accelerated HALS).
+        Returns a new array; ``X`` is not modified.
+        """
+
+    def update_panel(
+        self, V: Array, W: np.ndarray, ctx: PanelContext, reg: Regularization
+    ) -> tuple[np.ndarray, Stats]:
+        H = ctx.H
+        P = np.asarray(V @ H.T)
+        # The loss at (W^t, H^t), for the first iteration's reference value.
+        cross0 = np.array([np.vdot(P, W)], dtype=np.float64)
+        gram0 = (W.T @ W).astype(np.float64)
+        n, m = ctx.shape
+        k = H.shape[0]
+        rho = 1.0 + (ctx.nnz + m * k) / (n * (k + 1.0))
+        W_new = self.step(W, P, ctx.gram, reg.l1_W, reg.l2_W, rho).astype(W.dtype, copy=False)
+        A = t_dot(W_new, V).astype(np.float64)
+        B = (W_new.T @ W_new).astype(np.float64)
+        return W_new, {"A": A, "B": B, "cross0": cross0, "gram0": gram0}
+
+    def update_H(
+        self, H: np.ndarray, stats: Stats, ctx: PanelContext, reg: Regularization
+    ) -> np.ndarray:
+        n, m = ctx.shape
+        k = H.shape[0]
+        # Cost of the pass that produced A (≈ nnz·k) over the cost of an H sweep (m·k²).
+        rho = 1.0 + (ctx.nnz + n * k) / (m * (k + 1.0))
+        Ht = self.step(
+            np.ascontiguousarray(H.T, dtype=np.float64),
+            stats["A"].T,
+            stats["B"],
+            reg.l1_H,
+            reg.l2_H,
+            rho,
+        )
+        return np.ascontiguousarray(Ht.T)
+
+    def loss_pieces(self, V: Array, W: np.ndarray, ctx: PanelContext) -> Stats:
+        P = np.asarray(V @ ctx.H.T)
+        return {
+            "cross0": np.array([np.vdot(P, W)], dtype=np.float64),
+            "gram0": (W.T @ W).astype(np.float64),
+        }
+
+    def loss_before(self, stats: Stats, ctx: PanelContext, norm_sq: float) -> float:
+        value = 0.5 * (
+            norm_sq - 2.0 * float(stats["cross0"][0]) + float(np.vdot(stats["gram0"], ctx.gram))
+        )
+        return max(value, 0.0)
+
+    def loss_after(self, stats: Stats, H_new: np.ndarray, norm_sq: float) -> float | None:
+        H64 = H_new.astype(np.float64, copy=False)
+        value = 0.5 * (
+            norm_sq
+            - 2.0 * float(np.vdot(stats["A"], H64))
+            + float(np.vdot(stats["B"], H64 @ H64.T))
+        )
+        return max(value, 0.0)
+
+    def transform_panel(
+        self,
+        V: Array,
+        W: np.ndarray,
+        ctx: PanelContext,
+        reg: Regularization,
+        max_iter: int,
+        tol: float,
+    ) -> np.ndarray:
+        P = np.asarray(V @ ctx.H.T).astype(np.float64)
+        X = W.astype(np.float64)
+        # H is fixed, so P and G are too: iterate the W-step without touching V again.
+        # Convergence is judged row by row so a row's answer does not depend on its
+        # neighbours in the panel.
+        active = np.arange(X.shape[0])
+        for _ in range(max_iter):
+            if active.size == 0:
+                break
+            old = X[active]
+            new = self.step(old, P[active], ctx.gram, reg.l1_W, reg.l2_W, 1.0)
+            X[active] = new
+            change = np.linalg.norm(new - old, axis=1)
+            scale = np.linalg.norm(new, axis=1)
+            active = active[change > tol * np.maximum(scale, 1e-300)]
+        return X.astype(W.dtype, copy=False)

@@ -1,0 +1,57 @@
+"""The exceptions and warnings dnmf raises.
+
+Every error a user can cause derives from :class:`DnmfError`, so callers (and the
+command line) can tell a user's mistake from a bug. Input and parameter errors are
+also :class:`ValueError`, as scikit-learn's conventions expect. Messages name the
+offending value, where it was found and what to do about it.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ConvergenceWarning",
+    "CorruptCheckpointError",
+    "DnmfError",
+    "IncompatibleRunError",
+    "InvalidInputError",
+    "InvalidParameterError",
+    "NotFittedError",
+    "RunLockedError",
+    "StoreError",
+]
+
+
+class DnmfError(Exception):
+    """Base class of every error dnmf raises for a user's mistake."""
+
+
+class InvalidInputError(DnmfError, ValueError):
+    """The data (X, or custom W/H) cannot be factorized as given."""
+
+
+class InvalidParameterError(DnmfError, ValueError, TypeError):
+    """A parameter has a value outside its allowed range or of the wrong type."""
+
+
+class NotFittedError(DnmfError, ValueError, AttributeError):
+    """A method that needs a fitted estimator was called before ``fit``."""
+
+
+class StoreError(DnmfError, OSError):
+    """A run store is missing, unreadable or not writable."""
+
+
+class CorruptCheckpointError(StoreError):
+    """A committed checkpoint failed verification (checksum mismatch, truncation)."""
+
+
+class IncompatibleRunError(DnmfError, ValueError):
+    """An existing run cannot be resumed with this data or these parameters."""
+
+
+class RunLockedError(DnmfError):
+    """Another live process holds the write lock of a run."""
+
+
+class ConvergenceWarning(UserWarning):
+    """The fit stopped at ``max_iter`` before reaching ``tol``."""
