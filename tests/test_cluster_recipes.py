@@ -124,6 +124,16 @@ def test_local_cluster_start_compute_stop(local, tmp_path):
     assert (d / "scheduler.log").exists()  # logs are kept
 
 
+@pytest.mark.skipif(os.name != "posix", reason="start_cluster.py is POSIX only")
+def test_local_start_timeout_names_the_log_and_cleans_up(local, tmp_path):
+    d = tmp_path / "cluster"
+    with pytest.raises(local.ClusterError, match=r"timed out after 0\.5 s.*read .*\.log"):
+        local.start(d, workers=2, port=0, dashboard_port=0, timeout=0.5)
+    assert not (d / "pids.json").exists()
+    assert not (d / "scheduler.json").exists()
+    assert not local._CHILDREN, "start() left processes behind after a failed start"
+
+
 def test_local_cli_errors_are_one_line(tmp_path):
     script = CLUSTER / "local" / "start_cluster.py"
     cases = [

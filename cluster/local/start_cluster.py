@@ -152,9 +152,11 @@ def _terminate(procs: list[dict[str, Any]], timeout: float = 15.0) -> list[int]:
             except ProcessLookupError:
                 pass
             targets.append(pid)
-        elif _group_members(pid):
-            # leader gone but a child (e.g. a worker under a dead nanny) is left
-            targets.append(pid)
+        else:
+            _reap(pid)
+            if _group_members(pid):
+                # leader gone but a child (e.g. a worker under a dead nanny) is left
+                targets.append(pid)
     deadline = time.monotonic() + timeout
     pending = list(targets)
     while pending and time.monotonic() < deadline:
@@ -244,14 +246,13 @@ def _parse_memory(memory_limit: str | int | None, workers: int) -> int:
     return int(value)
 
 
-def _worker_env(threads_per_worker: int) -> dict[str, str]:
+def _worker_env() -> dict[str, str]:
     env = dict(os.environ)
     for var in BLAS_ENV_VARS:
         env[var] = "1"
     # Worker processes must not try to talk to some other scheduler set in the
     # caller's environment.
     env.pop("DASK_SCHEDULER_ADDRESS", None)
-    env["DNMF_THREADS_PER_WORKER"] = str(threads_per_worker)
     return env
 
 
@@ -306,7 +307,7 @@ def start(
 
     sched_file = d / SCHEDULER_FILE
     sched_file.unlink(missing_ok=True)
-    env = _worker_env(threads_per_worker)
+    env = _worker_env()
     py = sys.executable
     info: dict[str, Any] = {
         "dir": str(d),
@@ -463,7 +464,7 @@ def _wait_for_workers(info: dict[str, Any], deadline: float, timeout: float) -> 
                         scheduler_file=info["scheduler_file"],
                         timeout=f"{max(1.0, deadline - time.monotonic()):.0f}s",
                     )
-                except (OSError, TimeoutError):
+                except (OSError, TimeoutError, ValueError):  # ValueError: half-written file
                     client = None
             if client is not None:
                 seen = len(client.nthreads())

@@ -143,7 +143,8 @@ def run(
         client = Client(cluster)
         client.write_scheduler_file(str(sched_path))
         cluster.scale(jobs=jobs)
-        per_job = cluster._dummy_job.worker_processes
+        # workers per job (dask-jobqueue keeps the job template as `_dummy_job`)
+        per_job = getattr(getattr(cluster, "_dummy_job", None), "worker_processes", 1)
         print(
             f"scheduler:      {cluster.scheduler_address}\n"
             f"dashboard:      {cluster.dashboard_link}\n"
