@@ -400,6 +400,7 @@ def test_jobqueue_overrides(slurm):
     assert "#SBATCH --cpus-per-task=4" in lines
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="uses the 'lo' interface")
 def test_launch_print_job_script_cli(slurm, capsys):
     pytest.importorskip("dask_jobqueue")
     rc = slurm.main(["--print-job-script", "--interface", "lo", "--dashboard-address", ":0"])
