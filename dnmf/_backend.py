@@ -10,12 +10,15 @@ This module knows nothing of NMF; it schedules functions.
 
 from __future__ import annotations
 
+import itertools
 import os
+import uuid
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 import dask
+import dask.threaded
 from dask.delayed import Delayed, delayed
 
 __all__ = ["Backend", "get_backend", "tree_reduce"]
@@ -35,14 +38,47 @@ def tree_reduce(items: Sequence[Any], combine: Callable[[Any, Any], Any]) -> Any
     return level[0]
 
 
+_CONTROLLER: Any = None
+
+
 def _blas_limit(threads: int) -> AbstractContextManager[Any]:
     """Limit BLAS so that threads × BLAS threads does not exceed the cores."""
+    global _CONTROLLER
     cores = os.cpu_count() or 1
     try:
-        from threadpoolctl import threadpool_limits
+        from threadpoolctl import ThreadpoolController
     except ImportError:  # pragma: no cover - threadpoolctl is a dependency
         return nullcontext()
-    return threadpool_limits(limits=max(1, cores // max(threads, 1)), user_api="blas")
+    if _CONTROLLER is None:
+        # Scanning the loaded libraries is slow; do it once per process.
+        _CONTROLLER = ThreadpoolController()
+    return _CONTROLLER.limit(limits=max(1, cores // max(threads, 1)), user_api="blas")
+
+
+class _Graph:
+    """A raw task graph for the local scheduler: cheaper to build than Delayed."""
+
+    def __init__(self) -> None:
+        self.dsk: dict[Any, Any] = {}
+        self.prefix = uuid.uuid4().hex[:12]
+        self.counter = itertools.count()
+
+    def arg(self, value: Any) -> Any:
+        if isinstance(value, Delayed):
+            self.dsk.update(value.__dask_graph__())
+            return value.key
+        key = f"dnmf-literal-{self.prefix}-{next(self.counter)}"
+        self.dsk[key] = value
+        return key
+
+    def task(self, func: Callable[..., Any], *args: Any) -> str:
+        key = f"dnmf-task-{self.prefix}-{next(self.counter)}"
+        self.dsk[key] = (func, *args)
+        return key
+
+
+def _getitem(value: Any, index: int) -> Any:
+    return value[index]
 
 
 class Backend:
@@ -103,16 +139,37 @@ class Backend:
         Returns the outputs (arrays locally, futures on a cluster, or ``[]`` when
         ``keep_outputs`` is false) and the reduced stats, as concrete values.
         """
+        if self.client is None and len(per_panel) == 1 and not any(
+            isinstance(a, Delayed) for a in per_panel[0]
+        ):
+            # One panel: nothing to schedule, so skip the scheduler's fixed cost.
+            with _blas_limit(1):
+                out, stats = task(*per_panel[0], *shared)
+            return ([out] if keep_outputs else []), stats
+        if self.client is None:
+            graph = _Graph()
+            shared_args = tuple(graph.arg(value) for value in shared)
+            parts = [
+                graph.task(task, *(graph.arg(a) for a in args), *shared_args)
+                for args in per_panel
+            ]
+            out_keys = [graph.task(_getitem, p, 0) for p in parts] if keep_outputs else []
+            level = [graph.task(_getitem, p, 1) for p in parts]
+            while len(level) > 1:
+                level = [
+                    graph.task(combine, level[i], level[i + 1]) if i + 1 < len(level)
+                    else level[i]
+                    for i in range(0, len(level), 2)
+                ]
+            with _blas_limit(self.n_threads):
+                *out, result = dask.threaded.get(
+                    graph.dsk, [*out_keys, level[0]], num_workers=self.n_threads
+                )
+            return list(out), result
         shared_keys = tuple(self.share(value) for value in shared)
         parts = [delayed(task, pure=False, nout=2)(*args, *shared_keys) for args in per_panel]
         outputs: list[Delayed] = [p[0] for p in parts] if keep_outputs else []
         total = tree_reduce([p[1] for p in parts], combine)
-        if self.client is None:
-            with _blas_limit(self.n_threads):
-                *out, result = dask.compute(
-                    *outputs, total, scheduler="threads", num_workers=self.n_threads
-                )
-            return list(out), result
         futures = self.client.compute([*outputs, total])
         result = futures[-1].result()
         return list(futures[:-1]), result

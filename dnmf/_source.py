@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from .errors import InvalidInputError, InvalidParameterError
+from .errors import InvalidDtypeError, InvalidInputError, InvalidParameterError
 
 __all__ = [
     "DEFAULT_PANEL_BYTES",
@@ -29,6 +29,8 @@ __all__ = [
 
 #: Default target size of one dense panel of V in memory.
 DEFAULT_PANEL_BYTES = 64 * 2**20
+#: Below this much data, one panel: splitting costs more in scheduling than it gains.
+MIN_SPLIT_BYTES = 4 * 2**20
 
 
 def _float_dtype(dtype: np.dtype, where: str) -> np.dtype:
@@ -37,7 +39,12 @@ def _float_dtype(dtype: np.dtype, where: str) -> np.dtype:
         return np.dtype(dtype)
     if dtype.kind in "biuf":
         return np.dtype(np.float64)
-    raise InvalidInputError(
+    if dtype.kind == "c":
+        raise InvalidInputError(
+            f"{where} has dtype {dtype}: Complex data not supported by NMF. Give real, "
+            f"non-negative values, e.g. np.abs(X) for magnitudes."
+        )
+    raise InvalidDtypeError(
         f"{where} has dtype {dtype}, but NMF needs real numbers: convert it first, "
         f"e.g. X.astype(np.float32) or X.astype(np.float64)."
     )
@@ -126,7 +133,8 @@ class PanelSource:
             rows = max(1, DEFAULT_PANEL_BYTES // row_bytes)
             # Enough panels to keep every thread busy, in whole rounds.
             n_panels = max(math.ceil(n / rows), 1)
-            if n_panels < n_threads and n >= 2 * n_threads:
+            small = n * row_bytes < MIN_SPLIT_BYTES
+            if n_panels < n_threads and n >= 2 * n_threads and not small:
                 n_panels = n_threads
             elif n_panels > n_threads > 1:
                 n_panels = math.ceil(n_panels / n_threads) * n_threads
@@ -207,21 +215,23 @@ def as_source(X: Any) -> PanelSource:
             try:
                 X = X.astype(np.float64)
             except (TypeError, ValueError) as exc:
-                raise InvalidInputError(
-                    f"X has dtype object with entries that are not numbers ({exc}); "
-                    f"NMF needs a numeric array: argument must be a real number."
+                raise InvalidDtypeError(
+                    f"X has dtype object with entries that are not numbers ({exc}). "
+                    f"NMF needs a numeric array: convert or drop those entries."
                 ) from exc
     shape = tuple(int(s) for s in X.shape)
     if len(shape) != 2:
         raise InvalidInputError(
             f"X must be 2-D (n_samples, n_features), got an array of shape {shape}. "
-            f"Reshape it, e.g. X.reshape(-1, 1) for a single feature or "
+            f"Reshape your data, e.g. X.reshape(-1, 1) for a single feature or "
             f"X.reshape(1, -1) for a single sample."
         )
-    if shape[0] == 0 or shape[1] == 0:
-        raise InvalidInputError(
-            f"X is empty (shape {shape}); NMF needs at least one sample and one feature."
-        )
+    for axis, what in ((0, "sample"), (1, "feature")):
+        if shape[axis] == 0:
+            raise InvalidInputError(
+                f"X is empty: Found array with 0 {what}(s) (shape={shape}) while a "
+                f"minimum of 1 is required. NMF needs at least one sample and one feature."
+            )
     dtype = _float_dtype(np.dtype(X.dtype), "X")
     if kind == "sparse":
         X = sp.csr_matrix(X)

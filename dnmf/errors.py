@@ -13,6 +13,7 @@ __all__ = [
     "CorruptCheckpointError",
     "DnmfError",
     "IncompatibleRunError",
+    "InvalidDtypeError",
     "InvalidInputError",
     "InvalidParameterError",
     "NotFittedError",
@@ -27,6 +28,10 @@ class DnmfError(Exception):
 
 class InvalidInputError(DnmfError, ValueError):
     """The data (X, or custom W/H) cannot be factorized as given."""
+
+
+class InvalidDtypeError(InvalidInputError, TypeError):
+    """The data holds values that are not real numbers."""
 
 
 class InvalidParameterError(DnmfError, ValueError, TypeError):

@@ -1,0 +1,409 @@
+"""The NMF estimator end to end on the local threads scheduler (and a real cluster)."""
+
+from __future__ import annotations
+
+import warnings
+
+import dask.array as da
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import zarr
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import dnmf
+from dnmf import ConvergenceWarning, InvalidInputError, InvalidParameterError
+from dnmf.testing import planted
+
+sklearn = pytest.importorskip("sklearn")
+from sklearn.decomposition import NMF as SkNMF  # noqa: E402
+
+
+def _custom_start(V, k, seed=0):
+    rng = np.random.default_rng(seed)
+    avg = np.sqrt(V.mean() / k)
+    return (avg * rng.random((V.shape[0], k))).astype(V.dtype), (
+        avg * rng.random((k, V.shape[1]))
+    ).astype(V.dtype)
+
+
+# ------------------------------------------------------------------ parity
+@pytest.mark.parametrize("beta_loss", ["frobenius", "kullback-leibler"])
+@pytest.mark.parametrize("alpha", [0.0, 0.01])
+def test_mu_matches_scikit_learn_iterates(beta_loss, alpha):
+    V, _, _ = planted(120, 60, 5, seed=1, noise=0.05)
+    W0, H0 = _custom_start(V, 5)
+    kwargs = dict(solver="mu", beta_loss=beta_loss, init="custom", max_iter=30, tol=0.0,
+                  alpha_W=alpha, l1_ratio=0.5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref = SkNMF(5, **kwargs)
+        W_ref = ref.fit_transform(V, W=W0.copy(), H=H0.copy())
+        ours = dnmf.NMF(5, panel_rows=32, **kwargs)
+        W = ours.fit_transform(V, W=W0, H=H0)
+    assert ours.n_iter_ == 30
+    np.testing.assert_allclose(W, W_ref, rtol=1e-8, atol=1e-12)
+    np.testing.assert_allclose(ours.components_, ref.components_, rtol=1e-8, atol=1e-12)
+    assert ours.reconstruction_err_ == pytest.approx(ref.reconstruction_err_, rel=1e-9)
+
+
+def test_default_init_matches_scikit_learn_nndsvd_quality():
+    V, _, _ = planted(300, 80, 6, seed=2, noise=0.01)
+    for init in ["nndsvd", "nndsvda", "nndsvdar", "random"]:
+        ours = dnmf.NMF(6, init=init, random_state=0, max_iter=1).fit(V)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ref = SkNMF(6, init=init, random_state=0, max_iter=1, solver="cd").fit(V)
+        # Same definition, different random numbers: the same quality of start
+        # (within a factor 2) after one iteration.
+        assert ours.reconstruction_err_ < 2.0 * ref.reconstruction_err_ + 1e-9, init
+
+
+# --------------------------------------------------------------- behaviour
+@pytest.mark.parametrize("solver,beta_loss", [("mu", "frobenius"), ("hals", "frobenius"),
+                                              ("als", "frobenius"),
+                                              ("mu", "kullback-leibler")])
+def test_loss_never_increases(solver, beta_loss):
+    V, _, _ = planted(200, 70, 6, seed=3, noise=0.2)
+    est = dnmf.NMF(6, solver=solver, beta_loss=beta_loss, init="random", random_state=0,
+                   max_iter=40, tol=0.0, panel_rows=48)
+    with pytest.warns(ConvergenceWarning, match="Maximum number of iterations 40"):
+        est.fit(V)
+    history = np.array(est.loss_history_)
+    assert len(history) == 40 == est.n_iter_
+    assert np.all(np.diff(history) <= 1e-9 * history[:-1]), np.diff(history).max()
+
+
+def _match_columns(W, W_true):
+    """Cosine similarity of each true column with its best match in W."""
+    A = W / np.linalg.norm(W, axis=0)
+    B = W_true / np.linalg.norm(W_true, axis=0)
+    return (B.T @ A).max(axis=1)
+
+
+@pytest.mark.parametrize("solver", ["hals", "als", "mu"])
+def test_recovers_a_planted_factorization(solver):
+    V, W_true, _ = planted(300, 80, 4, seed=4, density=0.5)
+    est = dnmf.NMF(4, solver=solver, init="nndsvda", random_state=0, max_iter=2000, tol=1e-10)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        W = est.fit_transform(V)
+    rel = np.linalg.norm(V - W @ est.components_) / np.linalg.norm(V)
+    assert rel < (1e-3 if solver == "mu" else 1e-6), rel
+    # The factors themselves, up to order and scale.
+    assert _match_columns(W, W_true).min() > (0.999 if solver == "mu" else 1 - 1e-6)
+    assert est.reconstruction_err_ == pytest.approx(
+        np.linalg.norm(V - W @ est.components_), rel=1e-3, abs=1e-6)
+
+
+def test_loss_history_is_half_squared_frobenius_and_err_is_its_norm():
+    V, _, _ = planted(90, 40, 3, seed=5, noise=0.3)
+    est = dnmf.NMF(3, max_iter=15, tol=0.0, random_state=0)
+    with pytest.warns(ConvergenceWarning):
+        W = est.fit_transform(V)
+    exact = 0.5 * np.linalg.norm(V - W @ est.components_) ** 2
+    assert est.loss_history_[-1] == pytest.approx(exact, rel=1e-9)
+    assert est.reconstruction_err_ == pytest.approx(np.sqrt(2 * exact), rel=1e-9)
+
+
+def test_kl_loss_history_is_the_divergence_of_each_iterate():
+    V, _, _ = planted(80, 30, 3, seed=6, noise=0.1)
+    W0, H0 = _custom_start(V, 3)
+    seen = []
+    for n_iter in (1, 2, 3):
+        est = dnmf.NMF(3, solver="mu", beta_loss="kullback-leibler", init="custom",
+                       max_iter=n_iter, tol=0.0)
+        with pytest.warns(ConvergenceWarning):
+            W = est.fit_transform(V, W=W0, H=H0)
+        WH = W @ est.components_
+        kl = float(np.sum(V * np.log(V / WH)) - V.sum() + WH.sum())
+        assert est.loss_history_[-1] == pytest.approx(kl, rel=1e-9)
+        seen.append(est.loss_history_)
+    assert seen[2][:2] == pytest.approx(seen[1], rel=1e-12)
+
+
+def test_tol_stops_early_and_callback_can_stop():
+    V, _, _ = planted(100, 50, 3, seed=7, noise=0.1)
+    est = dnmf.NMF(3, tol=1e-2, max_iter=500, random_state=0).fit(V)
+    assert 1 <= est.n_iter_ < 500
+    h = est.loss_history_
+    previous = h[-2] if len(h) > 1 else None
+    if previous is not None:
+        assert (previous - h[-1]) / previous < 1e-2
+    calls = []
+
+    def stop_at_three(iteration, loss):
+        calls.append((iteration, loss))
+        return iteration >= 3
+
+    est = dnmf.NMF(3, tol=0.0, max_iter=50, random_state=0, callback=stop_at_three).fit(V)
+    assert est.n_iter_ == 3 and [c[0] for c in calls] == [1, 2, 3]
+    assert [c[1] for c in calls] == est.loss_history_
+
+
+@pytest.mark.parametrize("solver", ["mu", "hals", "als"])
+def test_float32_stays_float32(solver):
+    V, _, _ = planted(100, 40, 3, seed=8, dtype=np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        est = dnmf.NMF(3, solver=solver, max_iter=20, random_state=0)
+        W = est.fit_transform(V)
+    assert W.dtype == np.float32 and est.components_.dtype == np.float32
+    assert est.transform(V).dtype == np.float32
+    W64 = dnmf.NMF(3, solver=solver, max_iter=20, random_state=0).fit_transform(
+        V.astype(np.float64))
+    assert W64.dtype == np.float64
+
+
+def test_input_is_never_modified():
+    V, _, _ = planted(60, 20, 2, seed=9)
+    W0, H0 = _custom_start(V, 2)
+    copies = V.copy(), W0.copy(), H0.copy()
+    dnmf.NMF(2, init="custom", max_iter=5).fit(V, W=W0, H=H0)
+    for before, after in zip(copies, (V, W0, H0)):
+        np.testing.assert_array_equal(before, after)
+
+
+# ---------------------------------------------------------- input kinds
+def _kinds(V, tmp_path):
+    path = str(tmp_path / "V.zarr")
+    z = zarr.create_array(store=path, shape=V.shape, chunks=(25, V.shape[1]), dtype=V.dtype)
+    z[:] = V
+    return {
+        "numpy": V,
+        "sparse": sp.csr_matrix(V),
+        "dask": da.from_array(V, chunks=(25, 10)),
+        "zarr-object": zarr.open_array(path, mode="r"),
+        "zarr-path": path,
+    }
+
+
+def test_every_input_kind_gives_the_same_answer(tmp_path):
+    V, _, _ = planted(100, 30, 3, seed=10, noise=0.1)
+    W0, H0 = _custom_start(V, 3)
+    results = {}
+    for name, X in _kinds(V, tmp_path).items():
+        est = dnmf.NMF(3, init="custom", max_iter=10, tol=0.0, panel_rows=25)
+        with pytest.warns(ConvergenceWarning):
+            W = est.fit_transform(X, W=W0, H=H0)
+        if name.startswith(("dask", "zarr")):
+            assert isinstance(W, da.Array)
+            W = W.compute()
+        else:
+            assert isinstance(W, np.ndarray)
+        results[name] = (W, est.components_)
+    W_ref, H_ref = results["numpy"]
+    for name, (W, H) in results.items():
+        np.testing.assert_allclose(W, W_ref, rtol=1e-10, err_msg=name)
+        np.testing.assert_allclose(H, H_ref, rtol=1e-10, err_msg=name)
+
+
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    rows=st.lists(st.integers(1, 40), min_size=1, max_size=6),
+    solver=st.sampled_from(["mu", "hals", "als"]),
+)
+def test_chunking_does_not_change_the_result(rows, solver):
+    V, _, _ = planted(120, 30, 4, seed=11, noise=0.1)
+    W0, H0 = _custom_start(V, 4)
+    chunks = []
+    left = V.shape[0]
+    for r in rows:
+        if left <= 0:
+            break
+        chunks.append(min(r, left))
+        left -= chunks[-1]
+    if left:
+        chunks.append(left)
+    X = da.from_array(V, chunks=(tuple(chunks), 30))
+    kwargs = dict(solver=solver, init="custom", max_iter=15, tol=0.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        ref = dnmf.NMF(4, panel_rows=120, **kwargs)
+        W_ref = ref.fit_transform(V, W=W0, H=H0)
+        est = dnmf.NMF(4, **kwargs)
+        W = est.fit_transform(X, W=W0, H=H0).compute()
+    np.testing.assert_allclose(W, W_ref, rtol=1e-10, atol=1e-13)
+    np.testing.assert_allclose(est.components_, ref.components_, rtol=1e-10, atol=1e-13)
+    np.testing.assert_allclose(est.loss_history_, ref.loss_history_, rtol=1e-10)
+
+
+def test_runs_are_deterministic():
+    V, _, _ = planted(150, 40, 5, seed=12, noise=0.1)
+    a = dnmf.NMF(5, random_state=3, max_iter=20, tol=0.0, panel_rows=40)
+    b = dnmf.NMF(5, random_state=3, max_iter=20, tol=0.0, panel_rows=40)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        np.testing.assert_array_equal(a.fit_transform(V), b.fit_transform(V))
+    np.testing.assert_array_equal(a.components_, b.components_)
+
+
+@pytest.mark.parametrize("solver,beta_loss", [("hals", "frobenius"),
+                                              ("mu", "kullback-leibler")])
+def test_distributed_cluster_equals_threads(distributed_client, solver, beta_loss):
+    V, _, _ = planted(160, 40, 4, seed=13, noise=0.1)
+    kwargs = dict(solver=solver, beta_loss=beta_loss, random_state=0, max_iter=15, tol=0.0,
+                  panel_rows=40)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        local = dnmf.NMF(4, scheduler="threads", **kwargs)
+        W_local = local.fit_transform(V)
+        remote = dnmf.NMF(4, scheduler=distributed_client, **kwargs)
+        W_remote = remote.fit_transform(V)
+        X = da.from_array(V, chunks=(40, 40))
+        W_dask = dnmf.NMF(4, scheduler=distributed_client, **kwargs).fit_transform(X)
+        W_dask = distributed_client.compute(W_dask).result()
+    np.testing.assert_allclose(W_remote, W_local, rtol=1e-10, atol=1e-14)
+    np.testing.assert_allclose(remote.components_, local.components_, rtol=1e-10, atol=1e-14)
+    np.testing.assert_allclose(W_dask, W_local, rtol=1e-10, atol=1e-14)
+
+
+def test_active_client_is_used(distributed_client):
+    V, _, _ = planted(60, 20, 2, seed=14)
+    with distributed_client.as_current():
+        from dnmf._backend import get_backend
+
+        assert get_backend(None).distributed
+    assert not get_backend("threads").distributed
+
+
+# ------------------------------------------------------- transform & api
+@pytest.mark.parametrize("solver", ["mu", "hals", "als"])
+def test_transform_recovers_w_for_fixed_h(solver):
+    V, W_true, H_true = planted(80, 40, 3, seed=15)
+    est = dnmf.NMF(3, solver=solver, max_iter=3000, tol=1e-12)
+    est.components_, est.n_components_, est.n_features_in_ = H_true, 3, 40
+    W = est.transform(V)
+    tol = 1e-3 if solver == "mu" else 1e-6
+    np.testing.assert_allclose(W, W_true, rtol=tol, atol=tol)
+    assert np.allclose(est.inverse_transform(W), V, rtol=tol * 10, atol=tol * 10)
+
+
+def test_function_form_and_fixed_h():
+    V, W_true, H_true = planted(70, 30, 3, seed=16)
+    W, H, n_iter = dnmf.non_negative_factorization(V, n_components=3, random_state=0,
+                                                    max_iter=500, tol=1e-8)
+    assert W.shape == (70, 3) and H.shape == (3, 30) and n_iter >= 1
+    W2, H2, _ = dnmf.non_negative_factorization(V, H=H_true, update_H=False, max_iter=2000,
+                                                 tol=1e-12)
+    np.testing.assert_array_equal(H2, H_true)
+    np.testing.assert_allclose(W2, W_true, atol=1e-6)
+
+
+def test_n_components_auto_takes_k_from_custom_factors():
+    V, _, _ = planted(50, 20, 3, seed=17)
+    W0, H0 = _custom_start(V, 3)
+    est = dnmf.NMF(init="custom", max_iter=2)
+    with pytest.warns(ConvergenceWarning):
+        est.fit(V, W=W0, H=H0)
+    assert est.n_components_ == 3
+    with pytest.warns(ConvergenceWarning):
+        assert dnmf.NMF(max_iter=2).fit(V).n_components_ == 20
+
+
+def test_scikit_learn_check_estimator():
+    from sklearn.utils.estimator_checks import check_estimator
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        check_estimator(dnmf.NMF(max_iter=500))
+
+
+def test_works_in_a_pipeline_and_grid_search():
+    from sklearn.model_selection import GridSearchCV
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import MinMaxScaler
+
+    V, _, _ = planted(60, 12, 3, seed=18)
+    pipe = make_pipeline(MinMaxScaler(), dnmf.NMF(3, max_iter=50, random_state=0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        assert pipe.fit_transform(V).shape == (60, 3)
+        search = GridSearchCV(dnmf.NMF(max_iter=30, random_state=0),
+                              {"n_components": [2, 3]}, cv=2,
+                              scoring=lambda est, X, y=None: -est.reconstruction_err_)
+        search.fit(V)
+    assert search.best_params_["n_components"] in (2, 3)
+
+
+# ------------------------------------------------------------ bad input
+BAD_INPUTS = [
+    (lambda V: np.where(np.arange(V.size).reshape(V.shape) == 7, -1.0, V),
+     r"Negative values in data passed to NMF: 1 entries are negative \(the first at row 0, "
+     r"column 7\).*clip"),
+    (lambda V: np.where(np.arange(V.size).reshape(V.shape) == 45, np.nan, V),
+     r"NaN or infinity: 1 entries .*row 2, column 5"),
+    (lambda V: np.where(np.arange(V.size).reshape(V.shape) == 3, np.inf, V), r"NaN or inf"),
+    (lambda V: V.astype(str), r"dtype <U.*real numbers.*astype"),
+    (lambda V: V[0], r"must be 2-D.*Reshape your data"),
+    (lambda V: V[:0], r"empty"),
+]
+
+
+@pytest.mark.parametrize("make,match", BAD_INPUTS)
+def test_bad_data_is_refused_with_a_fix(make, match, tmp_path):
+    V, _, _ = planted(20, 20, 2, seed=19)
+    X = make(V)
+    before = np.array(X, copy=True)
+    with pytest.raises(InvalidInputError, match=match):
+        dnmf.NMF(2).fit(X)
+    np.testing.assert_array_equal(np.asarray(X), before)
+
+
+def test_bad_data_in_a_zarr_store_is_found_with_its_position(tmp_path):
+    V, _, _ = planted(60, 10, 2, seed=20)
+    V[47, 3] = -2.0
+    path = str(tmp_path / "bad.zarr")
+    z = zarr.create_array(store=path, shape=V.shape, chunks=(16, 10), dtype=V.dtype)
+    z[:] = V
+    with pytest.raises(InvalidInputError, match=r"row 47, column 3"):
+        dnmf.NMF(2).fit(path)
+
+
+def test_missing_zarr_path_is_explained(tmp_path):
+    with pytest.raises(InvalidInputError, match=r"no Zarr array at .*does not exist"):
+        dnmf.NMF(2).fit(str(tmp_path / "nope.zarr"))
+
+
+@pytest.mark.parametrize("params,match", [
+    ({"n_components": 0}, r"'n_components' parameter of NMF must be a positive int.* Got 0"),
+    ({"n_components": 2.5}, r"'n_components'.*Got 2.5"),
+    ({"solver": "cd"}, r"'solver' parameter.*Got 'cd'"),
+    ({"beta_loss": "itakura-saito"}, r"'beta_loss'.*Got 'itakura-saito'"),
+    ({"init": "svd"}, r"'init'.*Got 'svd'"),
+    ({"max_iter": 0}, r"'max_iter'.*Got 0"),
+    ({"tol": -1.0}, r"'tol'.*Got -1.0"),
+    ({"l1_ratio": 2.0}, r"'l1_ratio'.*Got 2.0"),
+    ({"solver": "hals", "beta_loss": "kullback-leibler"}, r"solver='hals'.*Use solver='mu'"),
+    ({"solver": "als", "beta_loss": 1}, r"solver='als'.*Use solver='mu'"),
+])
+def test_bad_parameters_are_refused(params, match):
+    V, _, _ = planted(20, 10, 2, seed=21)
+    with pytest.raises(InvalidParameterError, match=match):
+        dnmf.NMF(**{"n_components": 2, **params}).fit(V)
+
+
+@pytest.mark.parametrize("which,value,match", [
+    ("W", lambda W: W[:-1], r"W has shape \(39, 2\), expected \(40, 2\)"),
+    ("H", lambda H: H[:, :-1], r"H has shape \(2, 9\), expected \(2, 10\)"),
+    ("W", lambda W: -W, r"Negative values .*input W.*clip"),
+    ("H", lambda H: H * np.nan, r"H .*NaN"),
+    ("H", None, r"needs both W and H: H is missing"),
+])
+def test_bad_custom_factors_are_refused(which, value, match):
+    V, _, _ = planted(40, 10, 2, seed=22)
+    W0, H0 = _custom_start(V, 2)
+    factors = {"W": W0, "H": H0}
+    factors[which] = value(factors[which]) if value else None
+    with pytest.raises(InvalidInputError, match=match):
+        dnmf.NMF(2, init="custom").fit(V, **factors)
+
+
+def test_transform_checks_fitted_and_features():
+    V, _, _ = planted(30, 10, 2, seed=23)
+    with pytest.raises(dnmf.NotFittedError, match="not fitted yet"):
+        dnmf.NMF(2).transform(V)
+    est = dnmf.NMF(2, max_iter=300).fit(V)
+    with pytest.raises(InvalidInputError, match="X has 9 features, but NMF is expecting 10"):
+        est.transform(V[:, :9])
