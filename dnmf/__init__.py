@@ -7,6 +7,7 @@ reading V once per iteration in row panels.
 from __future__ import annotations
 
 from ._estimator import NMF, non_negative_factorization
+from ._run import Run, open_run, resume
 from .errors import (
     ConvergenceWarning,
     CorruptCheckpointError,
@@ -30,8 +31,11 @@ __all__ = [
     "InvalidInputError",
     "InvalidParameterError",
     "NotFittedError",
+    "Run",
     "RunLockedError",
     "StoreError",
     "__version__",
     "non_negative_factorization",
+    "open_run",
+    "resume",
 ]

@@ -144,15 +144,22 @@ def initialize(
     k: int,
     seed: int,
     summary: DataSummary,
+    keeper: WKeeper | None = None,
 ) -> tuple[list[Any], np.ndarray]:
-    """W panels (handles) and H for ``init`` in {"random", "nndsvd", "nndsvda", "nndsvdar"}."""
+    """W panels (handles) and H for ``init`` in {"random", "nndsvd", "nndsvda", "nndsvdar"}.
+
+    With a ``keeper``, each W panel is written where the keeper says by the task
+    that makes it, so W is never gathered (and NNDSVD's U is recomputed per panel
+    from one more read of V rather than held).
+    """
     n, m = source.shape
     dtype = source.dtype.str
     avg = math.sqrt(summary.mean / k)
     if init == "random":
         H = _init.random_H(seed, k, m, avg, source.dtype)
-        W = backend.map_keep(
-            _init.random_W_task, [(a, b) for a, b in bounds], (k, avg, seed, dtype)
+        W = _map_W(
+            backend, keeper, _init.random_W_task, [(a, b) for a, b in bounds],
+            (k, avg, seed, dtype),
         )
         return W, H
     # NNDSVD family: a randomized range finder, one read of V per power pass.
@@ -168,16 +175,45 @@ def initialize(
     S, Vt = _init.svd_from_gram(Q, C, k)
     proj = Vt.T / np.where(S > 0, S, 1.0)
     U_handles, x_norms = backend.run_pass(
-        _init.nndsvd_U_task, [(ref,) for ref in refs], (proj,), _add, keep_outputs=True
+        _init.nndsvd_U_task, [(ref,) for ref in refs], (proj,), _add,
+        keep_outputs=keeper is None,
     )
     H, use_pos, scale = _init.nndsvd_H(S, Vt, x_norms)
-    W = backend.map_keep(
-        _init.nndsvd_W_task,
-        [(U, a) for U, (a, _) in zip(U_handles, bounds)],
-        (use_pos, scale, init, summary.mean, seed, dtype),
-    )
+    if keeper is None:
+        W = backend.map_keep(
+            _init.nndsvd_W_task,
+            [(U, a) for U, (a, _) in zip(U_handles, bounds)],
+            (use_pos, scale, init, summary.mean, seed, dtype),
+        )
+    else:
+        W = _map_W(
+            backend, keeper, _nndsvd_W_from_V_task,
+            [(ref, a) for ref, (a, _) in zip(refs, bounds)],
+            (proj, use_pos, scale, init, summary.mean, seed, dtype),
+        )
     H = _init.fill_H(H, init, summary.mean, seed)
     return W, H.astype(source.dtype)
+
+
+def _map_W(backend: Backend, keeper: WKeeper | None, task: Callable[..., np.ndarray],
+           per_panel: list[tuple[Any, ...]], shared: tuple[Any, ...]) -> list[Any]:
+    """Run an init task per panel; keep W on the workers, or store it via ``keeper``."""
+    if keeper is None:
+        return backend.map_keep(task, per_panel, shared)
+    sinks = keeper.sinks(0)
+    outputs = backend.map(
+        _stored_task, [(task, sink, *args) for sink, args in zip(sinks, per_panel)], shared
+    )
+    return keeper.handles(outputs, sinks)
+
+
+def _stored_task(task: Callable[..., np.ndarray], sink: Any, *args: Any) -> Any:
+    return sink.store(task(*args))
+
+
+def _nndsvd_W_from_V_task(v_ref: Any, start: int, proj: np.ndarray, *args: Any) -> np.ndarray:
+    U, _ = _init.nndsvd_U_task(v_ref, proj)
+    return _init.nndsvd_W_task(U, start, *args)
 
 
 def _range_pass_task(v_ref: Any, Q: np.ndarray) -> tuple[None, tuple[np.ndarray, np.ndarray]]:

@@ -19,7 +19,7 @@ import numpy as np
 from . import _engine
 from ._backend import Backend, get_backend
 from ._solvers import Regularization, Solver, get_solver
-from ._source import PanelSource, as_source
+from ._source import PanelSource, as_source, load_panel
 from ._validation import check_custom_factor, check_params, regularization, resolve_seed
 from .errors import InvalidInputError, NotFittedError
 
@@ -31,16 +31,37 @@ logger = logging.getLogger("dnmf")
 class _Prepared:
     """V made ready for passes: source, backend, panel bounds and references, summary."""
 
-    def __init__(self, X: Any, scheduler: Any, panel_rows: int | None) -> None:
+    def __init__(
+        self,
+        X: Any,
+        scheduler: Any,
+        panel_rows: int | None,
+        *,
+        regular: bool = False,
+        cache: bool = False,
+        scan: bool = True,
+    ) -> None:
         self.source: PanelSource = as_source(X)
         self.backend: Backend = get_backend(scheduler)
         self.bounds = self.source.panel_bounds(panel_rows, self.backend.n_threads)
+        sizes = [b - a for a, b in self.bounds]
+        if regular and (len(set(sizes[:-1])) > 1 or sizes[-1] > sizes[0]):
+            # A run store chunks W by panel: panels must be equal but for the last.
+            self.bounds = self.source.panel_bounds(
+                self.bounds[0][1] - self.bounds[0][0], self.backend.n_threads
+            )
         refs = self.source.panel_refs(self.bounds)
         if self.backend.distributed and self.source.kind in ("numpy", "sparse"):
             # In-memory data goes to the workers once, not once per iteration.
             refs = self.backend.scatter_panels([ref.load() for ref in refs])
+        elif cache and self.source.kind in ("zarr", "dask"):
+            # cache=True: read each panel once; later passes use the copy in memory
+            # (this process, or the workers' memory on a cluster).
+            refs = self.backend.map_keep(load_panel, [(ref,) for ref in refs])
         self.refs = refs
-        self.summary = _engine.scan(self.backend, self.source, self.refs, self.bounds)
+        self.summary: _engine.DataSummary
+        if scan:
+            self.summary = _engine.scan(self.backend, self.source, self.refs, self.bounds)
 
     def split_rows(self, W: np.ndarray) -> list[Any]:
         panels = [W[a:b] for a, b in self.bounds]
@@ -105,6 +126,28 @@ class NMF:
     scheduler : None, "threads", str or distributed.Client, default=None
         None uses the active ``distributed.Client`` if there is one, else Dask's
         local threads scheduler.
+    out : str, os.PathLike, zarr Store or None, default=None
+        A run store for W, H and the fit's state: a directory, a ``.zip`` path, or
+        an fsspec URL such as ``"s3://bucket/run"``. W (of shape (n_samples,
+        n_components), chunked by panel) is then never held whole in memory and
+        ``fit_transform`` returns a Dask array read from the store. A compatible
+        unfinished run already at ``out`` is resumed; one for other data or
+        parameters is refused (see ``overwrite``). Read it back with
+        :func:`dnmf.open_run`; continue it with :func:`dnmf.resume`. A ``.zip`` is
+        written at the end from a working directory ``<out>.partial`` beside it.
+        See docs/checkpoints.md for the layout.
+    checkpoint_every : int, default=10
+        With ``out``: commit the state every this many iterations (also after
+        initialisation, at the end, and on KeyboardInterrupt). A SIGKILL loses at
+        most the iterations since the last commit.
+    overwrite : bool, default=False
+        With ``out``: discard whatever is at ``out`` (another run, or other files)
+        and start afresh. Leave False to resume.
+    cache : bool, default=False
+        Keep V's panels in memory after their first read (in this process with the
+        threads scheduler, in the workers' memory on a cluster), so later
+        iterations do not read V from storage again. Only for a V that fits in the
+        memory available; for NumPy and SciPy input it changes nothing.
 
     Attributes
     ----------
@@ -154,6 +197,10 @@ class NMF:
         verbose: int = 0,
         panel_rows: int | None = None,
         scheduler: Any = None,
+        out: Any = None,
+        checkpoint_every: int = 10,
+        overwrite: bool = False,
+        cache: bool = False,
     ) -> None:
         self.n_components = n_components
         self.solver = solver
@@ -169,6 +216,10 @@ class NMF:
         self.verbose = verbose
         self.panel_rows = panel_rows
         self.scheduler = scheduler
+        self.out = out
+        self.checkpoint_every = checkpoint_every
+        self.overwrite = overwrite
+        self.cache = cache
 
     # ------------------------------------------------------------ parameters
     @classmethod
@@ -252,10 +303,14 @@ class NMF:
         Returns
         -------
         W : ndarray of shape (n_samples, n_components), or a Dask array for Dask
-            and Zarr input.
+            and Zarr input, or with ``out`` set (read from the run store).
         """
         params = self._checked()
-        prep = _Prepared(X, params["scheduler"], params["panel_rows"])
+        if params["out"] is not None:
+            from ._run import fit_to_store
+
+            return fit_to_store(self, X, W, H, params)
+        prep = _Prepared(X, params["scheduler"], params["panel_rows"], cache=params["cache"])
         source = prep.source
         n, m = source.shape
         k = self._resolve_k(params, W, H, m)

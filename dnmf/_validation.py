@@ -7,6 +7,7 @@ Messages quote the offending value and say what is allowed. Input *data* checks
 from __future__ import annotations
 
 import numbers
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -68,6 +69,15 @@ CONSTRAINTS: dict[str, tuple[Callable[[Any], bool], str]] = {
         "None, an int, a numpy RandomState or Generator",
     ),
     "panel_rows": (lambda v: v is None or _positive_int(v), "None (auto) or a positive int"),
+    "out": (
+        lambda v: v is None
+        or isinstance(v, str | os.PathLike)
+        or (hasattr(v, "list_prefix") and hasattr(v, "get")),
+        "None, a directory or '.zip' path, an fsspec URL or a zarr Store",
+    ),
+    "checkpoint_every": (_positive_int, "a positive int"),
+    "overwrite": (lambda v: isinstance(v, bool | np.bool_), "a bool"),
+    "cache": (lambda v: isinstance(v, bool | np.bool_), "a bool"),
 }
 
 

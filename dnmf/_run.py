@@ -1,0 +1,693 @@
+"""Runs: a fit whose W, H and state live in a run store, committed and resumable.
+
+This module maps the driver's :class:`~dnmf._engine.FitState` to and from the
+manifests of :mod:`dnmf._store`: it keeps W panels in the store's rotating buffers
+(:class:`StoreKeeper`), commits every ``checkpoint_every`` iterations, at the end and
+on KeyboardInterrupt (:class:`Checkpointer`), decides whether an existing run may be
+resumed (fingerprint of V, parameters), and reads runs back (:class:`Run`,
+:func:`open_run`, :func:`resume`). The state is committed exactly as the driver holds
+it, so a resumed run repeats the uninterrupted one bit for bit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from . import _engine
+from ._store import (
+    H_BUFFERS,
+    LOCK,
+    W_BUFFERS,
+    ZIP_WORKDIR_SUFFIX,
+    Location,
+    RunStore,
+    StoredPanel,
+    as_location,
+    fingerprint_panels,
+    locked,
+    now,
+    pause_point,
+)
+from .errors import ConvergenceWarning, IncompatibleRunError, InvalidInputError, StoreError
+
+if TYPE_CHECKING:
+    from ._backend import Backend
+    from ._estimator import NMF, _Prepared
+
+__all__ = ["Run", "StoreKeeper", "fit_to_store", "open_run", "resume"]
+
+logger = logging.getLogger("dnmf")
+
+#: Recorded parameters that may change when a run is continued.
+MAY_DIFFER = ("max_iter", "checkpoint_every", "cache")
+
+
+# ----------------------------------------------------------------- the keeper
+class StoreKeeper:
+    """W panels in the run store: each pass writes a buffer no one else points at.
+
+    ``current`` is the buffer the W handles point to, ``committed`` the one of the
+    last manifest; a pass writes the first of W0, W1, W2 that is neither, so the
+    committed W stays intact until the next commit and a retried task rewrites the
+    same bytes.
+    """
+
+    def __init__(self, store: RunStore, run_id: str, bounds: list[tuple[int, int]],
+                 backend: Backend) -> None:
+        self.store = store
+        self.run_id = run_id
+        self.bounds = bounds
+        self.backend = backend
+        self.current: str | None = None
+        self.committed: str | None = None
+
+    def target(self) -> str:
+        return next(b for b in W_BUFFERS if b not in (self.current, self.committed))
+
+    def sinks(self, iteration: int) -> list[Any]:
+        buffer = self.target()
+        return [
+            self.store.sink(self.run_id, buffer, i, a, b, iteration)
+            for i, (a, b) in enumerate(self.bounds)
+        ]
+
+    def handles(self, outputs: list[Any], sinks: list[Any]) -> list[Any]:
+        checksums = self.backend.gather(outputs)
+        self.current = sinks[0].buffer
+        return [
+            self.store.panel(self.run_id, s.buffer, s.index, s.start, s.stop, c)
+            for s, c in zip(sinks, checksums)
+        ]
+
+    def write_local(self, W: np.ndarray) -> list[StoredPanel]:
+        """Write a W held by this process (custom init) into the next buffer."""
+        sinks = self.sinks(0)
+        return self.handles([sink.store(W[sink.start : sink.stop]) for sink in sinks], sinks)
+
+
+# ----------------------------------------------------------- the checkpointer
+@dataclass(frozen=True)
+class Snapshot:
+    """A completed iteration, as the driver held it."""
+
+    iteration: int
+    W: list[StoredPanel]
+    H: np.ndarray
+    loss_history: list[float]
+    init_loss: float | None
+    converged: bool
+    stopped_by_callback: bool
+
+    @classmethod
+    def of(cls, state: _engine.FitState) -> Snapshot:
+        return cls(state.iteration, list(state.W), state.H, list(state.loss_history),
+                   state.init_loss, state.converged, state.stopped_by_callback)
+
+
+class Checkpointer:
+    """Commits snapshots: H into the free H buffer, then the manifest."""
+
+    def __init__(self, store: RunStore, keeper: StoreKeeper, every: int,
+                 header: dict[str, Any], previous: dict[str, Any] | None) -> None:
+        self.store = store
+        self.keeper = keeper
+        self.every = every
+        self.header = header
+        self.sequence = int(previous["sequence"]) if previous else 0
+        self.committed_H: str | None = previous["H"]["array"] if previous else None
+        self.committed_iteration = int(previous["iteration"]) if previous else -1
+        self.last: Snapshot | None = None
+
+    def on_iteration(self, state: _engine.FitState) -> None:
+        self.last = Snapshot.of(state)
+        if state.iteration % self.every == 0:
+            self.commit(self.last)
+
+    def commit_last(self) -> None:
+        """Commit the newest completed iteration if it is not committed yet."""
+        if self.last is not None and self.last.iteration > self.committed_iteration:
+            self.commit(self.last)
+
+    def commit(self, snap: Snapshot, *, complete: bool = False,
+               stop_reason: str | None = None) -> dict[str, Any]:
+        H_buffer = next(b for b in H_BUFFERS if b != self.committed_H)
+        H_checksum = self.store.write_H(self.keeper.run_id, H_buffer, snap.H)
+        pause_point("commit:H", snap.iteration)
+        body = {
+            **self.header,
+            "sequence": self.sequence + 1,
+            "iteration": snap.iteration,
+            "complete": complete,
+            "stop_reason": stop_reason,
+            "converged": snap.converged,
+            "stopped_by_callback": snap.stopped_by_callback,
+            "W": {
+                "array": snap.W[0].buffer,
+                "checksums": [p.checksum for p in snap.W],
+            },
+            "H": {"array": H_buffer, "checksum": H_checksum},
+            "loss_history": snap.loss_history,
+            "init_loss": snap.init_loss,
+            "updated": now(),
+        }
+        body["_key"] = self.store.commit(body)
+        self.sequence += 1
+        self.committed_H = H_buffer
+        self.keeper.committed = snap.W[0].buffer
+        self.committed_iteration = snap.iteration
+        logger.debug("committed iteration %d to %s", snap.iteration, self.store.location)
+        return body
+
+
+# ------------------------------------------------------- fitting into a store
+def _source_location(X: Any) -> str | None:
+    """A path or URL from which V can be opened again, if it has one."""
+    if isinstance(X, str | os.PathLike):
+        text = os.fspath(X)
+        return text if "://" in text else os.path.abspath(text)
+    if type(X).__module__.startswith("zarr"):
+        import zarr.storage as zs
+
+        store = getattr(X, "store", None)
+        inner = getattr(X, "path", "") or ""
+        if isinstance(store, zs.LocalStore):
+            return os.path.join(os.path.abspath(str(store.root)), *inner.split("/"))
+        if isinstance(store, zs.ZipStore) and not inner:
+            return os.path.abspath(str(store.path))
+        if isinstance(store, zs.FsspecStore):
+            protocol = store.fs.protocol
+            protocol = protocol[0] if isinstance(protocol, tuple | list) else protocol
+            base = store.path.rstrip("/")
+            if protocol in ("file", "local"):
+                return os.path.join(base, *inner.split("/")) if inner else base
+            return f"{protocol}://{base.lstrip('/')}" + (f"/{inner}" if inner else "")
+    return None
+
+
+def _check_not_input(loc: Location, source_location: str | None) -> None:
+    if source_location is None or loc.kind != "local" or "://" in source_location:
+        return
+    run, data = os.path.realpath(loc.path), os.path.realpath(source_location)
+    if os.path.commonpath([run, data]) in (run, data):
+        raise StoreError(
+            f"out={loc.path!r} overlaps the input X at {source_location!r}: a run store "
+            f"must not contain (or be inside) its data. Choose another out."
+        )
+
+
+def _recorded_params(params: dict[str, Any], k: int, init: str, seed: int,
+                     panel_rows: int) -> dict[str, Any]:
+    alpha_H = params["alpha_H"]
+    return {
+        "n_components": int(k),
+        "solver": params["solver"],
+        "beta_loss": params["beta_loss"],
+        "init": init,
+        "tol": float(params["tol"]),
+        "random_state": int(seed),
+        "alpha_W": float(params["alpha_W"]),
+        "alpha_H": alpha_H if alpha_H == "same" else float(alpha_H),
+        "l1_ratio": float(params["l1_ratio"]),
+        "panel_rows": int(panel_rows),
+        "max_iter": int(params["max_iter"]),
+        "checkpoint_every": int(params["checkpoint_every"]),
+        "cache": bool(params["cache"]),
+    }
+
+
+def _differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    lines = []
+    for group in ("fingerprint", "params"):
+        before, after = old.get(group, {}), new[group]
+        for key in sorted(set(before) | set(after)):
+            if group == "params" and key in MAY_DIFFER:
+                continue
+            if group == "fingerprint" and key == "storage_chunks":
+                continue
+            if before.get(key) != after.get(key):
+                label = "content of V (sampled panels)" if key == "sample" else key
+                if key == "sample":
+                    lines.append(f"{label}: checksum {before.get(key, {}).get('checksum')} "
+                                 f"(run) vs {after[key].get('checksum')} (now)")
+                else:
+                    lines.append(f"{label}: {before.get(key)!r} (run) vs {after.get(key)!r} (now)")
+    return lines
+
+
+def _fingerprint(prep: _Prepared, bounds: list[tuple[int, int]]) -> dict[str, Any]:
+    source = prep.source
+    refs = source.panel_refs(bounds)
+    if source.kind in ("numpy", "sparse"):
+        def run_map(task: Callable[..., str], per_panel: list[tuple[Any, ...]]) -> list[str]:
+            return [task(*args) for args in per_panel]
+    else:
+        run_map = prep.backend.map
+    return {
+        "shape": [int(s) for s in source.shape],
+        "dtype": source.dtype.str,
+        "storage_chunks": source.row_chunk,
+        "sample": fingerprint_panels(run_map, refs, source.shape),
+    }
+
+
+def _bounds_of(n: int, panel_rows: int) -> list[tuple[int, int]]:
+    return [(a, min(a + panel_rows, n)) for a in range(0, n, panel_rows)]
+
+
+def _verify_task(panel: StoredPanel) -> None:
+    panel.load()
+
+
+def fit_to_store(est: NMF, X: Any, W: Any, H: Any, params: dict[str, Any]) -> Any:
+    """``est.fit_transform(X, W=W, H=H)`` with ``out`` set; returns W as a Dask array."""
+    loc = as_location(params["out"])
+    source_location = _source_location(X)
+    _check_not_input(loc, source_location)
+    if loc.kind != "zip":
+        store = RunStore(loc)
+        manifest = _fit(store, est, X, W, H, params, source_location)
+        return Run(store, manifest, verify=False).W
+    # A zip cannot be rewritten in place: run in a directory beside it, pack at exit.
+    work = Location("local", loc.path + ZIP_WORKDIR_SUFFIX)
+    if not params["overwrite"] and os.path.exists(loc.path) and not RunStore(work).exists():
+        RunStore.unpack(loc.path, work.path)
+    store = RunStore(work)
+    manifest = _fit(store, est, X, W, H, params, source_location, on_exit=_packer(loc.path))
+    return Run(RunStore(loc), manifest, verify=False).W
+
+
+def _packer(target: str) -> Callable[[RunStore, dict[str, Any] | None], None]:
+    def pack(store: RunStore, manifest: dict[str, Any] | None) -> None:
+        if manifest is None:
+            return
+        store.pack(target, [manifest["W"]["array"], manifest["H"]["array"]])
+        # Empty the work directory but keep the lock until it is released.
+        for name in os.listdir(store.location.path):
+            if name != LOCK:
+                path = os.path.join(store.location.path, name)
+                if os.path.isdir(path):
+                    shutil.rmtree(path)
+                else:
+                    os.unlink(path)
+
+    return pack
+
+
+def _fit(
+    store: RunStore,
+    est: NMF,
+    X: Any,
+    W: Any,
+    H: Any,
+    params: dict[str, Any],
+    source_location: str | None,
+    on_exit: Callable[[RunStore, dict[str, Any] | None], None] | None = None,
+) -> dict[str, Any]:
+    from ._estimator import _Prepared
+    from ._validation import check_custom_factor, resolve_seed
+
+    loc = store.location
+    if store.exists() and not store.is_run() and not store.is_empty_dir():
+        if not params["overwrite"]:
+            raise IncompatibleRunError(
+                f"out={loc.path!r} holds data that is not a dnmf run; refusing to touch "
+                f"it. Choose another out, or pass overwrite=True to replace its contents."
+            )
+    final: dict[str, Any] | None = None
+    with locked(store):
+        try:
+            if params["overwrite"] and store.exists():
+                store.wipe()
+            manifest = store.read_manifest() if store.is_run() else None
+            recorded = manifest["params"] if manifest else None
+
+            panel_rows = params["panel_rows"]
+            if recorded and panel_rows is None:
+                panel_rows = recorded["panel_rows"]
+            prep = _Prepared(X, params["scheduler"], panel_rows, regular=True,
+                             cache=params["cache"], scan=False)
+            source, bounds = prep.source, prep.bounds
+            n, m = source.shape
+            if recorded and params["n_components"] == "auto":
+                k = int(recorded["n_components"])
+            else:
+                k = est._resolve_k(params, W, H, m)
+            init = params["init"] or ("nndsvda" if k <= min(n, m) else "random")
+            if recorded and params["random_state"] is None:
+                seed = int(recorded["random_state"])
+            else:
+                seed = resolve_seed(params["random_state"])
+            run_params = _recorded_params(params, k, init, seed, bounds[0][1] - bounds[0][0])
+
+            W0 = H0 = None
+            custom: dict[str, Any] = {}
+            if init == "custom" and (W is not None or H is not None or not manifest):
+                W0 = check_custom_factor(W, "W", (n, k), source.dtype)
+                H0 = check_custom_factor(H, "H", (k, m), source.dtype)
+                from ._store import checksum
+
+                custom = {"custom_W": checksum(W0), "custom_H": checksum(H0)}
+
+            fp_bounds = bounds
+            if manifest and manifest["fingerprint"]["shape"] == [n, m]:
+                fp_bounds = _bounds_of(n, int(recorded["panel_rows"]))  # type: ignore[index]
+            fingerprint = {**_fingerprint(prep, fp_bounds), **custom}
+            if manifest:
+                old_fp = dict(manifest["fingerprint"])
+                if not custom:
+                    old_fp = {k_: v for k_, v in old_fp.items() if not k_.startswith("custom_")}
+                diffs = _differences({**manifest, "fingerprint": old_fp},
+                                     {"fingerprint": fingerprint, "params": run_params})
+                if diffs:
+                    raise IncompatibleRunError(
+                        f"out={loc.path!r} holds a run for other data or other parameters; "
+                        f"nothing was changed. Differences:\n  " + "\n  ".join(diffs)
+                        + "\nUse another out, or overwrite=True to discard that run."
+                    )
+
+            solver = est._solver(params)
+            reg = est._reg(params, n, m)
+            if manifest:
+                run_id = manifest["run_id"]
+                store.ensure_buffers(run_id, n=n, m=m, k=k, panel_rows=bounds[0][1] - bounds[0][0],
+                                     dtype=source.dtype)
+                prep.summary = _engine.DataSummary(**manifest["summary"])
+                keeper = StoreKeeper(store, run_id, bounds, prep.backend)
+                state = _restore(store, manifest, keeper)
+                prep.backend.map(_verify_task, [(p,) for p in state.W])
+                header = {k_: manifest[k_] for k_ in ("run_id", "created", "summary", "source",
+                                                      "rng", "dnmf_version")}
+            else:
+                prep.summary = _engine.scan(prep.backend, source, prep.refs, bounds)
+                run_id = store.create(n=n, m=m, k=k, panel_rows=bounds[0][1] - bounds[0][0],
+                                      dtype=source.dtype)
+                keeper = StoreKeeper(store, run_id, bounds, prep.backend)
+                if W0 is not None and H0 is not None:
+                    W_handles = keeper.write_local(W0)
+                else:
+                    W_handles, H0 = _engine.initialize(
+                        prep.backend, source, prep.refs, bounds, init=init, k=k, seed=seed,
+                        summary=prep.summary, keeper=keeper,
+                    )
+                state = _engine.FitState(W=W_handles, H=H0)
+                from . import __version__
+
+                s = prep.summary
+                header = {
+                    "run_id": run_id,
+                    "created": now(),
+                    "summary": {"norm_sq": s.norm_sq, "total": s.total, "size": s.size,
+                                "nnz": s.nnz},
+                    "source": {"kind": source.kind, "location": source_location},
+                    "rng": {"seed": seed, "kind": "numpy.random.default_rng([seed, stream, block])"},
+                    "dnmf_version": __version__,
+                }
+            header = {**header, "params": run_params, "fingerprint": fingerprint}
+            ckpt = Checkpointer(store, keeper, params["checkpoint_every"], header, manifest)
+            if not manifest:
+                final = ckpt.commit(Snapshot.of(state))
+            else:
+                final = manifest
+            final = _iterate(est, prep, solver, reg, state, ckpt, params, final)
+            est._set_fitted(state, k, m)
+            return final
+        finally:
+            if on_exit is not None:
+                with contextlib.suppress(Exception):
+                    on_exit(store, store.read_manifest() if store.is_run() else None)
+
+
+def _iterate(est: NMF, prep: _Prepared, solver: Any, reg: Any, state: _engine.FitState,
+             ckpt: Checkpointer, params: dict[str, Any], final: dict[str, Any]) -> dict[str, Any]:
+    max_iter = params["max_iter"]
+    lagged = not solver.exact_loss_after_update
+    finished = state.converged or state.stopped_by_callback or state.iteration >= max_iter
+    if final.get("complete") and finished:
+        state.done = True
+        return final
+    if state.iteration > max_iter and not (state.converged or state.stopped_by_callback):
+        raise IncompatibleRunError(
+            f"max_iter={max_iter} but the run at {str(ckpt.store.location)!r} is already "
+            f"at iteration {state.iteration}; pass max_iter >= {state.iteration} to "
+            f"continue it."
+        )
+    if finished and (state.converged or state.stopped_by_callback or not lagged):
+        # Stopped by the last commit's own iteration; only the final commit is missing.
+        state.done = True
+        if not (state.converged or state.stopped_by_callback):
+            warnings.warn(
+                f"Maximum number of iterations {max_iter} reached before the relative "
+                f"decrease of the loss fell below tol={params['tol']}. Increase max_iter "
+                f"or tol.", ConvergenceWarning, stacklevel=4,
+            )
+    else:
+        from ._progress import Progress
+
+        try:
+            with Progress(params["verbose"], max_iter, prep.backend) as progress:
+                _engine.iterate(
+                    prep.backend, prep.source, prep.refs, solver, reg, state,
+                    max_iter=max_iter, tol=params["tol"], norm_sq=prep.summary.norm_sq,
+                    keeper=ckpt.keeper, callback=params["callback"],
+                    on_iteration=ckpt.on_iteration, progress=progress.update,
+                )
+        except KeyboardInterrupt:
+            ckpt.commit_last()
+            raise
+    reason = ("converged" if state.converged else
+              "callback" if state.stopped_by_callback else "max_iter")
+    return ckpt.commit(Snapshot.of(state), complete=True, stop_reason=reason)
+
+
+def _restore(store: RunStore, manifest: dict[str, Any], keeper: StoreKeeper) -> _engine.FitState:
+    """The FitState a manifest recorded, with W handles that verify on load."""
+    run_id = manifest["run_id"]
+    buffer = manifest["W"]["array"]
+    checksums = manifest["W"]["checksums"]
+    if len(checksums) != len(keeper.bounds):
+        raise IncompatibleRunError(
+            f"the run at {str(store.location)!r} has {len(checksums)} W panels, but the "
+            f"data is split into {len(keeper.bounds)}."
+        )
+    W = [store.panel(run_id, buffer, i, a, b, c)
+         for i, ((a, b), c) in enumerate(zip(keeper.bounds, checksums))]
+    H = store.read_H(run_id, manifest["H"]["array"], manifest["H"]["checksum"])
+    keeper.current = keeper.committed = buffer
+    return _engine.FitState(
+        W=W, H=H, iteration=int(manifest["iteration"]),
+        loss_history=[float(x) for x in manifest["loss_history"]],
+        init_loss=None if manifest["init_loss"] is None else float(manifest["init_loss"]),
+        converged=bool(manifest.get("converged")),
+        stopped_by_callback=bool(manifest.get("stopped_by_callback")),
+    )
+
+
+# ------------------------------------------------------------------ reading
+def _load(panel: StoredPanel) -> np.ndarray:
+    return panel.load()
+
+
+class Run:
+    """A committed snapshot of a run, as :func:`open_run` reads it.
+
+    Attributes
+    ----------
+    W : dask.array.Array of shape (n_samples, n_components)
+        Read lazily from the committed W buffer; each chunk is checked against its
+        checksum when it is read.
+    H : ndarray of shape (n_components, n_features)
+    iteration : int
+        Iterations done.
+    loss_history : list of float
+    params : dict
+        The parameters of the run (``random_state`` is the seed actually used).
+    complete : bool
+        The fit finished (converged, stopped by its callback, or reached max_iter).
+    stop_reason : {"converged", "callback", "max_iter"} or None
+    fingerprint : dict
+        V's shape, dtype, storage chunks and the checksum of sampled panels.
+    source : dict
+        Where V came from (``location`` is None for in-memory data).
+    dnmf_version, created, updated : str
+    path : str
+    """
+
+    def __init__(self, store: RunStore, manifest: dict[str, Any], *, verify: bool = True) -> None:
+        self.store = store
+        self.manifest = manifest
+        self.path = str(store.location)
+        self.run_id: str = manifest["run_id"]
+        self.iteration = int(manifest["iteration"])
+        self.loss_history = [float(x) for x in manifest["loss_history"]]
+        self.init_loss = manifest["init_loss"]
+        self.params = dict(manifest["params"])
+        self.complete = bool(manifest["complete"])
+        self.stop_reason = manifest.get("stop_reason")
+        self.fingerprint = manifest["fingerprint"]
+        self.source = manifest.get("source", {})
+        self.dnmf_version = manifest.get("dnmf_version")
+        self.created = manifest.get("created")
+        self.updated = manifest.get("updated")
+        n, m = manifest["fingerprint"]["shape"]
+        self.shape = (int(n), int(m))
+        self.dtype = np.dtype(manifest["fingerprint"]["dtype"])
+        self.bounds = _bounds_of(int(n), int(self.params["panel_rows"]))
+        self.H = store.read_H(self.run_id, manifest["H"]["array"], manifest["H"]["checksum"])
+        self._panels = [
+            store.panel(self.run_id, manifest["W"]["array"], i, a, b, c)
+            for i, ((a, b), c) in enumerate(zip(self.bounds, manifest["W"]["checksums"]))
+        ]
+        if verify:
+            for panel in self._panels:
+                panel.load()
+
+    @property
+    def W(self) -> Any:
+        import dask.array as da
+        from dask.highlevelgraph import HighLevelGraph
+
+        k = int(self.params["n_components"])
+        name = f"dnmf-run-W-{self.run_id}-{self.manifest['sequence']}"
+        graph = {(name, i, 0): (_load, panel) for i, panel in enumerate(self._panels)}
+        chunks = (tuple(b - a for a, b in self.bounds), (k,))
+        hlg = HighLevelGraph.from_collections(name, graph, dependencies=())
+        return da.Array(hlg, name, chunks=chunks, dtype=self.dtype)
+
+    def to_estimator(self) -> NMF:
+        """A fitted :class:`~dnmf.NMF` with this run's parameters and results."""
+        from ._estimator import NMF
+
+        p = self.params
+        est = NMF(
+            p["n_components"], solver=p["solver"], beta_loss=p["beta_loss"], init=p["init"],
+            max_iter=p["max_iter"], tol=p["tol"], random_state=p["random_state"],
+            alpha_W=p["alpha_W"], alpha_H=p["alpha_H"], l1_ratio=p["l1_ratio"],
+            panel_rows=p["panel_rows"], out=self.path,
+            checkpoint_every=p["checkpoint_every"], cache=p["cache"],
+        )
+        state = _engine.FitState(W=[], H=self.H, iteration=self.iteration,
+                                 loss_history=list(self.loss_history), init_loss=self.init_loss)
+        est._set_fitted(state, int(p["n_components"]), self.shape[1])
+        return est
+
+    def __repr__(self) -> str:
+        status = f"complete ({self.stop_reason})" if self.complete else "in progress"
+        loss = f", loss {self.loss_history[-1]:.6g}" if self.loss_history else ""
+        return (f"Run({self.path!r}: {self.shape[0]}×{self.shape[1]}, k="
+                f"{self.params['n_components']}, {self.params['solver']}, iteration "
+                f"{self.iteration}{loss}, {status})")
+
+
+def _reading_location(path: Any) -> Location:
+    loc = as_location(path)
+    if loc.kind == "zip":
+        work = Location("local", loc.path + ZIP_WORKDIR_SUFFIX)
+        if RunStore(work).read_bytes("manifest.json") is not None:
+            return work
+    return loc
+
+
+def open_run(path: Any, *, verify: bool = True) -> Run:
+    """Open the last committed state of the run at ``path``.
+
+    Parameters
+    ----------
+    path : str, os.PathLike or zarr Store
+        A run directory, a ``.zip`` written by a fit, or an fsspec URL.
+    verify : bool, default=True
+        Check every W chunk against its checksum now (H and the manifest are always
+        checked). With False, W chunks are checked as they are read.
+
+    Returns
+    -------
+    Run
+
+    Raises
+    ------
+    StoreError
+        Nothing was committed at ``path``.
+    CorruptCheckpointError
+        The manifest, H or a W chunk does not match its checksum; the message names
+        the file.
+
+    Notes
+    -----
+    Safe while another process writes the run: the snapshot is the last commit
+    visible when it was opened. A writer reuses that snapshot's W buffer two commits
+    later; reading ``W`` after that raises :class:`CorruptCheckpointError` (reopen).
+    """
+    store = RunStore(_reading_location(path))
+    if not store.exists():
+        raise StoreError(f"no run at {str(store.location)!r}: the path does not exist or is empty.")
+    last_error: Exception | None = None
+    for _ in range(5):
+        manifest = store.read_manifest()
+        if manifest is None:
+            raise StoreError(
+                f"{str(store.location)!r} has no committed state: not a dnmf run, or its "
+                f"fit was stopped before the first commit."
+            )
+        try:
+            return Run(store, manifest, verify=verify)
+        except StoreError as exc:
+            # A writer may have committed twice since the manifest was read.
+            last_error = exc
+            newer = store.read_manifest()
+            if newer is None or newer["sequence"] == manifest["sequence"]:
+                raise
+    assert last_error is not None
+    raise last_error
+
+
+def resume(
+    path: Any,
+    X: Any = None,
+    *,
+    max_iter: int | None = None,
+    scheduler: Any = None,
+    verbose: int = 0,
+    callback: Callable[[int, float], Any] | None = None,
+) -> Run:
+    """Continue the run at ``path`` until it is complete; return its final state.
+
+    Parameters
+    ----------
+    path : str, os.PathLike or zarr Store
+        The run's ``out``.
+    X : array-like, optional
+        The data. Needed only when the run was fitted on an in-memory array; by
+        default V is reopened from the location recorded in the run. Checked against
+        the run's fingerprint either way.
+    max_iter : int, optional
+        A new iteration limit (to extend a finished run); by default the run's own.
+    scheduler, verbose, callback
+        As for :class:`~dnmf.NMF`.
+
+    Returns
+    -------
+    Run
+    """
+    run = open_run(path, verify=False)
+    if X is None:
+        X = run.source.get("location")
+        if X is None:
+            raise InvalidInputError(
+                f"the run at {run.path!r} was fitted on an in-memory array, so its data "
+                f"cannot be reopened from the run: pass it, dnmf.resume(path, X=...)."
+            )
+    est = run.to_estimator()
+    est.set_params(
+        out=path, max_iter=max_iter if max_iter is not None else run.params["max_iter"],
+        scheduler=scheduler, verbose=verbose, callback=callback, overwrite=False,
+    )
+    est.fit(X)
+    return open_run(path, verify=False)

@@ -1,0 +1,855 @@
+"""The run store: where a fit's W, H and state live, and how a state is committed.
+
+A run store is a Zarr v3 group (a local directory, a ``.zip`` file, any fsspec URL
+Zarr accepts, or a Zarr ``Store`` object) laid out as::
+
+    zarr.json                group; attributes {"dnmf_run": {"format": 1, "run_id": ...}}
+    W0/ W1/ W2/              n × k arrays, row chunks = panel rows, uncompressed
+    H0/ H1/                  k × m arrays, uncompressed
+    manifest.json            local directories: the last commit, replaced atomically
+    manifests/<seq>-<id>.json  other stores: one new object per commit
+    lock.json                the writer's lock (host, pid, start time)
+
+A *commit* writes every byte of a state first (W panels are written by the panel
+tasks into a buffer that no commit points at; H goes to the H buffer the current
+manifest does not point at), then makes a small JSON manifest visible in one atomic
+step: ``os.replace`` of an fsynced temporary file on a local file system, a new
+uniquely named object elsewhere (readers take the newest that verifies). The manifest
+carries SHA-256 checksums of every W chunk and of H, and one of its own body, so
+damage is detected on open and named.
+
+This module knows Zarr, files and locks. It does no NMF mathematics: the state it
+commits is an opaque JSON body plus arrays, supplied by :mod:`dnmf._run`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import shutil
+import socket
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+import numpy as np
+
+from ._source import load_panel
+from .errors import CorruptCheckpointError, RunLockedError, StoreError
+
+__all__ = [
+    "H_BUFFERS",
+    "W_BUFFERS",
+    "Location",
+    "PanelSink",
+    "RunLock",
+    "RunStore",
+    "StoredPanel",
+    "as_location",
+    "checksum",
+    "fingerprint_panels",
+    "pause_point",
+]
+
+logger = logging.getLogger("dnmf")
+
+#: Layout version written into the group attributes and every manifest.
+FORMAT = 1
+W_BUFFERS = ("W0", "W1", "W2")
+H_BUFFERS = ("H0", "H1")
+MANIFEST = "manifest.json"
+MANIFESTS = "manifests/"
+LOCK = "lock.json"
+#: Suffix of the working directory behind a ``.zip`` run (zip files are not rewritable).
+ZIP_WORKDIR_SUFFIX = ".partial"
+#: How often a writer refreshes its lock, and when a lock from another host is stale.
+HEARTBEAT_SECONDS = float(os.environ.get("DNMF_LOCK_HEARTBEAT_SECONDS", "30"))
+STALE_SECONDS = float(os.environ.get("DNMF_LOCK_STALE_SECONDS", "600"))
+
+
+def checksum(data: Any) -> str:
+    """``"sha256:<hex>"`` of an array's bytes (C order) or of bytes."""
+    if isinstance(data, np.ndarray):
+        data = np.ascontiguousarray(data)
+    return "sha256:" + hashlib.sha256(memoryview(data).cast("B")).hexdigest()
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+def pause_point(point: str, iteration: int | None = None) -> None:
+    """Test hook: stop here (until killed) when ``DNMF_TEST_PAUSE_AT`` names this point.
+
+    ``DNMF_TEST_PAUSE_AT`` holds ``point`` or ``point@iteration`` items separated by
+    commas; when one matches, the file named by ``DNMF_TEST_PAUSE_FILE`` (if any) is
+    written and the thread sleeps, so a test can SIGKILL the process exactly there.
+    Unset (always, outside the crash tests) this costs one environment look-up.
+    """
+    spec = os.environ.get("DNMF_TEST_PAUSE_AT")
+    if not spec:
+        return
+    for item in spec.split(","):
+        name, _, at = item.strip().partition("@")
+        if name != point or (at and (iteration is None or int(at) != iteration)):
+            continue
+        marker = os.environ.get("DNMF_TEST_PAUSE_FILE")
+        if marker:
+            with open(marker + ".tmp", "w") as f:
+                f.write(f"{point}@{iteration}\n")
+            os.replace(marker + ".tmp", marker)
+        time.sleep(3600)
+
+
+# ------------------------------------------------------------------ locations
+@dataclass(frozen=True)
+class Location:
+    """Where a run store is, in a form that pickles to workers and reopens there.
+
+    ``kind`` is "local" (a directory: ``path``), "zip" (a zip file: ``path``, read
+    only), "url" (an fsspec URL: ``path``) or "store" (a Zarr ``Store`` object).
+    """
+
+    kind: str
+    path: str
+    store: Any = field(default=None, compare=False)
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.kind, self.path)
+
+    def __str__(self) -> str:
+        return self.path
+
+    def join(self, key: str) -> str:
+        """A human-readable name of ``key`` inside the store (for error messages)."""
+        if self.kind == "local":
+            return os.path.join(self.path, *key.split("/"))
+        return f"{self.path.rstrip('/')}/{key}"
+
+
+def as_location(out: Any) -> Location:
+    """Classify ``out``: a path, a ``.zip`` path, a URL or a Zarr Store object."""
+    import zarr.storage as zs
+
+    if isinstance(out, Location):
+        return out
+    if isinstance(out, zs.LocalStore):
+        return Location("local", os.path.abspath(str(out.root)))
+    if isinstance(out, zs.ZipStore):
+        return Location("zip", os.path.abspath(str(out.path)))
+    if isinstance(out, os.PathLike):
+        out = os.fspath(out)
+    if isinstance(out, str):
+        if out.startswith("file://"):
+            out = out[len("file://"):]
+        if "://" in out:
+            return Location("url", out.rstrip("/"))
+        path = os.path.abspath(os.path.expanduser(out))
+        if path.endswith(".zip"):
+            return Location("zip", path)
+        return Location("local", path)
+    if isinstance(out, zs.FsspecStore):
+        protocol = out.fs.protocol
+        protocol = protocol[0] if isinstance(protocol, tuple | list) else protocol
+        if protocol in ("file", "local"):
+            return Location("local", os.path.abspath(out.path))
+        return Location("store", f"{protocol}://{out.path.strip('/')}", out)
+    if hasattr(out, "list_prefix") and hasattr(out, "get"):
+        return Location("store", repr(out), out)
+    raise StoreError(
+        f"cannot use {out!r} as a run store: give a directory path, a '.zip' path, an "
+        f"fsspec URL such as 's3://bucket/run' or 'memory://run', or a Zarr Store."
+    )
+
+
+_OPEN_LOCK = threading.Lock()
+_STORES: dict[tuple[str, str], Any] = {}
+_ARRAYS: dict[tuple[tuple[str, str], str, str], Any] = {}
+
+
+def zarr_store(loc: Location) -> Any:
+    """The Zarr store of ``loc``, opened once per process."""
+    import zarr.storage as zs
+
+    if loc.kind == "store":
+        return loc.store
+    with _OPEN_LOCK:
+        store = _STORES.get(loc.key)
+        if store is None:
+            if loc.kind == "local":
+                store = zs.LocalStore(loc.path)
+            elif loc.kind == "zip":
+                store = zs.ZipStore(loc.path, mode="r")
+            else:
+                store = zs.FsspecStore.from_url(loc.path)
+            _STORES[loc.key] = store
+        return store
+
+
+def forget(loc: Location) -> None:
+    """Drop cached handles of ``loc`` (after it was wiped or repacked)."""
+    with _OPEN_LOCK:
+        store = _STORES.pop(loc.key, None)
+        for key in [k for k in _ARRAYS if k[0] == loc.key]:
+            del _ARRAYS[key]
+    if store is not None and loc.kind == "zip":
+        store.close()
+
+
+def open_array(loc: Location, run_id: str, name: str) -> Any:
+    """Array ``name`` of the run ``run_id`` at ``loc``, opened once per process."""
+    import zarr
+
+    key = (loc.key, run_id, name)
+    array = _ARRAYS.get(key)
+    if array is None:
+        mode = "r" if loc.kind == "zip" else "r+"
+        array = zarr.open_array(store=zarr_store(loc), path=name, mode=mode)
+        _ARRAYS[key] = array
+    return array
+
+
+def _sync(coroutine: Any) -> Any:
+    from zarr.core.sync import sync
+
+    return sync(coroutine)
+
+
+def _fsync_path(path: str, directory: bool = False) -> None:
+    fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if directory else 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+# ---------------------------------------------------------------- panel handles
+@dataclass(frozen=True)
+class StoredPanel:
+    """Rows ``start:stop`` of a W buffer; ``load()`` reads and verifies them."""
+
+    location: Location
+    run_id: str
+    buffer: str
+    index: int
+    start: int
+    stop: int
+    checksum: str | None = None
+
+    def load(self) -> np.ndarray:
+        array = open_array(self.location, self.run_id, self.buffer)
+        key = f"{self.buffer}/{array.metadata.encode_chunk_key((self.index, 0))}"
+        try:
+            block = np.asarray(array[self.start : self.stop])
+        except Exception as exc:
+            raise CorruptCheckpointError(
+                f"checkpoint is corrupted: cannot read W chunk "
+                f"{self.location.join(key)!r} ({type(exc).__name__}: {exc})."
+            ) from exc
+        if self.checksum is not None and checksum(block) != self.checksum:
+            raise CorruptCheckpointError(
+                f"checkpoint is corrupted: W chunk {self.location.join(key)!r} does not "
+                f"match its checksum in the manifest (damaged, truncated, or overwritten "
+                f"by a later commit of a writer: reopen the run to read its newest state)."
+            )
+        return block
+
+
+@dataclass(frozen=True)
+class PanelSink:
+    """Where a panel task writes its new W panel: one whole chunk of a W buffer."""
+
+    location: Location
+    run_id: str
+    buffer: str
+    index: int
+    start: int
+    stop: int
+    iteration: int
+
+    def store(self, W: np.ndarray) -> str:
+        """Write the panel; return the checksum of the bytes written."""
+        array = open_array(self.location, self.run_id, self.buffer)
+        block = np.ascontiguousarray(W, dtype=array.dtype)
+        array[self.start : self.stop] = block
+        if self.location.kind == "local":
+            chunk = array.metadata.encode_chunk_key((self.index, 0))
+            path = os.path.join(self.location.path, self.buffer, *chunk.split("/"))
+            _fsync_path(path)
+        pause_point("sink", self.iteration)
+        return checksum(block)
+
+
+# --------------------------------------------------------------------- the lock
+def _process_start(pid: int) -> str | None:
+    """The kernel's start time of ``pid`` (Linux), to tell a reused pid apart."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return fields[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _pid_alive(pid: int, start: str | None) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+        if state in ("Z", "X"):
+            return False
+    except (OSError, IndexError):
+        pass
+    if start is not None:
+        current = _process_start(pid)
+        if current is not None and current != start:
+            return False
+    return True
+
+
+class RunLock:
+    """The single-writer lock of a run store.
+
+    The lock names host, pid, the process start time and when it was taken; a
+    heartbeat thread refreshes it. Another live holder makes :meth:`acquire` raise
+    :class:`RunLockedError`; a holder on this host whose process is gone, or on
+    another host whose heartbeat is older than ``DNMF_LOCK_STALE_SECONDS``, is taken
+    over with a warning.
+    """
+
+    def __init__(self, store: RunStore) -> None:
+        self.store = store
+        self.token = uuid.uuid4().hex
+        self.info = {
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "pid_start": _process_start(os.getpid()),
+            "started": now(),
+            "heartbeat": time.time(),
+            "token": self.token,
+        }
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.held = False
+
+    def _payload(self) -> bytes:
+        return json.dumps(self.info, indent=1).encode()
+
+    def holder(self) -> dict[str, Any] | None:
+        raw = self.store.read_bytes(LOCK)
+        if raw is None:
+            return None
+        try:
+            info = json.loads(raw)
+            return info if isinstance(info, dict) else {}
+        except ValueError:
+            return {}
+
+    def _alive(self, info: dict[str, Any]) -> bool:
+        if not info:
+            # Unreadable: a writer killed while creating it; only a local one can be.
+            return False
+        if info.get("host") == socket.gethostname():
+            pid = int(info.get("pid", -1))
+            if pid == os.getpid():
+                return info.get("token") != self.token
+            return _pid_alive(pid, info.get("pid_start"))
+        age = time.time() - float(info.get("heartbeat", 0.0))
+        return age < STALE_SECONDS
+
+    def acquire(self) -> RunLock:
+        for _ in range(10):
+            if self.store.create_exclusive(LOCK, self._payload()):
+                break
+            info = self.holder()
+            if info is None:
+                continue
+            if self._alive(info):
+                raise RunLockedError(
+                    f"the run at {str(self.store.location)!r} is being written by another "
+                    f"process: host {info.get('host')!r}, pid {info.get('pid')}, since "
+                    f"{info.get('started')}. Wait for it to finish, or stop it first; "
+                    f"if that process is gone, delete {self.store.location.join(LOCK)!r}."
+                )
+            logger.warning(
+                "taking over the lock of the run at %s: its holder (host %s, pid %s, "
+                "since %s) is no longer running",
+                self.store.location, info.get("host"), info.get("pid"), info.get("started"),
+            )
+            self.store.break_lock(info)
+        else:  # pragma: no cover - ten lost races in a row
+            raise RunLockedError(f"could not take the lock of {str(self.store.location)!r}")
+        self.held = True
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._beat, name="dnmf-lock", daemon=True)
+        self._thread.start()
+        return self
+
+    def _beat(self) -> None:
+        while not self._stop.wait(HEARTBEAT_SECONDS):
+            self.info["heartbeat"] = time.time()
+            try:
+                if (self.holder() or {}).get("token") == self.token:
+                    self.store.write_bytes(LOCK, self._payload(), atomic=True)
+            except Exception as exc:  # a failed heartbeat must not kill the fit
+                logger.warning("could not refresh the lock of %s: %s", self.store.location, exc)
+
+    def release(self) -> None:
+        if not self.held:
+            return
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        self.held = False
+        with contextlib.suppress(Exception):
+            if (self.holder() or {}).get("token") == self.token:
+                self.store.delete(LOCK)
+
+    def __enter__(self) -> RunLock:
+        return self.acquire()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()
+
+
+# -------------------------------------------------------------------- the store
+class RunStore:
+    """Files and arrays of one run store (see the module docstring for the layout)."""
+
+    def __init__(self, location: Location) -> None:
+        self.location = location
+        self.writable = location.kind != "zip"
+        #: manifests that failed verification and were passed over by the last read
+        self.skipped: list[str] = []
+
+    @classmethod
+    def open(cls, out: Any) -> RunStore:
+        return cls(as_location(out))
+
+    @property
+    def local(self) -> bool:
+        return self.location.kind == "local"
+
+    def _local_path(self, key: str) -> str:
+        return os.path.join(self.location.path, *key.split("/"))
+
+    # --------------------------------------------------------------- raw bytes
+    def read_bytes(self, key: str) -> bytes | None:
+        if self.local:
+            try:
+                with open(self._local_path(key), "rb") as f:
+                    return f.read()
+            except FileNotFoundError:
+                return None
+            except NotADirectoryError as exc:
+                raise StoreError(f"{self.location.path!r} is not a directory") from exc
+        from zarr.core.buffer import default_buffer_prototype
+
+        buf = _sync(zarr_store(self.location).get(key, prototype=default_buffer_prototype()))
+        return None if buf is None else bytes(buf.to_bytes())
+
+    def write_bytes(self, key: str, data: bytes, *, atomic: bool = False) -> None:
+        """Write ``key``; ``atomic`` (local): readers see the old or the new bytes only."""
+        self._check_writable()
+        if self.local:
+            path = self._local_path(key)
+            directory = os.path.dirname(path)
+            os.makedirs(directory, exist_ok=True)
+            if not atomic:
+                with open(path, "wb") as f:
+                    f.write(data)
+                return
+            fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", dir=directory)
+            os.fchmod(fd, 0o644)
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    f.write(data)
+                    f.flush()
+                    os.fsync(f.fileno())
+                if key == MANIFEST:
+                    pause_point("commit:manifest", self._pending_iteration)
+                os.replace(tmp, path)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+                raise
+            _fsync_path(directory, directory=True)
+            return
+        from zarr.core.buffer import cpu
+
+        _sync(zarr_store(self.location).set(key, cpu.Buffer.from_bytes(data)))
+
+    def create_exclusive(self, key: str, data: bytes) -> bool:
+        """Create ``key`` if it does not exist; False if it does."""
+        self._check_writable()
+        if self.local:
+            path = self._local_path(key)
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            try:
+                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                return False
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            return True
+        # Object stores: best effort (no compare-and-swap in the Store API): write,
+        # then read back to see whose token won.
+        if self.read_bytes(key) is not None:
+            return False
+        self.write_bytes(key, data)
+        return self.read_bytes(key) == data
+
+    def break_lock(self, info: dict[str, Any]) -> None:
+        """Remove a dead holder's lock (only one of several contenders succeeds)."""
+        if self.local:
+            path = self._local_path(LOCK)
+            with contextlib.suppress(FileNotFoundError):
+                os.rename(path, f"{path}.stale-{uuid.uuid4().hex[:8]}")
+                for stale in os.listdir(self.location.path):
+                    if stale.startswith(f"{LOCK}.stale-"):
+                        with contextlib.suppress(OSError):
+                            os.unlink(os.path.join(self.location.path, stale))
+            return
+        self.delete(LOCK)
+
+    def delete(self, key: str) -> None:
+        self._check_writable()
+        if self.local:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self._local_path(key))
+            return
+        _sync(zarr_store(self.location).delete(key))
+
+    def list(self, prefix: str) -> list[str]:
+        if self.local:
+            directory = self._local_path(prefix.rstrip("/")) if prefix else self.location.path
+            try:
+                names = os.listdir(directory)
+            except (FileNotFoundError, NotADirectoryError):
+                return []
+            return sorted(prefix + name for name in names)
+
+        async def collect() -> list[str]:
+            return [key async for key in zarr_store(self.location).list_prefix(prefix)]
+
+        return sorted(_sync(collect()))
+
+    def _check_writable(self) -> None:
+        if not self.writable:
+            raise StoreError(
+                f"{self.location.path!r} is a zip file, which dnmf reads but does not "
+                f"rewrite in place; fit with out={self.location.path!r} works in a "
+                f"directory beside it and packs the zip at the end."
+            )
+
+    # ------------------------------------------------------------------ layout
+    def exists(self) -> bool:
+        if self.local:
+            return os.path.isdir(self.location.path) and bool(os.listdir(self.location.path))
+        if self.location.kind == "zip":
+            return os.path.exists(self.location.path)
+        return bool(self.list(""))
+
+    def attributes(self) -> dict[str, Any] | None:
+        """The dnmf run attributes of the group, or None if this is not a run store."""
+        raw = self.read_bytes("zarr.json")
+        if raw is None:
+            return None
+        try:
+            meta = json.loads(raw)
+        except ValueError:
+            return None
+        attrs = meta.get("attributes", {}).get("dnmf_run") if isinstance(meta, dict) else None
+        return attrs if isinstance(attrs, dict) else None
+
+    def is_run(self) -> bool:
+        return self.attributes() is not None
+
+    def is_empty_dir(self) -> bool:
+        """Nothing but a lock (or nothing at all) is there."""
+        return all(key == LOCK or key.startswith(f"{LOCK}.") for key in self.list(""))
+
+    def wipe(self) -> None:
+        """Remove everything except the lock (``overwrite=True``)."""
+        self._check_writable()
+        forget(self.location)
+        if self.local:
+            for name in os.listdir(self.location.path):
+                if name == LOCK:
+                    continue
+                path = os.path.join(self.location.path, name)
+                if os.path.isdir(path) and not os.path.islink(path):
+                    shutil.rmtree(path)
+                else:
+                    os.unlink(path)
+            return
+        for key in self.list(""):
+            if key != LOCK:
+                self.delete(key)
+
+    def create(self, *, n: int, m: int, k: int, panel_rows: int, dtype: np.dtype) -> str:
+        """Create the group and the W and H buffers; return the new run id."""
+        import zarr
+
+        self._check_writable()
+        forget(self.location)
+        run_id = uuid.uuid4().hex
+        attrs = {"dnmf_run": {"format": FORMAT, "run_id": run_id, "created": now()}}
+        zarr.open_group(store=zarr_store(self.location), mode="a", attributes=attrs)
+        self.ensure_buffers(run_id, n=n, m=m, k=k, panel_rows=panel_rows, dtype=dtype)
+        return run_id
+
+    def ensure_buffers(
+        self, run_id: str, *, n: int, m: int, k: int, panel_rows: int, dtype: np.dtype
+    ) -> None:
+        """Create the W and H buffers that are missing (a run unpacked from a zip)."""
+        import zarr
+
+        group = zarr.open_group(store=zarr_store(self.location), mode="r+")
+        present = set(group.array_keys())
+        h_cols = max(1, min(m, (64 * 2**20) // max(1, k * np.dtype(dtype).itemsize)))
+        for name in W_BUFFERS + H_BUFFERS:
+            if name in present:
+                continue
+            shape, chunks = ((n, k), (panel_rows, k)) if name[0] == "W" else ((k, m), (k, h_cols))
+            group.create_array(
+                name, shape=shape, chunks=chunks, dtype=dtype, compressors=None,
+                fill_value=0, attributes={"dnmf_run_id": run_id},
+            )
+
+    # ---------------------------------------------------------------- H and W
+    def write_H(self, run_id: str, name: str, H: np.ndarray) -> str:
+        array = open_array(self.location, run_id, name)
+        block = np.ascontiguousarray(H, dtype=array.dtype)
+        array[...] = block
+        if self.local:
+            root = os.path.join(self.location.path, name)
+            for directory, _, files in os.walk(os.path.join(root, "c")):
+                for file in files:
+                    _fsync_path(os.path.join(directory, file))
+        return checksum(block)
+
+    def read_H(self, run_id: str, name: str, expected: str) -> np.ndarray:
+        try:
+            H = np.asarray(open_array(self.location, run_id, name)[...])
+        except Exception as exc:
+            raise CorruptCheckpointError(
+                f"checkpoint is corrupted: cannot read H from {self.location.join(name)!r} "
+                f"({type(exc).__name__}: {exc})."
+            ) from exc
+        if checksum(H) != expected:
+            raise CorruptCheckpointError(
+                f"checkpoint is corrupted: H in {self.location.join(name)!r} does not match "
+                f"its checksum in the manifest (a chunk under "
+                f"{self.location.join(name + '/c')!r} is damaged or truncated)."
+            )
+        return H
+
+    def panel(self, run_id: str, buffer: str, index: int, start: int, stop: int,
+              expected: str | None = None) -> StoredPanel:
+        return StoredPanel(self.location, run_id, buffer, index, start, stop, expected)
+
+    def sink(self, run_id: str, buffer: str, index: int, start: int, stop: int,
+             iteration: int) -> PanelSink:
+        return PanelSink(self.location, run_id, buffer, index, start, stop, iteration)
+
+    # ------------------------------------------------------------- manifests
+    _pending_iteration: int | None = None
+
+    def read_manifest(self) -> dict[str, Any] | None:
+        """The newest manifest that verifies, or None if nothing was ever committed.
+
+        Raises :class:`CorruptCheckpointError` naming the file when manifests exist
+        but none verifies. Newer manifests passed over are listed in ``skipped``.
+        """
+        self.skipped = []
+        candidates: list[tuple[int, str, dict[str, Any]]] = []
+        errors: list[CorruptCheckpointError] = []
+        keys = [MANIFEST] if self.read_bytes(MANIFEST) is not None else []
+        keys += [key for key in self.list(MANIFESTS) if key.endswith(".json")]
+        for key in keys:
+            try:
+                body = self._parse_manifest(key)
+            except CorruptCheckpointError as exc:
+                errors.append(exc)
+                continue
+            candidates.append((int(body["sequence"]), key, body))
+        if not candidates:
+            if errors:
+                raise errors[0]
+            return None
+        sequence, key, body = max(candidates, key=lambda c: c[0])
+        for exc in errors:
+            self.skipped.append(str(exc))
+            logger.warning("passing over a damaged manifest: %s", exc)
+        body["_key"] = key
+        return body
+
+    def _parse_manifest(self, key: str) -> dict[str, Any]:
+        name = self.location.join(key)
+        raw = self.read_bytes(key)
+        if raw is None:
+            raise CorruptCheckpointError(f"checkpoint is corrupted: {name!r} vanished.")
+        try:
+            document = json.loads(raw)
+            body = document["manifest"]
+            stored = document["checksum"]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise CorruptCheckpointError(
+                f"checkpoint is corrupted: manifest {name!r} is not readable JSON of the "
+                f"expected form ({type(exc).__name__}: {exc}); it was truncated or damaged."
+            ) from exc
+        if not isinstance(body, dict) or _body_checksum(body) != stored:
+            raise CorruptCheckpointError(
+                f"checkpoint is corrupted: manifest {name!r} does not match its own "
+                f"checksum; it was damaged after it was written."
+            )
+        if body.get("format") != FORMAT:
+            raise StoreError(
+                f"manifest {name!r} has layout format {body.get('format')!r}; this dnmf "
+                f"reads format {FORMAT}. Open it with the dnmf version that wrote it "
+                f"({body.get('dnmf_version')!r})."
+            )
+        return body
+
+    def commit(self, body: dict[str, Any]) -> str:
+        """Make ``body`` the visible state, atomically; return the manifest's key.
+
+        Everything ``body`` points to must be written before this is called.
+        """
+        body = {k: v for k, v in body.items() if not k.startswith("_")}
+        body["format"] = FORMAT
+        document = json.dumps(
+            {"manifest": body, "checksum": _body_checksum(body)}, indent=1, sort_keys=True
+        ).encode()
+        self._pending_iteration = body.get("iteration")
+        try:
+            if self.local:
+                self.write_bytes(MANIFEST, document, atomic=True)
+                key = MANIFEST
+            else:
+                key = f"{MANIFESTS}{int(body['sequence']):012d}-{uuid.uuid4().hex[:12]}.json"
+                pause_point("commit:manifest", self._pending_iteration)
+                self.write_bytes(key, document)
+                # Keep the previous manifest too; older ones point at reused buffers.
+                older = [k for k in self.list(MANIFESTS) if k.endswith(".json") and k < key]
+                for stale in older[:-1]:
+                    with contextlib.suppress(Exception):
+                        self.delete(stale)
+        finally:
+            self._pending_iteration = None
+        pause_point("commit:done", body.get("iteration"))
+        return key
+
+    # --------------------------------------------------------------- zip files
+    def pack(self, target: str, buffers: list[str]) -> None:
+        """Write a zip with the group, ``buffers`` and the manifest; replace ``target``."""
+        import zarr.storage as zs
+        from zarr.core.buffer import cpu
+
+        keep = {"zarr.json", MANIFEST}
+        tmp = f"{target}.tmp-{uuid.uuid4().hex[:8]}"
+        archive = zs.ZipStore(tmp, mode="w")
+        try:
+            for directory, _, files in os.walk(self.location.path):
+                rel = os.path.relpath(directory, self.location.path)
+                parts = [] if rel == "." else rel.split(os.sep)
+                if parts and parts[0] not in buffers:
+                    continue
+                for file in sorted(files):
+                    key = "/".join([*parts, file])
+                    if file.startswith(".") or (not parts and key not in keep):
+                        continue
+                    with open(os.path.join(directory, file), "rb") as f:
+                        _sync(archive.set(key, cpu.Buffer.from_bytes(f.read())))
+        except BaseException:
+            archive.close()
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        archive.close()
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+        forget(Location("zip", target))
+
+    @staticmethod
+    def unpack(source: str, directory: str) -> None:
+        """Extract a packed run into ``directory`` (to continue it)."""
+        import zipfile
+
+        tmp = f"{directory}.unpack-{uuid.uuid4().hex[:8]}"
+        with zipfile.ZipFile(source) as archive:
+            archive.extractall(tmp)
+        os.replace(tmp, directory)
+
+
+def _body_checksum(body: dict[str, Any]) -> str:
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), allow_nan=True)
+    return checksum(canonical.encode())
+
+
+# -------------------------------------------------------------- V fingerprint
+def fingerprint_task(ref: Any) -> str:
+    """SHA-256 of one panel's raw bytes as the computation sees them."""
+    import scipy.sparse as sp
+
+    panel = load_panel(ref)
+    digest = hashlib.sha256()
+    if sp.issparse(panel):
+        csr = panel.tocsr()
+        for part in (csr.data, csr.indices, csr.indptr):
+            digest.update(np.ascontiguousarray(part).tobytes())
+    else:
+        digest.update(memoryview(np.ascontiguousarray(panel)).cast("B"))
+    return digest.hexdigest()
+
+
+def sample_panels(n_panels: int, shape: tuple[int, int], extra: int = 3) -> list[int]:
+    """First, last and ``extra`` seeded panels: the same choice for the same shape."""
+    chosen = {0, n_panels - 1}
+    rng = np.random.default_rng([int(shape[0]), int(shape[1]), 0x444E4D46])
+    if n_panels > 2:
+        chosen.update(int(i) for i in rng.choice(n_panels, size=min(extra, n_panels), replace=False))
+    return sorted(chosen)
+
+
+def fingerprint_panels(
+    run_map: Any, refs: list[Any], shape: tuple[int, int]
+) -> dict[str, Any]:
+    """The content part of V's fingerprint: which panels were hashed and the hash.
+
+    ``run_map(task, per_panel)`` runs ``task`` on the panels (where they live) and
+    returns the results in order; only a few panels are read, so this stays cheap
+    for TB-scale V.
+    """
+    chosen = sample_panels(len(refs), shape)
+    digests = run_map(fingerprint_task, [(refs[i],) for i in chosen])
+    combined = hashlib.sha256("".join(digests).encode()).hexdigest()
+    return {"panels": chosen, "checksum": "sha256:" + combined}
+
+
+@contextlib.contextmanager
+def locked(store: RunStore) -> Iterator[RunLock]:
+    lock = RunLock(store)
+    lock.acquire()
+    try:
+        yield lock
+    finally:
+        lock.release()
