@@ -168,13 +168,18 @@ class Backend:
             return list(out), result
         shared_keys = tuple(self.share(value) for value in shared)
         parts = [delayed(task, pure=False, nout=2)(*args, *shared_keys) for args in per_panel]
-        outputs: list[Delayed] = [p[0] for p in parts] if keep_outputs else []
+        outputs: list[Any] = [p[0] for p in parts] if keep_outputs else []
         total = tree_reduce([p[1] for p in parts], combine)
         futures = self.client.compute([*outputs, total])
         result = futures[-1].result()
         return list(futures[:-1]), result
 
-    def map(self, task: Callable[..., Any], per_panel: list[tuple[Any, ...]], shared: tuple[Any, ...] = ()) -> list[Any]:
+    def map(
+        self,
+        task: Callable[..., Any],
+        per_panel: list[tuple[Any, ...]],
+        shared: tuple[Any, ...] = (),
+    ) -> list[Any]:
         """Run ``task(*per_panel[i], *shared)`` for every panel; gather the results."""
         shared_keys = tuple(self.share(value) for value in shared)
         parts = [delayed(task, pure=False)(*args, *shared_keys) for args in per_panel]
@@ -183,7 +188,12 @@ class Backend:
                 return list(dask.compute(*parts, scheduler="threads", num_workers=self.n_threads))
         return list(self.client.gather(self.client.compute(parts)))
 
-    def map_keep(self, task: Callable[..., Any], per_panel: list[tuple[Any, ...]], shared: tuple[Any, ...] = ()) -> list[Any]:
+    def map_keep(
+        self,
+        task: Callable[..., Any],
+        per_panel: list[tuple[Any, ...]],
+        shared: tuple[Any, ...] = (),
+    ) -> list[Any]:
         """Like :meth:`map`, but leave the results on the workers (futures)."""
         if self.client is None:
             return self.map(task, per_panel, shared)

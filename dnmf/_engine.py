@@ -224,7 +224,9 @@ def _add(a: Any, b: Any) -> Any:
     return a + b
 
 
-def _add_pair(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+def _add_pair(
+    a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray]
+) -> tuple[np.ndarray, np.ndarray]:
     return a[0] + b[0], a[1] + b[1]
 
 

@@ -292,8 +292,8 @@ class NMF:
 
         Parameters
         ----------
-        X : array-like, sparse matrix, Dask array, Zarr array or str of shape (n_samples, n_features)
-            Non-negative data. Not modified.
+        X : {array-like, sparse matrix, Dask array, Zarr array, str}
+            Non-negative data of shape (n_samples, n_features); not modified.
         y : ignored
         W : array-like of shape (n_samples, n_components), optional
             Start for W with ``init="custom"``.

@@ -9,6 +9,7 @@ bounds; it does no arithmetic.
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 from dataclasses import dataclass
@@ -125,7 +126,7 @@ class PanelSource:
         n, m = self.shape
         if self.kind == "dask" and panel_rows is None:
             starts = np.cumsum((0, *self.data.chunks[0]))
-            return [(int(a), int(b)) for a, b in zip(starts[:-1], starts[1:]) if b > a]
+            return [(int(a), int(b)) for a, b in itertools.pairwise(starts) if b > a]
         if panel_rows is None:
             row_bytes = max(1, m * self.dtype.itemsize)
             if self.kind == "sparse":
@@ -158,7 +159,7 @@ class PanelSource:
 
             X = self.data
             starts = np.cumsum((0, *X.chunks[0]))
-            if [(int(a), int(b)) for a, b in zip(starts[:-1], starts[1:])] != bounds:
+            if [(int(a), int(b)) for a, b in itertools.pairwise(starts)] != bounds:
                 X = X.rechunk({0: tuple(b - a for a, b in bounds)})
             X = X.astype(self.dtype) if X.dtype != self.dtype else X
             blocks = X.to_delayed().ravel()

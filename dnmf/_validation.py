@@ -24,9 +24,13 @@ __all__ = [
 ]
 
 SOLVERS = ("hals", "mu", "als")
-BETA_LOSSES = {"frobenius": "frobenius", 2: "frobenius", 2.0: "frobenius",
-               "kullback-leibler": "kullback-leibler", 1: "kullback-leibler",
-               1.0: "kullback-leibler"}
+# 2 == 2.0 and 1 == 1.0 as dict keys, so the numeric forms cover ints and floats.
+BETA_LOSSES = {
+    "frobenius": "frobenius",
+    2: "frobenius",
+    "kullback-leibler": "kullback-leibler",
+    1: "kullback-leibler",
+}
 INITS = (None, "random", "nndsvd", "nndsvda", "nndsvdar", "custom")
 
 

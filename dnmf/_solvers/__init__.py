@@ -25,4 +25,5 @@ def get_solver(name: str, beta_loss: str) -> Solver:
     """The kernel for ``solver=name`` and ``beta_loss`` (validated by the caller)."""
     if beta_loss == "kullback-leibler":
         return KLMultiplicative()
-    return {"mu": Multiplicative, "hals": HALS, "als": ALS}[name]()
+    kernels: dict[str, type[Solver]] = {"mu": Multiplicative, "hals": HALS, "als": ALS}
+    return kernels[name]()
