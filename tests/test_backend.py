@@ -1,0 +1,83 @@
+"""Scheduling: fixed reduction order, graph size per pass, BLAS thread limits."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+from dnmf import _backend
+from dnmf._backend import Backend
+
+
+def _task(x, scale):
+    return x * scale, np.array([x.sum()])
+
+
+def _add(a, b):
+    return a + b
+
+
+def test_reduction_is_a_fixed_tree_in_panel_order():
+    # Floating-point addition is not associative: a fixed tree gives one answer,
+    # whatever order the tasks finish in.
+    values = [np.array([v]) for v in (1e16, 1.0, -1e16, 1.0, 3.0)]
+    backend = Backend(n_threads=2)
+    for _ in range(20):
+        _, total = backend.run_pass(
+            lambda v: (None, v), [(v,) for v in values], (), _add, keep_outputs=False
+        )
+        # ((1e16 + 1) + (-1e16 + 1)) + 3 in float64
+        expected = ((values[0] + values[1]) + (values[2] + values[3])) + values[4]
+        np.testing.assert_array_equal(total, expected)
+
+
+def test_outputs_come_back_in_panel_order():
+    backend = Backend(n_threads=2)
+    panels = [np.full(3, i, dtype=float) for i in range(7)]
+    outputs, total = backend.run_pass(_task, [(p,) for p in panels], (2.0,), _add,
+                                      keep_outputs=True)
+    for i, out in enumerate(outputs):
+        np.testing.assert_array_equal(out, np.full(3, 2.0 * i))
+    assert float(total[0]) == sum(3.0 * i for i in range(7))
+
+
+def test_graph_size_is_linear_in_panels_and_constant_across_passes(monkeypatch):
+    sizes = []
+    real_get = _backend.dask.threaded.get
+
+    def counting_get(dsk, keys, **kwargs):
+        sizes.append(len(dsk))
+        return real_get(dsk, keys, **kwargs)
+
+    monkeypatch.setattr(_backend.dask.threaded, "get", counting_get)
+    backend = Backend(n_threads=2)
+    for n_panels in (4, 8, 16):
+        for _ in range(3):
+            backend.run_pass(_task, [(np.ones(2),)] * n_panels, (1.0,), _add,
+                             keep_outputs=True)
+    per_size = [sizes[i:i + 3] for i in range(0, 9, 3)]
+    for group in per_size:
+        assert len(set(group)) == 1  # passes do not grow
+    assert per_size[2][0] <= 2 * per_size[1][0] + 4 <= 4 * per_size[0][0] + 12
+
+
+def _blas_threads(_x):
+    from threadpoolctl import threadpool_info
+
+    counts = [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"]
+    return None, np.array([max(counts) if counts else 0])
+
+
+def _max(a, b):
+    return np.maximum(a, b)
+
+
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="needs 2 cores to oversubscribe")
+def test_blas_threads_times_dask_threads_do_not_exceed_cores():
+    cores = os.cpu_count() or 1
+    backend = Backend(n_threads=cores)
+    _, seen = backend.run_pass(_blas_threads, [(i,) for i in range(4)], (), _max,
+                               keep_outputs=False)
+    assert 0 < int(seen[0]) * cores <= cores
