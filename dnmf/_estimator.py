@@ -54,7 +54,7 @@ class _Prepared:
         if self.backend.distributed and self.source.kind in ("numpy", "sparse"):
             # In-memory data goes to the workers once, not once per iteration.
             refs = self.backend.scatter_panels([ref.load() for ref in refs])
-        elif cache and self.source.kind in ("zarr", "dask"):
+        elif cache and self.source.kind in ("zarr", "zarr-csr", "dask"):
             # cache=True: read each panel once; later passes use the copy in memory
             # (this process, or the workers' memory on a cluster).
             refs = self.backend.map_keep(load_panel, [(ref,) for ref in refs])

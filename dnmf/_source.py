@@ -2,8 +2,9 @@
 
 A :class:`PanelSource` knows V's shape and dtype and hands out one small reference
 per row panel. A reference is what a task receives: a NumPy view, a CSR slice, a Dask
-``Delayed`` or a :class:`ZarrPanel` that opens the store *on the worker that runs the
-task*, so no V bytes pass through the client. This module owns the choice of panel
+``Delayed``, a :class:`ZarrPanel` or a :class:`CSRPanel` (sparse V stored in Zarr with
+the AnnData CSR encoding) that opens the store *on the worker that runs the task*, so
+no V bytes pass through the client. This module owns the choice of panel
 bounds; it does no arithmetic.
 """
 
@@ -22,6 +23,8 @@ from .errors import InvalidDtypeError, InvalidInputError, InvalidParameterError
 
 __all__ = [
     "DEFAULT_PANEL_BYTES",
+    "CSRGroup",
+    "CSRPanel",
     "PanelSource",
     "ZarrPanel",
     "as_source",
@@ -81,6 +84,190 @@ class SlicePanel:
         return np.asarray(block).astype(self.dtype, copy=False)
 
 
+#: The attribute values that mark a Zarr group as a CSR matrix (AnnData's encoding).
+CSR_ENCODING = {"encoding-type": "csr_matrix", "encoding-version": "0.1.0"}
+
+
+@dataclass(frozen=True)
+class CSRPanel:
+    """Rows ``start:stop`` of a CSR matrix stored as a Zarr group, read where the task runs.
+
+    ``load()`` reads ``indptr[start:stop + 1]``, then only the matching slice of
+    ``data`` and ``indices`` (no other panel's bytes), and returns a
+    ``scipy.sparse.csr_matrix``. Column indices are checked against ``[0, n_cols)``;
+    unsorted or duplicate column indices within a row are accepted and put in
+    canonical form (duplicates summed, columns sorted), as SciPy's
+    ``sum_duplicates`` does.
+    """
+
+    data: Any
+    indices: Any
+    indptr: Any
+    start: int
+    stop: int
+    n_cols: int
+    dtype: str
+
+    def load(self) -> sp.csr_matrix:
+        ptr = np.asarray(self.indptr[self.start : self.stop + 1], dtype=np.int64)
+        lo, hi = int(ptr[0]), int(ptr[-1])
+        values = np.asarray(self.data[lo:hi]).astype(self.dtype, copy=False)
+        cols = np.asarray(self.indices[lo:hi])
+        if cols.size and (int(cols.min()) < 0 or int(cols.max()) >= self.n_cols):
+            bad = int(np.argmax((cols < 0) | (cols >= self.n_cols)))
+            row = self.start + int(np.searchsorted(ptr, lo + bad, side="right")) - 1
+            raise InvalidInputError(
+                f"CSR group is malformed: indices holds column {int(cols[bad])} (row "
+                f"{row}, stored entry {lo + bad}), outside [0, {self.n_cols}) for a matrix "
+                f"with {self.n_cols} columns. Rewrite it, e.g. with "
+                f"dnmf.io.write_csr_zarr(matrix, path)."
+            )
+        csr = sp.csr_matrix(
+            (values, cols, ptr - lo), shape=(self.stop - self.start, self.n_cols)
+        )
+        if not csr.has_canonical_format:
+            csr.sum_duplicates()
+        return csr
+
+
+@dataclass(frozen=True)
+class CSRGroup:
+    """The three arrays of a CSR Zarr group, with ``indptr`` held in memory.
+
+    ``indptr`` (n + 1 integers) is read once, to check it and to choose panel bounds
+    by stored entries; panels receive the Zarr arrays, never this copy.
+    """
+
+    group: Any
+    data: Any
+    indices: Any
+    indptr_array: Any
+    indptr: np.ndarray
+    shape: tuple[int, int]
+
+    @property
+    def dtype(self) -> np.dtype:
+        return np.dtype(self.data.dtype)
+
+    @property
+    def nnz(self) -> int:
+        return int(self.indptr[-1])
+
+    @property
+    def bytes_per_entry(self) -> int:
+        return int(np.dtype(self.data.dtype).itemsize + np.dtype(self.indices.dtype).itemsize)
+
+
+def is_csr_group(node: Any) -> bool:
+    """True for a Zarr group whose attributes mark it as a CSR matrix."""
+    attrs = getattr(node, "attrs", None)
+    return (
+        type(node).__name__ == "Group"
+        and attrs is not None
+        and attrs.get("encoding-type") == "csr_matrix"
+    )
+
+
+def _csr_group(group: Any, where: str) -> CSRGroup:
+    """Check a CSR Zarr group's structure (reading only ``indptr``) and wrap it."""
+    attrs = dict(group.attrs)
+    hint = "Rewrite it, e.g. with dnmf.io.write_csr_zarr(matrix, path)."
+    if attrs.get("encoding-type") != "csr_matrix":
+        kind = attrs.get("encoding-type")
+        extra = (" CSC is not read by row panels: convert to CSR first, e.g. "
+                 "dnmf.io.write_csr_zarr(matrix.tocsr(), path)." if kind == "csc_matrix"
+                 else "")
+        raise InvalidInputError(
+            f"{where} is a Zarr group with encoding-type {kind!r}, not 'csr_matrix'.{extra}"
+        )
+    shape = attrs.get("shape")
+    if (not isinstance(shape, list | tuple) or len(shape) != 2
+            or not all(isinstance(s, int) and s >= 0 for s in shape)):
+        raise InvalidInputError(
+            f"CSR group {where} is malformed: attribute 'shape' must be [n_rows, n_cols], "
+            f"got {shape!r}. {hint}"
+        )
+    n, m = int(shape[0]), int(shape[1])
+    members = {}
+    for name in ("data", "indices", "indptr"):
+        try:
+            arr = group[name]
+        except KeyError:
+            arr = None
+        if arr is None or type(arr).__name__ != "Array" or len(arr.shape) != 1:
+            raise InvalidInputError(
+                f"CSR group {where} is malformed: it needs 1-D arrays 'data', 'indices' "
+                f"and 'indptr'; {name!r} is missing or not a 1-D array. {hint}"
+            )
+        members[name] = arr
+    data, indices, indptr_arr = members["data"], members["indices"], members["indptr"]
+    for name in ("indices", "indptr"):
+        if np.dtype(members[name].dtype).kind not in "iu":
+            raise InvalidInputError(
+                f"CSR group {where} is malformed: {name!r} has dtype "
+                f"{members[name].dtype}, but must hold integers. {hint}"
+            )
+    if indptr_arr.shape[0] != n + 1:
+        raise InvalidInputError(
+            f"CSR group {where} is malformed: indptr has length {indptr_arr.shape[0]}, "
+            f"but a matrix with {n} rows needs n_rows + 1 = {n + 1}. {hint}"
+        )
+    if indices.shape[0] != data.shape[0]:
+        raise InvalidInputError(
+            f"CSR group {where} is malformed: indices has length {indices.shape[0]} but "
+            f"data has length {data.shape[0]}; they must match. {hint}"
+        )
+    indptr = np.asarray(indptr_arr[:], dtype=np.int64)
+    steps = np.diff(indptr)
+    if indptr[0] != 0 or (steps < 0).any():
+        row = int(np.argmax(steps < 0)) if indptr[0] == 0 else -1
+        what = (f"indptr[0] is {int(indptr[0])}, not 0" if row < 0 else
+                f"indptr decreases at row {row} ({int(indptr[row])} then "
+                f"{int(indptr[row + 1])})")
+        raise InvalidInputError(
+            f"CSR group {where} is malformed: indptr must be non-decreasing from 0, but "
+            f"{what}. {hint}"
+        )
+    if indptr[-1] != data.shape[0]:
+        raise InvalidInputError(
+            f"CSR group {where} is malformed: indptr[-1] is {int(indptr[-1])}, but data "
+            f"has {data.shape[0]} stored entries; they must be equal. {hint}"
+        )
+    return CSRGroup(group, data, indices, indptr_arr, indptr, (n, m))
+
+
+def _csr_bounds(indptr: np.ndarray, bytes_per_entry: int, n_threads: int,
+                budget: int) -> list[tuple[int, int]]:
+    """Row panels holding about ``budget`` bytes of data + indices each, cut by nnz.
+
+    A run of dense rows gets more, shorter panels; a single row over the budget is a
+    panel of its own. Each row also counts 8 bytes (its ``indptr`` entry) so that
+    empty rows still split.
+    """
+    n = len(indptr) - 1
+    cum = indptr.astype(np.float64) * bytes_per_entry + 8.0 * np.arange(n + 1)
+    total = float(cum[-1])
+    n_panels = max(math.ceil(total / budget), 1)
+    if n_panels < n_threads and n >= 2 * n_threads and total >= MIN_SPLIT_BYTES:
+        n_panels = n_threads
+    elif n_panels > n_threads > 1:
+        n_panels = math.ceil(n_panels / n_threads) * n_threads
+    n_panels = min(n_panels, n)
+    targets = total * np.arange(1, n_panels) / n_panels
+    cuts = np.searchsorted(cum, targets, side="left")
+    edges = np.unique(np.concatenate(([0], np.clip(cuts, 1, n), [n])))
+    # A panel never holds more than the budget unless it is one row.
+    out: list[tuple[int, int]] = []
+    for a, b in itertools.pairwise(edges.tolist()):
+        while b - a > 1 and cum[b] - cum[a] > budget:
+            c = int(np.searchsorted(cum, cum[a] + budget, side="right")) - 1
+            c = min(max(c, a + 1), b)
+            out.append((a, c))
+            a = c
+        out.append((a, b))
+    return [(int(a), int(b)) for a, b in out if b > a]
+
+
 def load_panel(ref: Any) -> Any:
     """Materialise a panel reference (anything with ``load()``, or the data itself)."""
     if hasattr(ref, "load"):
@@ -94,9 +281,10 @@ class PanelSource:
 
     Attributes
     ----------
-    kind : {"numpy", "sparse", "dask", "zarr"}
+    kind : {"numpy", "sparse", "dask", "zarr", "zarr-csr"}
     data : object
-        The array (for dask: rechunked so that each row chunk spans all columns).
+        The array (for dask: rechunked so that each row chunk spans all columns; for
+        zarr-csr: a :class:`CSRGroup`).
     shape : tuple of int
     dtype : numpy.dtype
         The floating dtype the computation runs in.
@@ -112,7 +300,7 @@ class PanelSource:
 
     @property
     def nnz(self) -> int:
-        if self.kind == "sparse":
+        if self.kind in ("sparse", "zarr-csr"):
             return int(self.data.nnz)
         return int(self.shape[0]) * int(self.shape[1])
 
@@ -124,6 +312,11 @@ class PanelSource:
         a whole number of storage chunks tall.
         """
         n, m = self.shape
+        if self.kind == "zarr-csr" and panel_rows is None:
+            # Cut by stored entries (data + indices bytes), so skewed rows do not
+            # make one huge panel.
+            return _csr_bounds(self.data.indptr, self.data.bytes_per_entry, n_threads,
+                               DEFAULT_PANEL_BYTES)
         if self.kind == "dask" and panel_rows is None:
             starts = np.cumsum((0, *self.data.chunks[0]))
             return [(int(a), int(b)) for a, b in itertools.pairwise(starts) if b > a]
@@ -154,6 +347,10 @@ class PanelSource:
         dt = self.dtype.str
         if self.kind == "zarr":
             return [ZarrPanel(self.data, a, b, dt) for a, b in bounds]
+        if self.kind == "zarr-csr":
+            g = self.data
+            return [CSRPanel(g.data, g.indices, g.indptr_array, a, b, self.shape[1], dt)
+                    for a, b in bounds]
         if self.kind == "dask":
             import dask.array as da
 
@@ -174,13 +371,13 @@ def _open_zarr(path: str) -> Any:
     try:
         if path.endswith(".zip"):
             store = zarr.storage.ZipStore(path, mode="r")
-            return zarr.open_array(store=store, mode="r")
+            return _array_or_csr_group(zarr.open(store=store, mode="r"), path)
         if "://" not in path and not os.path.exists(path):
             raise InvalidInputError(
                 f"no Zarr array at {path!r}: the path does not exist. Check the path, "
                 f"or convert your data first with `dnmf convert SRC {path}`."
             )
-        return zarr.open_array(store=path, mode="r")
+        return _array_or_csr_group(zarr.open(store=path, mode="r"), path)
     except InvalidInputError:
         raise
     except Exception as exc:  # zarr raises several types for "not an array here"
@@ -191,12 +388,38 @@ def _open_zarr(path: str) -> Any:
         ) from exc
 
 
+def _array_or_csr_group(node: Any, path: str) -> Any:
+    """A Zarr array, or a group with the CSR encoding; refuse any other group."""
+    if type(node).__name__ != "Group" or is_csr_group(node):
+        return node
+    members = sorted(node.group_keys()) if hasattr(node, "group_keys") else []
+    csr = [k for k in members if is_csr_group(node[k])]
+    hint = (f" It has a CSR matrix member: give {path.rstrip('/')}/{csr[0]}." if csr
+            else "")
+    raise InvalidInputError(
+        f"cannot open {path!r} as a Zarr array: it is a Zarr group without a CSR "
+        f"encoding (encoding-type 'csr_matrix').{hint} Give the path of a Zarr array or "
+        f"of a CSR group, e.g. 'data.zarr' or 'data.zarr/X'."
+    )
+
+
 def as_source(X: Any) -> PanelSource:
     """Classify ``X`` and check what can be checked without reading its values."""
     kind: str
     if isinstance(X, str | os.PathLike):
         X = _open_zarr(os.fspath(X))
     module = type(X).__module__
+    if module.startswith("zarr") and type(X).__name__ == "Group":
+        group = _csr_group(X, f"Zarr group {getattr(X, 'path', '') or '/'!r}")
+        dtype = _float_dtype(group.dtype, "X")
+        for axis, what in ((0, "sample"), (1, "feature")):
+            if group.shape[axis] == 0:
+                raise InvalidInputError(
+                    f"X is empty: Found array with 0 {what}(s) (shape={group.shape}) "
+                    f"while a minimum of 1 is required. NMF needs at least one sample "
+                    f"and one feature."
+                )
+        return PanelSource("zarr-csr", group, group.shape, dtype, None)
     if module.startswith("zarr"):
         kind = "zarr"
         chunks = getattr(X, "chunks", None)
