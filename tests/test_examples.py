@@ -1,0 +1,58 @@
+"""The scripts in examples/ run on reduced sizes and reach their headline numbers."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("matplotlib")
+pytest.importorskip("sklearn")
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(f"dnmf_example_{name}", EXAMPLES / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _check_png(path: str) -> None:
+    p = Path(path)
+    assert p.is_file()
+    assert p.read_bytes()[:8] == PNG_MAGIC
+    assert p.stat().st_size < 300_000
+
+
+def test_parts_based(tmp_path):
+    result = _load("parts_based").main(tmp_path, scale=0.1)
+    _check_png(result["png"])
+    # Every one of the 17 true parts (16 limb positions and the torso) has a basis
+    # image with cosine similarity > 0.9.
+    assert result["swimmer_min_cosine"] > 0.9
+
+
+def test_choose_rank(tmp_path):
+    result = _load("choose_rank").main(tmp_path, scale=0.1)
+    _check_png(result["png"])
+    assert result["elbow"] == result["planted_k"]
+
+
+def test_spectrogram_separation(tmp_path):
+    result = _load("spectrogram_separation").main(tmp_path, scale=0.1)
+    _check_png(result["png"])
+    assert min(result["correlations"]) > 0.9
+
+
+def test_out_of_core(tmp_path):
+    result = _load("out_of_core").main(tmp_path, scale=0.02)
+    _check_png(result["png"])
+    assert result["interrupted_at"] < 8
+    assert result["relative_difference"] < 1e-6
