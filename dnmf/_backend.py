@@ -21,7 +21,7 @@ import dask
 import dask.threaded
 from dask.delayed import Delayed, delayed
 
-__all__ = ["Backend", "get_backend", "tree_reduce"]
+__all__ = ["Backend", "check_worker_memory", "get_backend", "tree_reduce"]
 
 
 def tree_reduce(items: Sequence[Any], combine: Callable[[Any, Any], Any]) -> Any:
@@ -107,10 +107,27 @@ class Backend:
             return f"local threads scheduler ({self.n_threads} threads)"
         return f"distributed scheduler {self.client.scheduler.address} ({self.n_threads} threads)"
 
+    def check_memory(self, panel_bytes: int, what: str = "panel") -> None:
+        """Refuse, before any work, workers too small for the panels.
+
+        A panel task holds about three panel-sized arrays (V_i as read, its
+        converted copy, the product with H), and each worker runs ``nthreads``
+        of them at once; a worker whose memory limit is below that would spill,
+        pause or be killed by its nanny mid-fit. No-op locally and for workers
+        without a limit.
+        """
+        if self.client is None:
+            return
+        check_worker_memory(self.client.scheduler_info().get("workers", {}), panel_bytes, what)
+
     def share(self, value: Any) -> Any:
-        """One graph key for a value every task of a pass reads (H, the context)."""
-        if self.client is not None:
-            return self.client.scatter(value, broadcast=False, hash=False)
+        """One graph key for a value every task of a pass reads (H, the context).
+
+        The value travels inside the graph, not by ``scatter``: the scheduler then
+        holds it as a task it can rerun, so when a worker dies the outputs it held
+        (W panels as futures) are recomputed by lineage. Scattered data has no
+        lineage, and losing it cancels every later pass ("lost dependencies").
+        """
         return delayed(value, pure=False)
 
     def scatter_panels(self, panels: list[Any]) -> list[Any]:
@@ -200,6 +217,39 @@ class Backend:
         shared_keys = tuple(self.share(value) for value in shared)
         parts = [delayed(task, pure=False)(*args, *shared_keys) for args in per_panel]
         return list(self.client.compute(parts))
+
+
+PANEL_COPIES = 3
+
+
+def _fmt_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError  # pragma: no cover
+
+
+def check_worker_memory(workers: dict[str, Any], panel_bytes: int, what: str = "panel") -> None:
+    """Raise if some worker's memory limit is below 3 × panel bytes × its threads.
+
+    ``workers`` is ``client.scheduler_info()["workers"]``.
+    """
+    from .errors import InvalidParameterError
+
+    for address, w in sorted(workers.items()):
+        limit = w.get("memory_limit") or 0
+        nthreads = max(1, int(w.get("nthreads", 1) or 1))
+        need = PANEL_COPIES * panel_bytes * nthreads
+        if limit and need > limit:
+            raise InvalidParameterError(
+                f"worker {w.get('name', address)} ({address}) has a memory limit of "
+                f"{_fmt_bytes(limit)} ({limit} bytes), too little for a {what} of "
+                f"{_fmt_bytes(panel_bytes)} ({panel_bytes} bytes): {nthreads} thread(s) "
+                f"× {PANEL_COPIES} panel-sized arrays need {_fmt_bytes(need)}. Use smaller "
+                f"panels (panel_rows=), fewer threads per worker, or workers with "
+                f"more memory."
+            )
 
 
 def get_backend(scheduler: Any = None) -> Backend:

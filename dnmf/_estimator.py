@@ -50,6 +50,9 @@ class _Prepared:
             self.bounds = self.source.panel_bounds(
                 self.bounds[0][1] - self.bounds[0][0], self.backend.n_threads
             )
+        if self.backend.distributed and self.source.kind in ("numpy", "dask", "zarr"):
+            rows = max(b - a for a, b in self.bounds)
+            self.backend.check_memory(rows * self.source.shape[1] * self.source.dtype.itemsize)
         refs = self.source.panel_refs(self.bounds)
         if self.backend.distributed and self.source.kind in ("numpy", "sparse"):
             # In-memory data goes to the workers once, not once per iteration.

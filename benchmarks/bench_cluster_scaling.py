@@ -1,0 +1,162 @@
+"""Scaling of one fit from 1 to 2 worker processes on a real local cluster (issue 4).
+
+The same compute-bound fit (a Zarr V on disk, read once into the workers' memory
+with ``cache=True``, so passes are BLAS work, not decompression) runs on a
+cluster from cluster/local/start_cluster.py with 1 and then 2 worker processes of
+1 thread each. Per configuration it reports:
+
+* the median iteration time (wall time between successive callbacks);
+* the speedup of 2 workers over 1 (target ≥ 1.7×);
+* the scheduler overhead per iteration: iteration time minus the ideal parallel
+  time, i.e. the sum of the panel tasks' compute times (from
+  ``client.get_task_stream``) divided by the number of worker threads.
+
+Usage::
+
+    python benchmarks/bench_cluster_scaling.py            # 24000 × 1000, k = 40
+    python benchmarks/bench_cluster_scaling.py --quick    # small, < 1 min
+    python benchmarks/bench_cluster_scaling.py --json out.json
+
+Other load on the machine (other processes on the same cores) lowers the speedup:
+run it on an otherwise idle machine with at least two cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _local_cluster_module() -> Any:
+    spec = importlib.util.spec_from_file_location(
+        "dnmf_cluster_local", ROOT / "cluster" / "local" / "start_cluster.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["dnmf_cluster_local"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def make_data(path: Path, n: int, m: int, k: int, panel_rows: int) -> str:
+    import zarr
+
+    rng = np.random.default_rng(0)
+    z = zarr.create_array(str(path), shape=(n, m), chunks=(panel_rows, m), dtype="f8")
+    for a in range(0, n, panel_rows):
+        b = min(n, a + panel_rows)
+        z[a:b] = rng.random((b - a, k)) @ rng.random((k, m)) + 0.01 * rng.random((b - a, m))
+    return str(path)
+
+
+def run_one(V: str, workers: int, args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    import distributed
+
+    import dnmf
+
+    local = _local_cluster_module()
+    d = work / f"cluster-{workers}"
+    info = local.start(d, workers=workers, threads_per_worker=1, port=0, dashboard_port=0)
+    try:
+        with distributed.Client(scheduler_file=info["scheduler_file"]) as client:
+            stamps: list[float] = []
+
+            def tick(iteration: int, loss: float) -> None:
+                stamps.append(time.perf_counter())
+
+            est = dnmf.NMF(
+                args.k, solver="hals", init="random", max_iter=args.iters, tol=0.0,
+                random_state=0, panel_rows=args.panel_rows, scheduler=client, cache=True,
+                callback=tick,
+            )
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", dnmf.ConvergenceWarning)
+                with distributed.get_task_stream(client) as ts:
+                    t0 = time.perf_counter()
+                    est.fit(V)
+                    total = time.perf_counter() - t0
+            tasks = [t for t in ts.data if "update_task" in str(t.get("key"))]
+            compute = [
+                sum(s["stop"] - s["start"] for s in t["startstops"] if s["action"] == "compute")
+                for t in tasks
+            ]
+    finally:
+        local.stop(d)
+    # The first interval includes the first pass's warm-up; use the steady ones.
+    iter_times = np.diff(stamps)[1:]
+    n_passes = args.iters
+    compute_per_iter = sum(compute) / n_passes
+    iter_time = float(statistics.median(iter_times))
+    ideal = compute_per_iter / workers
+    return {
+        "workers": workers,
+        "fit_seconds": total,
+        "iteration_seconds": iter_time,
+        "iteration_seconds_all": [float(x) for x in iter_times],
+        "panel_compute_seconds_per_iteration": compute_per_iter,
+        "ideal_parallel_seconds": ideal,
+        "overhead_seconds": iter_time - ideal,
+        "overhead_fraction": (iter_time - ideal) / iter_time,
+        "panel_tasks": len(tasks),
+        "loss": float(est.loss_history_[-1]),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=24_000)
+    parser.add_argument("--m", type=int, default=1_000)
+    parser.add_argument("--k", type=int, default=40)
+    parser.add_argument("--panel-rows", type=int, default=1_500)
+    parser.add_argument("--iters", type=int, default=8)
+    parser.add_argument("--quick", action="store_true", help="small problem, < 1 minute")
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.n, args.m, args.k, args.panel_rows, args.iters = 8_000, 600, 30, 1_000, 6
+
+    with tempfile.TemporaryDirectory(prefix="dnmf-bench-") as tmp:
+        work = Path(tmp)
+        V = make_data(work / "V.zarr", args.n, args.m, args.k, args.panel_rows)
+        results = [run_one(V, w, args, work) for w in (1, 2)]
+    one, two = results
+    speedup = one["iteration_seconds"] / two["iteration_seconds"]
+    assert abs(one["loss"] - two["loss"]) <= 1e-9 * abs(one["loss"]), (one["loss"], two["loss"])
+    print(
+        f"V {args.n} × {args.m} (f8, Zarr, cached on the workers), k = {args.k}, "
+        f"{-(-args.n // args.panel_rows)} panels of {args.panel_rows} rows, "
+        f"{args.iters} HALS iterations; {os.cpu_count()} cores"
+    )
+    print(f"{'workers':>8} {'iter s':>8} {'tasks s':>8} {'ideal s':>8} {'overhead s':>11} "
+          f"{'overhead':>9}")
+    for r in results:
+        print(
+            f"{r['workers']:>8} {r['iteration_seconds']:>8.3f} "
+            f"{r['panel_compute_seconds_per_iteration']:>8.3f} "
+            f"{r['ideal_parallel_seconds']:>8.3f} {r['overhead_seconds']:>11.3f} "
+            f"{r['overhead_fraction']:>8.1%}"
+        )
+    print(f"speedup 2 vs 1 worker: {speedup:.2f}x (target >= 1.7x): "
+          f"{'met' if speedup >= 1.7 else 'NOT met'}")
+    if args.json:
+        Path(args.json).write_text(
+            json.dumps({"args": vars(args), "results": results, "speedup": speedup}, indent=2)
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
