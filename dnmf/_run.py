@@ -56,27 +56,35 @@ class StoreKeeper:
     """W panels in the run store: each pass writes a buffer no one else points at.
 
     ``current`` is the buffer the W handles point to, ``committed`` the one of the
-    last manifest; a pass writes the first of W0, W1, W2 that is neither, so the
-    committed W stays intact until the next commit and a retried task rewrites the
-    same bytes.
+    last manifest; a pass writes the next of W0, W1, W2 (round robin) that is
+    neither, so the committed W stays intact until the next commit and a retried
+    task rewrites the same bytes. Round robin also keeps an older snapshot readable
+    for as long as possible (a reader's W is rewritten three passes later at the
+    earliest).
     """
 
     def __init__(self, store: RunStore, run_id: str, bounds: list[tuple[int, int]],
-                 backend: Backend) -> None:
+                 backend: Backend, every: int = 1) -> None:
         self.store = store
         self.run_id = run_id
         self.bounds = bounds
         self.backend = backend
+        self.every = every
         self.current: str | None = None
         self.committed: str | None = None
 
     def target(self) -> str:
-        return next(b for b in W_BUFFERS if b not in (self.current, self.committed))
+        start = W_BUFFERS.index(self.current) + 1 if self.current in W_BUFFERS else 0
+        order = W_BUFFERS[start:] + W_BUFFERS[:start]
+        return next(b for b in order if b not in (self.current, self.committed))
 
     def sinks(self, iteration: int) -> list[Any]:
         buffer = self.target()
+        # Panels of an iteration that will be committed are flushed by their tasks,
+        # in parallel; a commit of any other iteration flushes them itself.
+        durable = iteration % self.every == 0
         return [
-            self.store.sink(self.run_id, buffer, i, a, b, iteration)
+            self.store.sink(self.run_id, buffer, i, a, b, iteration, durable)
             for i, (a, b) in enumerate(self.bounds)
         ]
 
@@ -140,6 +148,8 @@ class Checkpointer:
     def commit(self, snap: Snapshot, *, complete: bool = False,
                stop_reason: str | None = None) -> dict[str, Any]:
         H_buffer = next(b for b in H_BUFFERS if b != self.committed_H)
+        if snap.iteration % self.every != 0:
+            self.store.flush_W(self.keeper.run_id, snap.W[0].buffer, len(snap.W))
         H_checksum = self.store.write_H(self.keeper.run_id, H_buffer, snap.H)
         pause_point("commit:H", snap.iteration)
         body = {
@@ -281,7 +291,12 @@ def fit_to_store(est: NMF, X: Any, W: Any, H: Any, params: dict[str, Any]) -> An
     if not params["overwrite"] and os.path.exists(loc.path) and not RunStore(work).exists():
         RunStore.unpack(loc.path, work.path)
     store = RunStore(work)
-    manifest = _fit(store, est, X, W, H, params, source_location, on_exit=_packer(loc.path))
+    try:
+        manifest = _fit(store, est, X, W, H, params, source_location,
+                        on_exit=_packer(loc.path))
+    finally:
+        with contextlib.suppress(OSError):
+            os.rmdir(work.path)  # only if packing emptied it
     return Run(RunStore(loc), manifest, verify=False).W
 
 
@@ -325,6 +340,7 @@ def _fit(
     final: dict[str, Any] | None = None
     with locked(store):
         try:
+            store.remove_leftovers()
             if params["overwrite"] and store.exists():
                 store.wipe()
             manifest = store.read_manifest() if store.is_run() else None
@@ -381,7 +397,8 @@ def _fit(
                 store.ensure_buffers(run_id, n=n, m=m, k=k, panel_rows=bounds[0][1] - bounds[0][0],
                                      dtype=source.dtype)
                 prep.summary = _engine.DataSummary(**manifest["summary"])
-                keeper = StoreKeeper(store, run_id, bounds, prep.backend)
+                keeper = StoreKeeper(store, run_id, bounds, prep.backend,
+                                     params["checkpoint_every"])
                 state = _restore(store, manifest, keeper)
                 prep.backend.map(_verify_task, [(p,) for p in state.W])
                 header = {k_: manifest[k_] for k_ in ("run_id", "created", "summary", "source",
@@ -390,7 +407,8 @@ def _fit(
                 prep.summary = _engine.scan(prep.backend, source, prep.refs, bounds)
                 run_id = store.create(n=n, m=m, k=k, panel_rows=bounds[0][1] - bounds[0][0],
                                       dtype=source.dtype)
-                keeper = StoreKeeper(store, run_id, bounds, prep.backend)
+                keeper = StoreKeeper(store, run_id, bounds, prep.backend,
+                                     params["checkpoint_every"])
                 if W0 is not None and H0 is not None:
                     W_handles = keeper.write_local(W0)
                 else:
@@ -431,15 +449,15 @@ def _iterate(est: NMF, prep: _Prepared, solver: Any, reg: Any, state: _engine.Fi
     max_iter = params["max_iter"]
     lagged = not solver.exact_loss_after_update
     finished = state.converged or state.stopped_by_callback or state.iteration >= max_iter
-    if final.get("complete") and finished:
-        state.done = True
-        return final
     if state.iteration > max_iter and not (state.converged or state.stopped_by_callback):
         raise IncompatibleRunError(
             f"max_iter={max_iter} but the run at {str(ckpt.store.location)!r} is already "
             f"at iteration {state.iteration}; pass max_iter >= {state.iteration} to "
             f"continue it."
         )
+    if final.get("complete") and finished:
+        state.done = True
+        return final
     if finished and (state.converged or state.stopped_by_callback or not lagged):
         # Stopped by the last commit's own iteration; only the final commit is missing.
         state.done = True

@@ -191,6 +191,7 @@ def zarr_store(loc: Location) -> Any:
                 store = zs.ZipStore(loc.path, mode="r")
             else:
                 store = zs.FsspecStore.from_url(loc.path)
+            _sync(store._ensure_open())
             _STORES[loc.key] = store
         return store
 
@@ -275,18 +276,23 @@ class PanelSink:
     start: int
     stop: int
     iteration: int
+    #: flush to disk now: this iteration will be committed (local directories)
+    durable: bool = True
 
     def store(self, W: np.ndarray) -> str:
         """Write the panel; return the checksum of the bytes written."""
         array = open_array(self.location, self.run_id, self.buffer)
         block = np.ascontiguousarray(W, dtype=array.dtype)
         array[self.start : self.stop] = block
-        if self.location.kind == "local":
-            chunk = array.metadata.encode_chunk_key((self.index, 0))
-            path = os.path.join(self.location.path, self.buffer, *chunk.split("/"))
-            _fsync_path(path)
+        if self.durable and self.location.kind == "local":
+            _fsync_path(_chunk_path(self.location, array, self.buffer, self.index))
         pause_point("sink", self.iteration)
         return checksum(block)
+
+
+def _chunk_path(loc: Location, array: Any, buffer: str, index: int) -> str:
+    chunk = array.metadata.encode_chunk_key((index, 0))
+    return os.path.join(loc.path, buffer, *chunk.split("/"))
 
 
 # --------------------------------------------------------------------- the lock
@@ -545,8 +551,10 @@ class RunStore:
                 return []
             return sorted(prefix + name for name in names)
 
+        store = zarr_store(self.location)
+
         async def collect() -> list[str]:
-            return [key async for key in zarr_store(self.location).list_prefix(prefix)]
+            return [key async for key in store.list_prefix(prefix)]
 
         return sorted(_sync(collect()))
 
@@ -585,6 +593,15 @@ class RunStore:
         """Nothing but a lock (or nothing at all) is there."""
         return all(key == LOCK or key.startswith(f"{LOCK}.") for key in self.list(""))
 
+    def remove_leftovers(self) -> None:
+        """Delete temporary manifests of writers killed mid-commit (holding the lock)."""
+        if not self.local or not os.path.isdir(self.location.path):
+            return
+        for name in os.listdir(self.location.path):
+            if name.startswith((f".{MANIFEST}.", f".{LOCK}.")):
+                with contextlib.suppress(OSError):
+                    os.unlink(os.path.join(self.location.path, name))
+
     def wipe(self) -> None:
         """Remove everything except the lock (``overwrite=True``)."""
         self._check_writable()
@@ -622,7 +639,8 @@ class RunStore:
         import zarr
 
         group = zarr.open_group(store=zarr_store(self.location), mode="r+")
-        present = set(group.array_keys())
+        present = {name for name in W_BUFFERS + H_BUFFERS
+                   if self.read_bytes(f"{name}/zarr.json") is not None}
         h_cols = max(1, min(m, (64 * 2**20) // max(1, k * np.dtype(dtype).itemsize)))
         for name in W_BUFFERS + H_BUFFERS:
             if name in present:
@@ -661,13 +679,22 @@ class RunStore:
             )
         return H
 
+    def flush_W(self, run_id: str, buffer: str, n_panels: int) -> None:
+        """fsync every chunk of a W buffer whose panels were written without it."""
+        if not self.local:
+            return
+        array = open_array(self.location, run_id, buffer)
+        for index in range(n_panels):
+            with contextlib.suppress(FileNotFoundError):
+                _fsync_path(_chunk_path(self.location, array, buffer, index))
+
     def panel(self, run_id: str, buffer: str, index: int, start: int, stop: int,
               expected: str | None = None) -> StoredPanel:
         return StoredPanel(self.location, run_id, buffer, index, start, stop, expected)
 
     def sink(self, run_id: str, buffer: str, index: int, start: int, stop: int,
-             iteration: int) -> PanelSink:
-        return PanelSink(self.location, run_id, buffer, index, start, stop, iteration)
+             iteration: int, durable: bool = True) -> PanelSink:
+        return PanelSink(self.location, run_id, buffer, index, start, stop, iteration, durable)
 
     # ------------------------------------------------------------- manifests
     _pending_iteration: int | None = None
@@ -826,7 +853,9 @@ def sample_panels(n_panels: int, shape: tuple[int, int], extra: int = 3) -> list
     chosen = {0, n_panels - 1}
     rng = np.random.default_rng([int(shape[0]), int(shape[1]), 0x444E4D46])
     if n_panels > 2:
-        chosen.update(int(i) for i in rng.choice(n_panels, size=min(extra, n_panels), replace=False))
+        inner = rng.choice(np.arange(1, n_panels - 1), size=min(extra, n_panels - 2),
+                           replace=False)
+        chosen.update(int(i) for i in inner)
     return sorted(chosen)
 
 

@@ -1,0 +1,475 @@
+"""Fits with ``out``: results in a run store, resume, refusals, damage, locks, readers."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import resource
+import subprocess
+import sys
+import textwrap
+import time
+import uuid
+import warnings
+
+import numpy as np
+import pytest
+import zarr
+
+import dnmf
+from dnmf import (
+    ConvergenceWarning,
+    CorruptCheckpointError,
+    IncompatibleRunError,
+    InvalidInputError,
+    RunLockedError,
+    StoreError,
+)
+
+WORKER = os.path.join(os.path.dirname(__file__), "checkpoint_worker.py")
+N, M, K, ROWS = 600, 60, 4, 100
+
+
+@pytest.fixture(autouse=True)
+def _quiet():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        yield
+
+
+def make_V(seed: int = 0, n: int = N, m: int = M, dtype=np.float32) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    V = rng.random((n, 5)) @ rng.random((5, m)) + 0.1 * rng.random((n, m))
+    return V.astype(dtype)
+
+
+def write_zarr(path, V: np.ndarray, chunk_rows: int = 50) -> str:
+    arr = zarr.create_array(store=str(path), shape=V.shape, chunks=(chunk_rows, V.shape[1]),
+                            dtype=V.dtype)
+    arr[...] = V
+    return str(path)
+
+
+def model(**kw) -> dnmf.NMF:
+    params = dict(random_state=3, tol=0.0, max_iter=12, panel_rows=ROWS, scheduler="threads")
+    params.update(kw)
+    return dnmf.NMF(K, **params)
+
+
+def assert_same_fit(run_or_est, ref: dnmf.NMF, W_ref: np.ndarray) -> None:
+    if isinstance(run_or_est, dnmf.Run):
+        W, H, history = run_or_est.W.compute(), run_or_est.H, run_or_est.loss_history
+    else:
+        W, H, history = run_or_est[0], run_or_est[1].components_, run_or_est[1].loss_history_
+    np.testing.assert_array_equal(np.asarray(W), W_ref)
+    np.testing.assert_array_equal(H, ref.components_)
+    assert history == ref.loss_history_
+
+
+@pytest.fixture(scope="module")
+def V() -> np.ndarray:
+    return make_V()
+
+
+@pytest.fixture(scope="module")
+def reference(V):
+    """Uninterrupted in-memory fits, by max_iter."""
+    cache = {}
+
+    def fit(max_iter=12, **kw):
+        key = (max_iter, tuple(sorted(kw.items())))
+        if key not in cache:
+            est = model(max_iter=max_iter, **kw)
+            cache[key] = (est, est.fit_transform(V))
+        return cache[key]
+
+    return fit
+
+
+# ----------------------------------------------------------------- round trips
+def test_fit_with_out_returns_dask_W_equal_to_in_memory_fit(tmp_path, V, reference):
+    ref, W_ref = reference()
+    est = model(out=tmp_path / "run", checkpoint_every=5)
+    W = est.fit_transform(V)
+    assert type(W).__module__.startswith("dask")
+    assert W.chunks[0] == (ROWS,) * (N // ROWS)
+    assert_same_fit((W.compute(), est), ref, W_ref)
+    run = dnmf.open_run(tmp_path / "run")
+    assert run.complete and run.stop_reason == "max_iter" and run.iteration == 12
+    assert run.params["n_components"] == K and run.params["random_state"] == 3
+    assert_same_fit(run, ref, W_ref)
+    assert "iteration 12" in repr(run)
+    again = run.to_estimator()
+    np.testing.assert_array_equal(again.components_, ref.components_)
+    assert again.n_iter_ == 12 and again.out == str(tmp_path / "run")
+
+
+def test_layout_is_readable_with_plain_zarr(tmp_path, V, reference):
+    ref, W_ref = reference()
+    model(out=tmp_path / "run").fit(V)
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())["manifest"]
+    group = zarr.open_group(str(tmp_path / "run"), mode="r")
+    np.testing.assert_array_equal(group[manifest["W"]["array"]][...], W_ref)
+    np.testing.assert_array_equal(group[manifest["H"]["array"]][...], ref.components_)
+    assert manifest["iteration"] == 12 and manifest["complete"]
+    assert manifest["dnmf_version"] == dnmf.__version__
+    assert manifest["fingerprint"]["shape"] == [N, M]
+
+
+def test_zip_store_round_trip_and_extension(tmp_path, V, reference):
+    ref, W_ref = reference(max_iter=8)
+    target = tmp_path / "run.zip"
+    W = model(max_iter=8, out=str(target)).fit_transform(V)
+    assert target.is_file()
+    assert not (tmp_path / "run.zip.partial").exists()
+    np.testing.assert_array_equal(W.compute(), W_ref)
+    assert_same_fit(dnmf.open_run(target), ref, W_ref)
+    # Plain zarr reads the zip too.
+    store = zarr.storage.ZipStore(str(target), mode="r")
+    manifest = json.loads(
+        __import__("zipfile").ZipFile(target).read("manifest.json")
+    )["manifest"]
+    np.testing.assert_array_equal(
+        zarr.open_array(store=store, path=manifest["W"]["array"], mode="r")[...], W_ref
+    )
+    # Continue the packed run to 12 iterations: same as an uninterrupted 12.
+    ref12, W12 = reference(max_iter=12)
+    est = model(max_iter=12, out=str(target))
+    np.testing.assert_array_equal(est.fit_transform(V).compute(), W12)
+    assert_same_fit(dnmf.open_run(target), ref12, W12)
+
+
+def test_memory_url_round_trip_and_resume(V, reference):
+    url = f"memory://dnmf-run-{uuid.uuid4().hex}"
+    ref8, W8 = reference(max_iter=8)
+    model(max_iter=8, out=url, checkpoint_every=3).fit(V)
+    assert_same_fit(dnmf.open_run(url), ref8, W8)
+    ref12, W12 = reference(max_iter=12)
+    run = dnmf.resume(url, X=V, max_iter=12)
+    assert_same_fit(run, ref12, W12)
+
+
+def test_zarr_store_object_as_out(V, reference):
+    ref, W_ref = reference()
+    store = zarr.storage.MemoryStore()
+    W = model(out=store).fit_transform(V)
+    np.testing.assert_array_equal(W.compute(), W_ref)
+    assert_same_fit(dnmf.open_run(store), ref, W_ref)
+
+
+# ----------------------------------------------------------------------- resume
+@pytest.mark.parametrize(
+    ("solver", "beta_loss", "init"),
+    [("hals", "frobenius", "nndsvda"), ("mu", "kullback-leibler", "random"),
+     ("als", "frobenius", "nndsvd")],
+)
+def test_resume_after_interrupt_is_bit_for_bit(tmp_path, V, reference, solver, beta_loss, init):
+    kw = dict(solver=solver, beta_loss=beta_loss, init=init)
+    ref, W_ref = reference(**kw)
+
+    def interrupt(iteration, loss):
+        if iteration == 7:
+            raise KeyboardInterrupt
+
+    out = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        model(out=out, checkpoint_every=100, callback=interrupt, **kw).fit(V)
+    run = dnmf.open_run(out)
+    # The last completed iteration was committed on the way out.
+    assert run.iteration == (6 if beta_loss == "frobenius" else 7) and not run.complete
+    est = model(out=out, checkpoint_every=100, **kw)
+    W = est.fit_transform(V)
+    assert_same_fit((W.compute(), est), ref, W_ref)
+
+
+def test_resume_from_path_alone(tmp_path, V, reference):
+    path = write_zarr(tmp_path / "V.zarr", V)
+    ref, W_ref = reference(max_iter=12)
+    model(max_iter=5, out=tmp_path / "run").fit(path)
+    run = dnmf.open_run(tmp_path / "run")
+    assert run.source == {"kind": "zarr", "location": path}
+    run = dnmf.resume(tmp_path / "run", max_iter=12)
+    assert_same_fit(run, ref, W_ref)
+    # A finished run: fitting again reads it back without iterating.
+    calls = []
+    est = model(out=tmp_path / "run", callback=lambda i, loss: calls.append(i))
+    np.testing.assert_array_equal(est.fit_transform(path).compute(), W_ref)
+    assert calls == [] and est.n_iter_ == 12
+
+
+def test_resume_of_in_memory_data_needs_X(tmp_path, V):
+    model(max_iter=3, out=tmp_path / "run").fit(V)
+    with pytest.raises(InvalidInputError, match=r"dnmf.resume\(path, X=...\)"):
+        dnmf.resume(tmp_path / "run", max_iter=5)
+
+
+def test_converged_run_is_not_continued(tmp_path, V):
+    out = tmp_path / "run"
+    est = model(out=out, tol=1e-2, max_iter=200)
+    est.fit(V)
+    run = dnmf.open_run(out)
+    assert run.complete and run.stop_reason == "converged" and run.iteration < 200
+    run2 = dnmf.resume(out, X=V, max_iter=400)
+    assert run2.iteration == run.iteration and run2.loss_history == run.loss_history
+
+
+def test_lower_max_iter_than_done_is_refused(tmp_path, V):
+    model(max_iter=6, out=tmp_path / "run").fit(V)
+    with pytest.raises(IncompatibleRunError, match="already at iteration 6"):
+        model(max_iter=4, out=tmp_path / "run").fit(V)
+
+
+# ------------------------------------------------------------------- refusals
+def _snapshot(path) -> dict[str, bytes]:
+    files = {}
+    for root, _, names in os.walk(path):
+        for name in names:
+            full = os.path.join(root, name)
+            with open(full, "rb") as f:
+                files[os.path.relpath(full, path)] = f.read()
+    return files
+
+
+def test_resume_refuses_other_data_and_names_what_differs(tmp_path, V):
+    out = tmp_path / "run"
+    model(max_iter=3, out=out).fit(V)
+    before = _snapshot(out)
+    other = V.copy()
+    other[0, 0] += 1.0  # first panel: always in the fingerprint's sample
+    with pytest.raises(IncompatibleRunError, match="content of V") as info:
+        model(max_iter=5, out=out).fit(other)
+    assert "overwrite=True" in str(info.value)
+    with pytest.raises(IncompatibleRunError, match=r"shape: \[600, 60\] \(run\) vs \[600, 59\]"):
+        model(max_iter=5, out=out).fit(V[:, :59])
+    with pytest.raises(IncompatibleRunError, match=r"dtype: '<f4' \(run\) vs '<f8' \(now\)"):
+        model(max_iter=5, out=out).fit(V.astype(np.float64))
+    assert _snapshot(out) == before  # nothing touched, no lock left behind
+
+
+def test_resume_refuses_other_parameters_and_names_each(tmp_path, V):
+    out = tmp_path / "run"
+    model(max_iter=3, out=out).fit(V)
+    before = _snapshot(out)
+    with pytest.raises(IncompatibleRunError) as info:
+        model(max_iter=5, out=out, solver="mu", alpha_W=0.1, random_state=4).fit(V)
+    text = str(info.value)
+    assert "solver: 'hals' (run) vs 'mu' (now)" in text
+    assert "alpha_W: 0.0 (run) vs 0.1 (now)" in text
+    assert "random_state: 3 (run) vs 4 (now)" in text
+    with pytest.raises(IncompatibleRunError, match="panel_rows: 100 .run. vs 50"):
+        model(max_iter=5, out=out, panel_rows=50).fit(V)
+    with pytest.raises(IncompatibleRunError, match="n_components: 4 .run. vs 5"):
+        dnmf.NMF(5, random_state=3, tol=0.0, max_iter=5, panel_rows=ROWS, out=out).fit(V)
+    assert _snapshot(out) == before
+    # What may differ: max_iter, verbose, callback, scheduler, checkpoint_every, cache.
+    model(max_iter=4, out=out, verbose=0, callback=lambda i, loss: None,
+          checkpoint_every=1, cache=True, random_state=None, panel_rows=None).fit(V)
+    assert dnmf.open_run(out).iteration == 4
+    # overwrite=True starts afresh with the new parameters.
+    model(max_iter=2, out=out, solver="mu", overwrite=True).fit(V)
+    run = dnmf.open_run(out)
+    assert run.params["solver"] == "mu" and run.iteration == 2
+
+
+def test_out_holding_other_files_is_refused(tmp_path, V):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("precious")
+    with pytest.raises(IncompatibleRunError, match="not a dnmf run"):
+        model(out=out).fit(V)
+    assert (out / "notes.txt").read_text() == "precious"
+    assert sorted(os.listdir(out)) == ["notes.txt"]
+
+
+def test_out_inside_the_input_is_refused(tmp_path, V):
+    path = write_zarr(tmp_path / "V.zarr", V)
+    with pytest.raises(StoreError, match="overlaps the input"):
+        model(out=os.path.join(path, "run"), overwrite=True).fit(path)
+
+
+# --------------------------------------------------------------------- damage
+def _committed_chunk(out, panel=2) -> str:
+    manifest = json.loads((out / "manifest.json").read_text())["manifest"]
+    return str(out / manifest["W"]["array"] / "c" / str(panel) / "0")
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate"])
+def test_damaged_W_chunk_is_detected_and_named(tmp_path, V, damage):
+    out = tmp_path / "run"
+    model(max_iter=3, out=out).fit(V)
+    chunk = _committed_chunk(out)
+    raw = bytearray(open(chunk, "rb").read())
+    if damage == "flip":
+        raw[len(raw) // 2] ^= 0x01
+    else:
+        raw = raw[: len(raw) - 3]
+    with open(chunk, "wb") as f:
+        f.write(raw)
+    for attempt in (lambda: dnmf.open_run(out), lambda: model(max_iter=5, out=out).fit(V)):
+        with pytest.raises(CorruptCheckpointError, match="checkpoint is corrupted") as info:
+            attempt()
+        assert chunk in str(info.value)
+    # Lazy reading detects it too.
+    run = dnmf.open_run(out, verify=False)
+    with pytest.raises(CorruptCheckpointError, match=chunk):
+        run.W.compute()
+
+
+def test_damaged_manifest_is_detected_and_named(tmp_path, V):
+    out = tmp_path / "run"
+    model(max_iter=3, out=out).fit(V)
+    path = out / "manifest.json"
+    text = path.read_text()
+    path.write_text(text.replace('"iteration": 3', '"iteration": 4'))
+    with pytest.raises(CorruptCheckpointError, match="checkpoint is corrupted") as info:
+        dnmf.open_run(out)
+    assert str(path) in str(info.value)
+    path.write_text(text[:100])
+    with pytest.raises(CorruptCheckpointError, match=str(path)):
+        model(max_iter=5, out=out).fit(V)
+
+
+# ------------------------------------------------------------ locks and readers
+def _start_writer(V_path, out, *, sleep, max_iter=40, every=1) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, WORKER, V_path, str(out), "--max-iter", str(max_iter),
+         "--every", str(every), "--sleep", str(sleep), "--panel-rows", str(ROWS),
+         "--k", str(K)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )
+
+
+def _wait_for(predicate, proc, timeout=60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if proc.poll() is not None:
+            raise AssertionError(f"writer exited early: {proc.stdout.read().decode()}")
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out waiting for the writer")
+        time.sleep(0.05)
+
+
+def _committed_iteration(out) -> int:
+    try:
+        return json.loads((out / "manifest.json").read_text())["manifest"]["iteration"]
+    except (OSError, ValueError, KeyError):
+        return -1
+
+
+def test_concurrent_writer_refused_then_dead_holder_taken_over(tmp_path, V, caplog):
+    path = write_zarr(tmp_path / "V.zarr", V)
+    out = tmp_path / "run"
+    writer = _start_writer(path, out, sleep=0.3)
+    try:
+        _wait_for(lambda: _committed_iteration(out) >= 1, writer)
+        with pytest.raises(RunLockedError, match=f"pid {writer.pid}") as info:
+            model(max_iter=40, out=out, random_state=7).fit(path)
+        assert "host" in str(info.value)
+    finally:
+        writer.kill()  # SIGKILL: the lock stays behind
+        writer.wait()
+    assert (out / "lock.json").exists()
+    with caplog.at_level(logging.WARNING, logger="dnmf"):
+        run = dnmf.resume(out, max_iter=6)
+    assert "taking over the lock" in caplog.text
+    assert run.iteration == 6 and not (out / "lock.json").exists()
+
+
+def test_reading_a_run_while_it_is_written_gives_consistent_snapshots(tmp_path, V):
+    path = write_zarr(tmp_path / "V.zarr", V)
+    out = tmp_path / "run"
+    V64 = V.astype(np.float64)
+    writer = _start_writer(path, out, sleep=0.05, max_iter=400)
+    seen = []
+    try:
+        _wait_for(lambda: _committed_iteration(out) >= 1, writer)
+        deadline = time.monotonic() + 2.5
+        while time.monotonic() < deadline and writer.poll() is None:
+            run = dnmf.open_run(out)
+            try:
+                W = run.W.compute().astype(np.float64)
+            except CorruptCheckpointError:
+                continue  # the writer moved on twice: detected, never mixed
+            if not run.loss_history:
+                continue
+            loss = 0.5 * np.sum((V64 - W @ run.H.astype(np.float64)) ** 2)
+            np.testing.assert_allclose(loss, run.loss_history[-1], rtol=1e-4)
+            assert len(run.loss_history) == run.iteration
+            seen.append(run.iteration)
+    finally:
+        writer.kill()
+        writer.wait()
+    assert len(set(seen)) >= 3, seen
+    assert seen == sorted(seen)
+
+
+# ---------------------------------------------------------- distributed, cache
+def test_cache_gives_the_same_fit(tmp_path, V, reference):
+    path = write_zarr(tmp_path / "V.zarr", V)
+    ref, W_ref = reference()
+    est = model(out=tmp_path / "run", cache=True)
+    np.testing.assert_array_equal(est.fit_transform(path).compute(), W_ref)
+    est2 = model(cache=True)
+    np.testing.assert_array_equal(est2.fit_transform(path).compute(), W_ref)
+
+
+def test_distributed_fit_with_out(tmp_path, V, reference, distributed_client):
+    path = write_zarr(tmp_path / "V.zarr", V)
+    ref, W_ref = reference(max_iter=6)
+    out = tmp_path / "run"
+
+    def interrupt(iteration, loss):
+        if iteration == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        model(max_iter=6, out=out, scheduler=distributed_client, checkpoint_every=100,
+              callback=interrupt).fit(path)
+    assert dnmf.open_run(out).iteration == 2
+    run = dnmf.resume(out, scheduler=distributed_client)
+    # Worker processes run their own BLAS: equal to the local fit to rounding.
+    np.testing.assert_allclose(run.W.compute(), W_ref, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(run.H, ref.components_, rtol=1e-4, atol=1e-6)
+    # And bit for bit equal to an uninterrupted distributed run.
+    est = model(max_iter=6, out=tmp_path / "run2", scheduler=distributed_client)
+    W2 = est.fit_transform(path).compute()
+    np.testing.assert_array_equal(run.W.compute(), W2)
+    assert run.loss_history == est.loss_history_
+
+
+# ---------------------------------------------------------------- memory bound
+MEMORY_SCRIPT = textwrap.dedent(
+    """
+    import resource, sys, warnings, numpy as np, zarr, dnmf
+    warnings.simplefilter("ignore")
+    V = zarr.open_array(sys.argv[1], mode="r")
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    dnmf.NMF(5, init=sys.argv[3], max_iter=2, panel_rows=int(sys.argv[4]), random_state=0,
+             out=sys.argv[2], scheduler="threads").fit(sys.argv[1])
+    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(before, after)
+    """
+)
+
+
+@pytest.mark.parametrize("init", ["random", pytest.param("nndsvda", marks=pytest.mark.slow)])
+def test_peak_memory_is_bounded_by_panels_not_V(tmp_path, init):
+    n, m, rows = 40_000, 1000, 1000  # V: 160 MB of float32, panels of 4 MB
+    arr = zarr.create_array(store=str(tmp_path / "V.zarr"), shape=(n, m), chunks=(rows, m),
+                            dtype="f4", compressors=None)
+    rng = np.random.default_rng(0)
+    for a in range(0, n, 8 * rows):
+        arr[a : a + 8 * rows] = rng.random((8 * rows, m), dtype=np.float32)
+    V_bytes = n * m * 4
+    proc = subprocess.run(
+        [sys.executable, "-c", MEMORY_SCRIPT, str(tmp_path / "V.zarr"), str(tmp_path / "run"),
+         init, str(rows)],
+        capture_output=True, text=True, timeout=300, check=True,
+    )
+    before, after = (int(x) * 1024 for x in proc.stdout.split())
+    growth = after - before
+    # Loading V whole would add 160 MB; a few 4 MB panels per thread must do.
+    assert growth < 0.4 * V_bytes, f"peak RSS grew by {growth / 2**20:.0f} MiB"
+    assert dnmf.open_run(tmp_path / "run").iteration == 2
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss > 0
