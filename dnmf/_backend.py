@@ -130,6 +130,17 @@ class Backend:
         """
         return delayed(value, pure=False)
 
+    def reroot(self, handles: list[Any]) -> list[Any]:
+        """Cut the lineage of panel outputs: concrete values, as graph literals.
+
+        Locally the handles already are values. On a cluster the values are fetched
+        once and re-enter the next pass as literals, which the scheduler can rerun
+        without remembering the passes that made them.
+        """
+        if self.client is None:
+            return handles
+        return [delayed(value, pure=False) for value in self.client.gather(handles)]
+
     def scatter_panels(self, panels: list[Any]) -> list[Any]:
         """Place in-memory panels on the workers once (distributed), or keep them."""
         if self.client is None:
@@ -140,7 +151,9 @@ class Backend:
         """Bring panel outputs (futures or arrays) to this process, in order."""
         if self.client is None:
             return handles
-        return list(self.client.gather(handles))
+        # Re-rooted panels are Delayed literals; the rest are futures.
+        futures = [self.client.compute(h) if isinstance(h, Delayed) else h for h in handles]
+        return list(self.client.gather(futures))
 
     def run_pass(
         self,

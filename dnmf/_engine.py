@@ -241,16 +241,35 @@ class WKeeper(Protocol):
         """The W handles for the next pass, from a pass's outputs and sinks."""
 
 
-class MemoryKeeper:
-    """W panels live in memory (this process, or the workers' memory as futures)."""
+#: On a cluster without a run store, W's lineage is cut this often (see MemoryKeeper).
+REROOT_EVERY = 20
 
-    def __init__(self, n_panels: int) -> None:
+
+class MemoryKeeper:
+    """W panels live in memory (this process, or the workers' memory as futures).
+
+    On a cluster, W panels are futures whose recipe reaches back through every pass
+    (so a lost worker's panels can be recomputed); every ``reroot_every`` passes the
+    panels are brought back once (n × k values) and re-rooted as graph literals so
+    the scheduler's memory of past passes stays bounded. Long cluster runs should
+    use a run store (``out=``), where W is re-read from storage instead.
+    """
+
+    def __init__(
+        self, n_panels: int, backend: Backend | None = None, reroot_every: int = REROOT_EVERY
+    ) -> None:
         self.n_panels = n_panels
+        self.backend = backend
+        self.reroot_every = reroot_every
+        self._passes = 0
 
     def sinks(self, iteration: int) -> list[Any]:
         return [None] * self.n_panels
 
     def handles(self, outputs: list[Any], sinks: list[Any]) -> list[Any]:
+        self._passes += 1
+        if self.backend is not None and self._passes % self.reroot_every == 0:
+            return self.backend.reroot(outputs)
         return outputs
 
 
@@ -320,7 +339,7 @@ def iterate(
     iteration t − 1; when that loss meets the stopping rule the pass's new W is
     dropped, so the state returned always matches its last recorded loss.
     """
-    keeper = keeper or MemoryKeeper(len(refs))
+    keeper = keeper or MemoryKeeper(len(refs), backend)
 
     def record(loss: float) -> bool:
         state.loss_history.append(float(loss))
