@@ -261,7 +261,6 @@ def test_distributed_cluster_equals_threads(distributed_client, solver, beta_los
 
 
 def test_active_client_is_used(distributed_client):
-    V, _, _ = planted(60, 20, 2, seed=14)
     with distributed_client.as_current():
         from dnmf._backend import get_backend
 
