@@ -6,8 +6,9 @@ iteration, the loss, its relative change, seconds per iteration, the time left a
 that pace and, on a cluster, the dashboard link; in Jupyter the same display renders
 in the notebook through Rich (live when ipywidgets is installed). When the output is
 not a terminal (a batch job's log file, a pipe) a live bar would be unreadable, so
-one plain line is written every few seconds instead, and one at the end. ``verbose >= 2`` also logs every iteration to
-the ``dnmf`` logger. This module owns presentation only: it never changes the fit.
+one plain line is written every few seconds instead, and one at the end.
+``verbose >= 2`` also logs every iteration to the ``dnmf`` logger. This module owns
+presentation only: it never changes the fit.
 """
 
 from __future__ import annotations

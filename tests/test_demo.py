@@ -26,7 +26,8 @@ def test_every_pose_once_with_the_torso():
     assert X.shape == (256, 1024) and X.dtype == np.float32
     assert len(np.unique(X, axis=0)) == 256
     # Image i is the torso plus limb j in position (i // 4**(3 - j)) % 4.
-    for i, pose in zip([0, 37, 128, 255], [(0, 0, 0, 0), (0, 2, 1, 1), (2, 0, 0, 0), (3, 3, 3, 3)]):
+    poses = [(0, 0, 0, 0), (0, 2, 1, 1), (2, 0, 0, 0), (3, 3, 3, 3)]
+    for i, pose in zip([0, 37, 128, 255], poses):
         assert tuple((i // 4 ** (3 - j)) % 4 for j in range(4)) == pose
         expected = parts[16] + sum(parts[4 * j + p] for j, p in enumerate(pose))
         np.testing.assert_array_equal(X[i], expected)
@@ -47,7 +48,7 @@ def test_dtype(dtype):
 def test_images_are_limbs_attached_to_the_torso():
     parts = swimmer_parts().reshape(17, *SWIMMER_SHAPE)
     torso = parts[16].astype(bool)
-    rows, cols = np.nonzero(torso)
+    _, cols = np.nonzero(torso)
     for limb, position in itertools.product(range(4), range(4)):
         r, c = np.nonzero(parts[4 * limb + position])
         left = limb in (0, 2)
