@@ -21,6 +21,7 @@ import gzip
 import itertools
 import os
 import shutil
+import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,13 +29,15 @@ from typing import IO, Any
 
 import numpy as np
 
-from .errors import InvalidInputError, InvalidParameterError, StoreError
+from .errors import DnmfError, InvalidInputError, InvalidParameterError, StoreError
 
 __all__ = [
     "CHUNK_BYTES",
     "FORMATS",
     "ConvertResult",
     "Reader",
+    "check_destination",
+    "check_writable",
     "convert",
     "default_chunk_rows",
     "detect_format",
@@ -347,9 +350,7 @@ def _open_hdf5(path: str, dataset: str | None) -> Reader:
     try:
         import h5py
     except ImportError:
-        raise InvalidParameterError(
-            "reading HDF5 files needs h5py: pip install 'dnmf[hdf5]'."
-        ) from None
+        raise DnmfError("reading HDF5 files needs h5py: pip install 'dnmf[hdf5]'.") from None
     try:
         f = h5py.File(path, "r")
     except OSError as exc:
@@ -512,9 +513,7 @@ def _create(path: Path, shape: tuple[int, int], chunks: tuple[int, int], dtype: 
             zarr_format=3, attributes=attributes, overwrite=True,
         )
     except OSError as exc:
-        raise StoreError(
-            f"cannot write {path.parent}: {exc.strerror or exc}."
-        ) from None
+        raise StoreError(f"cannot write {path}: {exc.strerror or exc}.") from None
 
 
 def check_destination(dst: str | os.PathLike[str], *, overwrite: bool) -> Path:
@@ -531,9 +530,19 @@ def check_destination(dst: str | os.PathLike[str], *, overwrite: bool) -> Path:
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
         raise StoreError(f"cannot write {text}: the directory {parent} does not exist.")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise StoreError(f"cannot write {text}: the directory {parent} is not writable.")
+    check_writable(parent, text)
     return path
+
+
+def check_writable(directory: Path, target: str) -> None:
+    """Refuse early, with a clear message, when nothing can be created in ``directory``."""
+    try:  # os.access says yes to root on a read-only file system: try for real
+        os.rmdir(tempfile.mkdtemp(prefix=".dnmf-probe-", dir=directory))
+    except OSError as exc:
+        raise StoreError(
+            f"cannot write {target}: the directory {directory} is not writable "
+            f"({exc.strerror or exc})."
+        ) from None
 
 
 def convert(

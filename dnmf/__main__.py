@@ -1,0 +1,8 @@
+"""``python -m dnmf``: the same command line as the ``dnmf`` entry point."""
+
+from __future__ import annotations
+
+from ._cli import main
+
+if __name__ == "__main__":
+    main()
