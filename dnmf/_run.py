@@ -304,7 +304,14 @@ def _packer(target: str) -> Callable[[RunStore, dict[str, Any] | None], None]:
     def pack(store: RunStore, manifest: dict[str, Any] | None) -> None:
         if manifest is None:
             return
-        store.pack(target, [manifest["W"]["array"], manifest["H"]["array"]])
+        packed = None
+        if os.path.exists(target):
+            with contextlib.suppress(Exception):
+                packed = RunStore(Location("zip", target)).read_manifest()
+        if packed is None or packed["run_id"] != manifest["run_id"] or (
+            packed["sequence"] != manifest["sequence"]
+        ):
+            store.pack(target, [manifest["W"]["array"], manifest["H"]["array"]])
         # Empty the work directory but keep the lock until it is released.
         for name in os.listdir(store.location.path):
             if name != LOCK:
@@ -405,6 +412,8 @@ def _fit(
                                                       "rng", "dnmf_version")}
             else:
                 prep.summary = _engine.scan(prep.backend, source, prep.refs, bounds)
+                if store.is_run():
+                    store.wipe()  # a run killed before its first commit: nothing to keep
                 run_id = store.create(n=n, m=m, k=k, panel_rows=bounds[0][1] - bounds[0][0],
                                       dtype=source.dtype)
                 keeper = StoreKeeper(store, run_id, bounds, prep.backend,

@@ -133,6 +133,12 @@ def test_zip_store_round_trip_and_extension(tmp_path, V, reference):
     np.testing.assert_array_equal(
         zarr.open_array(store=store, path=manifest["W"]["array"], mode="r")[...], W_ref
     )
+    # A refused call leaves the zip as it was.
+    packed = target.read_bytes()
+    with pytest.raises(IncompatibleRunError, match="solver"):
+        model(max_iter=8, out=str(target), solver="mu").fit(V)
+    assert target.read_bytes() == packed
+    assert not (tmp_path / "run.zip.partial").exists()
     # Continue the packed run to 12 iterations: same as an uninterrupted 12.
     ref12, W12 = reference(max_iter=12)
     est = model(max_iter=12, out=str(target))
@@ -196,6 +202,17 @@ def test_resume_from_path_alone(tmp_path, V, reference):
     est = model(out=tmp_path / "run", callback=lambda i, loss: calls.append(i))
     np.testing.assert_array_equal(est.fit_transform(path).compute(), W_ref)
     assert calls == [] and est.n_iter_ == 12
+
+
+def test_run_killed_before_its_first_commit_is_started_afresh(tmp_path, V, reference):
+    from dnmf._store import RunStore
+
+    # What a kill during initialisation leaves: buffers, no manifest (other sizes here).
+    RunStore.open(tmp_path / "run").create(n=50, m=7, k=2, panel_rows=10,
+                                           dtype=np.dtype("float64"))
+    ref, W_ref = reference()
+    W = model(out=tmp_path / "run").fit_transform(V)
+    np.testing.assert_array_equal(W.compute(), W_ref)
 
 
 def test_resume_of_in_memory_data_needs_X(tmp_path, V):
