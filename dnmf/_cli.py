@@ -292,11 +292,14 @@ def _source_identity(src: str, **options: Any) -> dict[str, Any]:
             "mtime_ns": stat.st_mtime_ns, **options}
 
 
-def _zarr_array_info(path: str) -> tuple[tuple[int, ...], np.dtype, int]:
+def _zarr_array_info(path: str) -> tuple[tuple[int, ...], np.dtype, int, bool]:
+    """Shape, stored dtype, row chunk and whether it is a sparse (CSR) group."""
     from ._source import as_source
 
     source = as_source(path)
-    return source.shape, np.dtype(source.data.dtype), int(source.row_chunk or source.shape[0])
+    sparse = source.kind == "zarr-csr"
+    return (source.shape, np.dtype(source.data.dtype),
+            int(source.row_chunk or source.shape[0]), sparse)
 
 
 def _prepare_input(
@@ -317,7 +320,12 @@ def _prepare_input(
         path = src if dataset is None else f"{src.rstrip('/')}/{dataset}"
         if "://" not in path and not os.path.exists(path):
             raise InvalidInputError(f"{src} does not exist.")
-        _, stored, rows = _zarr_array_info(path)
+        _, stored, rows, sparse = _zarr_array_info(path)
+        if sparse and (transpose or dtype is not None or chunk_rows is not None):
+            raise InvalidParameterError(
+                f"{src} is a sparse (CSR) Zarr group, fitted as it is: --dtype, --chunk-rows "
+                f"and --transpose apply to dense inputs."
+            )
         same = (
             not transpose
             and (dtype is None or np.dtype(dtype) == stored)
@@ -679,9 +687,10 @@ def fit(
                 verbose=1, scheduler=client, out=out, checkpoint_every=checkpoint_every,
                 overwrite=ow, cache=cache,
             )
-            shape, stored, _ = _zarr_array_info(path)
+            shape, stored, _, sparse = _zarr_array_info(path)
             where = "local threads" if client == "threads" else "the Dask cluster"
-            _say(f"fitting {path} ({shape[0]} × {shape[1]} {stored}) with rank {rank}, "
+            kind = f"{stored}, sparse" if sparse else f"{stored}"
+            _say(f"fitting {path} ({shape[0]} × {shape[1]} {kind}) with rank {rank}, "
                  f"{solver.value}, on {where}: reading the data and initialising first")
             try:
                 with warnings.catch_warnings():
@@ -945,22 +954,26 @@ def export(
     existing = [str(p) for p in targets.values() if p.exists()]
     if existing and not overwrite:
         raise StoreError(f"{', '.join(existing)} already exist; pass --overwrite to replace.")
+    from ._convert import check_writable
+
+    made = not out.exists()
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise StoreError(f"cannot create {out}: {exc.strerror or exc}.") from None
-    if not os.access(out, os.W_OK | os.X_OK):
-        raise StoreError(f"cannot write into {out}: the directory is not writable.")
-    W = r.W
-    written = []
+    written: list[str] = []
     try:
-        for name, data in (("W", W), ("H", r.H)):
+        check_writable(out, str(out))
+        for name, data in (("W", r.W), ("H", r.H)):
             _export_one(data, targets[name], ext)
             written.append(str(targets[name]))
     except KeyboardInterrupt as exc:
         _say("interrupted: " + (f"only {', '.join(written)} written." if written
                                 else "nothing written."))
         raise typer.Exit(_exit_code(exc)) from None
+    finally:
+        if made and not written:
+            shutil.rmtree(out, ignore_errors=True)
     _result(f"wrote {targets['W']} ({n} × {k}) and {targets['H']} ({k} × {r.shape[1]})")
 
 

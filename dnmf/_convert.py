@@ -198,6 +198,25 @@ class SparseReader(Reader):
         return np.asarray(self.matrix[start:stop].toarray())
 
 
+class CSRGroupReader(Reader):
+    """A CSR matrix stored as a Zarr group (AnnData's encoding), read by row slices."""
+
+    def __init__(self, group: Any, name: str) -> None:
+        from ._source import _csr_group
+
+        self.csr = _csr_group(group, name)
+        self.name = name
+        self.shape = _check_2d(self.csr.shape, name)
+        self.dtype = _numeric_dtype(self.csr.dtype, name)
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        from ._source import CSRPanel
+
+        panel = CSRPanel(self.csr.data, self.csr.indices, self.csr.indptr_array, start, stop,
+                         self.shape[1], self.dtype.str)
+        return np.asarray(panel.load().toarray())
+
+
 class TextReader(Reader):
     """Delimited text (CSV/TSV, optionally gzipped) parsed in blocks of lines.
 
@@ -388,6 +407,10 @@ def _open_zarr(path: str, dataset: str | None) -> Reader:
         node = zarr.open(store=path, mode="r")
     except Exception as exc:
         raise InvalidInputError(f"cannot open {path} as Zarr ({exc}).") from None
+    from ._source import is_csr_group
+
+    if is_csr_group(node) and dataset is None:
+        return CSRGroupReader(node, path)
     if isinstance(node, zarr.Group):
         if dataset is None:
             arrays = [name for name, _ in node.arrays()]
@@ -401,6 +424,8 @@ def _open_zarr(path: str, dataset: str | None) -> Reader:
             node = node[dataset]
         except KeyError:
             raise InvalidInputError(f"{path} has no array {dataset!r}.") from None
+        if is_csr_group(node):
+            return CSRGroupReader(node, f"{path}/{dataset}")
         if not isinstance(node, zarr.Array):
             raise InvalidInputError(f"{path}/{dataset} is a group, not an array.")
         path = f"{path}/{dataset}"

@@ -104,10 +104,13 @@ def sources(tmp_path_factory, V) -> Path:
     with h5py.File(d / "v.h5", "w") as f:
         f.create_dataset("data/V", data=V, chunks=(16, V.shape[1]))
     zarr.create_array(store=str(d / "v.zarr"), data=V, chunks=(10, 20))
+    from dnmf.io import write_csr_zarr
+
+    write_csr_zarr(sp.csr_matrix(V), d / "v-csr.zarr", chunk_nnz=500)
     return d
 
 
-FORMATS = ["v.npy", "v.csv", "v.tsv", "v.npz", "v.mtx", "v.h5", "v.zarr"]
+FORMATS = ["v.npy", "v.csv", "v.tsv", "v.npz", "v.mtx", "v.h5", "v.zarr", "v-csr.zarr"]
 
 
 @pytest.fixture(scope="module")
@@ -133,6 +136,9 @@ def workspace(tmp_path_factory, V) -> Path:
     convert(d / "v.npy", d / "data.zarr", chunk_rows=48)
     (d / "afile").write_text("not a directory\n")
     (d / "empty").mkdir()
+    from dnmf.io import write_csr_zarr
+
+    write_csr_zarr(sp.csr_matrix(V), d / "csr.zarr")
     import warnings
 
     with warnings.catch_warnings():
@@ -204,6 +210,9 @@ MORE_ERROR_CASES = {
                              USAGE, r"3x3 has 9 pixels, but the basis vectors of H have 20"),
     "bad picture format": (["plot", "run.zarr", "--loss", "loss.xyz"], USAGE,
                            r"the file name must end in one of"),
+    "conversion options on sparse input": (
+        ["fit", "csr.zarr", "-k", "2", "-o", "r.zarr", "--chunk-rows", "10"], USAGE,
+        r"sparse \(CSR\) Zarr group, fitted as it is"),
     "missing zarr input": (["fit", "missing.zarr", "-k", "2", "-o", "r.zarr"], ERROR,
                            r"missing\.zarr does not exist"),
     "missing convert source": (["convert", "missing.csv", "m.zarr"], ERROR,

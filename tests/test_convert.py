@@ -274,3 +274,18 @@ def test_npy_is_memory_mapped(tmp_path, X):
     np.save(tmp_path / "x.npy", X)
     with open_reader(str(tmp_path / "x.npy")) as reader:
         assert isinstance(reader.array, np.memmap)
+
+
+def test_csr_zarr_groups_are_read_by_row_slices(tmp_path):
+    from dnmf.io import write_csr_zarr
+
+    S = sp.random(40, 9, density=0.3, random_state=1, format="csr")
+    write_csr_zarr(S, tmp_path / "csr.zarr", chunk_nnz=16)
+    zarr.open_group(str(tmp_path / "ad.zarr"), mode="w")
+    write_csr_zarr(S, tmp_path / "ad.zarr" / "X")
+    for src, dataset in (("csr.zarr", None), ("ad.zarr", "X"), ("ad.zarr/X", None)):
+        dst = tmp_path / f"dense-{src.replace('/', '-')}"
+        assert convert(tmp_path / src, dst, chunk_rows=16, dataset=dataset).shape == (40, 9)
+        np.testing.assert_array_equal(zarr.open_array(str(dst))[:], S.toarray())
+    with open_reader(str(tmp_path / "csr.zarr")) as reader:
+        assert reader.streaming and reader.read(10, 20).shape == (10, 9)
