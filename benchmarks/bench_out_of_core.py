@@ -25,6 +25,7 @@ Zarr's defaults) under ``--data-dir`` and reused by later runs.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import resource
@@ -108,7 +109,7 @@ def run_dnmf(args: argparse.Namespace) -> list[float]:
                  callback=lambda i, loss: stamps.append(time.perf_counter())).fit(args.path)
     finally:
         shutil.rmtree(out, ignore_errors=True)
-    return [b - a for a, b in zip(stamps[:-1], stamps[1:])]
+    return [b - a for a, b in itertools.pairwise(stamps)]
 
 
 def run_dask(args: argparse.Namespace, fused: bool) -> list[float]:

@@ -324,6 +324,126 @@ def _packer(target: str) -> Callable[[RunStore, dict[str, Any] | None], None]:
     return pack
 
 
+@dataclass
+class _Plan:
+    """What a fit with ``out`` will do, settled before anything is written."""
+
+    prep: _Prepared
+    k: int
+    init: str
+    seed: int
+    params: dict[str, Any]
+    fingerprint: dict[str, Any]
+    W0: np.ndarray | None = None
+    H0: np.ndarray | None = None
+
+    @property
+    def panel_rows(self) -> int:
+        return self.prep.bounds[0][1] - self.prep.bounds[0][0]
+
+
+def _plan(est: NMF, X: Any, W: Any, H: Any, params: dict[str, Any],
+          manifest: dict[str, Any] | None) -> _Plan:
+    """Resolve V, its panels, k, init and the seed; "as recorded" where left open."""
+    from ._estimator import _Prepared
+    from ._store import checksum
+    from ._validation import check_custom_factor, resolve_seed
+
+    recorded = manifest["params"] if manifest else None
+    panel_rows = params["panel_rows"]
+    if recorded and panel_rows is None:
+        panel_rows = recorded["panel_rows"]
+    prep = _Prepared(X, params["scheduler"], panel_rows, regular=True, cache=params["cache"],
+                     scan=False)
+    n, m = prep.source.shape
+    if recorded and params["n_components"] == "auto":
+        k = int(recorded["n_components"])
+    else:
+        k = est._resolve_k(params, W, H, m)
+    init = params["init"] or ("nndsvda" if k <= min(n, m) else "random")
+    if recorded and params["random_state"] is None:
+        seed = int(recorded["random_state"])
+    else:
+        seed = resolve_seed(params["random_state"])
+    plan = _Plan(prep, k, init, seed, {}, {})
+    plan.params = _recorded_params(params, k, init, seed, plan.panel_rows)
+    custom: dict[str, Any] = {}
+    if init == "custom" and (W is not None or H is not None or not manifest):
+        plan.W0 = check_custom_factor(W, "W", (n, k), prep.source.dtype)
+        plan.H0 = check_custom_factor(H, "H", (k, m), prep.source.dtype)
+        custom = {"custom_W": checksum(plan.W0), "custom_H": checksum(plan.H0)}
+    # Hash the panels the run hashed, even if other panel_rows are asked for now.
+    fp_bounds = prep.bounds
+    if recorded and manifest and manifest["fingerprint"]["shape"] == [n, m]:
+        fp_bounds = _bounds_of(n, int(recorded["panel_rows"]))
+    plan.fingerprint = {**_fingerprint(prep, fp_bounds), **custom}
+    return plan
+
+
+def _check_compatible(loc: Location, manifest: dict[str, Any], plan: _Plan) -> None:
+    old_fp = dict(manifest["fingerprint"])
+    if not any(key.startswith("custom_") for key in plan.fingerprint):
+        old_fp = {key: v for key, v in old_fp.items() if not key.startswith("custom_")}
+    diffs = _differences({**manifest, "fingerprint": old_fp},
+                         {"fingerprint": plan.fingerprint, "params": plan.params})
+    if diffs:
+        raise IncompatibleRunError(
+            f"out={loc.path!r} holds a run for other data or other parameters; nothing "
+            f"was changed. Differences:\n  " + "\n  ".join(diffs)
+            + "\nUse another out, or overwrite=True to discard that run."
+        )
+
+
+def _reopen(store: RunStore, manifest: dict[str, Any], plan: _Plan,
+            every: int) -> tuple[_engine.FitState, StoreKeeper, dict[str, Any]]:
+    """The committed state of a compatible run, verified, and its keeper."""
+    prep = plan.prep
+    n, m = prep.source.shape
+    run_id = manifest["run_id"]
+    store.ensure_buffers(run_id, n=n, m=m, k=plan.k, panel_rows=plan.panel_rows,
+                         dtype=prep.source.dtype)
+    prep.summary = _engine.DataSummary(**manifest["summary"])
+    keeper = StoreKeeper(store, run_id, prep.bounds, prep.backend, every)
+    state = _restore(store, manifest, keeper)
+    prep.backend.map(_verify_task, [(panel,) for panel in state.W])
+    header = {key: manifest[key]
+              for key in ("run_id", "created", "summary", "source", "rng", "dnmf_version")}
+    return state, keeper, header
+
+
+def _start(store: RunStore, plan: _Plan, every: int, source_location: str | None
+           ) -> tuple[_engine.FitState, StoreKeeper, dict[str, Any]]:
+    """Validate V, lay the store out and write the initial W (by the tasks) and H."""
+    from . import __version__
+
+    prep = plan.prep
+    source = prep.source
+    n, m = source.shape
+    prep.summary = _engine.scan(prep.backend, source, prep.refs, prep.bounds)
+    if store.is_run():
+        store.wipe()  # a run killed before its first commit: nothing to keep
+    run_id = store.create(n=n, m=m, k=plan.k, panel_rows=plan.panel_rows, dtype=source.dtype)
+    keeper = StoreKeeper(store, run_id, prep.bounds, prep.backend, every)
+    if plan.W0 is not None and plan.H0 is not None:
+        W_handles, H0 = keeper.write_local(plan.W0), plan.H0
+    else:
+        W_handles, H0 = _engine.initialize(
+            prep.backend, source, prep.refs, prep.bounds, init=plan.init, k=plan.k,
+            seed=plan.seed, summary=prep.summary, keeper=keeper,
+        )
+    summary = prep.summary
+    header = {
+        "run_id": run_id,
+        "created": now(),
+        "summary": {"norm_sq": summary.norm_sq, "total": summary.total,
+                    "size": summary.size, "nnz": summary.nnz},
+        "source": {"kind": source.kind, "location": source_location},
+        "rng": {"seed": plan.seed, "streams": "default_rng([seed, stream, row block])"},
+        "dnmf_version": __version__,
+    }
+    return _engine.FitState(W=W_handles, H=H0), keeper, header
+
+
 def _fit(
     store: RunStore,
     est: NMF,
@@ -334,9 +454,7 @@ def _fit(
     source_location: str | None,
     on_exit: Callable[[RunStore, dict[str, Any] | None], None] | None = None,
 ) -> dict[str, Any]:
-    from ._estimator import _Prepared
-    from ._validation import check_custom_factor, resolve_seed
-
+    """Start, resume or read back the run in ``store``; return its final manifest."""
     loc = store.location
     if store.exists() and not store.is_run() and not store.is_empty_dir():
         if not params["overwrite"]:
@@ -344,108 +462,26 @@ def _fit(
                 f"out={loc.path!r} holds data that is not a dnmf run; refusing to touch "
                 f"it. Choose another out, or pass overwrite=True to replace its contents."
             )
-    final: dict[str, Any] | None = None
+    every = params["checkpoint_every"]
     with locked(store):
         try:
             store.remove_leftovers()
             if params["overwrite"] and store.exists():
                 store.wipe()
             manifest = store.read_manifest() if store.is_run() else None
-            recorded = manifest["params"] if manifest else None
-
-            panel_rows = params["panel_rows"]
-            if recorded and panel_rows is None:
-                panel_rows = recorded["panel_rows"]
-            prep = _Prepared(X, params["scheduler"], panel_rows, regular=True,
-                             cache=params["cache"], scan=False)
-            source, bounds = prep.source, prep.bounds
-            n, m = source.shape
-            if recorded and params["n_components"] == "auto":
-                k = int(recorded["n_components"])
-            else:
-                k = est._resolve_k(params, W, H, m)
-            init = params["init"] or ("nndsvda" if k <= min(n, m) else "random")
-            if recorded and params["random_state"] is None:
-                seed = int(recorded["random_state"])
-            else:
-                seed = resolve_seed(params["random_state"])
-            run_params = _recorded_params(params, k, init, seed, bounds[0][1] - bounds[0][0])
-
-            W0 = H0 = None
-            custom: dict[str, Any] = {}
-            if init == "custom" and (W is not None or H is not None or not manifest):
-                W0 = check_custom_factor(W, "W", (n, k), source.dtype)
-                H0 = check_custom_factor(H, "H", (k, m), source.dtype)
-                from ._store import checksum
-
-                custom = {"custom_W": checksum(W0), "custom_H": checksum(H0)}
-
-            fp_bounds = bounds
-            if manifest and manifest["fingerprint"]["shape"] == [n, m]:
-                fp_bounds = _bounds_of(n, int(recorded["panel_rows"]))  # type: ignore[index]
-            fingerprint = {**_fingerprint(prep, fp_bounds), **custom}
+            plan = _plan(est, X, W, H, params, manifest)
             if manifest:
-                old_fp = dict(manifest["fingerprint"])
-                if not custom:
-                    old_fp = {k_: v for k_, v in old_fp.items() if not k_.startswith("custom_")}
-                diffs = _differences({**manifest, "fingerprint": old_fp},
-                                     {"fingerprint": fingerprint, "params": run_params})
-                if diffs:
-                    raise IncompatibleRunError(
-                        f"out={loc.path!r} holds a run for other data or other parameters; "
-                        f"nothing was changed. Differences:\n  " + "\n  ".join(diffs)
-                        + "\nUse another out, or overwrite=True to discard that run."
-                    )
-
-            solver = est._solver(params)
-            reg = est._reg(params, n, m)
-            if manifest:
-                run_id = manifest["run_id"]
-                store.ensure_buffers(run_id, n=n, m=m, k=k, panel_rows=bounds[0][1] - bounds[0][0],
-                                     dtype=source.dtype)
-                prep.summary = _engine.DataSummary(**manifest["summary"])
-                keeper = StoreKeeper(store, run_id, bounds, prep.backend,
-                                     params["checkpoint_every"])
-                state = _restore(store, manifest, keeper)
-                prep.backend.map(_verify_task, [(p,) for p in state.W])
-                header = {k_: manifest[k_] for k_ in ("run_id", "created", "summary", "source",
-                                                      "rng", "dnmf_version")}
+                _check_compatible(loc, manifest, plan)
+                state, keeper, header = _reopen(store, manifest, plan, every)
             else:
-                prep.summary = _engine.scan(prep.backend, source, prep.refs, bounds)
-                if store.is_run():
-                    store.wipe()  # a run killed before its first commit: nothing to keep
-                run_id = store.create(n=n, m=m, k=k, panel_rows=bounds[0][1] - bounds[0][0],
-                                      dtype=source.dtype)
-                keeper = StoreKeeper(store, run_id, bounds, prep.backend,
-                                     params["checkpoint_every"])
-                if W0 is not None and H0 is not None:
-                    W_handles = keeper.write_local(W0)
-                else:
-                    W_handles, H0 = _engine.initialize(
-                        prep.backend, source, prep.refs, bounds, init=init, k=k, seed=seed,
-                        summary=prep.summary, keeper=keeper,
-                    )
-                state = _engine.FitState(W=W_handles, H=H0)
-                from . import __version__
-
-                s = prep.summary
-                header = {
-                    "run_id": run_id,
-                    "created": now(),
-                    "summary": {"norm_sq": s.norm_sq, "total": s.total, "size": s.size,
-                                "nnz": s.nnz},
-                    "source": {"kind": source.kind, "location": source_location},
-                    "rng": {"seed": seed, "kind": "numpy.random.default_rng([seed, stream, block])"},
-                    "dnmf_version": __version__,
-                }
-            header = {**header, "params": run_params, "fingerprint": fingerprint}
-            ckpt = Checkpointer(store, keeper, params["checkpoint_every"], header, manifest)
-            if not manifest:
-                final = ckpt.commit(Snapshot.of(state))
-            else:
-                final = manifest
-            final = _iterate(est, prep, solver, reg, state, ckpt, params, final)
-            est._set_fitted(state, k, m)
+                state, keeper, header = _start(store, plan, every, source_location)
+            header = {**header, "params": plan.params, "fingerprint": plan.fingerprint}
+            ckpt = Checkpointer(store, keeper, every, header, manifest)
+            final = manifest or ckpt.commit(Snapshot.of(state))
+            final = _iterate(plan.prep, est._solver(params),
+                             est._reg(params, *plan.prep.source.shape), state, ckpt, params,
+                             final)
+            est._set_fitted(state, plan.k, plan.prep.source.shape[1])
             return final
         finally:
             if on_exit is not None:
@@ -453,8 +489,9 @@ def _fit(
                     on_exit(store, store.read_manifest() if store.is_run() else None)
 
 
-def _iterate(est: NMF, prep: _Prepared, solver: Any, reg: Any, state: _engine.FitState,
+def _iterate(prep: _Prepared, solver: Any, reg: Any, state: _engine.FitState,
              ckpt: Checkpointer, params: dict[str, Any], final: dict[str, Any]) -> dict[str, Any]:
+    """Iterate from ``state`` to the end, committing on the way; the final manifest."""
     max_iter = params["max_iter"]
     lagged = not solver.exact_loss_after_update
     finished = state.converged or state.stopped_by_callback or state.iteration >= max_iter
@@ -495,7 +532,8 @@ def _iterate(est: NMF, prep: _Prepared, solver: Any, reg: Any, state: _engine.Fi
     return ckpt.commit(Snapshot.of(state), complete=True, stop_reason=reason)
 
 
-def _restore(store: RunStore, manifest: dict[str, Any], keeper: StoreKeeper) -> _engine.FitState:
+def _restore(store: RunStore, manifest: dict[str, Any],
+             keeper: StoreKeeper) -> _engine.FitState:
     """The FitState a manifest recorded, with W handles that verify on load."""
     run_id = manifest["run_id"]
     buffer = manifest["W"]["array"]
@@ -548,7 +586,8 @@ class Run:
     path : str
     """
 
-    def __init__(self, store: RunStore, manifest: dict[str, Any], *, verify: bool = True) -> None:
+    def __init__(self, store: RunStore, manifest: dict[str, Any], *,
+                 verify: bool = True) -> None:
         self.store = store
         self.manifest = manifest
         self.path = str(store.location)
@@ -584,7 +623,9 @@ class Run:
 
         k = int(self.params["n_components"])
         name = f"dnmf-run-W-{self.run_id}-{self.manifest['sequence']}"
-        graph = {(name, i, 0): (_load, panel) for i, panel in enumerate(self._panels)}
+        graph: dict[Any, Any] = {
+            (name, i, 0): (_load, panel) for i, panel in enumerate(self._panels)
+        }
         chunks = (tuple(b - a for a, b in self.bounds), (k,))
         hlg = HighLevelGraph.from_collections(name, graph, dependencies=())
         return da.Array(hlg, name, chunks=chunks, dtype=self.dtype)
@@ -654,7 +695,9 @@ def open_run(path: Any, *, verify: bool = True) -> Run:
     """
     store = RunStore(_reading_location(path))
     if not store.exists():
-        raise StoreError(f"no run at {str(store.location)!r}: the path does not exist or is empty.")
+        raise StoreError(
+            f"no run at {str(store.location)!r}: the path does not exist or is empty."
+        )
     last_error: Exception | None = None
     for _ in range(5):
         manifest = store.read_manifest()

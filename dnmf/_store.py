@@ -542,7 +542,7 @@ class RunStore:
             return
         _sync(zarr_store(self.location).delete(key))
 
-    def list(self, prefix: str) -> list[str]:
+    def keys(self, prefix: str) -> list[str]:
         if self.local:
             directory = self._local_path(prefix.rstrip("/")) if prefix else self.location.path
             try:
@@ -572,7 +572,7 @@ class RunStore:
             return os.path.isdir(self.location.path) and bool(os.listdir(self.location.path))
         if self.location.kind == "zip":
             return os.path.exists(self.location.path)
-        return bool(self.list(""))
+        return bool(self.keys(""))
 
     def attributes(self) -> dict[str, Any] | None:
         """The dnmf run attributes of the group, or None if this is not a run store."""
@@ -591,7 +591,7 @@ class RunStore:
 
     def is_empty_dir(self) -> bool:
         """Nothing but a lock (or nothing at all) is there."""
-        return all(key == LOCK or key.startswith(f"{LOCK}.") for key in self.list(""))
+        return all(key == LOCK or key.startswith(f"{LOCK}.") for key in self.keys(""))
 
     def remove_leftovers(self) -> None:
         """Delete temporary manifests of writers killed mid-commit (holding the lock)."""
@@ -616,7 +616,7 @@ class RunStore:
                 else:
                     os.unlink(path)
             return
-        for key in self.list(""):
+        for key in self.keys(""):
             if key != LOCK:
                 self.delete(key)
 
@@ -627,7 +627,9 @@ class RunStore:
         self._check_writable()
         forget(self.location)
         run_id = uuid.uuid4().hex
-        attrs = {"dnmf_run": {"format": FORMAT, "run_id": run_id, "created": now()}}
+        attrs: dict[str, Any] = {
+            "dnmf_run": {"format": FORMAT, "run_id": run_id, "created": now()}
+        }
         zarr.open_group(store=zarr_store(self.location), mode="a", attributes=attrs)
         self.ensure_buffers(run_id, n=n, m=m, k=k, panel_rows=panel_rows, dtype=dtype)
         return run_id
@@ -709,7 +711,7 @@ class RunStore:
         candidates: list[tuple[int, str, dict[str, Any]]] = []
         errors: list[CorruptCheckpointError] = []
         keys = [MANIFEST] if self.read_bytes(MANIFEST) is not None else []
-        keys += [key for key in self.list(MANIFESTS) if key.endswith(".json")]
+        keys += [key for key in self.keys(MANIFESTS) if key.endswith(".json")]
         for key in keys:
             try:
                 body = self._parse_manifest(key)
@@ -721,10 +723,10 @@ class RunStore:
             if errors:
                 raise errors[0]
             return None
-        sequence, key, body = max(candidates, key=lambda c: c[0])
-        for exc in errors:
-            self.skipped.append(str(exc))
-            logger.warning("passing over a damaged manifest: %s", exc)
+        _, key, body = max(candidates, key=lambda c: c[0])
+        for error in errors:
+            self.skipped.append(str(error))
+            logger.warning("passing over a damaged manifest: %s", error)
         body["_key"] = key
         return body
 
@@ -775,7 +777,7 @@ class RunStore:
                 pause_point("commit:manifest", self._pending_iteration)
                 self.write_bytes(key, document)
                 # Keep the previous manifest too; older ones point at reused buffers.
-                older = [k for k in self.list(MANIFESTS) if k.endswith(".json") and k < key]
+                older = [k for k in self.keys(MANIFESTS) if k.endswith(".json") and k < key]
                 for stale in older[:-1]:
                     with contextlib.suppress(Exception):
                         self.delete(stale)
@@ -844,7 +846,7 @@ def fingerprint_task(ref: Any) -> str:
         for part in (csr.data, csr.indices, csr.indptr):
             digest.update(np.ascontiguousarray(part).tobytes())
     else:
-        digest.update(memoryview(np.ascontiguousarray(panel)).cast("B"))
+        digest.update(np.ascontiguousarray(panel).data)
     return digest.hexdigest()
 
 

@@ -210,7 +210,7 @@ def test_run_killed_before_its_first_commit_is_started_afresh(tmp_path, V, refer
     # What a kill during initialisation leaves: buffers, no manifest (other sizes here).
     RunStore.open(tmp_path / "run").create(n=50, m=7, k=2, panel_rows=10,
                                            dtype=np.dtype("float64"))
-    ref, W_ref = reference()
+    _, W_ref = reference()
     W = model(out=tmp_path / "run").fit_transform(V)
     np.testing.assert_array_equal(W.compute(), W_ref)
 
@@ -274,9 +274,9 @@ def test_resume_refuses_other_parameters_and_names_each(tmp_path, V):
     assert "solver: 'hals' (run) vs 'mu' (now)" in text
     assert "alpha_W: 0.0 (run) vs 0.1 (now)" in text
     assert "random_state: 3 (run) vs 4 (now)" in text
-    with pytest.raises(IncompatibleRunError, match="panel_rows: 100 .run. vs 50"):
+    with pytest.raises(IncompatibleRunError, match=r"panel_rows: 100 \(run\) vs 50"):
         model(max_iter=5, out=out, panel_rows=50).fit(V)
-    with pytest.raises(IncompatibleRunError, match="n_components: 4 .run. vs 5"):
+    with pytest.raises(IncompatibleRunError, match=r"n_components: 4 \(run\) vs 5"):
         dnmf.NMF(5, random_state=3, tol=0.0, max_iter=5, panel_rows=ROWS, out=out).fit(V)
     assert _snapshot(out) == before
     # What may differ: max_iter, verbose, callback, scheduler, checkpoint_every, cache.
@@ -424,7 +424,7 @@ def test_reading_a_run_while_it_is_written_gives_consistent_snapshots(tmp_path, 
 # ---------------------------------------------------------- distributed, cache
 def test_cache_gives_the_same_fit(tmp_path, V, reference):
     path = write_zarr(tmp_path / "V.zarr", V)
-    ref, W_ref = reference()
+    _, W_ref = reference()
     est = model(out=tmp_path / "run", cache=True)
     np.testing.assert_array_equal(est.fit_transform(path).compute(), W_ref)
     est2 = model(cache=True)

@@ -110,7 +110,7 @@ def test_object_store_keeps_newest_two_manifests_and_skips_a_damaged_newest():
     run_id = store.create(n=10, m=6, k=3, panel_rows=4, dtype=np.dtype("float64"))
     for seq in range(1, 5):
         store.commit(_body(run_id, seq))
-    keys = store.list("manifests/")
+    keys = store.keys("manifests/")
     assert len(keys) == 2
     assert store.read_manifest()["sequence"] == 4
     newest = max(keys)
@@ -147,7 +147,7 @@ def test_H_and_W_chunks_are_checked(tmp_path):
         store.panel(run_id, "W1", 1, 4, 8, digest).load()
     h_chunk = next(p for p in (tmp_path / "run" / "H0" / "c").rglob("*") if p.is_file())
     h_chunk.write_bytes(h_chunk.read_bytes()[:-4])
-    with pytest.raises(CorruptCheckpointError, match="checkpoint is corrupted.*H0"):
+    with pytest.raises(CorruptCheckpointError, match=r"checkpoint is corrupted.*H0"):
         store.read_H(run_id, "H0", expected)
 
 
@@ -244,7 +244,7 @@ def test_lock_from_another_host_blocks_until_its_heartbeat_is_stale(tmp_path):
     info = {"host": "elsewhere.invalid", "pid": 1, "started": "then",
             "heartbeat": time.time(), "token": "remote"}
     store.write_bytes(LOCK, json.dumps(info).encode())
-    with pytest.raises(RunLockedError, match="elsewhere.invalid"):
+    with pytest.raises(RunLockedError, match=r"elsewhere\.invalid"):
         RunLock(store).acquire()
     info["heartbeat"] = time.time() - 10 * 3600
     store.write_bytes(LOCK, json.dumps(info).encode())
