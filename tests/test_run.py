@@ -431,6 +431,23 @@ def test_cache_gives_the_same_fit(tmp_path, V, reference):
     np.testing.assert_array_equal(est2.fit_transform(path).compute(), W_ref)
 
 
+def test_cache_reads_each_panel_of_V_once(tmp_path, V, monkeypatch):
+    from dnmf._source import ZarrPanel
+
+    path = write_zarr(tmp_path / "V.zarr", V)
+    reads = []
+    original = ZarrPanel.load
+    monkeypatch.setattr(ZarrPanel, "load", lambda self: reads.append(self.start) or original(self))
+    n_panels = N // ROWS
+    model(max_iter=5, out=tmp_path / "run", cache=True).fit(path)
+    # Once per panel, plus the fingerprint's sample (at most five panels).
+    assert sorted(set(reads)) == list(range(0, N, ROWS))
+    assert len(reads) <= n_panels + 5
+    reads.clear()
+    model(max_iter=5, out=tmp_path / "run2").fit(path)
+    assert len(reads) >= 5 * n_panels
+
+
 def test_distributed_fit_with_out(tmp_path, V, reference, distributed_client):
     path = write_zarr(tmp_path / "V.zarr", V)
     ref, W_ref = reference(max_iter=6)
