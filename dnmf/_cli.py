@@ -579,7 +579,8 @@ def convert(
     """Convert a data file to a Zarr v3 array chunked by rows, streaming.
 
     .npy is memory-mapped, .csv/.tsv (optionally .gz) are parsed in blocks of rows,
-    HDF5 and Zarr are read by slices: none of them is loaded whole. Matrix Market
+    HDF5, Zarr arrays and CSR Zarr groups are read by slices: none of them is
+    loaded whole. Matrix Market
     (.mtx) files and NumPy .npz archives of dense arrays are read into memory whole
     (keep them to moderate sizes); a SciPy sparse .npz is held compressed and
     densified a block at a time. Negative, NaN and infinite values are refused with
@@ -648,11 +649,12 @@ def fit(
     dataset: Annotated[str | None, typer.Option(
         help="The array inside an HDF5 file, a Zarr group or an .npz archive.",
         show_default=False)] = None,
-    transpose: Annotated[bool, typer.Option(help="Factorize the transpose of INPUT.")] = False,
+    transpose: Annotated[bool, typer.Option(
+        "--transpose", help="Factorize the transpose of INPUT.")] = False,
     cache: Annotated[bool, typer.Option(
-        help="Keep V in memory after its first read (only if it fits).")] = False,
+        "--cache", help="Keep V in memory after its first read (only if it fits).")] = False,
     overwrite: Annotated[bool, typer.Option(
-        help="Replace a different run at --out (kept if this fit fails).")] = False,
+        "--overwrite", help="Replace a different run at --out (kept if this fit fails).")] = False,
 ) -> None:
     """Factorize INPUT ≈ W·H and store the run (W, H, state) in --out.
 
@@ -862,7 +864,8 @@ def transform(
         show_default=False)] = None,
     scheduler: SchedulerOpt = None,
     scheduler_file: SchedulerFileOpt = None,
-    overwrite: Annotated[bool, typer.Option(help="Replace --out if it exists.")] = False,
+    overwrite: Annotated[bool, typer.Option(
+        "--overwrite", help="Replace --out if it exists.")] = False,
 ) -> None:
     """W for new rows with the run's H fixed, written to a Zarr array."""
     from ._convert import check_destination, convert, detect_format
@@ -934,9 +937,9 @@ def export(
     max_size: Annotated[str, typer.Option(
         "--max-size", help="Refuse to export a W larger than this without --force.")]
     = DEFAULT_EXPORT_LIMIT,
-    force: Annotated[bool, typer.Option(help="Export W whatever its size.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Export W whatever its size.")] = False,
     overwrite: Annotated[bool, typer.Option(
-        help="Replace W and H files already in --out.")] = False,
+        "--overwrite", help="Replace W and H files already in --out.")] = False,
 ) -> None:
     """Write W and H of a run to plain files (W.npy and H.npy, or W.csv and H.csv)."""
     r = _open_run(run)

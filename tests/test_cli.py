@@ -485,3 +485,41 @@ def test_readme_commands_run_as_written(tmp_path):
     assert (a @ b.T).max(axis=1).min() > 0.9
     assert (tmp_path / "dnmf-demo" / "basis.png").read_bytes()[:4] == b"\x89PNG"
     assert zarr.open_array(str(tmp_path / "dnmf-demo" / "swimmer.zarr")).shape == (256, 1024)
+
+
+def test_overwrite_keeps_the_old_run_when_the_new_fit_fails(workspace, tmp_path, capsys,
+                                                             monkeypatch):
+    shutil.copytree(workspace / "run.zarr", tmp_path / "run.zarr")
+    for name in ("v.npy", "neg.npy", "data.zarr"):
+        src = workspace / name
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, tmp_path / name)
+
+    def here(*args):
+        return run_here(*args, cwd=tmp_path, capsys=capsys, monkeypatch=monkeypatch)
+
+    failed = here("fit", "neg.npy", "-k", "3", "-o", "run.zarr", "--overwrite")
+    assert_user_error(failed, ERROR, r"negative value")
+    assert dnmf.open_run(str(tmp_path / "run.zarr")).params["n_components"] == 2
+    ok(here("fit", "data.zarr", "-k", "3", "-o", "run.zarr", "--overwrite", "--max-iter", "5"))
+    assert dnmf.open_run(str(tmp_path / "run.zarr")).params["n_components"] == 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "data.zarr", "neg.npy", "run.zarr", "v.npy"]
+
+
+def _doc_commands(path: Path, section: str) -> list[list[str]]:
+    text = path.read_text()
+    body = text.split(section, 1)[1].split("\n## ", 1)[0]
+    block = re.search(r"```bash\n(.*?)```", body, flags=re.S)
+    assert block is not None
+    return [shlex.split(line)[1:] for line in block.group(1).splitlines()
+            if line.startswith("dnmf ")]
+
+
+@pytest.mark.slow
+def test_cli_guide_first_session_runs_as_written(tmp_path):
+    commands = _doc_commands(ROOT / "docs" / "cli.md", "## A first session")
+    assert commands[0] == ["demo"] and len(commands) >= 5
+    for args in commands:
+        ok(run_dnmf(*args, cwd=tmp_path))
+    assert (tmp_path / "parts.png").exists() and (tmp_path / "factors" / "W.npy").exists()
+    assert zarr.open_array(str(tmp_path / "W-again.zarr")).shape == (256, 17)
