@@ -676,10 +676,14 @@ def fit(
     out_existed = "://" in out or Path(out).exists()
     if "://" not in out:
         _make_parent(out)
-    path, created = _prepare_input(
-        input, out, dtype=dtype.value if dtype else None, chunk_rows=chunk_rows,
-        transpose=transpose, dataset=dataset, overwrite=overwrite,
-    )
+    try:
+        path, created = _prepare_input(
+            input, out, dtype=dtype.value if dtype else None, chunk_rows=chunk_rows,
+            transpose=transpose, dataset=dataset, overwrite=overwrite,
+        )
+    except KeyboardInterrupt as exc:
+        _say(f"interrupted while converting {input}: nothing was written.")
+        raise typer.Exit(_exit_code(exc)) from None
     try:
         with _scheduler(scheduler, scheduler_file) as client, _replacing(out, overwrite) as ow:
             est = dnmf.NMF(
@@ -838,7 +842,7 @@ def info(
     ]
     for line in lines:
         typer.echo(line)
-    if not r.complete:
+    if not r.complete and not holder:
         typer.echo(f"continue    dnmf resume {_quote(run)}")
 
 
@@ -1069,7 +1073,7 @@ def demo(
     Swimmer (Donoho & Stodden 2003): 256 images of 32×32 pixels, a torso and four
     limbs in four positions each. A rank-17 fit should find the 16 limb positions and
     the torso. Writes OUT/swimmer.zarr (the data), OUT/run.zarr (the run),
-    OUT/basis.png and OUT/loss.png.
+    OUT/basis.png and OUT/loss.png, replacing those of an earlier demo.
     """
     import dnmf
 
@@ -1084,6 +1088,7 @@ def demo(
     except OSError as exc:
         raise StoreError(f"cannot create {out}: {exc.strerror or exc}.") from None
     data, run = out / "swimmer.zarr", out / "run.zarr"
+    _refuse_unless_demo(data, run)
     X = swimmer(np.float64)
     _write_array(X, out / f".swimmer.zarr.tmp-{os.getpid()}",
                  {"dnmf": {"dataset": "swimmer (Donoho & Stodden 2003)"}})
@@ -1117,6 +1122,23 @@ def demo(
             f"{est.n_iter_} iterations, loss {est.loss_history_[-1]:.3g}")
     _result(f"wrote {basis}: the 17 basis images{loss_note}")
     _result(f"next: dnmf info {_quote(run)}")
+
+
+def _refuse_unless_demo(data: Path, run: Path) -> None:
+    """The demo replaces its own earlier files, never anything else of the same name."""
+    import zarr
+
+    from ._store import RunStore, as_location
+
+    if data.exists():
+        try:
+            attrs = zarr.open_array(store=str(data), mode="r").attrs.asdict()
+        except Exception:
+            attrs = {}
+        if "swimmer" not in str(attrs.get("dnmf", {})):
+            raise StoreError(f"{data} exists and is not the demo's data; choose another --out.")
+    if run.exists() and not RunStore(as_location(str(run))).is_run():
+        raise StoreError(f"{run} exists and is not a dnmf run; choose another --out.")
 
 
 # -------------------------------------------------------------------- main

@@ -136,6 +136,8 @@ def workspace(tmp_path_factory, V) -> Path:
     convert(d / "v.npy", d / "data.zarr", chunk_rows=48)
     (d / "afile").write_text("not a directory\n")
     (d / "empty").mkdir()
+    (d / "foreign" / "run.zarr").mkdir(parents=True)
+    (d / "foreign" / "run.zarr" / "notes.txt").write_text("mine\n")
     from dnmf.io import write_csr_zarr
 
     write_csr_zarr(sp.csr_matrix(V), d / "csr.zarr")
@@ -213,6 +215,8 @@ MORE_ERROR_CASES = {
     "conversion options on sparse input": (
         ["fit", "csr.zarr", "-k", "2", "-o", "r.zarr", "--chunk-rows", "10"], USAGE,
         r"sparse \(CSR\) Zarr group, fitted as it is"),
+    "demo over someone else's files": (["demo", "--out", "foreign"], ERROR,
+                                       r"foreign/run\.zarr exists and is not a dnmf run"),
     "missing zarr input": (["fit", "missing.zarr", "-k", "2", "-o", "r.zarr"], ERROR,
                            r"missing\.zarr does not exist"),
     "missing convert source": (["convert", "missing.csv", "m.zarr"], ERROR,
@@ -273,6 +277,8 @@ def test_failed_commands_leave_nothing_behind(error_results, workspace):
     # The runs that commands refused to touch are intact.
     assert dnmf.open_run(str(workspace / "run.zarr")).iteration == 5
     assert (workspace / "afile").read_text() == "not a directory\n"
+    assert sorted(p.name for p in (workspace / "foreign").iterdir()) == ["run.zarr"]
+    assert (workspace / "foreign" / "run.zarr" / "notes.txt").read_text() == "mine\n"
 
 
 @pytest.mark.parametrize("args", [["--debug", "info", "v.npy"], ["info", "v.npy", "--debug"]])
