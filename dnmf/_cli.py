@@ -350,8 +350,9 @@ def _prepare_input(
             return str(target), None
         if not overwrite:
             raise StoreError(
-                f"{target} exists but was not converted from {src} with these options; "
-                f"pass --overwrite to replace it, or remove it."
+                f"{target} exists but holds another conversion (another file, other "
+                f"options, or {src} changed since); pass --overwrite to replace it, or "
+                f"remove it."
             )
     _say(f"converting {src} to {target} (a Zarr copy that the run reads, kept for resume)")
     with _row_progress(f"converting {Path(src).name}") as on_rows:
@@ -469,7 +470,9 @@ def _replacing(out: str, overwrite: bool) -> Iterator[bool]:
     try:
         yield False
         committed = True
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, typer.Exit):
+        # Interrupted: a new run with a checkpoint is kept (the user was told how to
+        # resume it); before its first commit the old run comes back.
         committed = _has_commit(out)
         raise
     finally:

@@ -442,15 +442,20 @@ def _save(path: Path, array: np.ndarray) -> Path:
     return path
 
 
-def test_sigterm_commits_too(tmp_path):
+def test_sigterm_commits_too_and_keeps_the_new_run_over_the_old(tmp_path):
     convert(_save(tmp_path / "v.npy", planted(300, 50, 3, seed=4)[0]), tmp_path / "v.zarr")
+    with pytest.warns(dnmf.ConvergenceWarning):
+        dnmf.NMF(2, max_iter=2, out=str(tmp_path / "run.zarr"),
+                 scheduler="threads").fit(str(tmp_path / "v.zarr"))
     proc = _fit_until_running(tmp_path, ["fit", "v.zarr", "-k", "3", "--out", "run.zarr",
-                                         "--tol", "0", "--max-iter", "100000"])
+                                         "--tol", "0", "--max-iter", "100000", "--overwrite"])
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=TIMEOUT)
     assert proc.returncode == 143 and "Traceback" not in err
     assert "terminated: iteration" in err and "dnmf resume run.zarr" in err
-    assert not dnmf.open_run(str(tmp_path / "run.zarr")).complete
+    run = dnmf.open_run(str(tmp_path / "run.zarr"))
+    assert not run.complete and run.params["n_components"] == 3  # the new run, resumable
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run.zarr", "v.npy", "v.zarr"]
 
 
 def _readme_commands() -> list[list[str]]:
