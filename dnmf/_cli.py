@@ -341,8 +341,14 @@ def _prepare_input(
     target = _input_store_for(out)
     options = {"dtype": dtype, "chunk_rows": chunk_rows, "transpose": transpose,
                "dataset": dataset}
-    identity = (_source_identity(src, **options) if "://" not in src and os.path.isfile(src)
-                else {"source": src, **options})
+    if "://" in src:
+        identity = {"source": src, **options}
+    elif os.path.isfile(src):
+        identity = _source_identity(src, **options)
+    else:  # a Zarr directory: its metadata file says when it was last rewritten
+        meta = next((p for p in (Path(src) / "zarr.json", Path(src) / ".zarray")
+                     if p.exists()), Path(src))
+        identity = {**_source_identity(str(meta), **options), "source": os.path.abspath(src)}
     if target.exists():
         recorded = _recorded_identity(target)
         if recorded == identity:
@@ -864,8 +870,9 @@ def transform(
     new: Annotated[str, typer.Argument(
         metavar="NEW", help="New rows: a Zarr array or any file 'dnmf convert' reads.",
         show_default=False)],
-    out: Annotated[str, typer.Option("--out", "-o", help="The Zarr array to write W_NEW to.",
-                                     show_default=False)],
+    out: Annotated[str, typer.Option(
+        "--out", "-o", metavar="W_NEW", help="The Zarr array to write W_NEW to.",
+        show_default=False)],
     dataset: Annotated[str | None, typer.Option(
         help="The array inside an HDF5 file, a Zarr group or an .npz archive.",
         show_default=False)] = None,
