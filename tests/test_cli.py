@@ -463,7 +463,7 @@ def _readme_commands() -> list[list[str]]:
     text = (ROOT / "README.md").read_text()
     commands = []
     for block in re.findall(r"```(?:bash|sh|shell|console)\n(.*?)```", text, flags=re.S):
-        for line in block.splitlines():
+        for line in block.replace("\\\n", " ").splitlines():
             line = line.strip().removeprefix("$ ")
             for part in line.split("&&"):
                 words = shlex.split(part, comments=True)
