@@ -99,6 +99,11 @@ def _cli_terms(message: str) -> str:
     return message
 
 
+def _absolute(path: str) -> str:
+    """Local paths made absolute: Dask workers do not share this process's directory."""
+    return path if "://" in path else os.path.abspath(path)
+
+
 def _quote(path: str | os.PathLike[str]) -> str:
     return shlex.quote(os.fspath(path))
 
@@ -699,7 +704,7 @@ def fit(
                 rank, solver=solver.value, beta_loss=loss_name,
                 init=init.value if init else None, max_iter=max_iter, tol=tol,
                 random_state=seed, alpha_W=alpha_w, alpha_H=alpha_h, l1_ratio=l1_ratio,
-                verbose=1, scheduler=client, out=out, checkpoint_every=checkpoint_every,
+                verbose=1, scheduler=client, out=_absolute(out), checkpoint_every=checkpoint_every,
                 overwrite=ow, cache=cache,
             )
             shape, stored, _, sparse = _zarr_array_info(path)
@@ -711,7 +716,7 @@ def fit(
                 with warnings.catch_warnings():
                     # The summary below says whether the fit converged.
                     warnings.simplefilter("ignore", ConvergenceWarning)
-                    est.fit(path)
+                    est.fit(_absolute(path))
             except KeyboardInterrupt as exc:
                 raise _interrupted(out, sched, exc) from None
     except BaseException as exc:
@@ -784,7 +789,7 @@ def resume(
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", ConvergenceWarning)
-                resume_run(run, max_iter=max_iter, scheduler=client, verbose=1)
+                resume_run(_absolute(run), max_iter=max_iter, scheduler=client, verbose=1)
         except KeyboardInterrupt as exc:
             raise _interrupted(run, sched, exc) from None
     _report_fit(run, started, sched)
@@ -903,7 +908,7 @@ def transform(
         with _scheduler(scheduler, scheduler_file) as client:
             est.set_params(out=None, verbose=0, scheduler=client)
             _say(f"solving W for the rows of {new} with H of {run} fixed")
-            W = est.transform(source)
+            W = est.transform(_absolute(source))
             _write_array(W, tmp, {"dnmf": {"transform_of": r.path, "input": new}})
         _swap_into_place(tmp, target)
     except KeyboardInterrupt as exc:

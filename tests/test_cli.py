@@ -534,3 +534,28 @@ def test_cli_guide_first_session_runs_as_written(tmp_path):
         ok(run_dnmf(*args, cwd=tmp_path))
     assert (tmp_path / "parts.png").exists() and (tmp_path / "factors" / "W.npy").exists()
     assert zarr.open_array(str(tmp_path / "W-again.zarr")).shape == (256, 17)
+
+
+@pytest.mark.slow
+def test_fit_on_a_local_cluster_prints_the_dashboard(tmp_path):
+    convert(_save(tmp_path / "v.npy", planted(200, 30, 3, seed=5)[0]), tmp_path / "v.zarr")
+    proc = ok(run_dnmf("fit", "v.zarr", "-k", "3", "--out", "run.zarr", "--max-iter", "15",
+                       "--scheduler", "local:2", cwd=tmp_path))
+    assert "started a local Dask cluster of 2 worker processes; dashboard: http" in proc.stderr
+    assert "Dask dashboard: http" in proc.stderr
+    assert "--scheduler local:2" in proc.stdout or "converged" in proc.stdout
+    assert dnmf.open_run(str(tmp_path / "run.zarr")).complete
+
+
+@pytest.mark.slow
+def test_fit_and_resume_on_a_running_scheduler(tmp_path, distributed_client):
+    convert(_save(tmp_path / "v.npy", planted(200, 30, 3, seed=6)[0]), tmp_path / "v.zarr")
+    address = distributed_client.scheduler.address
+    ok(run_dnmf("fit", "v.zarr", "-k", "3", "--out", "run.zarr", "--max-iter", "5",
+                "--tol", "0", "--scheduler", address, cwd=tmp_path))
+    scheduler_file = tmp_path / "scheduler.json"
+    scheduler_file.write_text(json.dumps({"address": address}))
+    proc = ok(run_dnmf("resume", "run.zarr", "--max-iter", "8", "--scheduler-file",
+                       str(scheduler_file), cwd=tmp_path))
+    assert "fit: iteration 8/8" in proc.stderr
+    assert dnmf.open_run(str(tmp_path / "run.zarr")).iteration == 8
