@@ -529,7 +529,8 @@ def _report_fit(out: str, started: float, sched: str) -> None:
                 f"(tol={run.params['tol']:g})")
     else:
         head = f"stopped after {run.iteration} iterations"
-    _result(f"{head}: {loss}{change_text}, in {took}. Run saved to {out}")
+    _result(f"{head}: {loss}{change_text}, in {took}. Run saved to {out} "
+            f"(seed {run.params['random_state']})")
     if run.stop_reason == "max_iter":
         more = 2 * int(run.params["max_iter"])
         _result(f"to continue: dnmf resume {_quote(out)} --max-iter {more}{sched}")
