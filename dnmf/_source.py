@@ -377,6 +377,9 @@ def _open_zarr(path: str) -> Any:
                 f"no Zarr array at {path!r}: the path does not exist. Check the path, "
                 f"or convert your data first with `dnmf convert SRC {path}`."
             )
+        if "://" not in path:
+            # Absolute, so that workers with another working directory find it too.
+            path = os.path.abspath(path)
         return _array_or_csr_group(zarr.open(store=path, mode="r"), path)
     except InvalidInputError:
         raise

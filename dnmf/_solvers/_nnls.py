@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import numpy as np
 import scipy.linalg
-import scipy.optimize
 
 __all__ = ["nnls_bpp"]
 
@@ -405,6 +404,8 @@ def _lawson_hanson_fallback(G: np.ndarray, R: np.ndarray, usable: np.ndarray) ->
     rewritten with a ``k``-row factor ``C`` of ``G`` (``C^T C = G``, from an eigendecomposition
     so that singular ``G`` is fine) and ``d`` with ``C^T d = R``.
     """
+    from scipy.optimize import nnls  # rarely needed; slow to import
+
     k, n = R.shape
     Z = np.zeros((k, n))
     u = np.flatnonzero(usable)
@@ -416,5 +417,5 @@ def _lawson_hanson_fallback(G: np.ndarray, R: np.ndarray, usable: np.ndarray) ->
     C = sw[:, None] * V[:, keep].T
     D = (V[:, keep].T @ R[u]) / sw[:, None]
     for j in range(n):
-        Z[u, j] = scipy.optimize.nnls(C, D[:, j])[0]
+        Z[u, j] = nnls(C, D[:, j])[0]
     return Z
