@@ -64,6 +64,17 @@ def make_V(path: str, n: int, m: int, chunk_rows: int) -> None:
 
 
 # ------------------------------------------------------------- the variants
+def clock() -> tuple[float, float]:
+    """Wall time and this process's CPU time (all threads): the machine may be shared,
+    and CPU seconds are what other processes' load does not inflate."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return time.perf_counter(), r.ru_utime + r.ru_stime
+
+
+def intervals(stamps: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    return [(b[0] - a[0], b[1] - a[1]) for a, b in itertools.pairwise(stamps)]
+
+
 def floor_task(v_ref, W, H):
     from dnmf._source import load_panel
 
@@ -89,27 +100,27 @@ def run_floor(args: argparse.Namespace) -> list[float]:
     rng = np.random.default_rng(0)
     H = rng.random((args.k, source.shape[1]), dtype=np.float32)
     Ws = [rng.random((b - a, args.k), dtype=np.float32) for a, b in bounds]
-    times = []
+    stamps = []
     for _ in range(args.iters + 1):  # the first is a warm-up
-        t0 = time.perf_counter()
+        stamps.append(clock())
         backend.run_pass(floor_task, list(zip(refs, Ws)), (H,), add, keep_outputs=False)
-        times.append(time.perf_counter() - t0)
-    return times[1:]
+    stamps.append(clock())
+    return intervals(stamps)[1:]
 
 
 def run_dnmf(args: argparse.Namespace) -> list[float]:
     """dnmf with a run store; the times between successive iterations' callbacks."""
     import dnmf
 
-    stamps: list[float] = []
+    stamps: list[tuple[float, float]] = []
     out = tempfile.mkdtemp(prefix="dnmf-bench-run-", dir=args.data_dir)
     try:
         dnmf.NMF(args.k, solver="mu", init="random", max_iter=args.iters + 1, random_state=0,
                  out=out, checkpoint_every=args.every, scheduler="threads",
-                 callback=lambda i, loss: stamps.append(time.perf_counter())).fit(args.path)
+                 callback=lambda i, loss: stamps.append(clock())).fit(args.path)
     finally:
         shutil.rmtree(out, ignore_errors=True)
-    return [b - a for a, b in itertools.pairwise(stamps)]
+    return intervals(stamps)
 
 
 def run_dask(args: argparse.Namespace, fused: bool) -> list[float]:
@@ -130,18 +141,17 @@ def run_dask(args: argparse.Namespace, fused: bool) -> list[float]:
     H = da.from_array(avg * rng.random((args.k, m), dtype=np.float32))
     W = da.random.RandomState(0).random_sample((n, args.k), chunks=(V.chunks[0], args.k))
     W = (W.astype(np.float32) * avg).persist()
-    times = []
+    stamps = [clock()]
     # One BLAS thread per worker thread, as dnmf does: the fair best case.
     with threadpool_limits(limits=max(1, (os.cpu_count() or 1) // 2), user_api="blas"):
         for _ in range(args.iters):
-            t0 = time.perf_counter()
             H_new = H * (W.T @ V) / ((W.T @ W) @ H)
             if not fused:
                 H_new = H_new.persist()
             W = W * (V @ H_new.T) / (W @ (H_new @ H_new.T))
             W, H = dask.persist(W, H_new)
-            times.append(time.perf_counter() - t0)
-    return times
+            stamps.append(clock())
+    return intervals(stamps)
 
 
 VARIANTS = {
@@ -155,7 +165,7 @@ VARIANTS = {
 def child(args: argparse.Namespace) -> None:
     warnings.simplefilter("ignore")
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    times = VARIANTS[args.child](args)
+    times = [list(pair) for pair in VARIANTS[args.child](args)]
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     print(json.dumps({"base": base, "peak": peak, "times": times}))
 
@@ -170,7 +180,8 @@ def measure(variant: str, path: str, args: argparse.Namespace) -> dict:
     if proc.returncode != 0:
         raise RuntimeError(f"{variant} failed:\n{proc.stderr}")
     result = json.loads(proc.stdout.strip().splitlines()[-1])
-    result["per_iter"] = statistics.median(result["times"])
+    result["per_iter"] = statistics.median(t[0] for t in result["times"])
+    result["cpu_per_iter"] = statistics.median(t[1] for t in result["times"])
     return result
 
 
@@ -185,12 +196,17 @@ def main() -> None:
     parser.add_argument("--data-dir", default=os.path.join(tempfile.gettempdir(), "dnmf-bench"))
     parser.add_argument("--skip", default="", help="comma-separated variants not to run")
     parser.add_argument("--rounds", type=int, default=2, help="interleaved repetitions")
+    parser.add_argument("--quick", action="store_true",
+                        help="small V (64 MiB, 8 MiB panels), one round, about 1 minute")
+    parser.add_argument("--json", help="write the results here (machine-readable)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--path", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         child(args)
         return
+    if args.quick:
+        args.gib, args.chunk_mib, args.rounds = 1 / 16, 8.0, 1
 
     os.makedirs(args.data_dir, exist_ok=True)
     m = args.cols
@@ -209,30 +225,51 @@ def main() -> None:
     for round_ in range(args.rounds):
         for variant in variants:
             r = measure(variant, path, args)
-            print(f"  round {round_ + 1} {variant:10s} {r['per_iter']:6.2f} s/iteration   "
-                  f"peak RSS {r['peak'] / 2**20:6.0f} MiB", flush=True)
+            print(f"  round {round_ + 1} {variant:10s} {r['per_iter']:6.2f} s/iteration "
+                  f"({r['cpu_per_iter']:.2f} CPU s)   peak RSS {r['peak'] / 2**20:6.0f} MiB",
+                  flush=True)
             if variant in results:
                 results[variant]["times"] += r["times"]
                 results[variant]["peak"] = max(results[variant]["peak"], r["peak"])
             else:
                 results[variant] = r
-    print("summary (median over rounds):")
+    print("summary (medians over all rounds' iterations; wall s and CPU s per iteration):")
     for variant, r in results.items():
-        r["per_iter"] = statistics.median(r["times"])
-        print(f"  {variant:10s} {r['per_iter']:6.2f} s/iteration (fastest {min(r['times']):.2f})"
-              f"   peak RSS {r['peak'] / 2**20:6.0f} MiB (after imports "
-              f"{r['base'] / 2**20:.0f} MiB)")
+        r["per_iter"] = statistics.median(t[0] for t in r["times"])
+        r["cpu_per_iter"] = statistics.median(t[1] for t in r["times"])
+        fastest = min(t[0] for t in r["times"])
+        print(f"  {variant:10s} {r['per_iter']:6.2f} s (fastest {fastest:.2f})"
+              f"  {r['cpu_per_iter']:6.2f} CPU s   peak RSS {r['peak'] / 2**20:6.0f} MiB "
+              f"(after imports {r['base'] / 2**20:.0f} MiB)")
     ours = results["dnmf"]
     print(f"(a) dnmf peak RSS {ours['peak'] / 2**20:.0f} MiB for V of {V_bytes / 2**20:.0f} MiB "
           f"(peak/V = {ours['peak'] / V_bytes:.2f}) [target at 4 GiB: ≤ 1024 MiB]")
+
+    def ratio(a: dict, b: dict) -> str:
+        return (f"{a['per_iter'] / b['per_iter']:.2f} wall, "
+                f"{a['cpu_per_iter'] / b['cpu_per_iter']:.2f} CPU")
+
     if "floor" in results:
-        print(f"(b) dnmf / one-pass floor = "
-              f"{ours['per_iter'] / results['floor']['per_iter']:.2f} [target ≤ 1.25]")
+        print(f"(b) dnmf / one-pass floor = {ratio(ours, results['floor'])} [target ≤ 1.25]")
     for variant in ("dask", "dask-fused"):
         if variant in results:
             r = results[variant]
-            print(f"    {variant} / dnmf = {r['per_iter'] / ours['per_iter']:.2f} "
-                  f"[target ≥ 1.5]; its peak RSS / dnmf's = {r['peak'] / ours['peak']:.1f}")
+            print(f"    {variant} / dnmf = {ratio(r, ours)} [target ≥ 1.5]; its peak RSS / "
+                  f"dnmf's = {r['peak'] / ours['peak']:.1f}")
+    if args.json:
+        ratios = {"dnmf_peak_over_V": ours["peak"] / V_bytes}
+        if "floor" in results:
+            ratios["dnmf_over_floor"] = ours["per_iter"] / results["floor"]["per_iter"]
+        for variant in ("dask", "dask-fused"):
+            if variant in results:
+                ratios[f"{variant}_over_dnmf"] = results[variant]["per_iter"] / ours["per_iter"]
+                ratios[f"{variant}_peak_over_dnmf"] = results[variant]["peak"] / ours["peak"]
+        with open(args.json, "w") as f:
+            json.dump({"args": {k: v for k, v in vars(args).items()
+                                if k not in ("child", "path")},
+                       "V": {"n": n, "m": m, "chunk_rows": chunk_rows, "bytes": V_bytes},
+                       "cores": os.cpu_count(), "results": results, "ratios": ratios},
+                      f, indent=1)
 
 
 if __name__ == "__main__":
