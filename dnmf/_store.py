@@ -503,16 +503,32 @@ class RunStore:
         """Create ``key`` if it does not exist; False if it does."""
         self._check_writable()
         if self.local:
+            # Written whole under a temporary name, then linked: no one ever sees the
+            # file half written, and link() fails if the name exists.
             path = self._local_path(key)
-            os.makedirs(os.path.dirname(path), exist_ok=True)
+            directory = os.path.dirname(path)
+            os.makedirs(directory, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", dir=directory)
             try:
-                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+                with os.fdopen(fd, "wb") as f:
+                    f.write(data)
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.chmod(tmp, 0o644)
+                try:
+                    os.link(tmp, path)
+                except FileExistsError:
+                    raise
+                except OSError:  # no hard links here: exclusive create, then write
+                    with open(path, "xb") as f:
+                        f.write(data)
+                        f.flush()
+                        os.fsync(f.fileno())
             except FileExistsError:
                 return False
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
+            finally:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
             return True
         # Object stores: best effort (no compare-and-swap in the Store API): write,
         # then read back to see whose token won.
