@@ -726,15 +726,15 @@ class RunStore:
         self.skipped = []
         candidates: list[tuple[int, str, dict[str, Any]]] = []
         errors: list[CorruptCheckpointError] = []
-        keys = [MANIFEST] if self.read_bytes(MANIFEST) is not None else []
-        keys += [key for key in self.keys(MANIFESTS) if key.endswith(".json")]
+        keys = [MANIFEST] + [key for key in self.keys(MANIFESTS) if key.endswith(".json")]
         for key in keys:
             try:
                 body = self._parse_manifest(key)
             except CorruptCheckpointError as exc:
                 errors.append(exc)
                 continue
-            candidates.append((int(body["sequence"]), key, body))
+            if body is not None:  # None: pruned by a writer since it was listed
+                candidates.append((int(body["sequence"]), key, body))
         if not candidates:
             if errors:
                 raise errors[0]
@@ -746,11 +746,11 @@ class RunStore:
         body["_key"] = key
         return body
 
-    def _parse_manifest(self, key: str) -> dict[str, Any]:
+    def _parse_manifest(self, key: str) -> dict[str, Any] | None:
         name = self.location.join(key)
         raw = self.read_bytes(key)
         if raw is None:
-            raise CorruptCheckpointError(f"checkpoint is corrupted: {name!r} vanished.")
+            return None
         try:
             document = json.loads(raw)
             body = document["manifest"]
