@@ -59,8 +59,7 @@ class StoreKeeper:
     last manifest; a pass writes the next of W0, W1, W2 (round robin) that is
     neither, so the committed W stays intact until the next commit and a retried
     task rewrites the same bytes. Round robin also keeps an older snapshot readable
-    for as long as possible (a reader's W is rewritten three passes later at the
-    earliest).
+    for as long as possible (at least one pass after the next commit).
     """
 
     def __init__(self, store: RunStore, run_id: str, bounds: list[tuple[int, int]],
@@ -690,8 +689,9 @@ def open_run(path: Any, *, verify: bool = True) -> Run:
     Notes
     -----
     Safe while another process writes the run: the snapshot is the last commit
-    visible when it was opened. A writer reuses that snapshot's W buffer two commits
-    later; reading ``W`` after that raises :class:`CorruptCheckpointError` (reopen).
+    visible when it was opened. Its W buffer stays intact until at least one pass
+    after the writer's next commit; reading ``W`` after the writer reuses it raises
+    :class:`CorruptCheckpointError` (open the run again).
     """
     store = RunStore(_reading_location(path))
     if not store.exists():
