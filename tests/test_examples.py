@@ -56,3 +56,34 @@ def test_out_of_core(tmp_path):
     _check_png(result["png"])
     assert result["interrupted_at"] < 8
     assert result["relative_difference"] < 1e-6
+
+
+def test_cluster_walkthrough(tmp_path):
+    pytest.importorskip("distributed")
+    result = _load("cluster_walkthrough").main(tmp_path, scale=0.02)
+    _check_png(result["png"])
+    # The same fit on 2 worker processes and on the threads scheduler ends at the same
+    # loss; the run store of the cluster fit is complete; the cluster is gone.
+    assert result["run_complete"]
+    assert result["relative_difference"] < 1e-9
+    assert result["H_difference"] < 1e-9
+    assert not (tmp_path / "cluster_walkthrough_data").exists()
+
+
+def test_guide_links_and_pictures_exist():
+    """docs/guide.md and docs/examples.md link only to files (and headings) that exist."""
+    import re
+
+    docs = EXAMPLES.parent / "docs"
+    for page in ("guide.md", "examples.md"):
+        text = (docs / page).read_text()
+        for target in re.findall(r"\]\(([^)\s]+)\)", text):
+            if target.startswith(("http://", "https://")):
+                continue
+            path, _, anchor = target.partition("#")
+            file = (docs / path).resolve() if path else docs / page
+            assert file.exists(), f"{page}: {target}"
+            if anchor and file.suffix == ".md":
+                slugs = {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-")
+                         for h in re.findall(r"^#+ (.*)$", file.read_text(), re.M)}
+                assert anchor in slugs, f"{page}: {target}"
