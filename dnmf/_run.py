@@ -265,7 +265,26 @@ def _fingerprint(prep: _Prepared, bounds: list[tuple[int, int]]) -> dict[str, An
         "dtype": source.dtype.str,
         "storage_chunks": source.row_chunk,
         "sample": fingerprint_panels(run_map, refs, source.shape),
+        **_sparse_fingerprint(source, bounds),
     }
+
+
+def _sparse_fingerprint(source: Any, bounds: list[tuple[int, int]]) -> dict[str, Any]:
+    """For sparse V: its stored entries and where the panels cut them.
+
+    ``panel_bounds`` hashes each panel's rows and its first and last stored entry
+    (from ``indptr``, already in memory), so any change in how many entries a row
+    holds, anywhere in V, changes it; the sampled checksum covers the values.
+    """
+    if source.kind not in ("sparse", "zarr-csr"):
+        return {}
+    import hashlib
+
+    indptr = np.asarray(source.data.indptr, dtype=np.int64)
+    rows = np.asarray(bounds, dtype=np.int64).reshape(-1, 2)
+    table = np.concatenate([rows, indptr[rows]], axis=1)
+    digest = hashlib.sha256(np.ascontiguousarray(table).tobytes()).hexdigest()
+    return {"nnz": int(source.nnz), "panel_bounds": "sha256:" + digest}
 
 
 def _bounds_of(n: int, panel_rows: int) -> list[tuple[int, int]]:
@@ -383,6 +402,9 @@ def _check_compatible(loc: Location, manifest: dict[str, Any], plan: _Plan) -> N
     old_fp = dict(manifest["fingerprint"])
     if not any(key.startswith("custom_") for key in plan.fingerprint):
         old_fp = {key: v for key, v in old_fp.items() if not key.startswith("custom_")}
+    if "nnz" not in old_fp:  # a sparse run recorded before these keys existed
+        plan.fingerprint = {key: v for key, v in plan.fingerprint.items()
+                            if key not in ("nnz", "panel_bounds")}
     diffs = _differences({**manifest, "fingerprint": old_fp},
                          {"fingerprint": plan.fingerprint, "params": plan.params})
     if diffs:
@@ -586,10 +608,12 @@ class Run:
     """
 
     def __init__(self, store: RunStore, manifest: dict[str, Any], *,
-                 verify: bool = True) -> None:
+                 verify: bool = True, out: Any = None) -> None:
         self.store = store
         self.manifest = manifest
         self.path = str(store.location)
+        #: what to pass as ``out`` to continue this run (the zip, the Store object)
+        self.out = out if out is not None else self.path
         self.run_id: str = manifest["run_id"]
         self.iteration = int(manifest["iteration"])
         self.loss_history = [float(x) for x in manifest["loss_history"]]
@@ -638,7 +662,7 @@ class Run:
             p["n_components"], solver=p["solver"], beta_loss=p["beta_loss"], init=p["init"],
             max_iter=p["max_iter"], tol=p["tol"], random_state=p["random_state"],
             alpha_W=p["alpha_W"], alpha_H=p["alpha_H"], l1_ratio=p["l1_ratio"],
-            panel_rows=p["panel_rows"], out=self.path,
+            panel_rows=p["panel_rows"], out=self.out,
             checkpoint_every=p["checkpoint_every"], cache=p["cache"],
         )
         state = _engine.FitState(W=[], H=self.H, iteration=self.iteration,
@@ -707,7 +731,8 @@ def open_run(path: Any, *, verify: bool = True) -> Run:
                 f"fit was stopped before the first commit."
             )
         try:
-            return Run(store, manifest, verify=verify)
+            out = os.fspath(path) if isinstance(path, os.PathLike) else path
+            return Run(store, manifest, verify=verify, out=out)
         except StoreError as exc:
             # A writer may have committed twice since the manifest was read.
             last_error = exc

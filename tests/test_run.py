@@ -125,6 +125,7 @@ def test_zip_store_round_trip_and_extension(tmp_path, V, reference):
     assert not (tmp_path / "run.zip.partial").exists()
     np.testing.assert_array_equal(W.compute(), W_ref)
     assert_same_fit(dnmf.open_run(target), ref, W_ref)
+    assert dnmf.open_run(target).to_estimator().out == str(target)
     # Plain zarr reads the zip too.
     store = zarr.storage.ZipStore(str(target), mode="r")
     manifest = json.loads(
@@ -162,6 +163,7 @@ def test_zarr_store_object_as_out(V, reference):
     W = model(out=store).fit_transform(V)
     np.testing.assert_array_equal(W.compute(), W_ref)
     assert_same_fit(dnmf.open_run(store), ref, W_ref)
+    assert dnmf.open_run(store).to_estimator().out is store
 
 
 # ----------------------------------------------------------------------- resume
