@@ -309,14 +309,14 @@ def _zarr_array_info(path: str) -> tuple[tuple[int, ...], np.dtype, int, bool]:
 
 def _prepare_input(
     src: str, out: str, *, dtype: str | None, chunk_rows: int | None, transpose: bool,
-    dataset: str | None, overwrite: bool,
+    dataset: str | None, overwrite: bool, dense: bool = False,
 ) -> tuple[str, Path | None]:
     """A Zarr array path for ``src``: itself, or a conversion next to ``out``.
 
     Returns the path and, when this call created a conversion, its location (to
     remove if the fit fails before anything was committed).
     """
-    from ._convert import convert, detect_format, is_zarr
+    from ._convert import convert, detect_format, is_sparse_source, is_zarr
 
     fmt = detect_format(src)
     if fmt != "zarr" and not os.path.exists(src):
@@ -326,13 +326,16 @@ def _prepare_input(
         if "://" not in path and not os.path.exists(path):
             raise InvalidInputError(f"{src} does not exist.")
         _, stored, rows, sparse = _zarr_array_info(path)
-        if sparse and (transpose or dtype is not None or chunk_rows is not None):
+        if sparse and not dense and (transpose or dtype is not None
+                                     or chunk_rows is not None):
             raise InvalidParameterError(
                 f"{src} is a sparse (CSR) Zarr group, fitted as it is: --dtype, --chunk-rows "
-                f"and --transpose apply to dense inputs."
+                f"and --transpose apply to dense inputs (add --dense to convert it to a "
+                f"dense array first)."
             )
         same = (
-            not transpose
+            not (sparse and dense)
+            and not transpose
             and (dtype is None or np.dtype(dtype) == stored)
             and (chunk_rows is None or chunk_rows == rows)
         )
@@ -346,6 +349,8 @@ def _prepare_input(
     target = _input_store_for(out)
     options = {"dtype": dtype, "chunk_rows": chunk_rows, "transpose": transpose,
                "dataset": dataset}
+    if not dense and is_sparse_source(src, dataset=dataset):
+        options["sparse"] = True  # written as a CSR group; dense copies keep the old key set
     if "://" in src:
         identity = {"source": src, **options}
     elif os.path.isfile(src):
@@ -369,8 +374,9 @@ def _prepare_input(
     with _row_progress(f"converting {Path(src).name}") as on_rows:
         result = convert(src, target, chunk_rows=chunk_rows, dtype=dtype, transpose=transpose,
                          dataset=dataset, overwrite=True, attributes={"input_of": identity},
-                         on_rows=on_rows)
-    _say(f"converted: {result.shape[0]} × {result.shape[1]} {result.dtype}")
+                         on_rows=on_rows, dense=dense)
+    kind = f", sparse ({result.nnz} stored entries)" if result.nnz is not None else ""
+    _say(f"converted: {result.shape[0]} × {result.shape[1]} {result.dtype}{kind}")
     return str(target), target
 
 
@@ -378,7 +384,7 @@ def _recorded_identity(path: Path) -> dict[str, Any] | None:
     import zarr
 
     try:
-        attrs = zarr.open_array(store=str(path), mode="r").attrs.asdict()
+        attrs = zarr.open(store=str(path), mode="r").attrs.asdict()
     except Exception:
         return None
     dnmf_attrs = attrs.get("dnmf")
@@ -590,6 +596,9 @@ def convert(
     overwrite: Annotated[bool, typer.Option(
         "--overwrite", help="Replace DST if it exists (only once the new array is "
         "complete).")] = False,
+    dense: Annotated[bool, typer.Option(
+        "--dense", help="Write a sparse SRC as a dense array [default: a sparse SRC is "
+        "written as a CSR Zarr group].")] = False,
 ) -> None:
     """Convert a data file to a Zarr v3 array chunked by rows, streaming.
 
@@ -597,8 +606,10 @@ def convert(
     HDF5, Zarr arrays and CSR Zarr groups are read by slices: none of them is
     loaded whole. Matrix Market
     (.mtx) files and NumPy .npz archives of dense arrays are read into memory whole
-    (keep them to moderate sizes); a SciPy sparse .npz is held compressed and
-    densified a block at a time. Negative, NaN and infinite values are refused with
+    (keep them to moderate sizes). A sparse SRC (SciPy sparse .npz, coordinate .mtx,
+    CSR Zarr group) is held compressed and written as a CSR Zarr group (AnnData's
+    encoding) that fit reads without densifying; --dense writes a dense array
+    instead, densified a block at a time. Negative, NaN and infinite values are refused with
     the position of the first one. DST appears only once it is complete.
     """
     from ._convert import convert as run_convert
@@ -609,10 +620,20 @@ def convert(
             result = run_convert(
                 src, dst, chunk_rows=chunk_rows, dtype=dtype.value if dtype else None,
                 transpose=transpose, dataset=dataset, overwrite=overwrite, on_rows=on_rows,
+                dense=dense,
             )
     except KeyboardInterrupt as exc:
         _say(f"interrupted: {dst} was not written.")
         raise typer.Exit(_exit_code(exc)) from None
+    if result.nnz is not None:
+        n, m = result.shape
+        density = result.nnz / max(1, n * m)
+        _result(
+            f"wrote {result.path}: {n} × {m} {result.dtype}, sparse: a CSR group with "
+            f"{result.nnz} stored entries ({density:.3%} of the matrix), in "
+            f"{_fmt_duration(time.perf_counter() - started)}"
+        )
+        return
     size = result.shape[0] * result.shape[1] * np.dtype(result.dtype).itemsize
     note = "" if result.streamed else " (source read into memory whole)"
     _result(
@@ -670,6 +691,9 @@ def fit(
         "--cache", help="Keep V in memory after its first read (only if it fits).")] = False,
     overwrite: Annotated[bool, typer.Option(
         "--overwrite", help="Replace a different run at --out (kept if this fit fails).")] = False,
+    dense: Annotated[bool, typer.Option(
+        "--dense", help="Convert a sparse INPUT to a dense array first [default: sparse "
+        "INPUT is fitted sparse, as a CSR Zarr group].")] = False,
 ) -> None:
     """Factorize INPUT ≈ W·H and store the run (W, H, state) in --out.
 
@@ -694,7 +718,7 @@ def fit(
     try:
         path, created = _prepare_input(
             input, out, dtype=dtype.value if dtype else None, chunk_rows=chunk_rows,
-            transpose=transpose, dataset=dataset, overwrite=overwrite,
+            transpose=transpose, dataset=dataset, overwrite=overwrite, dense=dense,
         )
     except KeyboardInterrupt as exc:
         _say(f"interrupted while converting {input}: nothing was written.")

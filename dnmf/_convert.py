@@ -6,8 +6,9 @@ checks every block (no negative, NaN or infinite value: the first one is reporte
 with its position) and appends it to a Zarr v3 array chunked by rows. Sources are
 streamed: ``.npy`` through a memory map, text in blocks of lines, HDF5 and Zarr by
 slicing. The exceptions are Matrix Market files and NumPy ``.npz`` archives of dense
-arrays, which are read whole (a SciPy sparse ``.npz`` is held compressed and
-densified one block at a time).
+arrays, which are read whole. A sparse source (SciPy sparse ``.npz``, coordinate
+``.mtx``, CSR Zarr group) is held compressed and written as a CSR Zarr group, by
+blocks of rows; with ``dense=True`` it is densified one block at a time instead.
 
 The destination is written under a temporary name next to it and renamed into place
 only when complete, so a failed or interrupted conversion leaves no half-written
@@ -41,6 +42,7 @@ __all__ = [
     "convert",
     "default_chunk_rows",
     "detect_format",
+    "is_sparse_source",
     "is_zarr",
     "open_reader",
 ]
@@ -137,6 +139,12 @@ class Reader:
     dtype: np.dtype
     row_chunk: int | None = None
     streaming: bool = True
+    #: True when the source is a sparse matrix (see :meth:`to_csr`).
+    sparse: bool = False
+
+    def to_csr(self) -> Any:
+        """The whole source as a ``scipy.sparse.csr_matrix`` (sparse readers only)."""
+        raise NotImplementedError
 
     def blocks(self, rows: int) -> Iterator[tuple[int, np.ndarray]]:
         """``(first row, block)`` for consecutive blocks of at most ``rows`` rows."""
@@ -187,6 +195,7 @@ class SparseReader(Reader):
     """A SciPy sparse matrix held compressed (CSR), densified one block at a time."""
 
     streaming = False
+    sparse = True
 
     def __init__(self, matrix: Any, name: str) -> None:
         self.matrix = matrix.tocsr()
@@ -197,9 +206,14 @@ class SparseReader(Reader):
     def read(self, start: int, stop: int) -> np.ndarray:
         return np.asarray(self.matrix[start:stop].toarray())
 
+    def to_csr(self) -> Any:
+        return self.matrix
+
 
 class CSRGroupReader(Reader):
     """A CSR matrix stored as a Zarr group (AnnData's encoding), read by row slices."""
+
+    sparse = True
 
     def __init__(self, group: Any, name: str) -> None:
         from ._source import _csr_group
@@ -215,6 +229,13 @@ class CSRGroupReader(Reader):
         panel = CSRPanel(self.csr.data, self.csr.indices, self.csr.indptr_array, start, stop,
                          self.shape[1], self.dtype.str)
         return np.asarray(panel.load().toarray())
+
+    def to_csr(self) -> Any:
+        from ._source import CSRPanel
+
+        self.streaming = False  # rewritten as CSR: held whole (compressed) in memory
+        return CSRPanel(self.csr.data, self.csr.indices, self.csr.indptr_array, 0,
+                        self.shape[0], self.shape[1], self.dtype.str).load()
 
 
 class TextReader(Reader):
@@ -432,6 +453,33 @@ def _open_zarr(path: str, dataset: str | None) -> Reader:
     return ArrayReader(node, path, row_chunk=int(node.chunks[0]))
 
 
+def is_sparse_source(path: str, *, dataset: str | None = None) -> bool:
+    """True when ``path`` holds a sparse matrix (SciPy ``.npz``, coordinate ``.mtx``,
+    CSR Zarr group), told from its header alone; False when unsure."""
+    path = os.fspath(path)
+    try:
+        fmt = detect_format(path)
+        if fmt == "npz":
+            with np.load(path, allow_pickle=False) as archive:
+                return {"format", "shape", "data"} <= set(archive.files)
+        if fmt == "mtx":
+            import scipy.io
+
+            return scipy.io.mminfo(path)[3] == "coordinate"
+        if fmt == "zarr":
+            import zarr
+
+            from ._source import is_csr_group
+
+            node = zarr.open(store=path, mode="r")
+            if dataset is not None:
+                node = node[dataset]
+            return is_csr_group(node)
+    except Exception:
+        return False
+    return False
+
+
 def open_reader(path: str, *, dataset: str | None = None) -> Reader:
     """A :class:`Reader` for ``path`` (format from its name), or a clear error."""
     path = os.fspath(path)
@@ -497,6 +545,8 @@ class ConvertResult:
     dtype: str
     chunk_rows: int
     streamed: bool
+    #: Stored entries when written as a CSR group (sparse), else None.
+    nnz: int | None = None
 
 
 def default_chunk_rows(n_rows: int, n_cols: int, dtype: Any) -> int:
@@ -581,8 +631,13 @@ def convert(
     overwrite: bool = False,
     attributes: dict[str, Any] | None = None,
     on_rows: Callable[[int, int], None] | None = None,
+    dense: bool = False,
 ) -> ConvertResult:
     """Write ``src`` as a Zarr v3 array at ``dst``, chunked by rows.
+
+    A sparse source (a SciPy sparse ``.npz``, a coordinate ``.mtx``, a CSR Zarr group)
+    is written as a CSR Zarr group (:func:`dnmf.io.write_csr_zarr`, the AnnData
+    encoding) unless ``dense=True``.
 
     Parameters
     ----------
@@ -604,6 +659,8 @@ def convert(
         Extra Zarr attributes to store.
     on_rows : callable(done, total), optional
         Told how many rows of the source have been read.
+    dense : bool, default=False
+        Write a sparse source as a dense array too.
 
     Raises
     ------
@@ -621,6 +678,13 @@ def convert(
     with open_reader(src_text, dataset=dataset) as reader:
         out_dtype = _output_dtype(dtype, reader.dtype)
         n, m = reader.shape
+        sparse = reader.sparse and not dense
+        if sparse and chunk_rows is not None:
+            raise InvalidParameterError(
+                f"--chunk-rows applies to dense output, but {src_text} is sparse and is "
+                f"written as a CSR group (chunked by stored entries): leave --chunk-rows "
+                f"out, or add --dense."
+            )
         out_shape = (m, n) if transpose else (n, m)
         rows = chunk_rows or default_chunk_rows(out_shape[0], out_shape[1], out_dtype)
         rows = min(rows, out_shape[0])
@@ -637,6 +701,12 @@ def convert(
         scratch = _temporary_name(dst_path, "transpose")
         try:
             _remove(tmp)
+            if sparse:
+                written, nnz = _write_sparse(reader, tmp, out_dtype, transpose, attrs,
+                                             on_rows)
+                _replace(tmp, dst_path)
+                return ConvertResult(str(dst_path), written, str(out_dtype), 0,
+                                     reader.streaming, nnz)
             if transpose:
                 written = _write_transposed(reader, tmp, scratch, rows, out_dtype, attrs,
                                             on_rows)
@@ -674,6 +744,50 @@ def _write_rows(reader: Reader, tmp: Path, chunk_rows: int, dtype: np.dtype,
     if done != n:  # text files: fewer rows than lines
         out.resize((done, m))
     return (done, m)
+
+
+def _write_sparse(reader: Reader, tmp: Path, dtype: np.dtype, transpose: bool,
+                  attrs: dict[str, Any], on_rows: Callable[[int, int], None] | None
+                  ) -> tuple[tuple[int, int], int]:
+    """A sparse source as a CSR Zarr group: values checked, then written by row blocks."""
+    import scipy.sparse as sp
+    import zarr
+
+    from .io import write_csr_zarr
+
+    csr = sp.csr_matrix(reader.to_csr())
+    if not csr.has_canonical_format:
+        csr = csr.copy()
+        csr.sum_duplicates()
+    values = csr.data
+    with np.errstate(over="ignore", invalid="ignore"):
+        cast = values.astype(dtype, copy=False)
+        for bad, what, fix in (
+            (~np.isfinite(values) if values.dtype.kind == "f" else None, "NaN or infinite",
+             "impute or drop them first"),
+            (values < 0, "negative", "shift or clip the data first"),
+            (~np.isfinite(cast) if cast is not values else None, f"{dtype}-overflowing",
+             "use --dtype float64"),
+        ):
+            if bad is None or not bad.any():
+                continue
+            at = int(np.argmax(bad))
+            row = int(np.searchsorted(csr.indptr, at, side="right")) - 1
+            raise InvalidInputError(
+                f"{reader.name} has a {what} value ({float(values[at]):g}) at row {row}, "
+                f"column {int(csr.indices[at])}: NMF needs finite, non-negative data; "
+                f"{fix}."
+            )
+    if transpose:
+        csr = csr.T.tocsr()
+    try:
+        write_csr_zarr(csr, tmp, dtype=dtype, overwrite=True)
+        zarr.open_group(store=str(tmp), mode="r+").attrs.update(attrs)
+    except OSError as exc:
+        raise StoreError(f"cannot write {tmp}: {exc.strerror or exc}.") from None
+    if on_rows is not None:
+        on_rows(reader.shape[0], reader.shape[0])
+    return (int(csr.shape[0]), int(csr.shape[1])), int(csr.nnz)
 
 
 def _write_transposed(reader: Reader, tmp: Path, scratch: Path, chunk_rows: int,

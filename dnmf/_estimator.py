@@ -53,6 +53,8 @@ class _Prepared:
         if self.backend.distributed and self.source.kind in ("numpy", "dask", "zarr"):
             rows = max(b - a for a, b in self.bounds)
             self.backend.check_memory(rows * self.source.shape[1] * self.source.dtype.itemsize)
+        elif self.backend.distributed and self.source.kind in ("sparse", "zarr-csr"):
+            self.backend.check_memory(self._sparse_panel_bytes(), "sparse panel")
         refs = self.source.panel_refs(self.bounds)
         if self.backend.distributed and self.source.kind in ("numpy", "sparse"):
             # In-memory data goes to the workers once, not once per iteration.
@@ -65,6 +67,17 @@ class _Prepared:
         self.summary: _engine.DataSummary
         if scan:
             self.summary = _engine.scan(self.backend, self.source, self.refs, self.bounds)
+
+    def _sparse_panel_bytes(self) -> int:
+        """The largest panel of a sparse V in memory, by its stored entries.
+
+        Values in the compute dtype, column indices and ``indptr``; the dense
+        per-panel parts (W_i, V_i·Hᵀ: rows × k) are small next to it for k ≪ columns.
+        """
+        indptr = np.asarray(self.source.data.indptr, dtype=np.int64)
+        per_entry = self.source.dtype.itemsize + np.dtype(self.source.data.indices.dtype).itemsize
+        return max(int(indptr[b] - indptr[a]) * per_entry + 8 * (b - a + 1)
+                   for a, b in self.bounds)
 
     def split_rows(self, W: np.ndarray) -> list[Any]:
         panels = [W[a:b] for a, b in self.bounds]

@@ -115,7 +115,8 @@ FORMATS = ["v.npy", "v.csv", "v.tsv", "v.npz", "v.mtx", "v.h5", "v.zarr", "v-csr
 
 @pytest.fixture(scope="module")
 def converted(sources) -> dict[str, subprocess.CompletedProcess]:
-    cases = {name: ["convert", name, f"out-{name.replace('.', '-')}.zarr", "--chunk-rows", "32"]
+    cases = {name: ["convert", name, f"out-{name.replace('.', '-')}.zarr", "--chunk-rows", "32",
+                    "--dense"]
              for name in FORMATS}
     return run_many(cases, sources)
 

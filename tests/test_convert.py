@@ -69,7 +69,7 @@ def test_every_format_round_trips(tmp_path, X, fmt, transpose):
     expected = _write(src, fmt, X)
     if transpose:
         expected = expected.T
-    result = convert(src, tmp_path / "out.zarr", chunk_rows=4, transpose=transpose)
+    result = convert(src, tmp_path / "out.zarr", chunk_rows=4, transpose=transpose, dense=True)
     out = zarr.open_array(str(tmp_path / "out.zarr"), mode="r")
     assert out.metadata.zarr_format == 3
     assert out.chunks == (4, expected.shape[1])
@@ -285,7 +285,8 @@ def test_csr_zarr_groups_are_read_by_row_slices(tmp_path):
     write_csr_zarr(S, tmp_path / "ad.zarr" / "X")
     for src, dataset in (("csr.zarr", None), ("ad.zarr", "X"), ("ad.zarr/X", None)):
         dst = tmp_path / f"dense-{src.replace('/', '-')}"
-        assert convert(tmp_path / src, dst, chunk_rows=16, dataset=dataset).shape == (40, 9)
+        assert convert(tmp_path / src, dst, chunk_rows=16, dataset=dataset,
+                       dense=True).shape == (40, 9)
         np.testing.assert_array_equal(zarr.open_array(str(dst))[:], S.toarray())
     with open_reader(str(tmp_path / "csr.zarr")) as reader:
         assert reader.streaming and reader.read(10, 20).shape == (10, 9)
