@@ -494,6 +494,8 @@ def _fit(
             if manifest:
                 _check_compatible(loc, manifest, plan)
                 state, keeper, header = _reopen(store, manifest, plan, every)
+                logger.info("resuming the run at %s from iteration %d%s", loc,
+                            state.iteration, " (complete)" if manifest["complete"] else "")
             else:
                 state, keeper, header = _start(store, plan, every, source_location)
             header = {**header, "params": plan.params, "fingerprint": plan.fingerprint}
