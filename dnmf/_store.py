@@ -233,6 +233,22 @@ def _fsync_path(path: str, directory: bool = False) -> None:
         os.close(fd)
 
 
+_SYNCED_DIRS: set[str] = set()
+
+
+def _fsync_durably(path: str, root: str) -> None:
+    """fsync a file Zarr replaced, its directory (the new entry), and once per process
+    each directory between it and ``root`` (entries made when the buffer was new)."""
+    _fsync_path(path)
+    directory = os.path.dirname(path)
+    _fsync_path(directory, directory=True)
+    parent = os.path.dirname(directory)
+    while len(parent) >= len(root) and parent not in _SYNCED_DIRS:
+        _fsync_path(parent, directory=True)
+        _SYNCED_DIRS.add(parent)
+        parent = os.path.dirname(parent)
+
+
 # ---------------------------------------------------------------- panel handles
 @dataclass(frozen=True)
 class StoredPanel:
@@ -285,7 +301,8 @@ class PanelSink:
         block = np.ascontiguousarray(W, dtype=array.dtype)
         array[self.start : self.stop] = block
         if self.durable and self.location.kind == "local":
-            _fsync_path(_chunk_path(self.location, array, self.buffer, self.index))
+            path = _chunk_path(self.location, array, self.buffer, self.index)
+            _fsync_durably(path, self.location.path)
         pause_point("sink", self.iteration)
         return checksum(block)
 
@@ -678,7 +695,8 @@ class RunStore:
             root = os.path.join(self.location.path, name)
             for directory, _, files in os.walk(os.path.join(root, "c")):
                 for file in files:
-                    _fsync_path(os.path.join(directory, file))
+                    if not file.startswith("."):
+                        _fsync_durably(os.path.join(directory, file), self.location.path)
         return checksum(block)
 
     def read_H(self, run_id: str, name: str, expected: str) -> np.ndarray:
@@ -704,7 +722,8 @@ class RunStore:
         array = open_array(self.location, run_id, buffer)
         for index in range(n_panels):
             with contextlib.suppress(FileNotFoundError):
-                _fsync_path(_chunk_path(self.location, array, buffer, index))
+                path = _chunk_path(self.location, array, buffer, index)
+                _fsync_durably(path, self.location.path)
 
     def panel(self, run_id: str, buffer: str, index: int, start: int, stop: int,
               expected: str | None = None) -> StoredPanel:
