@@ -87,3 +87,13 @@ def test_guide_links_and_pictures_exist():
                 slugs = {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-")
                          for h in re.findall(r"^#+ (.*)$", file.read_text(), re.M)}
                 assert anchor in slugs, f"{page}: {target}"
+
+
+def test_topic_model(tmp_path):
+    result = _load("topic_model").main(tmp_path, scale=0.3)
+    _check_png(result["png"])
+    # KL NMF on the CSR term counts recovers every planted topic: after Hungarian
+    # matching, each shares at least 8 of its top-10 words with its recovered topic.
+    assert result["overlap"].shape == (8,)
+    assert result["overlap"].min() >= 0.8
+    assert Path(result["png"]).stat().st_size < 150_000
