@@ -45,7 +45,8 @@ def make_V(seed: int = 0, n: int = N, m: int = M, dtype=np.float32) -> np.ndarra
 
 
 def write_zarr(path, V: np.ndarray, chunk_rows: int = 50) -> str:
-    arr = zarr.create_array(store=str(path), shape=V.shape, chunks=(chunk_rows, V.shape[1]),
+    store = path if hasattr(path, "list_prefix") else str(path)
+    arr = zarr.create_array(store=store, shape=V.shape, chunks=(chunk_rows, V.shape[1]),
                             dtype=V.dtype)
     arr[...] = V
     return str(path)
@@ -215,6 +216,22 @@ def test_run_killed_before_its_first_commit_is_started_afresh(tmp_path, V, refer
     _, W_ref = reference()
     W = model(out=tmp_path / "run").fit_transform(V)
     np.testing.assert_array_equal(W.compute(), W_ref)
+
+
+@pytest.mark.parametrize("where", ["zip", "memory"])
+def test_V_in_a_zip_or_at_a_url_is_reopened_by_resume(tmp_path, V, reference, where):
+    if where == "zip":
+        location = str(tmp_path / "V.zip")
+        store = zarr.storage.ZipStore(location, mode="w")
+        write_zarr(store, V)
+        store.close()
+    else:
+        location = f"memory://dnmf-V-{uuid.uuid4().hex}"
+        write_zarr(location, V)
+    ref, W_ref = reference()
+    model(max_iter=4, out=tmp_path / "run").fit(location)
+    assert dnmf.open_run(tmp_path / "run").source["location"] == location
+    assert_same_fit(dnmf.resume(tmp_path / "run", max_iter=12), ref, W_ref)
 
 
 def test_resume_of_in_memory_data_needs_X(tmp_path, V):
