@@ -33,6 +33,8 @@ ALPHA = 0.5
 DELTA = 0.1
 #: Floor that keeps a column from vanishing (a zero column makes G[j, j] = 0).
 FLOOR = 1e-16
+#: Rows × k of the block of X swept at a time (a few hundred KiB: stays in cache).
+CHUNK_ELEMENTS = 2**16
 
 
 class HALS(FrobeniusSolver):
@@ -47,41 +49,76 @@ class HALS(FrobeniusSolver):
         l2: float,
         rho: float,
     ) -> np.ndarray:
-        k = X.shape[1]
-        # Work on transposes so that one column of X is one contiguous row.
-        Xt = np.array(X.T, dtype=np.float64, order="C")
-        Pt = np.array(P.T, dtype=np.float64, order="C")
-        if l1 > 0:
-            Pt -= l1
+        n, k = X.shape
         Gr = np.array(G, dtype=np.float64)
         if l2 > 0:
             Gr[np.diag_indices(k)] += l2
         diag = np.diag(Gr).copy()
+        # A zero diagonal means an all-zero component of the other factor: nothing
+        # determines X[:, j], which is held at FLOOR (scaled row and right side 0).
+        live = diag > 0
+        inv = np.where(live, 1.0 / np.where(live, diag, 1.0), 0.0)
+        # Scaled so that one column update is one gemv, one subtraction, one max:
+        #   X[:, j] ← max(ε, P[:, j]/G_jj − Σ_{r≠j} (G_jr/G_jj)·X[:, r]).
+        Gs = Gr * inv[:, np.newaxis]
+        Gs[np.diag_indices(k)] = 0.0
+        X64 = np.asarray(X, dtype=np.float64)
+        P64 = np.asarray(P, dtype=np.float64)
+        out = np.empty((n, k))
         max_sweeps = max(1, int(1 + ALPHA * rho))
-        active: np.ndarray | None = None  # None: every row
-        first: np.ndarray | None = None
-        for sweep in range(max_sweeps):
-            Xa = Xt if active is None else Xt[:, active]
-            Pa = Pt if active is None else Pt[:, active]
-            old = Xa.copy()
-            for j in range(k):
-                if diag[j] <= 0:
-                    # H (or W) has an all-zero component: nothing determines X[:, j].
-                    Xa[j] = FLOOR
-                    continue
-                update = Xa[j] + (Pa[j] - Gr[j] @ Xa) / diag[j]
-                np.maximum(update, FLOOR, out=Xa[j])
-            change = np.einsum("ij,ij->j", Xa - old, Xa - old)
-            if active is not None:
-                Xt[:, active] = Xa
-            if sweep == 0:
-                first = change
-                keep = change > 0
-                active = np.flatnonzero(keep)
+        # Rows are independent given P and G: sweep a block of rows that stays in
+        # cache through all its sweeps, instead of streaming X k times per sweep. The
+        # block is transposed (one column of X = one contiguous row) on the way in.
+        chunk = min(max(256, CHUNK_ELEMENTS // max(k, 1)), n)
+        Xbuf = np.empty((k, chunk))
+        Pbuf = np.empty((k, chunk))
+        tmp = np.empty(chunk)
+        for a in range(0, n, chunk):
+            b = min(a + chunk, n)
+            Xc, Pc = Xbuf[:, : b - a], Pbuf[:, : b - a]
+            if b - a < chunk:
+                Xc, Pc = np.empty((k, b - a)), np.empty((k, b - a))
+            Xc[...] = X64[a:b].T
+            if l1 > 0:
+                np.subtract(P64[a:b].T, l1, out=Pc)
+                Pc *= inv[:, np.newaxis]
             else:
-                assert first is not None and active is not None
-                keep = change > (DELTA * DELTA) * first[active]
-                active = active[keep]
-            if active.size == 0:
-                break
-        return np.ascontiguousarray(Xt.T)
+                np.multiply(P64[a:b].T, inv[:, np.newaxis], out=Pc)
+            _sweeps(Xc, Pc, Gs, max_sweeps, tmp[: b - a])
+            out[a:b] = Xc.T
+        return out
+
+
+def _sweep(Xa: np.ndarray, Pa: np.ndarray, Gs: np.ndarray, tmp: np.ndarray) -> None:
+    """One HALS sweep over the columns of ``Xa`` (k × c), in place."""
+    for j in range(Xa.shape[0]):
+        np.dot(Gs[j], Xa, out=tmp)
+        np.subtract(Pa[j], tmp, out=tmp)
+        np.maximum(tmp, FLOOR, out=Xa[j])
+
+
+def _sweeps(Xc: np.ndarray, Pc: np.ndarray, Gs: np.ndarray, max_sweeps: int,
+            buf: np.ndarray) -> None:
+    """Up to ``max_sweeps`` sweeps on a block of rows, with the per-row stopping rule."""
+    if max_sweeps == 1:
+        _sweep(Xc, Pc, Gs, buf)
+        return
+    old = Xc.copy()
+    _sweep(Xc, Pc, Gs, buf)
+    old -= Xc
+    first = np.einsum("ij,ij->j", old, old)
+    active = np.flatnonzero(first > 0)
+    for _ in range(1, max_sweeps):
+        if active.size == 0:
+            return
+        if active.size == Xc.shape[1]:
+            Xa, Pa = Xc, Pc
+        else:
+            Xa, Pa = Xc[:, active], Pc[:, active]
+        old = Xa.copy()
+        _sweep(Xa, Pa, Gs, buf[: active.size])
+        if Xa is not Xc:
+            Xc[:, active] = Xa
+        old -= Xa
+        change = np.einsum("ij,ij->j", old, old)
+        active = active[change > (DELTA * DELTA) * first[active]]
