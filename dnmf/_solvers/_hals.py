@@ -31,6 +31,7 @@ __all__ = ["HALS"]
 #: Gillis & Glineur's constants: sweeps ≤ 1 + ALPHA·ρ, stop below DELTA × first change.
 ALPHA = 0.5
 DELTA = 0.1
+MIN_SWEEPS = 1
 #: Floor that keeps a column from vanishing (a zero column makes G[j, j] = 0).
 FLOOR = 1e-16
 #: Rows × k of the block of X swept at a time (a few hundred KiB: stays in cache).
@@ -65,7 +66,7 @@ class HALS(FrobeniusSolver):
         X64 = np.asarray(X, dtype=np.float64)
         P64 = np.asarray(P, dtype=np.float64)
         out = np.empty((n, k))
-        max_sweeps = max(1, int(1 + ALPHA * rho))
+        max_sweeps = max(MIN_SWEEPS, int(1 + ALPHA * rho))
         # Rows are independent given P and G: sweep a block of rows that stays in
         # cache through all its sweeps, instead of streaming X k times per sweep. The
         # block is transposed (one column of X = one contiguous row) on the way in.
@@ -99,26 +100,44 @@ def _sweep(Xa: np.ndarray, Pa: np.ndarray, Gs: np.ndarray, tmp: np.ndarray) -> N
 
 def _sweeps(Xc: np.ndarray, Pc: np.ndarray, Gs: np.ndarray, max_sweeps: int,
             buf: np.ndarray) -> None:
-    """Up to ``max_sweeps`` sweeps on a block of rows, with the per-row stopping rule."""
+    """Up to ``max_sweeps`` sweeps on a block of rows, with the per-row stopping rule.
+
+    A row (a column of ``Xc``) keeps sweeping while its change exceeds ``DELTA`` times
+    its first sweep's change. While most rows are active the whole block is swept and
+    the stopped rows are put back (cheaper than gathering the active ones); once few
+    are, they are gathered.
+    """
     if max_sweeps == 1:
         _sweep(Xc, Pc, Gs, buf)
         return
+    c = Xc.shape[1]
     old = Xc.copy()
     _sweep(Xc, Pc, Gs, buf)
     old -= Xc
     first = np.einsum("ij,ij->j", old, old)
-    active = np.flatnonzero(first > 0)
-    for _ in range(1, max_sweeps):
-        if active.size == 0:
+    active = first > 0
+    bound = (DELTA * DELTA) * first
+    for sweep in range(1, max_sweeps):
+        n_active = int(np.count_nonzero(active))
+        if n_active == 0:
             return
-        if active.size == Xc.shape[1]:
-            Xa, Pa = Xc, Pc
+        last = sweep == max_sweeps - 1
+        if 2 * n_active >= c:
+            old = Xc.copy()
+            _sweep(Xc, Pc, Gs, buf)
+            if n_active < c:
+                np.copyto(Xc, old, where=~active)
+            if last:
+                return
+            old -= Xc
+            active &= np.einsum("ij,ij->j", old, old) > bound
         else:
-            Xa, Pa = Xc[:, active], Pc[:, active]
-        old = Xa.copy()
-        _sweep(Xa, Pa, Gs, buf[: active.size])
-        if Xa is not Xc:
-            Xc[:, active] = Xa
-        old -= Xa
-        change = np.einsum("ij,ij->j", old, old)
-        active = active[change > (DELTA * DELTA) * first[active]]
+            idx = np.flatnonzero(active)
+            Xa, Pa = Xc[:, idx], Pc[:, idx]
+            old = Xa.copy()
+            _sweep(Xa, Pa, Gs, buf[:n_active])
+            Xc[:, idx] = Xa
+            if last:
+                return
+            old -= Xa
+            active[idx] = np.einsum("ij,ij->j", old, old) > bound[idx]
