@@ -11,6 +11,11 @@ the two costs, and a row stops as soon as its change falls below ``δ`` times it
 first sweep's change. The rule is applied row by row (rows are independent given
 ``P`` and ``G``), so the result does not depend on how V is split into panels.
 
+Rows are swept in blocks small enough to stay in cache through all their sweeps
+(one block is k × ~3000 values), with ``G`` and ``P`` scaled by ``1/G[j, j]`` and
+``G``'s diagonal zeroed, so that a column update is one gemv, one subtraction and
+one maximum: ``X[:, j] ← max(ε, P[:, j]/G_jj − Σ_{r≠j} (G_jr/G_jj)·X[:, r])``.
+
 References
 ----------
 Cichocki, A. and Phan, A.-H. (2009). Fast local algorithms for large scale
@@ -31,6 +36,11 @@ __all__ = ["HALS"]
 #: Gillis & Glineur's constants: sweeps ≤ 1 + ALPHA·ρ, stop below DELTA × first change.
 ALPHA = 0.5
 DELTA = 0.1
+#: Least number of sweeps. On very sparse V ρ ≈ 1 gives one sweep per pass; measured
+#: (50000 × 5000, 0.1 % density, k = 20, same start as scikit-learn's cd) a second
+#: W sweep cuts the passes to cd's 200-iteration loss only from 209 to 203 for about
+#: +5 ms per pass (and from 35 to 27 passes at 20000 × 2000): the tail is set by the
+#: alternation, not by the inner solves, so one sweep is kept.
 MIN_SWEEPS = 1
 #: Floor that keeps a column from vanishing (a zero column makes G[j, j] = 0).
 FLOOR = 1e-16
