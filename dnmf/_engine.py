@@ -164,7 +164,9 @@ def initialize(
         return W, H
     # NNDSVD family: a randomized range finder, one read of V per power pass.
     Q = _init.svd_sketch(seed, m, k)
-    n_passes = 4 if k >= 0.1 * min(n, m) else 6
+    # One pass is one power iteration (Vᵀ·V·Q); the last pass also gives the Gram of V·Q.
+    # scikit-learn runs 4 or 7 power iterations; so do we, plus the final pass.
+    n_passes = 5 if k >= 0.1 * min(n, m) else 8
     C = np.zeros((Q.shape[1], Q.shape[1]))
     for power in range(n_passes):
         _, (Z, C) = backend.run_pass(

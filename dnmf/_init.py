@@ -64,10 +64,18 @@ def range_finder_task(v_ref: Any, Q: np.ndarray) -> tuple[np.ndarray, np.ndarray
     return Z, (Y.T @ Y).astype(np.float64)
 
 
-def svd_sketch(seed: int, m: int, k: int, n_oversamples: int = 10) -> np.ndarray:
-    """The random start of the range finder, orthonormalised (m × (k + p))."""
+def svd_sketch(seed: int, m: int, k: int, n_oversamples: int | None = None) -> np.ndarray:
+    """The random start of the range finder, orthonormalised (m × (k + p)).
+
+    ``p`` defaults to ``max(10, k)``: on noisy, very sparse V a sketch only ten
+    columns wider than k leaves the trailing singular vectors inaccurate, and
+    NNDSVD then starts from a worse point than scikit-learn's (measured: 0.5%
+    higher loss at the start and a worse stationary point for HALS). The passes
+    read V once each whatever the width, so a wider sketch costs little.
+    """
     rng = np.random.default_rng([seed, _STREAM_SVD])
-    width = min(m, k + n_oversamples)
+    p = max(10, k) if n_oversamples is None else n_oversamples
+    width = min(m, k + p)
     Q, _ = np.linalg.qr(rng.standard_normal((m, width)))
     return Q
 
