@@ -144,3 +144,23 @@ def test_add_stats_sums_every_key():
     out = add_stats(a, b)
     np.testing.assert_array_equal(out["A"], 3 * np.ones((2, 3)))
     np.testing.assert_array_equal(out["s"], [3.5])
+
+
+def test_kl_sparse_wh_is_blocked_and_equal_to_dense(monkeypatch):
+    from dnmf._solvers import _mu
+
+    monkeypatch.setattr(_mu, "NNZ_BLOCK", 7)  # many blocks, cut mid-row
+    rng = np.random.default_rng(13)
+    V = rng.random((40, 30)) * (rng.random((40, 30)) < 0.2)
+    W, H = rng.random((40, 4)), rng.random((4, 30))
+    csr = sp.csr_matrix(V)
+    values = _mu._wh_at(W, H, csr)
+    rows = np.repeat(np.arange(40), np.diff(csr.indptr))
+    np.testing.assert_allclose(values, np.maximum((W @ H)[rows, csr.indices], EPSILON),
+                               rtol=1e-13)
+    solver = get_solver("mu", "kullback-leibler")
+    ctx = _ctx(H, V)
+    Wd, sd = solver.update_panel(V, W, ctx, Regularization())
+    Ws, ss = solver.update_panel(csr.tocoo(), W, ctx, Regularization())  # COO: converted
+    np.testing.assert_allclose(Ws, Wd, rtol=1e-10)
+    np.testing.assert_allclose(ss["A"], sd["A"], rtol=1e-10)
