@@ -471,7 +471,7 @@ def is_sparse_source(path: str, *, dataset: str | None = None) -> bool:
 
             from ._source import is_csr_group
 
-            node = zarr.open(store=path, mode="r")
+            node: Any = zarr.open(store=path, mode="r")
             if dataset is not None:
                 node = node[dataset]
             return is_csr_group(node)
