@@ -517,6 +517,12 @@ def _iterate(prep: _Prepared, solver: Any, reg: Any, state: _engine.FitState,
     """Iterate from ``state`` to the end, committing on the way; the final manifest."""
     max_iter = params["max_iter"]
     lagged = not solver.exact_loss_after_update
+    recorded = (final.get("params") or {}).get("max_iter")
+    if (final.get("complete") and state.stopped_by_callback and not state.converged
+            and recorded is not None and max_iter > max(recorded, state.iteration)):
+        # More iterations than the run had were asked for: a run its callback stopped
+        # continues from where it was. (A converged run stays converged: its tol held.)
+        state.stopped_by_callback = False
     finished = state.converged or state.stopped_by_callback or state.iteration >= max_iter
     if state.iteration > max_iter and not (state.converged or state.stopped_by_callback):
         raise IncompatibleRunError(

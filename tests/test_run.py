@@ -526,3 +526,23 @@ def test_peak_memory_is_bounded_by_panels_not_V(tmp_path, init):
     assert growth < 0.4 * V_bytes, f"peak RSS grew by {growth / 2**20:.0f} MiB"
     assert dnmf.open_run(tmp_path / "run").iteration == 2
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss > 0
+
+
+def test_a_run_stopped_by_its_callback_is_extended_by_a_larger_max_iter(tmp_path):
+    import warnings
+
+    from dnmf.testing import planted
+
+    V, _, _ = planted(200, 40, 3, seed=0, noise=0.1)
+    out = str(tmp_path / "run.zarr")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        dnmf.NMF(3, out=out, tol=0, max_iter=50, random_state=0,
+                 callback=lambda it, loss: it >= 5).fit(V)
+        assert dnmf.resume(out, X=V).iteration == 5  # same limit: stays stopped
+        run = dnmf.resume(out, X=V, max_iter=60)
+        ref = dnmf.NMF(3, tol=0, max_iter=60, random_state=0)
+        W = ref.fit_transform(V)
+    assert run.complete and run.iteration == 60 and run.stop_reason == "max_iter"
+    np.testing.assert_array_equal(np.asarray(run.W), W)
+    np.testing.assert_array_equal(run.loss_history, ref.loss_history_)
