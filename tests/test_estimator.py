@@ -407,3 +407,16 @@ def test_transform_checks_fitted_and_features():
     est = dnmf.NMF(2, max_iter=300).fit(V)
     with pytest.raises(InvalidInputError, match="X has 9 features, but NMF is expecting 10"):
         est.transform(V[:, :9])
+
+
+@pytest.mark.parametrize("solver,beta_loss", [("hals", "frobenius"), ("mu", "frobenius"),
+                                              ("mu", "kullback-leibler")])
+def test_transform_of_a_row_does_not_depend_on_the_other_rows(solver, beta_loss):
+    V, _, H_true = planted(60, 25, 3, seed=24, noise=0.05)
+    # A loose tol: rows converge after different numbers of steps.
+    est = dnmf.NMF(3, solver=solver, beta_loss=beta_loss, max_iter=500, tol=1e-3)
+    est.components_, est.n_components_, est.n_features_in_ = H_true, 3, 25
+    whole = est.transform(V)
+    for i in range(0, 60, 6):  # each row alone, as in a panel of its own
+        np.testing.assert_allclose(est.transform(V[i:i + 1]), whole[i:i + 1], rtol=1e-12,
+                                   atol=1e-15, err_msg=f"row {i}")

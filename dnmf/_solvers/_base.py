@@ -11,6 +11,7 @@ and evaluates the loss, so an iteration reads V exactly once.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +25,7 @@ __all__ = [
     "Solver",
     "Stats",
     "add_stats",
+    "solve_rows",
     "t_dot",
 ]
 
@@ -84,6 +86,31 @@ def t_dot(W: np.ndarray, V: Array) -> np.ndarray:
     if sp.issparse(V):
         return np.asarray((V.T @ W).T)
     return W.T @ V
+
+
+def solve_rows(
+    step: Callable[[np.ndarray, np.ndarray], np.ndarray],
+    X: np.ndarray,
+    max_iter: int,
+    tol: float,
+) -> np.ndarray:
+    """Iterate a row-wise update until each row converges on its own (``transform``).
+
+    ``step(rows, X[rows])`` returns the updated rows. A row stops once its change is
+    at most ``tol`` times its norm, so its answer does not depend on which other rows
+    share its panel. ``X`` is updated in place and returned.
+    """
+    active = np.arange(X.shape[0])
+    for _ in range(max_iter):
+        if active.size == 0:
+            break
+        old = X[active]
+        new = step(active, old)
+        X[active] = new
+        change = np.linalg.norm(new - old, axis=1)
+        scale = np.linalg.norm(new, axis=1)
+        active = active[change > tol * np.maximum(scale, 1e-300)]
+    return X
 
 
 class Solver(ABC):

@@ -17,7 +17,7 @@ from abc import abstractmethod
 
 import numpy as np
 
-from ._base import Array, PanelContext, Regularization, Solver, Stats, t_dot
+from ._base import Array, PanelContext, Regularization, Solver, Stats, solve_rows, t_dot
 
 __all__ = ["FrobeniusSolver"]
 
@@ -110,18 +110,11 @@ class FrobeniusSolver(Solver):
         tol: float,
     ) -> np.ndarray:
         P = np.asarray(V @ ctx.H.T).astype(np.float64)
-        X = W.astype(np.float64)
         # H is fixed, so P and G are too: iterate the W-step without touching V again.
-        # Convergence is judged row by row so a row's answer does not depend on its
-        # neighbours in the panel.
-        active = np.arange(X.shape[0])
-        for _ in range(max_iter):
-            if active.size == 0:
-                break
-            old = X[active]
-            new = self.step(old, P[active], ctx.gram, reg.l1_W, reg.l2_W, 1.0)
-            X[active] = new
-            change = np.linalg.norm(new - old, axis=1)
-            scale = np.linalg.norm(new, axis=1)
-            active = active[change > tol * np.maximum(scale, 1e-300)]
+        X = solve_rows(
+            lambda rows, Xr: self.step(Xr, P[rows], ctx.gram, reg.l1_W, reg.l2_W, 1.0),
+            W.astype(np.float64),
+            max_iter,
+            tol,
+        )
         return X.astype(W.dtype, copy=False)

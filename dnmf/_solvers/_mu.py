@@ -22,6 +22,7 @@ from ._base import (
     Regularization,
     Solver,
     Stats,
+    solve_rows,
     t_dot,
 )
 from ._frobenius import FrobeniusSolver
@@ -174,15 +175,11 @@ class KLMultiplicative(Solver):
         max_iter: int,
         tol: float,
     ) -> np.ndarray:
-        X = W.copy()
         V = _csr(V)
-        for _ in range(max_iter):
-            new = self._step_W(V, X, _wh_at(X, ctx.H, V), ctx, reg)
-            change = np.linalg.norm(new - X, axis=1)
-            scale = np.linalg.norm(new, axis=1)
-            X = new
-            # Rows are independent; stopping on the worst row keeps each row's answer
-            # independent of how rows are grouped into panels once all converge.
-            if np.all(change <= tol * np.maximum(scale, 1e-300)):
-                break
-        return X
+        H = ctx.H
+
+        def step(rows: np.ndarray, Xr: np.ndarray) -> np.ndarray:
+            Vr = V if rows.size == V.shape[0] else V[rows]
+            return self._step_W(Vr, Xr, _wh_at(Xr, H, Vr), ctx, reg)
+
+        return solve_rows(step, W.copy(), max_iter, tol)
