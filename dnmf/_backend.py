@@ -24,18 +24,20 @@ from dask.delayed import Delayed, delayed
 __all__ = ["Backend", "check_worker_memory", "get_backend", "tree_reduce"]
 
 
-def tree_reduce(items: Sequence[Any], combine: Callable[[Any, Any], Any]) -> Any:
-    """Combine ``items`` pairwise in a fixed balanced tree (as Delayed objects)."""
+def _pairwise_tree(items: Sequence[Any], join: Callable[[Any, Any], Any]) -> Any:
+    """Join ``items`` pairwise, in order, level by level: a fixed balanced tree."""
     level = list(items)
     while len(level) > 1:
-        nxt = []
-        for i in range(0, len(level), 2):
-            if i + 1 < len(level):
-                nxt.append(delayed(combine, pure=False)(level[i], level[i + 1]))
-            else:
-                nxt.append(level[i])
-        level = nxt
+        level = [
+            join(level[i], level[i + 1]) if i + 1 < len(level) else level[i]
+            for i in range(0, len(level), 2)
+        ]
     return level[0]
+
+
+def tree_reduce(items: Sequence[Any], combine: Callable[[Any, Any], Any]) -> Any:
+    """Combine ``items`` pairwise in a fixed balanced tree (as Delayed objects)."""
+    return _pairwise_tree(items, lambda a, b: delayed(combine, pure=False)(a, b))
 
 
 _CONTROLLER: Any = None
@@ -184,16 +186,13 @@ class Backend:
                 for args in per_panel
             ]
             out_keys = [graph.task(_getitem, p, 0) for p in parts] if keep_outputs else []
-            level = [graph.task(_getitem, p, 1) for p in parts]
-            while len(level) > 1:
-                level = [
-                    graph.task(combine, level[i], level[i + 1]) if i + 1 < len(level)
-                    else level[i]
-                    for i in range(0, len(level), 2)
-                ]
+            total_key = _pairwise_tree(
+                [graph.task(_getitem, p, 1) for p in parts],
+                lambda a, b: graph.task(combine, a, b),
+            )
             with _blas_limit(self.n_threads):
                 *out, result = dask.threaded.get(
-                    graph.dsk, [*out_keys, level[0]], num_workers=self.n_threads
+                    graph.dsk, [*out_keys, total_key], num_workers=self.n_threads
                 )
             return list(out), result
         shared_keys = tuple(self.share(value) for value in shared)
