@@ -393,13 +393,13 @@ class NMF:
         """
         self._check_fitted()
         params = self._checked()
-        prep_source = as_source(X)
-        if prep_source.shape[1] != self.n_features_in_:
+        source = as_source(X)
+        if source.shape[1] != self.n_features_in_:
             raise InvalidInputError(
-                f"X has {prep_source.shape[1]} features, but {type(self).__name__} is "
+                f"X has {source.shape[1]} features, but {type(self).__name__} is "
                 f"expecting {self.n_features_in_} features as input."
             )
-        prep = _Prepared(X, params["scheduler"], params["panel_rows"])
+        prep = _Prepared(source, params["scheduler"], params["panel_rows"])
         n, m = prep.source.shape
         k = self.n_components_
         start = math.sqrt(prep.summary.mean / k) if params["solver"] == "mu" else 0.0
@@ -473,5 +473,5 @@ def non_negative_factorization(
     est.components_ = H_fixed
     est.n_components_ = k
     est.n_features_in_ = source.shape[1]
-    W_out = est.transform(X)
+    W_out = est.transform(source)  # X is opened and classified once
     return W_out, H_fixed, est.max_iter

@@ -408,6 +408,8 @@ def _array_or_csr_group(node: Any, path: str) -> Any:
 
 def as_source(X: Any) -> PanelSource:
     """Classify ``X`` and check what can be checked without reading its values."""
+    if isinstance(X, PanelSource):
+        return X  # already classified and checked
     kind: str
     if isinstance(X, str | os.PathLike):
         X = _open_zarr(os.fspath(X))
