@@ -55,41 +55,51 @@ class DataSummary:
         return self.total / self.size
 
 
+#: Values per block when summing a panel in float64 (8 MiB of temporaries).
+SCAN_BLOCK = 1 << 20
+
+
 def scan_task(v_ref: Any, start: int) -> dict[str, Any]:
-    """Counts of bad entries (with the first position) and sums, for one panel."""
+    """Counts of bad entries (with the first position) and sums, for one panel.
+
+    Sums run block by block in float64 (fixed order), so the temporaries stay small
+    however large the panel; for sparse panels only the stored values are read.
+    """
     V = load_panel(v_ref)
     import scipy.sparse as sp
 
     if sp.issparse(V):
-        coo = V.tocoo()
-        values, rows, cols = coo.data, coo.row, coo.col
+        V = V.tocsr()
+        values = V.data
     else:
-        values, rows, cols = V, None, None
-    bad_finite = ~np.isfinite(values)
-    n_nonfinite = int(np.count_nonzero(bad_finite))
-    negative = values < 0
-    n_negative = int(np.count_nonzero(negative))
+        values = np.asarray(V).ravel()
+    m = V.shape[1]
 
-    def first(mask: np.ndarray) -> tuple[int, int] | None:
-        if not mask.any():
-            return None
-        if rows is None:
-            r, c = np.unravel_index(int(np.argmax(mask.ravel())), mask.shape)
-            return start + int(r), int(c)
-        idx = int(np.argmax(mask))
-        return start + int(rows[idx]), int(cols[idx])
+    def position(flat: int) -> tuple[int, int]:
+        if sp.issparse(V):
+            row = int(np.searchsorted(V.indptr, flat, side="right")) - 1
+            return start + row, int(V.indices[flat])
+        return start + flat // m, flat % m
 
-    finite = values[~bad_finite] if n_nonfinite else values
-    f64 = np.asarray(finite, dtype=np.float64)
-    return {
-        "n_nonfinite": n_nonfinite,
-        "first_nonfinite": first(bad_finite),
-        "n_negative": n_negative,
-        "first_negative": first(negative),
-        "norm_sq": float(np.dot(f64.ravel(), f64.ravel())),
-        "total": float(f64.sum()),
-        "nnz": int(np.count_nonzero(values)),
-    }
+    counts = {"n_nonfinite": 0, "n_negative": 0, "nnz": 0}
+    firsts: dict[str, tuple[int, int] | None] = {"first_nonfinite": None,
+                                                 "first_negative": None}
+    norm_sq = 0.0
+    total = 0.0
+    for lo in range(0, values.shape[0], SCAN_BLOCK):
+        block = values[lo:lo + SCAN_BLOCK]
+        bad = ~np.isfinite(block)
+        negative = block < 0
+        for name, mask in (("nonfinite", bad), ("negative", negative)):
+            count = int(np.count_nonzero(mask))
+            if count and firsts["first_" + name] is None:
+                firsts["first_" + name] = position(lo + int(np.argmax(mask)))
+            counts["n_" + name] += count
+        counts["nnz"] += int(np.count_nonzero(block))
+        f64 = np.asarray(block[~bad] if bad.any() else block, dtype=np.float64)
+        norm_sq += float(np.dot(f64, f64))
+        total += float(f64.sum())
+    return {**counts, **firsts, "norm_sq": norm_sq, "total": total}
 
 
 def scan(backend: Backend, source: PanelSource, refs: list[Any], bounds: list[tuple[int, int]],

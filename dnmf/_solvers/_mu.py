@@ -57,6 +57,10 @@ class Multiplicative(FrobeniusSolver):
 NNZ_BLOCK = 1 << 16
 
 
+#: Entries per block when reducing over a panel's values in float64 (8 MiB each).
+SUM_BLOCK = 1 << 20
+
+
 def _wh_at(W: np.ndarray, H: np.ndarray, V: Array) -> np.ndarray:
     """``W·H`` floored at EPSILON, dense, or at the stored entries of a CSR V.
 
@@ -73,7 +77,7 @@ def _wh_at(W: np.ndarray, H: np.ndarray, V: Array) -> np.ndarray:
             values[start:stop] = np.einsum("ij,ij->i", W[rows], Ht[indices[start:stop]])
     else:
         values = W @ H
-    values[values < EPSILON] = EPSILON
+    np.maximum(values, EPSILON, out=values)
     return values
 
 
@@ -83,23 +87,35 @@ def _csr(V: Array) -> Array:
 
 
 def _ratio(V: Array, WH: np.ndarray) -> Array:
-    """``V / (W·H)`` (dense) or the same at V's stored entries (sparse, CSR)."""
+    """``V / (W·H)`` (dense) or the same at V's stored entries (sparse, CSR).
+
+    The quotient is written over ``WH``, which the caller hands over.
+    """
     if sp.issparse(V):
-        return sp.csr_matrix((V.data / WH, V.indices, V.indptr), shape=V.shape)
-    return V / WH
+        np.divide(V.data, WH, out=WH)
+        return sp.csr_matrix((WH, V.indices, V.indptr), shape=V.shape)
+    np.divide(V, WH, out=WH)
+    return WH
 
 
 def _kl_pieces(V: Array, WH: np.ndarray, W: np.ndarray) -> Stats:
-    """Σ v·log(v/wh) and Σ v over entries with v > EPSILON, and column sums of W."""
+    """Σ v·log(v/wh) and Σ v over entries with v > EPSILON, and column sums of W.
+
+    Summed in float64 block by block (fixed order), so the temporaries stay
+    O(SUM_BLOCK) however large the panel.
+    """
     data = V.data if sp.issparse(V) else V.ravel()
     wh = WH.ravel()
-    keep = data > EPSILON
-    x = data[keep].astype(np.float64)
-    return {
-        "kl_xlog": np.array([np.dot(x, np.log(x / wh[keep]))]),
-        "kl_xsum": np.array([x.sum()]),
-        "w_sum0": W.sum(axis=0, dtype=np.float64),
-    }
+    xlog = np.zeros(1)
+    xsum = np.zeros(1)
+    for start in range(0, data.shape[0], SUM_BLOCK):
+        block = slice(start, start + SUM_BLOCK)
+        x, y = data[block], wh[block]
+        keep = x > EPSILON
+        x = x[keep].astype(np.float64)
+        xlog += np.dot(x, np.log(x / y[keep]))
+        xsum += x.sum()
+    return {"kl_xlog": xlog, "kl_xsum": xsum, "w_sum0": W.sum(axis=0, dtype=np.float64)}
 
 
 class KLMultiplicative(Solver):
@@ -123,8 +139,8 @@ class KLMultiplicative(Solver):
         WH = _wh_at(W, H, V)
         pieces = _kl_pieces(V, WH, W)
         W_new = self._step_W(V, W, WH, ctx, reg)
-        WH_new = _wh_at(W_new, H, V)
-        A = t_dot(W_new, _ratio(V, WH_new)).astype(np.float64)
+        del WH  # _step_W overwrote it with V / WH
+        A = t_dot(W_new, _ratio(V, _wh_at(W_new, H, V))).astype(np.float64)
         pieces["A"] = A
         pieces["w_sum"] = W_new.sum(axis=0, dtype=np.float64)
         return W_new, pieces
@@ -133,6 +149,7 @@ class KLMultiplicative(Solver):
     def _step_W(
         V: Array, W: np.ndarray, WH: np.ndarray, ctx: PanelContext, reg: Regularization
     ) -> np.ndarray:
+        """``W ∘ ((V / WH)·Hᵀ) / (row sums of H + l1 + l2·W)``; overwrites ``WH``."""
         H = ctx.H
         numerator = np.asarray(_ratio(V, WH) @ H.T)
         denominator = np.broadcast_to(ctx.H_sum.astype(W.dtype)[np.newaxis, :], W.shape).copy()
