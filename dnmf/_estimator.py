@@ -19,7 +19,7 @@ import numpy as np
 from . import _engine
 from ._backend import Backend, get_backend
 from ._solvers import Regularization, Solver, get_solver
-from ._source import PanelSource, as_source, load_panel
+from ._source import PanelSource, as_source, load_panel, snap_bounds
 from ._validation import check_custom_factor, check_params, regularization, resolve_seed
 from .errors import InvalidInputError, NotFittedError
 
@@ -37,19 +37,31 @@ class _Prepared:
         scheduler: Any,
         panel_rows: int | None,
         *,
+        panel_bytes: int | None = None,
+        layout: tuple[list[tuple[int, int]], int] | None = None,
         regular: bool = False,
         cache: bool = False,
         scan: bool = True,
     ) -> None:
         self.source: PanelSource = as_source(X)
         self.backend: Backend = get_backend(scheduler)
-        self.bounds = self.source.panel_bounds(panel_rows, self.backend.n_threads)
-        sizes = [b - a for a, b in self.bounds]
-        if regular and (len(set(sizes[:-1])) > 1 or sizes[-1] > sizes[0]):
-            # A run store chunks W by panel: panels must be equal but for the last.
+        if layout is not None and layout[0][-1][1] == self.source.shape[0]:
+            # A run's own panels and W chunk height, as it recorded them.
+            self.bounds, self.unit = layout
+        else:
             self.bounds = self.source.panel_bounds(
-                self.bounds[0][1] - self.bounds[0][0], self.backend.n_threads
+                panel_rows, self.backend.n_threads, panel_bytes
             )
+            #: W chunk height in a run store: every panel is a whole number of them.
+            self.unit = self.bounds[0][1] - self.bounds[0][0]
+        sizes = [b - a for a, b in self.bounds]
+        if layout is None and regular and (len(set(sizes[:-1])) > 1 or sizes[-1] > sizes[0]):
+            if self.source.kind == "zarr-csr":
+                # Panels cut by stored entries stay so, on a grid of W chunks.
+                self.bounds, self.unit = snap_bounds(self.bounds)
+            else:
+                # A run store chunks W by panel: panels equal but for the last.
+                self.bounds = self.source.panel_bounds(self.unit, self.backend.n_threads)
         if self.backend.distributed and self.source.kind in ("numpy", "dask", "zarr"):
             rows = max(b - a for a, b in self.bounds)
             self.backend.check_memory(rows * self.source.shape[1] * self.source.dtype.itemsize)
@@ -137,8 +149,14 @@ class NMF:
     verbose : int, default=0
         0 silent; 1 a live progress display; 2 also a log line per iteration.
     panel_rows : int or None, default=None
-        Rows per panel of X; None picks about 64 MiB per panel, aligned with the
-        storage chunks.
+        Rows per panel of X; None picks them from ``panel_bytes``, aligned with
+        the storage chunks.
+    panel_bytes : int or None, default=None
+        With ``panel_rows=None``: about this many bytes of X per panel as stored
+        (dense values; for a CSR Zarr group its values and column indices, panels
+        cut by stored entries so dense rows make shorter panels). None means 64 MiB.
+        Peak memory is about (threads in flight) × 3–4 × this, plus W's panels;
+        lower it on small machines or with many threads per worker.
     scheduler : None, "threads", str or distributed.Client, default=None
         None uses the active ``distributed.Client`` if there is one, else Dask's
         local threads scheduler.
@@ -212,6 +230,7 @@ class NMF:
         callback: Callable[[int, float], Any] | None = None,
         verbose: int = 0,
         panel_rows: int | None = None,
+        panel_bytes: int | None = None,
         scheduler: Any = None,
         out: Any = None,
         checkpoint_every: int = 10,
@@ -231,6 +250,7 @@ class NMF:
         self.callback = callback
         self.verbose = verbose
         self.panel_rows = panel_rows
+        self.panel_bytes = panel_bytes
         self.scheduler = scheduler
         self.out = out
         self.checkpoint_every = checkpoint_every
@@ -326,7 +346,8 @@ class NMF:
             from ._run import fit_to_store
 
             return fit_to_store(self, X, W, H, params)
-        prep = _Prepared(X, params["scheduler"], params["panel_rows"], cache=params["cache"])
+        prep = _Prepared(X, params["scheduler"], params["panel_rows"],
+                         panel_bytes=params["panel_bytes"], cache=params["cache"])
         source = prep.source
         n, m = source.shape
         k = self._resolve_k(params, W, H, m)
@@ -399,7 +420,8 @@ class NMF:
                 f"X has {source.shape[1]} features, but {type(self).__name__} is "
                 f"expecting {self.n_features_in_} features as input."
             )
-        prep = _Prepared(source, params["scheduler"], params["panel_rows"])
+        prep = _Prepared(source, params["scheduler"], params["panel_rows"],
+                         panel_bytes=params["panel_bytes"])
         n, m = prep.source.shape
         k = self.n_components_
         start = math.sqrt(prep.summary.mean / k) if params["solver"] == "mu" else 0.0
@@ -444,6 +466,7 @@ def non_negative_factorization(
     verbose: int = 0,
     callback: Callable[[int, float], Any] | None = None,
     panel_rows: int | None = None,
+    panel_bytes: int | None = None,
     scheduler: Any = None,
 ) -> tuple[Any, np.ndarray, int]:
     """Factorize ``X ≈ W·H``; the function form of :class:`NMF`.
@@ -460,7 +483,7 @@ def non_negative_factorization(
         n_components, solver=solver, beta_loss=beta_loss, init=init, max_iter=max_iter,
         tol=tol, random_state=random_state, alpha_W=alpha_W, alpha_H=alpha_H,
         l1_ratio=l1_ratio, callback=callback, verbose=verbose, panel_rows=panel_rows,
-        scheduler=scheduler,
+        panel_bytes=panel_bytes, scheduler=scheduler,
     )
     if update_H:
         W_out = est.fit_transform(X, W=W, H=H)

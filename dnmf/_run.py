@@ -12,6 +12,7 @@ it, so a resumed run repeats the uninterrupted one bit for bit.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import os
 import shutil
@@ -148,7 +149,7 @@ class Checkpointer:
                stop_reason: str | None = None) -> dict[str, Any]:
         H_buffer = next(b for b in H_BUFFERS if b != self.committed_H)
         if snap.iteration % self.every != 0:
-            self.store.flush_W(self.keeper.run_id, snap.W[0].buffer, len(snap.W))
+            self.store.flush_W(self.keeper.run_id, snap.W[0].buffer)
         H_checksum = self.store.write_H(self.keeper.run_id, H_buffer, snap.H)
         pause_point("commit:H", snap.iteration)
         body = {
@@ -214,8 +215,11 @@ def _check_not_input(loc: Location, source_location: str | None) -> None:
 
 
 def _recorded_params(params: dict[str, Any], k: int, init: str, seed: int,
-                     panel_rows: int) -> dict[str, Any]:
+                     panel_rows: int, bounds: list[tuple[int, int]]) -> dict[str, Any]:
+    """The parameters a run records; ``panel_starts`` only for panels of unequal height."""
     alpha_H = params["alpha_H"]
+    starts = [a for a, _ in bounds]
+    irregular = bounds != _bounds_of(bounds[-1][1], panel_rows)
     return {
         "n_components": int(k),
         "solver": params["solver"],
@@ -230,6 +234,7 @@ def _recorded_params(params: dict[str, Any], k: int, init: str, seed: int,
         "max_iter": int(params["max_iter"]),
         "checkpoint_every": int(params["checkpoint_every"]),
         "cache": bool(params["cache"]),
+        **({"panel_starts": starts} if irregular else {}),
     }
 
 
@@ -240,6 +245,8 @@ def _differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
         for key in sorted(set(before) | set(after)):
             if group == "params" and key in MAY_DIFFER:
                 continue
+            if key == "panel_rows" and "panel_starts" in {*before, *after}:
+                continue  # with panels cut by stored entries it is only W's chunk grid
             if group == "fingerprint" and key == "storage_chunks":
                 continue
             if before.get(key) != after.get(key):
@@ -247,6 +254,12 @@ def _differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
                 if key == "sample":
                     lines.append(f"{label}: checksum {before.get(key, {}).get('checksum')} "
                                  f"(run) vs {after[key].get('checksum')} (now)")
+                elif key == "panel_starts":
+                    def cut(starts: Any) -> str:
+                        return ("equal panels" if starts is None else
+                                f"{len(starts)} panels cut by stored entries")
+                    lines.append(f"panels: {cut(before.get(key))} (run) vs "
+                                 f"{cut(after.get(key))} (now)")
                 else:
                     lines.append(f"{label}: {before.get(key)!r} (run) vs {after.get(key)!r} (now)")
     return lines
@@ -289,6 +302,15 @@ def _sparse_fingerprint(source: Any, bounds: list[tuple[int, int]]) -> dict[str,
 
 def _bounds_of(n: int, panel_rows: int) -> list[tuple[int, int]]:
     return [(a, min(a + panel_rows, n)) for a in range(0, n, panel_rows)]
+
+
+def _recorded_bounds(recorded: dict[str, Any], n: int) -> list[tuple[int, int]]:
+    """A run's panels: equal ``panel_rows`` panels, or cut at its ``panel_starts``."""
+    starts = recorded.get("panel_starts")
+    if starts is None:
+        return _bounds_of(n, int(recorded["panel_rows"]))
+    edges = [int(a) for a in starts] + [n]
+    return list(itertools.pairwise(edges))
 
 
 def _verify_task(panel: StoredPanel) -> None:
@@ -357,7 +379,8 @@ class _Plan:
 
     @property
     def panel_rows(self) -> int:
-        return self.prep.bounds[0][1] - self.prep.bounds[0][0]
+        """The W chunk height: every panel is a whole number of these rows."""
+        return self.prep.unit
 
 
 def _plan(est: NMF, X: Any, W: Any, H: Any, params: dict[str, Any],
@@ -368,11 +391,15 @@ def _plan(est: NMF, X: Any, W: Any, H: Any, params: dict[str, Any],
     from ._validation import check_custom_factor, resolve_seed
 
     recorded = manifest["params"] if manifest else None
-    panel_rows = params["panel_rows"]
-    if recorded and panel_rows is None:
-        panel_rows = recorded["panel_rows"]
-    prep = _Prepared(X, params["scheduler"], panel_rows, regular=True, cache=params["cache"],
-                     scan=False)
+    panel_rows, layout = params["panel_rows"], None
+    if manifest and recorded and panel_rows is None and params["panel_bytes"] is None:
+        # Not asked for other panels: the run's own (which may not be what this
+        # machine's thread count would pick).
+        panel_rows = int(recorded["panel_rows"])
+        layout = (_recorded_bounds(recorded, int(manifest["fingerprint"]["shape"][0])),
+                  panel_rows)
+    prep = _Prepared(X, params["scheduler"], panel_rows, panel_bytes=params["panel_bytes"],
+                     layout=layout, regular=True, cache=params["cache"], scan=False)
     n, m = prep.source.shape
     if recorded and params["n_components"] == "auto":
         k = int(recorded["n_components"])
@@ -384,7 +411,7 @@ def _plan(est: NMF, X: Any, W: Any, H: Any, params: dict[str, Any],
     else:
         seed = resolve_seed(params["random_state"])
     plan = _Plan(prep, k, init, seed, {}, {})
-    plan.params = _recorded_params(params, k, init, seed, plan.panel_rows)
+    plan.params = _recorded_params(params, k, init, seed, prep.unit, prep.bounds)
     custom: dict[str, Any] = {}
     if init == "custom" and (W is not None or H is not None or not manifest):
         plan.W0 = check_custom_factor(W, "W", (n, k), prep.source.dtype)
@@ -393,7 +420,7 @@ def _plan(est: NMF, X: Any, W: Any, H: Any, params: dict[str, Any],
     # Hash the panels the run hashed, even if other panel_rows are asked for now.
     fp_bounds = prep.bounds
     if recorded and manifest and manifest["fingerprint"]["shape"] == [n, m]:
-        fp_bounds = _bounds_of(n, int(recorded["panel_rows"]))
+        fp_bounds = _recorded_bounds(recorded, n)
     plan.fingerprint = {**_fingerprint(prep, fp_bounds), **custom}
     return plan
 
@@ -637,7 +664,7 @@ class Run:
         n, m = manifest["fingerprint"]["shape"]
         self.shape = (int(n), int(m))
         self.dtype = np.dtype(manifest["fingerprint"]["dtype"])
-        self.bounds = _bounds_of(int(n), int(self.params["panel_rows"]))
+        self.bounds = _recorded_bounds(self.params, int(n))
         self.H = store.read_H(self.run_id, manifest["H"]["array"], manifest["H"]["checksum"])
         self._panels = [
             store.panel(self.run_id, manifest["W"]["array"], i, a, b, c)
@@ -670,7 +697,7 @@ class Run:
             p["n_components"], solver=p["solver"], beta_loss=p["beta_loss"], init=p["init"],
             max_iter=p["max_iter"], tol=p["tol"], random_state=p["random_state"],
             alpha_W=p["alpha_W"], alpha_H=p["alpha_H"], l1_ratio=p["l1_ratio"],
-            panel_rows=p["panel_rows"], out=self.out,
+            panel_rows=None if "panel_starts" in p else p["panel_rows"], out=self.out,
             checkpoint_every=p["checkpoint_every"], cache=p["cache"],
         )
         state = _engine.FitState(W=[], H=self.H, iteration=self.iteration,

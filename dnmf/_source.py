@@ -29,6 +29,7 @@ __all__ = [
     "ZarrPanel",
     "as_source",
     "load_panel",
+    "snap_bounds",
 ]
 
 #: Default target size of one dense panel of V in memory.
@@ -268,6 +269,33 @@ def _csr_bounds(indptr: np.ndarray, bytes_per_entry: int, n_threads: int,
     return [(int(a), int(b)) for a, b in out if b > a]
 
 
+#: A run store's W buffer has at most about this many chunks per panel (each chunk
+#: costs about a millisecond to write and read per pass), or this many in all.
+GRID_CHUNKS = 8
+
+
+def snap_bounds(bounds: list[tuple[int, int]]) -> tuple[list[tuple[int, int]], int]:
+    """Panels of unequal height moved onto a grid of ``unit`` rows; ``(bounds, unit)``.
+
+    A run store chunks W by ``unit`` rows so that every panel task writes whole
+    chunks of its own. ``unit`` is a power of two: at most an eighth of the
+    shortest panel, so each edge moves by less than a sixteenth of a panel, unless
+    that would make W more than ``max(128, GRID_CHUNKS × panels)`` chunks; then the
+    shortest panels (dense rows) may move by up to half a grid step, or merge.
+    Equal panels (but a shorter last one) come back unchanged, with their height
+    as ``unit``.
+    """
+    sizes = [b - a for a, b in bounds]
+    if len(set(sizes[:-1])) <= 1 and sizes[-1] <= sizes[0]:
+        return bounds, sizes[0]
+    n = bounds[-1][1]
+    unit = 1 << max(0, (max(1, min(sizes) // 8)).bit_length() - 1)
+    while n / unit > max(128, GRID_CHUNKS * len(bounds)):
+        unit *= 2
+    edges = sorted({0, n, *(min(n, round(a / unit) * unit) for a, _ in bounds[1:])})
+    return [(a, b) for a, b in itertools.pairwise(edges) if b > a], unit
+
+
 def load_panel(ref: Any) -> Any:
     """Materialise a panel reference (anything with ``load()``, or the data itself)."""
     if hasattr(ref, "load"):
@@ -304,27 +332,31 @@ class PanelSource:
             return int(self.data.nnz)
         return int(self.shape[0]) * int(self.shape[1])
 
-    def panel_bounds(self, panel_rows: int | None, n_threads: int) -> list[tuple[int, int]]:
+    def panel_bounds(self, panel_rows: int | None, n_threads: int,
+                     panel_bytes: int | None = None) -> list[tuple[int, int]]:
         """Row ranges of the panels.
 
-        With ``panel_rows=None`` panels hold about :data:`DEFAULT_PANEL_BYTES` of dense
-        data, at least one panel per thread when V is small enough to split, and are
-        a whole number of storage chunks tall.
+        With ``panel_rows=None`` panels hold about ``panel_bytes`` (default
+        :data:`DEFAULT_PANEL_BYTES`) of V as stored (dense values; for a CSR Zarr
+        group its values and column indices, cut by stored entries), at least one
+        panel per thread when V is small enough to split, and are a whole number of
+        storage chunks tall.
         """
         n, m = self.shape
+        budget = panel_bytes or DEFAULT_PANEL_BYTES
         if self.kind == "zarr-csr" and panel_rows is None:
             # Cut by stored entries (data + indices bytes), so skewed rows do not
             # make one huge panel.
             return _csr_bounds(self.data.indptr, self.data.bytes_per_entry, n_threads,
-                               DEFAULT_PANEL_BYTES)
-        if self.kind == "dask" and panel_rows is None:
+                               budget)
+        if self.kind == "dask" and panel_rows is None and panel_bytes is None:
             starts = np.cumsum((0, *self.data.chunks[0]))
             return [(int(a), int(b)) for a, b in itertools.pairwise(starts) if b > a]
         if panel_rows is None:
             row_bytes = max(1, m * self.dtype.itemsize)
             if self.kind == "sparse":
                 row_bytes = max(1, int(self.nnz / max(n, 1) * (self.dtype.itemsize + 4)))
-            rows = max(1, DEFAULT_PANEL_BYTES // row_bytes)
+            rows = max(1, budget // row_bytes)
             # Enough panels to keep every thread busy, in whole rounds.
             n_panels = max(math.ceil(n / rows), 1)
             small = n * row_bytes < MIN_SPLIT_BYTES

@@ -264,7 +264,10 @@ class StoredPanel:
 
     def load(self) -> np.ndarray:
         array = open_array(self.location, self.run_id, self.buffer)
-        key = f"{self.buffer}/{array.metadata.encode_chunk_key((self.index, 0))}"
+        first, last = _chunk_range(array, self.start, self.stop)
+        key = f"{self.buffer}/{array.metadata.encode_chunk_key((first, 0))}"
+        if last - first > 1:
+            key += f" (or one of the {last - first - 1} after it)"
         try:
             block = np.asarray(array[self.start : self.stop])
         except Exception as exc:
@@ -283,7 +286,11 @@ class StoredPanel:
 
 @dataclass(frozen=True)
 class PanelSink:
-    """Where a panel task writes its new W panel: one whole chunk of a W buffer."""
+    """Where a panel task writes its new W panel: whole chunks of a W buffer.
+
+    Panels start on a chunk boundary and end on one (or at the last row), so no
+    two tasks ever write the same chunk.
+    """
 
     location: Location
     run_id: str
@@ -301,10 +308,17 @@ class PanelSink:
         block = np.ascontiguousarray(W, dtype=array.dtype)
         array[self.start : self.stop] = block
         if self.durable and self.location.kind == "local":
-            path = _chunk_path(self.location, array, self.buffer, self.index)
-            _fsync_durably(path, self.location.path)
+            for index in range(*_chunk_range(array, self.start, self.stop)):
+                path = _chunk_path(self.location, array, self.buffer, index)
+                _fsync_durably(path, self.location.path)
         pause_point("sink", self.iteration)
         return checksum(block)
+
+
+def _chunk_range(array: Any, start: int, stop: int) -> tuple[int, int]:
+    """The W chunks (first, one past the last) that rows ``start:stop`` fill."""
+    rows = int(array.chunks[0])
+    return start // rows, -(-stop // rows)
 
 
 def _chunk_path(loc: Location, array: Any, buffer: str, index: int) -> str:
@@ -654,7 +668,11 @@ class RunStore:
                 self.delete(key)
 
     def create(self, *, n: int, m: int, k: int, panel_rows: int, dtype: np.dtype) -> str:
-        """Create the group and the W and H buffers; return the new run id."""
+        """Create the group and the W and H buffers; return the new run id.
+
+        W buffers are chunked by ``panel_rows`` rows: every panel is a whole
+        number of chunks.
+        """
         import zarr
 
         self._check_writable()
@@ -715,12 +733,12 @@ class RunStore:
             )
         return H
 
-    def flush_W(self, run_id: str, buffer: str, n_panels: int) -> None:
+    def flush_W(self, run_id: str, buffer: str) -> None:
         """fsync every chunk of a W buffer whose panels were written without it."""
         if not self.local:
             return
         array = open_array(self.location, run_id, buffer)
-        for index in range(n_panels):
+        for index in range(_chunk_range(array, 0, int(array.shape[0]))[1]):
             with contextlib.suppress(FileNotFoundError):
                 path = _chunk_path(self.location, array, buffer, index)
                 _fsync_durably(path, self.location.path)

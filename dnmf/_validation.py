@@ -73,6 +73,8 @@ CONSTRAINTS: dict[str, tuple[Callable[[Any], bool], str]] = {
         "None, an int, a numpy RandomState or Generator",
     ),
     "panel_rows": (lambda v: v is None or _positive_int(v), "None (auto) or a positive int"),
+    "panel_bytes": (lambda v: v is None or _positive_int(v),
+                    "None (64 MiB) or a positive int of bytes"),
     "out": (
         lambda v: v is None
         or isinstance(v, str | os.PathLike)
@@ -108,6 +110,12 @@ def check_params(params: dict[str, Any]) -> dict[str, Any]:
             f"solver={solver!r} minimises the Frobenius norm only, but "
             f"beta_loss='kullback-leibler' was asked for. Use solver='mu' for the KL "
             f"divergence, or beta_loss='frobenius' with {solver!r}."
+        )
+    if checked.get("panel_rows") is not None and checked.get("panel_bytes") is not None:
+        raise InvalidParameterError(
+            f"panel_rows={checked['panel_rows']!r} and panel_bytes="
+            f"{checked['panel_bytes']!r} were both given, but they are two ways to size "
+            f"the same panels. Give one of them."
         )
     return checked
 

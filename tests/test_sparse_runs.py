@@ -141,3 +141,75 @@ def test_distributed_fit_of_csr_zarr_equals_threads(tmp_path, V, store, distribu
         model(solver="hals", max_iter=10, scheduler=distributed_client).fit_transform(store)
     ).result()
     np.testing.assert_allclose(W_hals_cluster, W_hals, rtol=1e-10)
+
+
+def skewed(seed: int = 1) -> sp.csr_matrix:
+    """100 dense rows, then 900 sparse ones: equal-row panels would be lopsided."""
+    rng = np.random.default_rng(seed)
+    top = sp.random(100, 200, density=0.9, random_state=rng, format="csr")
+    rest = sp.random(900, 200, density=0.02, random_state=rng, format="csr")
+    return sp.vstack([top, rest], format="csr")
+
+
+def test_run_store_keeps_panels_cut_by_stored_entries_and_resumes(tmp_path):
+    V = skewed()
+    path = write_csr_zarr(V, tmp_path / "skewed.zarr", chunk_nnz=512)
+    budget = 32 * 2**10  # bytes of values + column indices per panel
+    kw = dict(solver="hals", max_iter=6, panel_rows=None, panel_bytes=budget)
+    whole = model(out=tmp_path / "whole", **kw)
+    W_whole = np.asarray(whole.fit_transform(path))
+
+    def interrupt(iteration, loss):
+        if iteration == 3:
+            raise KeyboardInterrupt
+
+    out = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        model(out=out, checkpoint_every=100, callback=interrupt, **kw).fit(path)
+    run = dnmf.open_run(out)
+    starts = run.params["panel_starts"]
+    unit = run.params["panel_rows"]
+    bounds = list(zip(starts, [*starts[1:], V.shape[0]]))
+    sizes = [b - a for a, b in bounds]
+    per_entry = V.data.itemsize + V.indices.itemsize
+    stored = [(V.indptr[b] - V.indptr[a]) * per_entry for a, b in bounds]
+    # Short panels over the dense rows, long ones over the sparse rows; every panel
+    # within the budget but for the rows the W chunk grid moved its edges by.
+    assert len(bounds) >= 4 and min(sizes) < max(sizes) / 4, sizes
+    assert all(a % unit == 0 for a in starts)
+    row_max = int(np.diff(V.indptr).max()) * per_entry
+    assert max(stored) <= budget + unit * row_max, (stored, unit)
+    assert run.W.chunks[0] == tuple(sizes)
+    resumed = dnmf.resume(out)
+    assert resumed.complete and resumed.iteration == 6
+    np.testing.assert_array_equal(resumed.W.compute(), W_whole)
+    np.testing.assert_array_equal(resumed.H, whole.components_)
+    assert resumed.loss_history == whole.loss_history_
+    # W reads back with zarr alone, chunked by the unit.
+    import zarr
+
+    array_name = resumed.manifest["W"]["array"]
+    W_plain = zarr.open_array(str(out / array_name), mode="r")
+    assert W_plain.chunks[0] == unit
+    np.testing.assert_array_equal(W_plain[...], W_whole)
+    # The same fit in memory (panels not snapped to a grid): the same answer up to
+    # the order of the panel sums.
+    W_mem = model(**kw).fit_transform(path)
+    np.testing.assert_allclose(np.asarray(W_mem), W_whole, rtol=1e-9, atol=1e-12)
+
+
+def test_panel_rows_and_panel_bytes_are_exclusive():
+    with pytest.raises(InvalidParameterError, match="Give one of them"):
+        dnmf.NMF(2, panel_rows=10, panel_bytes=2**20).fit(np.ones((20, 5)))
+    with pytest.raises(InvalidParameterError, match="panel_bytes"):
+        dnmf.NMF(2, panel_bytes=0).fit(np.ones((20, 5)))
+
+
+def test_resume_with_other_panels_names_the_difference(tmp_path):
+    path = write_csr_zarr(skewed(), tmp_path / "skewed.zarr", chunk_nnz=512)
+    out = tmp_path / "run"
+    model(out=out, max_iter=2, panel_rows=None, panel_bytes=32 * 2**10).fit(path)
+    with pytest.raises(IncompatibleRunError, match=r"panels: .* cut by stored entries"):
+        model(out=out, max_iter=3, panel_rows=100).fit(path)
+    # Without a panel choice the run's own panels are used, whatever the default.
+    assert model(out=out, max_iter=3, panel_rows=None).fit(path).n_iter_ == 3
