@@ -116,7 +116,7 @@ def _bytes(n: float) -> str:
     raise AssertionError("unreachable")
 
 
-def _parse_size(text: str) -> int:
+def _parse_size(text: str, option: str = "--max-size") -> int:
     units = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "kib": 2**10, "m": 10**6, "mb": 10**6,
              "mib": 2**20, "g": 10**9, "gb": 10**9, "gib": 2**30, "t": 10**12, "tb": 10**12,
              "tib": 2**40}
@@ -127,9 +127,9 @@ def _parse_size(text: str) -> int:
         value = float(number)
     except ValueError:
         value = -1.0
-    if unit not in units or value < 0:
+    if unit not in units or value < 0 or (option == "--panel-size" and value * units[unit] < 1):
         raise InvalidParameterError(
-            f"--max-size must be a size such as 500MB, 2GiB or 1000000, got {text!r}."
+            f"{option} must be a size such as 500MB, 2GiB or 1000000, got {text!r}."
         )
     return int(value * units[unit])
 
@@ -189,6 +189,15 @@ SchedulerOpt = Annotated[
         help="Where to compute: tcp://HOST:PORT (a running Dask scheduler), local or "
         "local:N (start a local cluster of N worker processes), or threads "
         "(default: local threads in this process).",
+        show_default=False,
+    ),
+]
+PanelSizeOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--panel-size",
+        help="About this much of INPUT per panel, as stored, e.g. 16MiB [default: 64MiB]. "
+        "Each thread holds 3-4 times this at its peak: lower it to use less memory.",
         show_default=False,
     ),
 ]
@@ -705,6 +714,7 @@ def fit(
         "--transpose", help="Factorize the transpose of INPUT.")] = False,
     cache: Annotated[bool, typer.Option(
         "--cache", help="Keep V in memory after its first read (only if it fits).")] = False,
+    panel_size: PanelSizeOpt = None,
     overwrite: Annotated[bool, typer.Option(
         "--overwrite", help="Replace a different run at --out (kept if this fit fails).")] = False,
     dense: Annotated[bool, typer.Option(
@@ -722,6 +732,7 @@ def fit(
 
     started = time.perf_counter()
     _check_scheduler(scheduler, scheduler_file)
+    panel_bytes = None if panel_size is None else _parse_size(panel_size, "--panel-size")
     sched = _scheduler_args(scheduler, scheduler_file)
     if "://" not in out and Path(out).resolve() == Path(input).resolve():
         raise InvalidParameterError("--out must not be INPUT itself.")
@@ -747,6 +758,7 @@ def fit(
                 random_state=seed, alpha_W=alpha_w, alpha_H=alpha_h, l1_ratio=l1_ratio,
                 verbose=1, scheduler=client, out=_absolute(out), checkpoint_every=checkpoint_every,
                 overwrite=ow, cache=cache,
+                panel_bytes=panel_bytes,
             )
             shape, stored, _, sparse = _zarr_array_info(path)
             where = "local threads" if client == "threads" else "the Dask cluster"
@@ -891,6 +903,7 @@ def info(
         f"data        {r.shape[0]} × {r.shape[1]} {r.dtype} from "
         f"{(r.source or {}).get('location') or 'an in-memory array'}",
         f"fingerprint {sample}",
+        f"panels      {_panels_line(r)}",
         f"checkpoint  every {p.get('checkpoint_every', '-')} iterations; {health}",
         f"time        created {r.created}, last commit {r.updated}"
         + (f" ({_fmt_duration(elapsed)} apart)" if elapsed is not None else ""),
@@ -899,6 +912,15 @@ def info(
         typer.echo(line)
     if not r.complete and not holder:
         typer.echo(f"continue    dnmf resume {_quote(run)}")
+
+
+def _panels_line(r: Any) -> str:
+    sizes = [b - a for a, b in r.bounds]
+    if "panel_starts" in r.params:
+        return (f"{len(sizes)}, cut by stored entries: {min(sizes)} to {max(sizes)} rows "
+                f"(W chunks of {r.params['panel_rows']} rows)")
+    return f"{len(sizes)} of {sizes[0]} rows" + (f" (the last {sizes[-1]})"
+                                                   if sizes[-1] != sizes[0] else "")
 
 
 def _json_default(value: Any) -> Any:
@@ -924,6 +946,7 @@ def transform(
         show_default=False)] = None,
     scheduler: SchedulerOpt = None,
     scheduler_file: SchedulerFileOpt = None,
+    panel_size: PanelSizeOpt = None,
     overwrite: Annotated[bool, typer.Option(
         "--overwrite", help="Replace --out if it exists.")] = False,
 ) -> None:
@@ -931,6 +954,7 @@ def transform(
     from ._convert import check_destination, convert, detect_format
 
     _check_scheduler(scheduler, scheduler_file)
+    panel_bytes = None if panel_size is None else _parse_size(panel_size, "--panel-size")
     r = _open_run(run)
     target = check_destination(out, overwrite=overwrite)
     est = r.to_estimator()
@@ -948,6 +972,8 @@ def transform(
                 source = str(scratch)
         with _scheduler(scheduler, scheduler_file) as client:
             est.set_params(out=None, verbose=0, scheduler=client)
+            if panel_bytes is not None:
+                est.set_params(panel_rows=None, panel_bytes=panel_bytes)
             _say(f"solving W for the rows of {new} with H of {run} fixed")
             W = est.transform(_absolute(source))
             _write_array(W, tmp, {"dnmf": {"transform_of": r.path, "input": new}})

@@ -119,3 +119,27 @@ def test_fit_on_sparse_file_uses_the_csr_group(tmp_path, S, capsys, monkeypatch)
     ok(run_here("fit", "v.mtx", *args, "--out", "d.zarr", "--dense", cwd=tmp_path,
                 capsys=capsys, monkeypatch=monkeypatch))
     assert as_source(str(tmp_path / "d.input.zarr")).kind == "zarr"
+
+
+def test_fit_panel_size_cuts_a_skewed_csr_input_by_stored_entries(tmp_path, capsys,
+                                                                  monkeypatch):
+    rng = np.random.default_rng(2)
+    S = sp.vstack([sp.random(60, 40, density=0.9, random_state=rng),
+                   sp.random(540, 40, density=0.05, random_state=rng)], format="csr")
+    sp.save_npz(tmp_path / "v.npz", S)
+    args = ("--rank", "3", "--seed", "0", "--max-iter", "4", "--out", "r.zarr")
+    ok(run_here("fit", "v.npz", *args, "--panel-size", "4KiB", cwd=tmp_path, capsys=capsys,
+                monkeypatch=monkeypatch))
+    run = dnmf.open_run(tmp_path / "r.zarr")
+    sizes = [b - a for a, b in run.bounds]
+    assert len(sizes) >= 4 and min(sizes) < max(sizes) / 3, sizes
+    info = ok(run_here("info", "r.zarr", cwd=tmp_path, capsys=capsys, monkeypatch=monkeypatch))
+    assert f"panels      {len(sizes)}, cut by stored entries" in info.stdout
+    # dnmf resume keeps the run's panels.
+    ok(run_here("resume", "r.zarr", "--max-iter", "6", cwd=tmp_path, capsys=capsys,
+                monkeypatch=monkeypatch))
+    assert dnmf.open_run(tmp_path / "r.zarr").bounds == run.bounds
+    bad = run_here("fit", "v.npz", *args, "--panel-size", "lots", cwd=tmp_path, capsys=capsys,
+                   monkeypatch=monkeypatch)
+    assert bad.returncode == 2 and "--panel-size must be a size such as" in bad.stderr
+    assert "Traceback" not in bad.stderr
