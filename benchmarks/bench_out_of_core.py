@@ -1,7 +1,7 @@
 """Out-of-core fit with a run store: peak memory and time per iteration.
 
 (a) Peak RSS of ``NMF(k, out=...)`` on a float32 Zarr V on disk, measured with
-    ``resource.getrusage`` in a child process, against V's size.
+    ``dnmf.testing.peak_rss`` (VmHWM) in a child process, against V's size.
 (b) Seconds per iteration of the same fit against
     - the one-pass floor: read every panel and compute ``V_i·Hᵀ`` and ``W_iᵀ·V_i``,
       nothing else (same panels, same threads, same BLAS limits);
@@ -175,9 +175,11 @@ VARIANTS = {
 
 def child(args: argparse.Namespace) -> None:
     warnings.simplefilter("ignore")
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    from dnmf.testing import peak_rss  # VmHWM: getrusage would include the parent's peak
+
+    base = peak_rss()
     times = [list(pair) for pair in VARIANTS[args.child](args)]
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = peak_rss()
     print(json.dumps({"base": base, "peak": peak, "times": times}))
 
 

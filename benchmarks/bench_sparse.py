@@ -11,7 +11,8 @@ only at the sampled entries, so the dense product never exists. k = 20.
   of iterations; time per iteration (whole fit / iterations, init included; target:
   dnmf ≤ 0.5 ×).
 * the same V written as a CSR Zarr group is fitted by dnmf with ``out=`` set in a child
-  process; its peak RSS (``resource.getrusage``) is reported next to V's size.
+  process; its own peak RSS (``dnmf.testing.peak_rss``, VmHWM: ``getrusage`` would
+  include this parent's) is reported next to V's size.
 
 Usage::
 
@@ -26,7 +27,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import tempfile
@@ -125,12 +125,13 @@ def bench_kl(V: sp.csr_matrix, k: int, iters: int) -> dict[str, Any]:
 
 
 CHILD = """
-import resource, sys, warnings, dnmf
+import sys, warnings, dnmf
+from dnmf.testing import peak_rss
 warnings.simplefilter("ignore")
 path, out, k, iters = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 dnmf.NMF(k, solver="mu", beta_loss="kullback-leibler", max_iter=iters, tol=0.0,
          random_state=0, out=out, scheduler="threads").fit(path)
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+print(peak_rss())
 """
 
 
@@ -209,7 +210,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.json_out:
         with open(args.json_out, "w") as f:
             json.dump(results, f, indent=1)
-    _ = resource  # the child reads its own peak
     return 0
 
 

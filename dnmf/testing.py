@@ -1,13 +1,36 @@
-"""Data generators for tests, benchmarks and examples: planted factorizations.
+"""Helpers for tests, benchmarks and examples: planted factorizations, peak memory.
 
-Public so that users can check dnmf on data whose answer is known.
+Public so that users can check dnmf on data whose answer is known, and measure
+its memory the way the benchmarks do.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["planted"]
+__all__ = ["peak_rss", "planted"]
+
+
+def peak_rss() -> int:
+    """Peak resident set size of this process so far, in bytes.
+
+    On Linux this is ``VmHWM`` from ``/proc/self/status``: the high-water mark of
+    this process's own memory. ``resource.getrusage(...).ru_maxrss`` is not used
+    there because a process started with fork + exec inherits its parent's value
+    (a child of a 1 GiB parent reports at least 1 GiB). Elsewhere ``ru_maxrss``.
+    """
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    import resource
+    import sys
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak) if sys.platform == "darwin" else int(peak) * 1024
 
 
 def planted(

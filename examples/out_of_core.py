@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
 import shutil
 import time
 import warnings
@@ -26,14 +25,15 @@ from typing import Any
 import numpy as np
 
 import dnmf
+from dnmf.testing import peak_rss
 
 MB = 1 << 20
 K = 10
 
 
 def peak_rss_mb() -> float:
-    """Peak resident set size of this process so far (Linux reports KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """Peak resident set size of this process so far, in MiB."""
+    return peak_rss() / MB
 
 
 def write_v(path: str, n: int, m: int, panel_rows: int, seed: int = 0) -> Any:
