@@ -81,8 +81,12 @@ class HALS(FrobeniusSolver):
         # cache through all its sweeps, instead of streaming X k times per sweep. The
         # block is transposed (one column of X = one contiguous row) on the way in.
         chunk = min(max(256, CHUNK_ELEMENTS // max(k, 1)), n)
+        # Buffers reused for every block and sweep: no allocation per sweep (with
+        # glibc's eager trimming, which Dask sets for its workers, each would be a
+        # fresh mmap and its page faults).
         Xbuf = np.empty((k, chunk))
         Pbuf = np.empty((k, chunk))
+        scratch = np.empty((k, chunk))
         tmp = np.empty(chunk)
         for a in range(0, n, chunk):
             b = min(a + chunk, n)
@@ -95,7 +99,7 @@ class HALS(FrobeniusSolver):
                 Pc *= inv[:, np.newaxis]
             else:
                 np.multiply(P64[a:b].T, inv[:, np.newaxis], out=Pc)
-            _sweeps(Xc, Pc, Gs, max_sweeps, tmp[: b - a])
+            _sweeps(Xc, Pc, Gs, max_sweeps, tmp[: b - a], scratch)
             out[a:b] = Xc.T
         return out
 
@@ -109,7 +113,7 @@ def _sweep(Xa: np.ndarray, Pa: np.ndarray, Gs: np.ndarray, tmp: np.ndarray) -> N
 
 
 def _sweeps(Xc: np.ndarray, Pc: np.ndarray, Gs: np.ndarray, max_sweeps: int,
-            buf: np.ndarray) -> None:
+            buf: np.ndarray, scratch: np.ndarray) -> None:
     """Up to ``max_sweeps`` sweeps on a block of rows, with the per-row stopping rule.
 
     A row (a column of ``Xc``) keeps sweeping while its change exceeds ``DELTA`` times
@@ -121,7 +125,8 @@ def _sweeps(Xc: np.ndarray, Pc: np.ndarray, Gs: np.ndarray, max_sweeps: int,
         _sweep(Xc, Pc, Gs, buf)
         return
     c = Xc.shape[1]
-    old = Xc.copy()
+    old = scratch[:, :c]
+    np.copyto(old, Xc)
     _sweep(Xc, Pc, Gs, buf)
     old -= Xc
     first = np.einsum("ij,ij->j", old, old)
@@ -133,7 +138,8 @@ def _sweeps(Xc: np.ndarray, Pc: np.ndarray, Gs: np.ndarray, max_sweeps: int,
             return
         last = sweep == max_sweeps - 1
         if 2 * n_active >= c:
-            old = Xc.copy()
+            old = scratch[:, :c]
+            np.copyto(old, Xc)
             _sweep(Xc, Pc, Gs, buf)
             if n_active < c:
                 np.copyto(Xc, old, where=~active)
@@ -144,7 +150,8 @@ def _sweeps(Xc: np.ndarray, Pc: np.ndarray, Gs: np.ndarray, max_sweeps: int,
         else:
             idx = np.flatnonzero(active)
             Xa, Pa = Xc[:, idx], Pc[:, idx]
-            old = Xa.copy()
+            old = scratch[:, :n_active]
+            np.copyto(old, Xa)
             _sweep(Xa, Pa, Gs, buf[:n_active])
             Xc[:, idx] = Xa
             if last:
