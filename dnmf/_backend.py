@@ -19,6 +19,7 @@ from typing import Any
 
 import dask
 import dask.threaded
+import numpy as np
 from dask.delayed import Delayed, delayed
 
 __all__ = ["Backend", "check_worker_memory", "get_backend", "tree_reduce"]
@@ -143,11 +144,39 @@ class Backend:
             return handles
         return [delayed(value, pure=False) for value in self.client.gather(handles)]
 
+    def placement(self, n_panels: int) -> list[str | None]:
+        """The worker each panel's tasks prefer: contiguous blocks of panels per worker.
+
+        The fixed reduction tree adds neighbouring panels first; with panel i on
+        worker ``i · workers / panels`` (by thread count) all but the last
+        ``log2(workers)`` levels of the tree add statistics that are already on
+        the same worker, and a pass's W panel is where the next pass wants it. The
+        preference is loose (``allow_other_workers``): a lost or busy worker's
+        panels run elsewhere, with the same result. ``None`` locally.
+        """
+        if self.client is None:
+            return [None] * n_panels
+        workers = self.client.scheduler_info().get("workers", {})
+        if not workers:
+            return [None] * n_panels
+        names = sorted(workers)
+        threads = np.cumsum([max(1, int(workers[w].get("nthreads", 1))) for w in names])
+        slots = (np.arange(n_panels) * threads[-1]) // max(n_panels, 1)
+        return [names[int(np.searchsorted(threads, slot, side="right"))] for slot in slots]
+
+    def _placed(self, worker: str | None) -> AbstractContextManager[Any]:
+        if worker is None:
+            return nullcontext()
+        return dask.annotate(workers=[worker], allow_other_workers=True)
+
     def scatter_panels(self, panels: list[Any]) -> list[Any]:
         """Place in-memory panels on the workers once (distributed), or keep them."""
         if self.client is None:
             return panels
-        return list(self.client.scatter(panels, hash=False))
+        out = []
+        for panel, worker in zip(panels, self.placement(len(panels))):
+            out.append(self.client.scatter(panel, hash=False, workers=[worker]))
+        return out
 
     def gather(self, handles: list[Any]) -> list[Any]:
         """Bring panel outputs (futures or arrays) to this process, in order."""
@@ -196,7 +225,10 @@ class Backend:
                 )
             return list(out), result
         shared_keys = tuple(self.share(value) for value in shared)
-        parts = [delayed(task, pure=False, nout=2)(*args, *shared_keys) for args in per_panel]
+        parts = []
+        for args, worker in zip(per_panel, self.placement(len(per_panel))):
+            with self._placed(worker):
+                parts.append(delayed(task, pure=False, nout=2)(*args, *shared_keys))
         outputs: list[Any] = [p[0] for p in parts] if keep_outputs else []
         total = tree_reduce([p[1] for p in parts], combine)
         futures = self.client.compute([*outputs, total])
@@ -227,7 +259,10 @@ class Backend:
         if self.client is None:
             return self.map(task, per_panel, shared)
         shared_keys = tuple(self.share(value) for value in shared)
-        parts = [delayed(task, pure=False)(*args, *shared_keys) for args in per_panel]
+        parts = []
+        for args, worker in zip(per_panel, self.placement(len(per_panel))):
+            with self._placed(worker):
+                parts.append(delayed(task, pure=False)(*args, *shared_keys))
         return list(self.client.compute(parts))
 
 

@@ -81,3 +81,23 @@ def test_blas_threads_times_dask_threads_do_not_exceed_cores():
     _, seen = backend.run_pass(_blas_threads, [(i,) for i in range(4)], (), _max,
                                keep_outputs=False)
     assert 0 < int(seen[0]) * cores <= cores
+
+
+def test_cluster_panels_sit_in_contiguous_blocks_per_worker(distributed_client):
+    """Neighbouring panels share a worker, so the fixed tree adds mostly locally."""
+    backend = Backend(distributed_client)
+    workers = sorted(distributed_client.scheduler_info()["workers"])
+    assert backend.placement(8) == [workers[0]] * 4 + [workers[1]] * 4
+    assert backend.placement(3) == [workers[0], workers[0], workers[1]]
+    panels = [np.full((2, 2), float(i)) for i in range(8)]
+    futures = backend.map_keep(np.negative, [(p,) for p in panels])
+    distributed_client.gather(futures)  # wait for them
+    where = distributed_client.who_has(futures)
+    assert [next(iter(where[f.key])) for f in futures] == backend.placement(8)
+    outputs, total = backend.run_pass(
+        lambda f: (f, f.sum()), [(f,) for f in futures], (), np.add, keep_outputs=True
+    )
+    assert total == -sum(range(8)) * 4
+    distributed_client.gather(outputs)
+    where = distributed_client.who_has(outputs)
+    assert [next(iter(where[f.key])) for f in outputs] == backend.placement(8)
