@@ -86,10 +86,10 @@ class _Prepared:
         Values in the compute dtype, column indices and ``indptr``; the dense
         per-panel parts (W_i, V_i·Hᵀ: rows × k) are small next to it for k ≪ columns.
         """
-        indptr = np.asarray(self.source.data.indptr, dtype=np.int64)
+        rows = np.asarray(self.bounds, dtype=np.int64)
+        entries = np.diff(self.source.offsets(rows), axis=1)[:, 0]
         per_entry = self.source.dtype.itemsize + np.dtype(self.source.data.indices.dtype).itemsize
-        return max(int(indptr[b] - indptr[a]) * per_entry + 8 * (b - a + 1)
-                   for a, b in self.bounds)
+        return int(max(entries * per_entry + 8 * (rows[:, 1] - rows[:, 0] + 1)))
 
     def split_rows(self, W: np.ndarray) -> list[Any]:
         panels = [W[a:b] for a, b in self.bounds]

@@ -286,16 +286,15 @@ def _sparse_fingerprint(source: Any, bounds: list[tuple[int, int]]) -> dict[str,
     """For sparse V: its stored entries and where the panels cut them.
 
     ``panel_bounds`` hashes each panel's rows and its first and last stored entry
-    (from ``indptr``, already in memory), so any change in how many entries a row
+    (read from ``indptr`` at the panel edges), so any change in how many entries a row
     holds, anywhere in V, changes it; the sampled checksum covers the values.
     """
     if source.kind not in ("sparse", "zarr-csr"):
         return {}
     import hashlib
 
-    indptr = np.asarray(source.data.indptr, dtype=np.int64)
     rows = np.asarray(bounds, dtype=np.int64).reshape(-1, 2)
-    table = np.concatenate([rows, indptr[rows]], axis=1)
+    table = np.concatenate([rows, source.offsets(rows)], axis=1)
     digest = hashlib.sha256(np.ascontiguousarray(table).tobytes()).hexdigest()
     return {"nnz": int(source.nnz), "panel_bounds": "sha256:" + digest}
 

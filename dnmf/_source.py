@@ -13,6 +13,7 @@ from __future__ import annotations
 import itertools
 import math
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -131,19 +132,37 @@ class CSRPanel:
         return csr
 
 
+#: Rows of ``indptr`` read at a time when a CSR group is checked and cut (32 MiB).
+INDPTR_BLOCK = 1 << 22
+
+
+def _indptr_blocks(indptr: Any, block: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
+    """``(start, indptr[start:start + block + 1])`` as int64, in order.
+
+    Consecutive blocks overlap by one entry, so differences across their boundary are
+    seen; only one block is in memory at a time.
+    """
+    size = int(indptr.shape[0])
+    block = block or INDPTR_BLOCK
+    for start in range(0, max(size - 1, 1), block):
+        yield start, np.asarray(indptr[start : min(start + block + 1, size)], dtype=np.int64)
+
+
 @dataclass(frozen=True)
 class CSRGroup:
-    """The three arrays of a CSR Zarr group, with ``indptr`` held in memory.
+    """The three arrays of a CSR Zarr group, checked; ``indptr`` stays in the store.
 
-    ``indptr`` (n + 1 integers) is read once, to check it and to choose panel bounds
-    by stored entries; panels receive the Zarr arrays, never this copy.
+    ``indptr`` (n + 1 integers) is streamed once to check it, and again to choose
+    panel bounds by stored entries; afterwards only the offsets at panel edges are
+    read. Nothing of size n is kept, so the driver's memory does not grow with the
+    number of rows.
     """
 
     group: Any
     data: Any
     indices: Any
     indptr_array: Any
-    indptr: np.ndarray
+    nnz: int
     shape: tuple[int, int]
 
     @property
@@ -151,12 +170,17 @@ class CSRGroup:
         return np.dtype(self.data.dtype)
 
     @property
-    def nnz(self) -> int:
-        return int(self.indptr[-1])
-
-    @property
     def bytes_per_entry(self) -> int:
         return int(np.dtype(self.data.dtype).itemsize + np.dtype(self.indices.dtype).itemsize)
+
+    def offsets(self, rows: Any) -> np.ndarray:
+        """``indptr[rows]`` (int64, the shape of ``rows``), reading only those entries."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if rows.size == 0:
+            return rows.copy()
+        unique, inverse = np.unique(rows, return_inverse=True)
+        values = np.asarray(self.indptr_array.get_coordinate_selection(unique), dtype=np.int64)
+        return values[inverse].reshape(rows.shape)
 
 
 def is_csr_group(node: Any) -> bool:
@@ -218,36 +242,49 @@ def _csr_group(group: Any, where: str) -> CSRGroup:
             f"CSR group {where} is malformed: indices has length {indices.shape[0]} but "
             f"data has length {data.shape[0]}; they must match. {hint}"
         )
-    indptr = np.asarray(indptr_arr[:], dtype=np.int64)
-    steps = np.diff(indptr)
-    if indptr[0] != 0 or (steps < 0).any():
-        row = int(np.argmax(steps < 0)) if indptr[0] == 0 else -1
-        what = (f"indptr[0] is {int(indptr[0])}, not 0" if row < 0 else
-                f"indptr decreases at row {row} ({int(indptr[row])} then "
-                f"{int(indptr[row + 1])})")
+    last = 0
+    for start, block in _indptr_blocks(indptr_arr):
+        steps = np.diff(block)
+        if (start == 0 and block[0] != 0) or (steps < 0).any():
+            row = start + int(np.argmax(steps < 0)) if block[0] == 0 or start else -1
+            what = (f"indptr[0] is {int(block[0])}, not 0" if row < 0 else
+                    f"indptr decreases at row {row} ({int(block[row - start])} then "
+                    f"{int(block[row - start + 1])})")
+            raise InvalidInputError(
+                f"CSR group {where} is malformed: indptr must be non-decreasing from 0, "
+                f"but {what}. {hint}"
+            )
+        last = int(block[-1])
+    if last != data.shape[0]:
         raise InvalidInputError(
-            f"CSR group {where} is malformed: indptr must be non-decreasing from 0, but "
-            f"{what}. {hint}"
-        )
-    if indptr[-1] != data.shape[0]:
-        raise InvalidInputError(
-            f"CSR group {where} is malformed: indptr[-1] is {int(indptr[-1])}, but data "
+            f"CSR group {where} is malformed: indptr[-1] is {last}, but data "
             f"has {data.shape[0]} stored entries; they must be equal. {hint}"
         )
-    return CSRGroup(group, data, indices, indptr_arr, indptr, (n, m))
+    return CSRGroup(group, data, indices, indptr_arr, last, (n, m))
 
 
-def _csr_bounds(indptr: np.ndarray, bytes_per_entry: int, n_threads: int,
+def _take(indptr: Any, rows: np.ndarray) -> np.ndarray:
+    """``indptr[rows]`` as int64 from a NumPy or a Zarr array (only those entries)."""
+    if hasattr(indptr, "get_coordinate_selection"):
+        return np.asarray(indptr.get_coordinate_selection(rows), dtype=np.int64)
+    return np.asarray(indptr, dtype=np.int64)[rows]
+
+
+def _csr_bounds(indptr: Any, bytes_per_entry: int, n_threads: int,
                 budget: int) -> list[tuple[int, int]]:
     """Row panels holding about ``budget`` bytes of data + indices each, cut by nnz.
 
     A run of dense rows gets more, shorter panels; a single row over the budget is a
     panel of its own. Each row also counts 8 bytes (its ``indptr`` entry) so that
-    empty rows still split.
+    empty rows still split. ``indptr`` (a NumPy or Zarr array) is streamed by blocks:
+    one pass finds the cuts; only a panel over the budget is read again, to split it.
     """
-    n = len(indptr) - 1
-    cum = indptr.astype(np.float64) * bytes_per_entry + 8.0 * np.arange(n + 1)
-    total = float(cum[-1])
+    n = int(indptr.shape[0]) - 1
+
+    def cost(rows: np.ndarray, ptr: np.ndarray) -> np.ndarray:
+        return ptr.astype(np.float64) * bytes_per_entry + 8.0 * rows
+
+    total = float(int(indptr[n]) * bytes_per_entry + 8.0 * n)
     n_panels = max(math.ceil(total / budget), 1)
     if n_panels < n_threads and n >= 2 * n_threads and total >= MIN_SPLIT_BYTES:
         n_panels = n_threads
@@ -255,16 +292,30 @@ def _csr_bounds(indptr: np.ndarray, bytes_per_entry: int, n_threads: int,
         n_panels = math.ceil(n_panels / n_threads) * n_threads
     n_panels = min(n_panels, n)
     targets = total * np.arange(1, n_panels) / n_panels
-    cuts = np.searchsorted(cum, targets, side="left")
+    cuts = np.full(targets.size, n, dtype=np.int64)
+    found = 0
+    for start, block in _indptr_blocks(indptr):
+        if found == targets.size:
+            break
+        cum = cost(np.arange(start, start + block.size), block)
+        upto = int(np.searchsorted(targets, cum[-1], side="right"))
+        if upto > found:
+            cuts[found:upto] = start + np.searchsorted(cum, targets[found:upto], side="left")
+            found = upto
     edges = np.unique(np.concatenate(([0], np.clip(cuts, 1, n), [n])))
+    edge_cost = cost(edges, _take(indptr, edges))
     # A panel never holds more than the budget unless it is one row.
     out: list[tuple[int, int]] = []
-    for a, b in itertools.pairwise(edges.tolist()):
-        while b - a > 1 and cum[b] - cum[a] > budget:
-            c = int(np.searchsorted(cum, cum[a] + budget, side="right")) - 1
-            c = min(max(c, a + 1), b)
-            out.append((a, c))
-            a = c
+    for i in range(edges.size - 1):
+        a, b = int(edges[i]), int(edges[i + 1])
+        if b - a > 1 and edge_cost[i + 1] - edge_cost[i] > budget:
+            base = a
+            cum = cost(np.arange(a, b + 1), np.asarray(indptr[a : b + 1], dtype=np.int64))
+            while b - a > 1 and cum[b - base] - cum[a - base] > budget:
+                c = int(np.searchsorted(cum, cum[a - base] + budget, side="right")) - 1 + base
+                c = min(max(c, a + 1), b)
+                out.append((a, c))
+                a = c
         out.append((a, b))
     return [(int(a), int(b)) for a, b in out if b > a]
 
@@ -332,6 +383,12 @@ class PanelSource:
             return int(self.data.nnz)
         return int(self.shape[0]) * int(self.shape[1])
 
+    def offsets(self, rows: Any) -> np.ndarray:
+        """``indptr[rows]`` of a sparse V (int64), reading only those entries."""
+        if self.kind == "zarr-csr":
+            return self.data.offsets(rows)
+        return np.asarray(self.data.indptr, dtype=np.int64)[np.asarray(rows, dtype=np.int64)]
+
     def panel_bounds(self, panel_rows: int | None, n_threads: int,
                      panel_bytes: int | None = None) -> list[tuple[int, int]]:
         """Row ranges of the panels.
@@ -347,7 +404,7 @@ class PanelSource:
         if self.kind == "zarr-csr" and panel_rows is None:
             # Cut by stored entries (data + indices bytes), so skewed rows do not
             # make one huge panel.
-            return _csr_bounds(self.data.indptr, self.data.bytes_per_entry, n_threads,
+            return _csr_bounds(self.data.indptr_array, self.data.bytes_per_entry, n_threads,
                                budget)
         if self.kind == "dask" and panel_rows is None and panel_bytes is None:
             starts = np.cumsum((0, *self.data.chunks[0]))

@@ -243,3 +243,68 @@ def test_a_panel_reads_only_its_slice(tmp_path):
     assert sum(log) == expected
     total = V.data.nbytes + V.indices.astype(np.int32).nbytes + (V.shape[0] + 1) * 8
     assert sum(log) < total / 8
+
+
+def _reference_csr_bounds(indptr, bytes_per_entry, n_threads, budget):
+    """The bounds rule on an indptr held whole in memory (the previous implementation)."""
+    import math
+
+    n = len(indptr) - 1
+    cum = indptr.astype(np.float64) * bytes_per_entry + 8.0 * np.arange(n + 1)
+    total = float(cum[-1])
+    n_panels = max(math.ceil(total / budget), 1)
+    if n_panels < n_threads and n >= 2 * n_threads and total >= source_mod.MIN_SPLIT_BYTES:
+        n_panels = n_threads
+    elif n_panels > n_threads > 1:
+        n_panels = math.ceil(n_panels / n_threads) * n_threads
+    n_panels = min(n_panels, n)
+    cuts = np.searchsorted(cum, total * np.arange(1, n_panels) / n_panels, side="left")
+    edges = np.unique(np.concatenate(([0], np.clip(cuts, 1, n), [n])))
+    out = []
+    for a, b in itertools.pairwise(edges.tolist()):
+        while b - a > 1 and cum[b] - cum[a] > budget:
+            c = min(max(int(np.searchsorted(cum, cum[a] + budget, side="right")) - 1, a + 1), b)
+            out.append((a, c))
+            a = c
+        out.append((a, b))
+    return [(int(a), int(b)) for a, b in out if b > a]
+
+
+@pytest.mark.parametrize("block", [3, 64, 1 << 22])
+@pytest.mark.parametrize("seed", range(4))
+def test_panel_cuts_streamed_from_zarr_equal_the_in_memory_rule(tmp_path, monkeypatch,
+                                                                block, seed):
+    """indptr is read by blocks (never whole); the cuts are those of the in-memory rule."""
+    monkeypatch.setattr(source_mod, "INDPTR_BLOCK", block)
+    rng = np.random.default_rng(seed)
+    per_row = rng.poisson(rng.choice([0.5, 5.0, 300.0], size=500, p=[0.3, 0.6, 0.1]))
+    per_row[rng.integers(0, 500)] = 5000  # one row over the budget
+    indptr = np.concatenate([[0], np.cumsum(per_row)]).astype(np.int64)
+    stored = zarr.create_array(str(tmp_path / "indptr.zarr"), shape=indptr.shape,
+                               chunks=(50,), dtype="i8")
+    stored[:] = indptr
+    for budget, threads in ((4096, 2), (20000, 1), (10**9, 2), (50000, 3)):
+        expected = _reference_csr_bounds(indptr, 12, threads, budget)
+        got = source_mod._csr_bounds(stored, 12, threads, budget)
+        assert got == expected, (budget, threads)
+        assert source_mod._csr_bounds(indptr, 12, threads, budget) == expected
+
+
+def test_csr_group_keeps_nothing_of_size_n_and_checks_indptr_across_blocks(tmp_path,
+                                                                          monkeypatch):
+    monkeypatch.setattr(source_mod, "INDPTR_BLOCK", 4)
+    S = sp.random(30, 8, density=0.3, random_state=0, format="csr")
+    path = write_csr_zarr(S, tmp_path / "s.zarr")
+    source = as_source(path)
+    fields = vars(source.data)
+    assert not any(isinstance(v, np.ndarray) and v.size > 2 for v in fields.values())
+    assert source.nnz == S.nnz
+    np.testing.assert_array_equal(source.offsets([[0, 10], [12, 30]]),
+                                  S.indptr[[[0, 10], [12, 30]]])
+    # A decrease exactly at a block boundary (row 8 → 9, blocks of 4 rows) is found.
+    bad = S.indptr.copy()
+    bad[8] = max(bad[8], 1)
+    bad[9] = bad[8] - 1
+    zarr.open_group(path, mode="r+")["indptr"][:] = bad
+    with pytest.raises(InvalidInputError, match="indptr decreases at row 8"):
+        as_source(path)

@@ -47,7 +47,7 @@ def _csr_of(path) -> sp.csr_matrix:
     source = as_source(str(path))
     assert source.kind == "zarr-csr"
     g = source.data
-    return sp.csr_matrix((g.data[:], g.indices[:], g.indptr), shape=g.shape)
+    return sp.csr_matrix((g.data[:], g.indices[:], g.indptr_array[:]), shape=g.shape)
 
 
 def test_convert_writes_csr_groups_for_sparse_sources(tmp_path, S, capsys, monkeypatch):
