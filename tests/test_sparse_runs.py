@@ -39,6 +39,18 @@ def model(**kw) -> dnmf.NMF:
     return dnmf.NMF(K, **params)
 
 
+def interrupted_at(iteration: int, X, out, **kw) -> dnmf.Run:
+    """Fit into ``out`` until a Ctrl-C at ``iteration``; the run as committed then."""
+
+    def interrupt(it, loss):
+        if it == iteration:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        model(out=out, checkpoint_every=100, callback=interrupt, **kw).fit(X)
+    return dnmf.open_run(out)
+
+
 @pytest.fixture(scope="module")
 def V() -> sp.csr_matrix:
     return make_sparse()
@@ -56,14 +68,8 @@ def test_resume_on_csr_zarr_is_bit_for_bit(tmp_path, V, store, solver, beta_loss
     ref = model(**kw)
     W_ref = ref.fit_transform(V)  # in memory, uninterrupted
 
-    def interrupt(iteration, loss):
-        if iteration == 7:
-            raise KeyboardInterrupt
-
     out = tmp_path / "run"
-    with pytest.raises(KeyboardInterrupt):
-        model(out=out, checkpoint_every=100, callback=interrupt, **kw).fit(store)
-    run = dnmf.open_run(out)
+    run = interrupted_at(7, store, out, **kw)
     assert not run.complete and 6 <= run.iteration <= 7
     fp = run.fingerprint
     assert fp["shape"] == [N, M] and fp["nnz"] == V.nnz and fp["dtype"] == "<f8"
@@ -159,14 +165,8 @@ def test_run_store_keeps_panels_cut_by_stored_entries_and_resumes(tmp_path):
     whole = model(out=tmp_path / "whole", **kw)
     W_whole = np.asarray(whole.fit_transform(path))
 
-    def interrupt(iteration, loss):
-        if iteration == 3:
-            raise KeyboardInterrupt
-
     out = tmp_path / "run"
-    with pytest.raises(KeyboardInterrupt):
-        model(out=out, checkpoint_every=100, callback=interrupt, **kw).fit(path)
-    run = dnmf.open_run(out)
+    run = interrupted_at(3, path, out, **kw)
     starts = run.params["panel_starts"]
     unit = run.params["panel_rows"]
     bounds = list(zip(starts, [*starts[1:], V.shape[0]]))
