@@ -61,8 +61,9 @@ from dnmf._source import as_source, load_panel
 path, budget = sys.argv[1], int(sys.argv[2])
 source = as_source(path)
 bounds = source.panel_bounds(None, get_backend("threads").n_threads, budget)
-indptr = source.data.indptr
-largest = max(range(len(bounds)), key=lambda i: indptr[bounds[i][1]] - indptr[bounds[i][0]])
+import numpy as np
+entries = np.diff(source.offsets(np.asarray(bounds)), axis=1)[:, 0]
+largest = int(np.argmax(entries))
 V = load_panel(source.panel_refs([bounds[largest]])[0])
 print(json.dumps({"peak": peak_rss(),
                   "nnz": int(V.nnz)}))

@@ -132,8 +132,8 @@ class CSRPanel:
         return csr
 
 
-#: Rows of ``indptr`` read at a time when a CSR group is checked and cut (32 MiB).
-INDPTR_BLOCK = 1 << 22
+#: Rows of ``indptr`` read at a time when a CSR group is checked and cut (8 MiB).
+INDPTR_BLOCK = 1 << 20
 
 
 def _indptr_blocks(indptr: Any, block: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
