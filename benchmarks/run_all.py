@@ -256,6 +256,13 @@ def section_cluster_scaling(data: dict[str, Any]) -> list[str]:
                      f"| {r['ideal_parallel_seconds']:.3f} | {r['overhead_seconds']:.3f} "
                      f"| {r['overhead_fraction']:.1%} |")
     lines += ["", f"**Speedup of 2 workers over 1: {data['speedup']:.2f}×** (target ≥ 1.7×)."]
+    ceiling = data.get("ceiling")
+    if ceiling:
+        lines += ["", f"Machine ceiling, the peer in this run (the same HALS panel updates in 1 "
+                      f"vs 2 plain processes, no Dask): {ceiling['one_process_seconds']:.3f} s vs "
+                      f"{ceiling['two_processes_seconds']:.3f} s per iteration = "
+                      f"{ceiling['speedup']:.2f}×; **dnmf / ceiling = "
+                      f"{data['speedup_over_ceiling']:.2f}**."]
     return lines
 
 
