@@ -536,7 +536,7 @@ def test_peak_memory_is_bounded_by_panels_not_V(tmp_path, init):
     # glibc as it comes: freed panels may stay in the allocator's arenas, but loading V
     # whole would add 160 MB.
     growth = _memory_growth(tmp_path / "big.zarr", tmp_path / "run", init, rows, {})
-    assert 0 < growth < 0.5 * big, f"peak RSS grew by {growth / 2**20:.0f} MiB"
+    assert 0 < growth < 0.6 * big, f"peak RSS grew by {growth / 2**20:.0f} MiB"
     assert dnmf.open_run(tmp_path / "run").iteration == 2
     # With freed memory returned promptly (MALLOC_TRIM_THRESHOLD_, as Dask runs its
     # workers): a few panels in flight, the same for 4× the rows.
