@@ -80,6 +80,11 @@ class _Graph:
         return key
 
 
+def _combine_pair_stats(combine: Callable[[Any, Any], Any], a: tuple[Any, Any],
+                        b: tuple[Any, Any]) -> Any:
+    return combine(a[1], b[1])
+
+
 def _getitem(value: Any, index: int) -> Any:
     return value[index]
 
@@ -230,7 +235,16 @@ class Backend:
             with self._placed(worker):
                 parts.append(delayed(task, pure=False, nout=2)(*args, *shared_keys))
         outputs: list[Any] = [p[0] for p in parts] if keep_outputs else []
-        total = tree_reduce([p[1] for p in parts], combine)
+        # The tree's first level adds the stats of two panels straight from their
+        # tasks' (output, stats) pairs: the same tree as the local path, without a
+        # getitem task per panel.
+        firsts = [
+            delayed(_combine_pair_stats, pure=False)(combine, parts[i], parts[i + 1])
+            for i in range(0, len(parts) - 1, 2)
+        ]
+        if len(parts) % 2:
+            firsts.append(parts[-1][1])
+        total = tree_reduce(firsts, combine)
         futures = self.client.compute([*outputs, total])
         result = futures[-1].result()
         return list(futures[:-1]), result
