@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from . import _engine
+from ._source import equal_bounds
 from ._store import (
     H_BUFFERS,
     LOCK,
@@ -219,7 +220,7 @@ def _recorded_params(params: dict[str, Any], k: int, init: str, seed: int,
     """The parameters a run records; ``panel_starts`` only for panels of unequal height."""
     alpha_H = params["alpha_H"]
     starts = [a for a, _ in bounds]
-    irregular = bounds != _bounds_of(bounds[-1][1], panel_rows)
+    irregular = bounds != equal_bounds(bounds[-1][1], panel_rows)
     return {
         "n_components": int(k),
         "solver": params["solver"],
@@ -299,15 +300,11 @@ def _sparse_fingerprint(source: Any, bounds: list[tuple[int, int]]) -> dict[str,
     return {"nnz": int(source.nnz), "panel_bounds": "sha256:" + digest}
 
 
-def _bounds_of(n: int, panel_rows: int) -> list[tuple[int, int]]:
-    return [(a, min(a + panel_rows, n)) for a in range(0, n, panel_rows)]
-
-
 def _recorded_bounds(recorded: dict[str, Any], n: int) -> list[tuple[int, int]]:
     """A run's panels: equal ``panel_rows`` panels, or cut at its ``panel_starts``."""
     starts = recorded.get("panel_starts")
     if starts is None:
-        return _bounds_of(n, int(recorded["panel_rows"]))
+        return equal_bounds(n, int(recorded["panel_rows"]))
     edges = [int(a) for a in starts] + [n]
     return list(itertools.pairwise(edges))
 

@@ -29,6 +29,7 @@ __all__ = [
     "PanelSource",
     "ZarrPanel",
     "as_source",
+    "equal_bounds",
     "load_panel",
     "snap_bounds",
 ]
@@ -148,6 +149,19 @@ def _indptr_blocks(indptr: Any, block: int | None = None) -> Iterator[tuple[int,
         yield start, np.asarray(indptr[start : min(start + block + 1, size)], dtype=np.int64)
 
 
+def _take(indptr: Any, rows: Any) -> np.ndarray:
+    """``indptr[rows]`` as int64 (the shape of ``rows``), from a NumPy or a Zarr array;
+    from Zarr only those entries are read."""
+    rows = np.asarray(rows, dtype=np.int64)
+    if not hasattr(indptr, "get_coordinate_selection"):
+        return np.asarray(indptr)[rows].astype(np.int64)
+    if rows.size == 0:
+        return rows.copy()
+    unique, inverse = np.unique(rows, return_inverse=True)
+    values = np.asarray(indptr.get_coordinate_selection(unique), dtype=np.int64)
+    return values[inverse].reshape(rows.shape)
+
+
 @dataclass(frozen=True)
 class CSRGroup:
     """The three arrays of a CSR Zarr group, checked; ``indptr`` stays in the store.
@@ -175,12 +189,7 @@ class CSRGroup:
 
     def offsets(self, rows: Any) -> np.ndarray:
         """``indptr[rows]`` (int64, the shape of ``rows``), reading only those entries."""
-        rows = np.asarray(rows, dtype=np.int64)
-        if rows.size == 0:
-            return rows.copy()
-        unique, inverse = np.unique(rows, return_inverse=True)
-        values = np.asarray(self.indptr_array.get_coordinate_selection(unique), dtype=np.int64)
-        return values[inverse].reshape(rows.shape)
+        return _take(self.indptr_array, rows)
 
 
 def is_csr_group(node: Any) -> bool:
@@ -263,13 +272,6 @@ def _csr_group(group: Any, where: str) -> CSRGroup:
     return CSRGroup(group, data, indices, indptr_arr, last, (n, m))
 
 
-def _take(indptr: Any, rows: np.ndarray) -> np.ndarray:
-    """``indptr[rows]`` as int64 from a NumPy or a Zarr array (only those entries)."""
-    if hasattr(indptr, "get_coordinate_selection"):
-        return np.asarray(indptr.get_coordinate_selection(rows), dtype=np.int64)
-    return np.asarray(indptr, dtype=np.int64)[rows]
-
-
 def _csr_bounds(indptr: Any, bytes_per_entry: int, n_threads: int,
                 budget: int) -> list[tuple[int, int]]:
     """Row panels holding about ``budget`` bytes of data + indices each, cut by nnz.
@@ -323,6 +325,11 @@ def _csr_bounds(indptr: Any, bytes_per_entry: int, n_threads: int,
 #: A run store's W buffer has at most about this many chunks per panel (each chunk
 #: costs about a millisecond to write and read per pass), or this many in all.
 GRID_CHUNKS = 8
+
+
+def equal_bounds(n: int, rows: int) -> list[tuple[int, int]]:
+    """Panels of ``rows`` rows (the last one shorter) over ``n`` rows."""
+    return [(start, min(start + rows, n)) for start in range(0, n, rows)]
 
 
 def snap_bounds(bounds: list[tuple[int, int]]) -> tuple[list[tuple[int, int]], int]:
@@ -387,7 +394,7 @@ class PanelSource:
         """``indptr[rows]`` of a sparse V (int64), reading only those entries."""
         if self.kind == "zarr-csr":
             return self.data.offsets(rows)
-        return np.asarray(self.data.indptr, dtype=np.int64)[np.asarray(rows, dtype=np.int64)]
+        return _take(self.data.indptr, rows)
 
     def panel_bounds(self, panel_rows: int | None, n_threads: int,
                      panel_bytes: int | None = None) -> list[tuple[int, int]]:
@@ -429,7 +436,7 @@ class PanelSource:
             raise InvalidParameterError(
                 f"panel_rows must be a positive number of rows, got {panel_rows!r}."
             )
-        return [(start, min(start + panel_rows, n)) for start in range(0, n, panel_rows)]
+        return equal_bounds(n, panel_rows)
 
     def panel_refs(self, bounds: list[tuple[int, int]]) -> list[Any]:
         """One task-ready reference per panel."""
