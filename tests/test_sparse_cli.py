@@ -3,7 +3,6 @@ to force a dense array; the fit reads the CSR group without densifying it."""
 
 from __future__ import annotations
 
-import subprocess
 import warnings
 
 import numpy as np
@@ -11,25 +10,11 @@ import pytest
 import scipy.io
 import scipy.sparse as sp
 import zarr
+from test_cli import ok, run_here  # the CLI tests' helpers (tests/ is on sys.path)
 
 import dnmf
 from dnmf._convert import convert, is_sparse_source
 from dnmf._source import as_source
-
-
-def run_here(*args: str, cwd, capsys, monkeypatch) -> subprocess.CompletedProcess:
-    from dnmf._cli import run
-
-    monkeypatch.chdir(cwd)
-    capsys.readouterr()
-    status = run(list(args))
-    captured = capsys.readouterr()
-    return subprocess.CompletedProcess(list(args), status, captured.out, captured.err)
-
-
-def ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
-    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
-    return proc
 
 
 @pytest.fixture
