@@ -132,6 +132,7 @@ def _sweeps(Xc: np.ndarray, Pc: np.ndarray, Gs: np.ndarray, max_sweeps: int,
     first = np.einsum("ij,ij->j", old, old)
     active = first > 0
     bound = (DELTA * DELTA) * first
+    gathered: np.ndarray | None = None
     for sweep in range(1, max_sweeps):
         n_active = int(np.count_nonzero(active))
         if n_active == 0:
@@ -148,9 +149,16 @@ def _sweeps(Xc: np.ndarray, Pc: np.ndarray, Gs: np.ndarray, max_sweeps: int,
             old -= Xc
             active &= np.einsum("ij,ij->j", old, old) > bound
         else:
+            if gathered is None:
+                # Buffers for the gathered active rows, made once per block: a fresh
+                # array per sweep is an mmap and its page faults under the eager
+                # trimming Dask sets for its workers.
+                gathered = np.empty((3, Xc.size))
+            size = Xc.shape[0] * n_active
+            Xa, Pa, old = (gathered[i, :size].reshape(Xc.shape[0], n_active) for i in range(3))
             idx = np.flatnonzero(active)
-            Xa, Pa = Xc[:, idx], Pc[:, idx]
-            old = scratch[:, :n_active]
+            np.take(Xc, idx, axis=1, out=Xa, mode="clip")
+            np.take(Pc, idx, axis=1, out=Pa, mode="clip")
             np.copyto(old, Xa)
             _sweep(Xa, Pa, Gs, buf[:n_active])
             Xc[:, idx] = Xa
