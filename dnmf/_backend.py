@@ -1,17 +1,23 @@
 """Running panel tasks: Dask's local threads scheduler or a distributed cluster.
 
 The driver asks for a *pass*: one task per panel, each returning ``(output, stats)``,
-and the stats summed in a fixed binary tree over the panels in row order, so the sum
-does not depend on which task finished first. Outputs (new W panels) either come back
-(local) or stay on the workers as futures (distributed) for the next pass. Each pass
-builds a fresh graph from concrete inputs, so graphs never grow across iterations.
-This module knows nothing of NMF; it schedules functions.
+and the stats summed in the fixed tree of :mod:`dnmf._tree`, so the sum does not
+depend on which task finished first; optionally a ``then`` step runs on the sum.
+Locally the pass runs at once in this process. On a cluster a pass is one task per
+panel, one task per block of neighbouring panels on the same worker (its subtree's
+sum, and its outputs kept together, which stay on that worker as the next pass's
+inputs), and one task for the rest of the tree and ``then``; a pass can be queued
+before the previous one has finished, taking its shared values from that pass's
+``then`` (:class:`Pending`). Each pass builds a fresh graph from concrete inputs or
+futures, so graphs never grow across iterations. This module knows nothing of NMF;
+it schedules functions.
 """
 
 from __future__ import annotations
 
 import itertools
 import os
+import time
 import uuid
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
@@ -22,26 +28,15 @@ import dask.threaded
 import numpy as np
 from dask.delayed import Delayed, delayed
 
-__all__ = ["Backend", "check_worker_memory", "get_backend", "tree_reduce"]
+from ._tree import local_blocks, pairwise_tree, upper_tree
 
-
-def _pairwise_tree(items: Sequence[Any], join: Callable[[Any, Any], Any]) -> Any:
-    """Join ``items`` pairwise, in order, level by level: a fixed balanced tree."""
-    level = list(items)
-    while len(level) > 1:
-        level = [
-            join(level[i], level[i + 1]) if i + 1 < len(level) else level[i]
-            for i in range(0, len(level), 2)
-        ]
-    return level[0]
-
-
-def tree_reduce(items: Sequence[Any], combine: Callable[[Any, Any], Any]) -> Any:
-    """Combine ``items`` pairwise in a fixed balanced tree (as Delayed objects)."""
-    return _pairwise_tree(items, lambda a, b: delayed(combine, pure=False)(a, b))
+__all__ = ["Backend", "Pending", "check_worker_memory", "get_backend"]
 
 
 _CONTROLLER: Any = None
+
+#: Seconds a cluster's worker list is reused for placement before it is asked again.
+WORKERS_TTL = 5.0
 
 
 def _blas_limit(threads: int) -> AbstractContextManager[Any]:
@@ -80,13 +75,146 @@ class _Graph:
         return key
 
 
-def _combine_pair_stats(combine: Callable[[Any, Any], Any], a: tuple[Any, Any],
-                        b: tuple[Any, Any]) -> Any:
-    return combine(a[1], b[1])
-
-
 def _getitem(value: Any, index: int) -> Any:
     return value[index]
+
+
+#: Shared values up to this many bytes pickled are copied into each task's spec.
+INLINE_BYTES = 16 * 1024
+
+
+def _small(values: tuple[Any, ...]) -> bool:
+    import pickle
+
+    if any(isinstance(v, np.ndarray) and v.nbytes > INLINE_BYTES for v in values):
+        return False
+    try:
+        return len(pickle.dumps(values, protocol=5)) <= INLINE_BYTES
+    except Exception:  # not picklable here: let Dask's own serialization handle it
+        return False
+
+
+def _is_future(value: Any) -> bool:
+    from distributed import Future
+
+    return isinstance(value, Future)
+
+
+def _identity(value: Any) -> Any:
+    return value
+
+
+class _Slot:
+    """Part of a task's result on a cluster: ``result[path[0]][path[1]]...``.
+
+    A pass keeps the new W panels of each block of panels in one task's result
+    (on the worker that computed them), so no task per panel is needed to split
+    outputs from statistics; a task that takes a slot gets the part itself.
+    """
+
+    __slots__ = ("future", "path")
+
+    def __init__(self, future: Any, path: tuple[int, ...]) -> None:
+        self.future = future
+        self.path = path
+
+    def pick(self, value: Any) -> Any:
+        for index in self.path:
+            value = value[index]
+        return value
+
+
+Where = tuple[tuple[int, tuple[int, ...]], ...]
+
+
+def _unslot(args: Sequence[Any]) -> tuple[list[Any], Where]:
+    """Task arguments with slots replaced by their futures, and where the slots were."""
+    plain: list[Any] = []
+    where: list[tuple[int, tuple[int, ...]]] = []
+    for i, a in enumerate(args):
+        if isinstance(a, _Slot):
+            where.append((i, a.path))
+            plain.append(a.future)
+        else:
+            plain.append(a)
+    return plain, tuple(where)
+
+
+def _resolve(where: Where, args: Sequence[Any]) -> tuple[Any, ...]:
+    if not where:
+        return tuple(args)
+    resolved = list(args)
+    for i, path in where:
+        resolved[i] = _Slot(None, path).pick(args[i])
+    return tuple(resolved)
+
+
+Layout = tuple[tuple[int, tuple[int, ...] | None], ...]
+
+
+def _shared_values(layout: Layout, args: Sequence[Any]) -> tuple[Any, ...]:
+    """The shared values from their graph arguments (see :meth:`Backend.share`)."""
+    literals = args[0]
+    return tuple(
+        literals[i] if path is None else _Slot(None, path).pick(args[i]) for i, path in layout
+    )
+
+
+def _call(task: Callable[..., Any], where: Where, layout: Layout, shared: list[Any],
+          *args: Any) -> Any:
+    """Run ``task(*args, *shared values)`` with the slot arguments resolved."""
+    return task(*_resolve(where, args), *_shared_values(layout, shared))
+
+
+def _finish(blocks: Sequence[tuple[int, int]], sums: list[Any], combine: Callable[[Any, Any], Any],
+            then: Callable[..., Any] | None, layout: Layout, shared: list[Any]) -> Any:
+    """The tree above the blocks, and ``then`` on its value, in one task."""
+    total = sums[0] if len(sums) == 1 else upper_tree(blocks, sums, combine)
+    return total if then is None else then(total, *_shared_values(layout, shared))
+
+
+class Pending:
+    """A submitted pass: its outputs (handles) now, its result when it is done.
+
+    With a ``then`` step (:meth:`Backend.submit_pass`), ``result()`` is the part of
+    ``then``'s result meant for this process and ``part(*path)`` a handle to the
+    part meant for the next pass, which that pass can take as a shared value
+    before this one has finished: on a cluster the scheduler holds the next pass's
+    tasks until it has, so passes run back to back.
+    """
+
+    def __init__(self, outputs: list[Any], *, future: Any = None, value: Any = None,
+                 shared: Any = None, futures: Sequence[Any] = ()) -> None:
+        self.outputs = outputs
+        self._future = future
+        self._value = value
+        self._shared = shared
+        self._futures = list(futures)
+
+    def result(self) -> Any:
+        if self._future is not None:
+            self._value = self._future.result()
+            self._future = None
+        return self._value
+
+    def part(self, *path: int) -> Any:
+        """Part ``path`` of the shared half of ``then``'s result (a handle on a cluster)."""
+        if isinstance(self._shared, _Slot):
+            return _Slot(self._shared.future, self._shared.path + path)
+        return _Slot(None, path).pick(self._shared)
+
+    def cancel(self) -> None:
+        """Drop the pass's work (its tasks are pure: nothing is left behind)."""
+        if self._futures:
+            self._futures[0].client.cancel(self._futures)
+        self._futures = []
+        self._future = None
+
+
+def _block(combine: Callable[[Any, Any], Any], keep: bool, *pairs: tuple[Any, Any]) -> Any:
+    """One block of panels: its outputs (if kept) and its subtree's sum of stats."""
+    total = pairwise_tree([p[1] for p in pairs], combine)
+    return (tuple(p[0] for p in pairs), total) if keep else total
 
 
 class Backend:
@@ -94,6 +222,7 @@ class Backend:
 
     def __init__(self, client: Any = None, n_threads: int | None = None) -> None:
         self.client = client
+        self._workers_seen: tuple[float, dict[str, Any]] | None = None
         if client is not None:
             info = client.scheduler_info()
             workers = info.get("workers", {})
@@ -109,6 +238,17 @@ class Backend:
     @property
     def dashboard_link(self) -> str | None:
         return getattr(self.client, "dashboard_link", None) if self.client else None
+
+    def driver_limits(self) -> AbstractContextManager[Any]:
+        """BLAS threads for the driver's own (H-sized) arithmetic between passes.
+
+        On a cluster the driver's cores are shared with workers that are busy when
+        it computes (losses, the next context): several BLAS threads would only spin
+        against them, so it uses one. Locally the driver has the machine.
+        """
+        if self.client is None:
+            return nullcontext()
+        return _blas_limit(os.cpu_count() or 1)  # as many "threads" as cores: 1 BLAS thread
 
     def describe(self) -> str:
         if self.client is None:
@@ -128,15 +268,28 @@ class Backend:
             return
         check_worker_memory(self.client.scheduler_info().get("workers", {}), panel_bytes, what)
 
-    def share(self, value: Any) -> Any:
-        """One graph key for a value every task of a pass reads (H, the context).
+    def share(self, values: tuple[Any, ...]) -> tuple[Layout, list[Any]]:
+        """Graph arguments for the values every task of a pass reads (H, the context).
 
-        The value travels inside the graph, not by ``scatter``: the scheduler then
-        holds it as a task it can rerun, so when a worker dies the outputs it held
-        (W panels as futures) are recomputed by lineage. Scattered data has no
-        lineage, and losing it cancels every later pass ("lost dependencies").
+        Concrete values travel inside the graph as one key, not by ``scatter``: the
+        scheduler then holds them as a task it can rerun, so when a worker dies the
+        outputs it held (W panels as futures) are recomputed by lineage. Scattered
+        data has no lineage, and losing it cancels every later pass ("lost
+        dependencies"). Values that are parts of an unfinished pass's result
+        (:meth:`Pending.part`) are taken from that pass's task directly.
         """
-        return delayed(value, pure=False)
+        literals = tuple(v for v in values if not isinstance(v, _Slot))
+        # Small values (the solver, penalties) go inline in each task: a key of
+        # their own would be one more task to run and ship before the pass starts.
+        args: list[Any] = [literals if _small(literals) else delayed(literals, pure=False)]
+        layout: list[tuple[int, tuple[int, ...] | None]] = []
+        for value in values:
+            if isinstance(value, _Slot):
+                layout.append((len(args), value.path))
+                args.append(value.future)
+            else:
+                layout.append((len(layout) - (len(args) - 1), None))
+        return tuple(layout), args
 
     def reroot(self, handles: list[Any]) -> list[Any]:
         """Cut the lineage of panel outputs: concrete values, as graph literals.
@@ -147,7 +300,7 @@ class Backend:
         """
         if self.client is None:
             return handles
-        return [delayed(value, pure=False) for value in self.client.gather(handles)]
+        return [delayed(value, pure=False) for value in self.gather(handles)]
 
     def placement(self, n_panels: int) -> list[str | None]:
         """The worker each panel's tasks prefer: contiguous blocks of panels per worker.
@@ -161,13 +314,24 @@ class Backend:
         """
         if self.client is None:
             return [None] * n_panels
-        workers = self.client.scheduler_info().get("workers", {})
+        workers = self._workers()
         if not workers:
             return [None] * n_panels
         names = sorted(workers)
         threads = np.cumsum([max(1, int(workers[w].get("nthreads", 1))) for w in names])
         slots = (np.arange(n_panels) * threads[-1]) // max(n_panels, 1)
         return [names[int(np.searchsorted(threads, slot, side="right"))] for slot in slots]
+
+    def _workers(self) -> dict[str, Any]:
+        """The scheduler's workers, asked at most every ``WORKERS_TTL`` seconds.
+
+        Asking is a round trip to the scheduler, once per pass otherwise. A stale
+        list only costs locality: placement is a loose preference.
+        """
+        now = time.monotonic()
+        if self._workers_seen is None or now - self._workers_seen[0] > WORKERS_TTL:
+            self._workers_seen = (now, self.client.scheduler_info().get("workers", {}))
+        return self._workers_seen[1]
 
     def _placed(self, worker: str | None) -> AbstractContextManager[Any]:
         if worker is None:
@@ -187,9 +351,26 @@ class Backend:
         """Bring panel outputs (futures or arrays) to this process, in order."""
         if self.client is None:
             return handles
-        # Re-rooted panels are Delayed literals; the rest are futures.
-        futures = [self.client.compute(h) if isinstance(h, Delayed) else h for h in handles]
-        return list(self.client.gather(futures))
+        # Slots of one block come back as one result; re-rooted panels are Delayed
+        # literals; futures are fetched; anything else already is a value.
+        futures: dict[str, Any] = {}
+        for h in handles:
+            base = h.future if isinstance(h, _Slot) else h
+            if isinstance(base, Delayed):
+                futures.setdefault(base.key, self.client.compute(base))
+            elif _is_future(base):
+                futures.setdefault(base.key, base)
+        keys = list(futures)
+        values = dict(zip(keys, self.client.gather([futures[key] for key in keys])))
+        out = []
+        for h in handles:
+            if isinstance(h, _Slot):
+                out.append(h.pick(values[h.future.key]))
+            elif isinstance(h, Delayed) or _is_future(h):
+                out.append(values[h.key])
+            else:
+                out.append(h)
+        return out
 
     def run_pass(
         self,
@@ -202,52 +383,110 @@ class Backend:
     ) -> tuple[list[Any], Any]:
         """Run ``task(*per_panel[i], *shared)`` for every panel and reduce the stats.
 
-        Returns the outputs (arrays locally, futures on a cluster, or ``[]`` when
+        Returns the outputs (arrays locally, handles on a cluster, or ``[]`` when
         ``keep_outputs`` is false) and the reduced stats, as concrete values.
         """
-        if self.client is None and len(per_panel) == 1 and not any(
-            isinstance(a, Delayed) for a in per_panel[0]
-        ):
+        done = self.submit_pass(task, per_panel, shared, combine, keep_outputs=keep_outputs)
+        total = done.result()
+        return done.outputs, total
+
+    def submit_pass(
+        self,
+        task: Callable[..., tuple[Any, Any]],
+        per_panel: list[tuple[Any, ...]],
+        shared: tuple[Any, ...],
+        combine: Callable[[Any, Any], Any],
+        *,
+        keep_outputs: bool,
+        then: Callable[..., Any] | None = None,
+    ) -> Pending:
+        """Start a pass: ``task(*per_panel[i], *shared)`` per panel, stats reduced.
+
+        Without ``then`` the pass's result is the reduced stats. With it,
+        ``then(stats, *shared)`` must return ``(for_next_pass, for_driver)``: the
+        result is ``for_driver`` and :meth:`Pending.part` refers into
+        ``for_next_pass``. Locally the pass runs now. On a cluster the call returns
+        once the graph is submitted, ``then`` runs on the worker that has the sum,
+        and shared values may be parts of an unfinished pass's result, so passes
+        can be queued back to back without a round trip through this process.
+        """
+        if self.client is None:
+            outputs, total = self._local_pass(task, per_panel, shared, combine,
+                                              keep_outputs=keep_outputs)
+            if then is None:
+                return Pending(outputs, value=total)
+            shared_part, own_part = then(total, *shared)
+            return Pending(outputs, value=own_part, shared=shared_part)
+        # On a cluster: one task per panel, then one task per block of neighbouring
+        # panels on the same worker (the block's subtree of the fixed tree, and its
+        # W panels kept together), then one task for the tree above the blocks.
+        bundle = self.share(shared)
+        owners = self.placement(len(per_panel))
+        parts = []
+        for args, worker in zip(per_panel, owners):
+            with self._placed(worker):
+                parts.append(self._delayed_call(task, args, bundle))
+        blocks = local_blocks(owners)
+        groups = []
+        for a, b in blocks:
+            with self._placed(owners[a]):
+                groups.append(delayed(_block, pure=False)(combine, keep_outputs, *parts[a:b]))
+        if keep_outputs:
+            sums = []
+            for (a, _), group in zip(blocks, groups):
+                with self._placed(owners[a]):
+                    sums.append(delayed(_getitem, pure=False)(group, 1))
+        else:
+            sums = groups
+        if len(sums) == 1 and then is None:
+            total = sums[0]
+        else:
+            total = delayed(_finish, pure=False)(blocks, sums, combine, then, *bundle)
+        kept = groups if keep_outputs else []
+        if then is None:
+            futures = self.client.compute([*kept, total])
+            shared_future = None
+        else:
+            # ``then`` runs where the sum is; only its second half comes back here.
+            futures = self.client.compute([*kept, total, delayed(_getitem, pure=False)(total, 1)])
+            shared_future = _Slot(futures[-2], (0,))
+        outputs = [
+            _Slot(group, (0, i))
+            for group, (a, b) in zip(futures[:len(kept)], blocks)
+            for i in range(b - a)
+        ]
+        return Pending(outputs, future=futures[-1], shared=shared_future, futures=futures)
+
+    def _local_pass(
+        self,
+        task: Callable[..., tuple[Any, Any]],
+        per_panel: list[tuple[Any, ...]],
+        shared: tuple[Any, ...],
+        combine: Callable[[Any, Any], Any],
+        *,
+        keep_outputs: bool,
+    ) -> tuple[list[Any], Any]:
+        if len(per_panel) == 1 and not any(isinstance(a, Delayed) for a in per_panel[0]):
             # One panel: nothing to schedule, so skip the scheduler's fixed cost.
             with _blas_limit(1):
                 out, stats = task(*per_panel[0], *shared)
             return ([out] if keep_outputs else []), stats
-        if self.client is None:
-            graph = _Graph()
-            shared_args = tuple(graph.arg(value) for value in shared)
-            parts = [
-                graph.task(task, *(graph.arg(a) for a in args), *shared_args)
-                for args in per_panel
-            ]
-            out_keys = [graph.task(_getitem, p, 0) for p in parts] if keep_outputs else []
-            total_key = _pairwise_tree(
-                [graph.task(_getitem, p, 1) for p in parts],
-                lambda a, b: graph.task(combine, a, b),
-            )
-            with _blas_limit(self.n_threads):
-                *out, result = dask.threaded.get(
-                    graph.dsk, [*out_keys, total_key], num_workers=self.n_threads
-                )
-            return list(out), result
-        shared_keys = tuple(self.share(value) for value in shared)
-        parts = []
-        for args, worker in zip(per_panel, self.placement(len(per_panel))):
-            with self._placed(worker):
-                parts.append(delayed(task, pure=False, nout=2)(*args, *shared_keys))
-        outputs: list[Any] = [p[0] for p in parts] if keep_outputs else []
-        # The tree's first level adds the stats of two panels straight from their
-        # tasks' (output, stats) pairs: the same tree as the local path, without a
-        # getitem task per panel.
-        firsts = [
-            delayed(_combine_pair_stats, pure=False)(combine, parts[i], parts[i + 1])
-            for i in range(0, len(parts) - 1, 2)
+        graph = _Graph()
+        shared_args = tuple(graph.arg(value) for value in shared)
+        parts = [
+            graph.task(task, *(graph.arg(a) for a in args), *shared_args)
+            for args in per_panel
         ]
-        if len(parts) % 2:
-            firsts.append(parts[-1][1])
-        total = tree_reduce(firsts, combine)
-        futures = self.client.compute([*outputs, total])
-        result = futures[-1].result()
-        return list(futures[:-1]), result
+        out_keys = [graph.task(_getitem, p, 0) for p in parts] if keep_outputs else []
+        total_key = pairwise_tree(
+            [graph.task(_getitem, p, 1) for p in parts],
+            lambda a, b: graph.task(combine, a, b),
+        )
+        with _blas_limit(self.n_threads):
+            *out, result = dask.threaded.get(
+                graph.dsk, [*out_keys, total_key], num_workers=self.n_threads
+            )
+        return list(out), result
 
     def map(
         self,
@@ -256,8 +495,8 @@ class Backend:
         shared: tuple[Any, ...] = (),
     ) -> list[Any]:
         """Run ``task(*per_panel[i], *shared)`` for every panel; gather the results."""
-        shared_keys = tuple(self.share(value) for value in shared)
-        parts = [delayed(task, pure=False)(*args, *shared_keys) for args in per_panel]
+        bundle = self.share(shared)
+        parts = [self._delayed_call(task, args, bundle) for args in per_panel]
         if self.client is None:
             with _blas_limit(self.n_threads):
                 return list(dask.compute(*parts, scheduler="threads", num_workers=self.n_threads))
@@ -272,12 +511,27 @@ class Backend:
         """Like :meth:`map`, but leave the results on the workers (futures)."""
         if self.client is None:
             return self.map(task, per_panel, shared)
-        shared_keys = tuple(self.share(value) for value in shared)
+        bundle = self.share(shared)
         parts = []
         for args, worker in zip(per_panel, self.placement(len(per_panel))):
             with self._placed(worker):
-                parts.append(delayed(task, pure=False)(*args, *shared_keys))
+                parts.append(self._delayed_call(task, args, bundle))
         return list(self.client.compute(parts))
+
+    @staticmethod
+    def _delayed_call(task: Callable[..., Any], args: Sequence[Any],
+                      bundle: tuple[Layout, list[Any]]) -> Delayed:
+        """``task(*args, *shared)`` as one Delayed, named after the task (dashboard)."""
+        plain, where = _unslot(args)
+        name = f"{getattr(task, '__name__', 'task')}-{uuid.uuid4().hex}"
+        return delayed(_call, pure=False)(task, where, *bundle, *plain, dask_key_name=name)
+
+    def to_delayed(self, handle: Any) -> Delayed:
+        """A panel output as a Delayed value (for building Dask arrays from W)."""
+        if isinstance(handle, _Slot):
+            return delayed(_call, pure=False)(_identity, ((0, handle.path),), (), [()],
+                                              handle.future)
+        return delayed(handle)
 
 
 PANEL_COPIES = 3

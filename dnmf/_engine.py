@@ -1,16 +1,20 @@
-"""The iteration driver: one pass over V per iteration, H updated on the driver.
+"""The iteration driver: one pass over V per iteration, then the H-step.
 
-Per iteration the driver computes the H-sized context (``H·Hᵀ``, row sums of H),
-asks the backend for one pass (per panel: read ``V_i`` once, update ``W_i``, return
-``A_i``, ``B_i`` and loss pieces), sums the panel statistics in a fixed tree, updates
-H from the sums, records the loss and tests convergence. It owns the loop, the
-convergence test, callbacks and progress; the mathematics is in ``_solvers`` and the
-scheduling in ``_backend``. It does not know where W panels live: a *W keeper* says
-where each pass writes them (memory, or a buffer of a run store).
+Per iteration the backend runs one pass (per panel: read ``V_i`` once, update ``W_i``,
+return ``A_i``, ``B_i`` and loss pieces) and sums the panel statistics in a fixed
+tree; the H-step (:func:`h_step`) then computes the losses, H from the sums and the
+H-sized context of the next pass (``H·Hᵀ``, row sums of H). The H-step runs where
+the sum is: in this process locally, on a worker on a cluster, where the next pass
+is queued behind it so that workers need not wait for this process between passes.
+This module owns the loop, the convergence test, callbacks and progress; the
+mathematics is in ``_solvers`` and the scheduling in ``_backend``. It does not know
+where W panels live: a *W keeper* says where each pass writes them (memory, or a
+buffer of a run store).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import warnings
@@ -21,7 +25,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from . import _init
-from ._backend import Backend
+from ._backend import Backend, Pending
 from ._solvers import PanelContext, Regularization, Solver, Stats, add_stats
 from ._source import PanelSource, load_panel
 from .errors import ConvergenceWarning, InvalidInputError
@@ -132,15 +136,12 @@ def scan(backend: Backend, source: PanelSource, refs: list[Any], bounds: list[tu
 # ------------------------------------------------------------------- the context
 def context_for(H: np.ndarray, source: PanelSource) -> PanelContext:
     """The H-derived data every panel of a pass needs."""
-    H_data = H.astype(source.dtype, copy=False)
-    H64 = H.astype(np.float64, copy=False)
-    return PanelContext(
-        H=H_data,
-        gram=H64 @ H64.T,
-        H_sum=H64.sum(axis=1),
-        shape=source.shape,
-        nnz=source.nnz,
-    )
+    return _context(H.astype(source.dtype, copy=False), source.shape, source.nnz)
+
+
+def _context(H_data: np.ndarray, shape: tuple[int, int], nnz: int) -> PanelContext:
+    H64 = H_data.astype(np.float64, copy=False)
+    return PanelContext(H=H_data, gram=H64 @ H64.T, H_sum=H64.sum(axis=1), shape=shape, nnz=nnz)
 
 
 # ---------------------------------------------------------------- initialisation
@@ -252,6 +253,9 @@ class WKeeper(Protocol):
     def handles(self, outputs: list[Any], sinks: list[Any]) -> list[Any]:
         """The W handles for the next pass, from a pass's outputs and sinks."""
 
+    #: May the next pass start before this one's result is back (it has no side effects)?
+    queue_ahead: bool
+
 
 #: On a cluster without a run store, W's lineage is cut this often (see MemoryKeeper).
 REROOT_EVERY = 20
@@ -275,6 +279,9 @@ class MemoryKeeper:
         self.reroot_every = reroot_every
         self._passes = 0
 
+    #: Passes write nothing: a queued pass that is not wanted is simply dropped.
+    queue_ahead = True
+
     def sinks(self, iteration: int) -> list[Any]:
         return [None] * self.n_panels
 
@@ -295,6 +302,20 @@ def update_task(
     if sink is not None:
         return sink.store(W_new), stats
     return W_new, stats
+
+
+def h_step(stats: Stats, solver: Solver, ctx: PanelContext, reg: Regularization, *,
+           norm_sq: float) -> tuple[PanelContext, tuple[float, float | None, np.ndarray]]:
+    """After a pass: the losses, H from the summed stats, and the next pass's context.
+
+    Runs where the sum is (a worker, on a cluster). The context goes on to the next
+    pass; only the two losses and the new H come back to the driver.
+    """
+    loss_before = solver.loss_before(stats, ctx, norm_sq)
+    H_new = solver.update_H(ctx.H.astype(np.float64), stats, ctx, reg)
+    loss_after = solver.loss_after(stats, H_new, norm_sq)
+    next_ctx = _context(H_new.astype(ctx.H.dtype), ctx.shape, ctx.nnz)
+    return next_ctx, (loss_before, loss_after, H_new)
 
 
 def loss_task(v_ref: Any, w_ref: Any, solver: Solver, ctx: PanelContext) -> tuple[None, Stats]:
@@ -367,49 +388,64 @@ def iterate(
         return stop
 
     lagged = not solver.exact_loss_after_update
-    while True:
-        ctx = context_for(state.H, source)
-        if lagged and state.iteration == max_iter:
-            _, pieces = backend.run_pass(
-                loss_task,
-                list(zip(refs, state.W)),
-                (solver, ctx),
-                add_stats,
-                keep_outputs=False,
-            )
-            loss = solver.loss_before(pieces, ctx, norm_sq)
-            if len(state.loss_history) < state.iteration:
-                record(loss)
-            break
-        sinks = keeper.sinks(state.iteration + 1)
-        outputs, stats = backend.run_pass(
-            update_task,
-            list(zip(refs, state.W, sinks)),
-            (solver, ctx, reg),
-            add_stats,
-            keep_outputs=True,
+    # On a cluster with W in memory, the next pass is queued as soon as this one is
+    # submitted: its tasks take the context from the H-step task of this pass, so the
+    # workers go from one pass to the next without waiting for this process. A queued
+    # pass that is not wanted (convergence, callback) is cancelled; it writes nothing.
+    ahead = backend.distributed and keeper.queue_ahead
+
+    def submit(W: list[Any], ctx_arg: Any, iteration: int) -> tuple[Pending, list[Any]]:
+        sinks = keeper.sinks(iteration + 1)
+        pending = backend.submit_pass(
+            update_task, list(zip(refs, W, sinks)), (solver, ctx_arg, reg), add_stats,
+            keep_outputs=True, then=functools.partial(h_step, norm_sq=norm_sq),
         )
-        loss_before = solver.loss_before(stats, ctx, norm_sq)
-        if state.iteration == 0 and state.init_loss is None:
-            state.init_loss = loss_before
-        if lagged and len(state.loss_history) < state.iteration:
-            # Pass t measured iteration t - 1: record it, and stop before committing
-            # to this pass's W if that loss says so.
-            if record(loss_before):
+        return pending, sinks
+
+    queued: tuple[Pending, list[Any]] | None = None
+    with backend.driver_limits():
+        while True:
+            ctx = context_for(state.H, source)
+            if lagged and state.iteration == max_iter:
+                _, pieces = backend.run_pass(
+                    loss_task,
+                    list(zip(refs, state.W)),
+                    (solver, ctx),
+                    add_stats,
+                    keep_outputs=False,
+                )
+                loss = solver.loss_before(pieces, ctx, norm_sq)
+                if len(state.loss_history) < state.iteration:
+                    record(loss)
                 break
-        H_new = solver.update_H(state.H.astype(np.float64), stats, ctx, reg)
-        state.W = keeper.handles(outputs, sinks)
-        state.H = H_new.astype(source.dtype)
-        state.iteration += 1
-        stop = False
-        if not lagged:
-            loss_after = solver.loss_after(stats, H_new, norm_sq)
-            assert loss_after is not None
-            stop = record(loss_after)
-        if on_iteration is not None:
-            on_iteration(state)
-        if stop or (not lagged and state.iteration >= max_iter):
-            break
+            pending, sinks = queued or submit(state.W, ctx, state.iteration)
+            queued = None
+            if ahead and state.iteration + 1 < max_iter:
+                next_W = keeper.handles(pending.outputs, sinks)
+                queued = submit(next_W, pending.part(), state.iteration + 1)
+            else:
+                next_W = None
+            loss_before, loss_after, H_new = pending.result()
+            if state.iteration == 0 and state.init_loss is None:
+                state.init_loss = loss_before
+            if lagged and len(state.loss_history) < state.iteration:
+                # Pass t measured iteration t - 1: record it, and stop before committing
+                # to this pass's W if that loss says so.
+                if record(loss_before):
+                    break
+            state.W = next_W if next_W is not None else keeper.handles(pending.outputs, sinks)
+            state.H = H_new.astype(source.dtype)
+            state.iteration += 1
+            stop = False
+            if not lagged:
+                assert loss_after is not None
+                stop = record(loss_after)
+            if on_iteration is not None:
+                on_iteration(state)
+            if stop or (not lagged and state.iteration >= max_iter):
+                break
+    if queued is not None:
+        queued[0].cancel()
     state.done = True
     if not (state.converged or state.stopped_by_callback):
         warnings.warn(

@@ -99,11 +99,10 @@ class _Prepared:
         """W as the same kind of array as X: NumPy for in-memory input, else Dask."""
         if self.source.kind in ("numpy", "sparse"):
             return np.concatenate(self.backend.gather(handles), axis=0)
-        import dask
         import dask.array as da
 
         blocks = [
-            da.from_delayed(dask.delayed(h), shape=(b - a, k), dtype=self.source.dtype)
+            da.from_delayed(self.backend.to_delayed(h), shape=(b - a, k), dtype=self.source.dtype)
             for h, (a, b) in zip(handles, self.bounds)
         ]
         return da.concatenate(blocks, axis=0)

@@ -64,6 +64,10 @@ class StoreKeeper:
     for as long as possible (at least one pass after the next commit).
     """
 
+    #: A pass writes a buffer: one queued before the last is committed could write
+    #: over the committed W, so passes run one at a time.
+    queue_ahead = False
+
     def __init__(self, store: RunStore, run_id: str, bounds: list[tuple[int, int]],
                  backend: Backend, every: int = 1) -> None:
         self.store = store

@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 
-from dnmf import _backend
+from dnmf import _backend, _tree
 from dnmf._backend import Backend
 
 
@@ -98,6 +98,42 @@ def test_cluster_panels_sit_in_contiguous_blocks_per_worker(distributed_client):
         lambda f: (f, f.sum()), [(f,) for f in futures], (), np.add, keep_outputs=True
     )
     assert total == -sum(range(8)) * 4
-    distributed_client.gather(outputs)
-    where = distributed_client.who_has(outputs)
-    assert [next(iter(where[f.key])) for f in outputs] == backend.placement(8)
+    # The outputs of each worker's block of panels stay on that worker, in one task.
+    blocks = [o.future for o in outputs]
+    assert len({b.key for b in blocks}) == 2
+    distributed_client.gather(blocks)
+    where = distributed_client.who_has(blocks)
+    assert [next(iter(where[b.key])) for b in blocks] == backend.placement(8)
+    for panel, got in zip(panels, backend.gather(outputs)):
+        np.testing.assert_array_equal(got, -panel)
+
+
+def _join(a: str, b: str) -> str:
+    return f"({a}+{b})"
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 5, 8, 11, 16, 17])
+@pytest.mark.parametrize("layout", ["one", "contiguous", "scattered"])
+def test_block_sums_then_upper_tree_are_the_fixed_tree_exactly(n, layout):
+    """Summing each worker's block in one task, then the tree above, is the same tree.
+
+    A join that writes out its brackets shows the order of every addition.
+    """
+    rng = np.random.default_rng(n)
+    owners = {
+        "one": [0] * n,
+        "contiguous": sorted(rng.integers(0, 3, n).tolist()),
+        "scattered": rng.integers(0, 3, n).tolist(),
+    }[layout]
+    leaves = [str(i) for i in range(n)]
+    blocks = _tree.local_blocks(owners)
+    assert [a for a, _ in blocks] == [0] + [b for _, b in blocks[:-1]]  # a cover, in order
+    assert blocks[-1][1] == n
+    for a, b in blocks:
+        assert len(set(owners[a:b])) == 1
+        assert (b - a) & (b - a - 1) == 0 or b == n  # an aligned subtree
+        assert a % (1 << (b - a - 1).bit_length()) == 0
+    sums = [_tree.pairwise_tree(leaves[a:b], _join) for a, b in blocks]
+    assert _tree.upper_tree(blocks, sums, _join) == _tree.pairwise_tree(leaves, _join)
+    if layout == "one":
+        assert blocks == [(0, n)]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import warnings
 
 import dask.array as da
@@ -420,3 +421,40 @@ def test_transform_of_a_row_does_not_depend_on_the_other_rows(solver, beta_loss)
     for i in range(0, 60, 6):  # each row alone, as in a panel of its own
         np.testing.assert_allclose(est.transform(V[i:i + 1]), whole[i:i + 1], rtol=1e-12,
                                    atol=1e-15, err_msg=f"row {i}")
+
+
+def _update_tasks_on(client) -> int:
+    """Update tasks the scheduler still holds (any state), from any fit."""
+    return client.run_on_scheduler(
+        lambda dask_scheduler: sum(
+            str(key).startswith("update_task") for key in dask_scheduler.tasks
+        )
+    )
+
+
+@pytest.mark.parametrize("stop", ["tol", "callback"])
+def test_cluster_stops_where_threads_stop_and_drops_the_queued_pass(distributed_client, stop):
+    # On a cluster the pass after the current one is queued before the current one's
+    # loss is known; when that loss stops the fit, the queued pass must be dropped
+    # and the result must be the one of the threads scheduler.
+    V, _, _ = planted(160, 40, 4, seed=14, noise=0.1)
+    kwargs: dict = dict(solver="hals", random_state=0, max_iter=500, panel_rows=40)
+    if stop == "tol":
+        kwargs["tol"] = 1e-4
+    else:
+        kwargs.update(tol=0.0, callback=lambda iteration, loss: iteration >= 6)
+    local = dnmf.NMF(4, scheduler="threads", **kwargs)
+    W_local = local.fit_transform(V)
+    remote = dnmf.NMF(4, scheduler=distributed_client, **kwargs)
+    W_remote = remote.fit_transform(V)
+    assert remote.n_iter_ == local.n_iter_ < 500
+    if stop == "callback":
+        assert remote.n_iter_ == 6
+    np.testing.assert_allclose(remote.loss_history_, local.loss_history_, rtol=1e-10)
+    np.testing.assert_allclose(W_remote, W_local, rtol=1e-10, atol=1e-14)
+    np.testing.assert_allclose(remote.components_, local.components_, rtol=1e-10, atol=1e-14)
+    del W_remote, remote
+    deadline = time.monotonic() + 10
+    while _update_tasks_on(distributed_client) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _update_tasks_on(distributed_client) == 0
