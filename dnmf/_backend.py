@@ -166,9 +166,14 @@ def _call(task: Callable[..., Any], where: Where, layout: Layout, shared: list[A
     return task(*_resolve(where, args), *_shared_values(layout, shared))
 
 
-def _finish(blocks: Sequence[tuple[int, int]], sums: list[Any], combine: Callable[[Any, Any], Any],
-            then: Callable[..., Any] | None, layout: Layout, shared: list[Any]) -> Any:
-    """The tree above the blocks, and ``then`` on its value, in one task."""
+def _finish(blocks: Sequence[tuple[int, int]], sums: list[Any], whole: tuple[bool, ...],
+            combine: Callable[[Any, Any], Any], then: Callable[..., Any] | None,
+            layout: Layout, shared: list[Any]) -> Any:
+    """The tree above the blocks, and ``then`` on its value, in one task.
+
+    ``sums[i]`` is block i's sum, or (``whole[i]``) its whole ``(outputs, sum)``.
+    """
+    sums = [s[1] if w else s for s, w in zip(sums, whole)]
     total = sums[0] if len(sums) == 1 else upper_tree(blocks, sums, combine)
     return total if then is None else then(total, *_shared_values(layout, shared))
 
@@ -431,17 +436,22 @@ class Backend:
         for a, b in blocks:
             with self._placed(owners[a]):
                 groups.append(delayed(_block, pure=False)(combine, keep_outputs, *parts[a:b]))
-        if keep_outputs:
-            sums = []
-            for (a, _), group in zip(blocks, groups):
+        # The last task runs where the last block is and takes the blocks there
+        # whole (their W panels do not move); other blocks' sums come by a getitem.
+        last = owners[blocks[-1][0]]
+        whole = tuple(keep_outputs and owners[a] == last for a, _ in blocks)
+        sums = []
+        for (a, _), group, direct in zip(blocks, groups, whole):
+            if keep_outputs and not direct:
                 with self._placed(owners[a]):
-                    sums.append(delayed(_getitem, pure=False)(group, 1))
-        else:
-            sums = groups
+                    group = delayed(_getitem, pure=False)(group, 1)
+            sums.append(group)
         if len(sums) == 1 and then is None:
-            total = sums[0]
+            total = delayed(_getitem, pure=False)(sums[0], 1) if whole[0] else sums[0]
         else:
-            total = delayed(_finish, pure=False)(blocks, sums, combine, then, *bundle)
+            with self._placed(last):
+                total = delayed(_finish, pure=False)(blocks, sums, whole, combine, then,
+                                                     *bundle)
         kept = groups if keep_outputs else []
         if then is None:
             futures = self.client.compute([*kept, total])
