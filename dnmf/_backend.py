@@ -19,6 +19,7 @@ import itertools
 import os
 import time
 import uuid
+import warnings
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any
@@ -344,13 +345,24 @@ class Backend:
         return dask.annotate(workers=[worker], allow_other_workers=True)
 
     def scatter_panels(self, panels: list[Any]) -> list[Any]:
-        """Place in-memory panels on the workers once (distributed), or keep them."""
+        """Place in-memory panels on the workers once (distributed), or keep them.
+
+        Each panel goes to its worker as a task that holds the panel (not by
+        ``scatter``), so the scheduler can recreate it if that worker dies; the
+        cost is that the scheduler keeps the panels' bytes for as long as the fit
+        uses them. Scattered data would be lost with its worker, and every pass
+        after it with it.
+        """
         if self.client is None:
             return panels
-        out = []
+        literals = []
         for panel, worker in zip(panels, self.placement(len(panels))):
-            out.append(self.client.scatter(panel, hash=False, workers=[worker]))
-        return out
+            with self._placed(worker):
+                literals.append(delayed(_identity, pure=False)(panel))
+        with warnings.catch_warnings():
+            # Distributed warns about large graphs; here the size is the point.
+            warnings.filterwarnings("ignore", message=".*[Ll]arge graph.*")
+            return list(self.client.compute(literals))
 
     def gather(self, handles: list[Any]) -> list[Any]:
         """Bring panel outputs (futures or arrays) to this process, in order."""

@@ -190,8 +190,11 @@ def test_only_k_by_m_results_reach_the_client(client, V_path, reference, monkeyp
 # 3. a worker dies mid-run
 # --------------------------------------------------------------------------- #
 @pytest.mark.slow
-@pytest.mark.parametrize("store", [False, True], ids=["W-in-worker-memory", "W-in-store"])
-def test_sigkill_of_a_worker_mid_run(client, V_path, reference, tmp_path, store):
+@pytest.mark.parametrize("store,numpy_input", [(False, False), (True, False), (False, True)],
+                         ids=["W-in-worker-memory", "W-in-store", "V-and-W-from-numpy"])
+def test_sigkill_of_a_worker_mid_run(client, V_path, reference, tmp_path, store, numpy_input):
+    # NumPy input: the panels reach the workers as tasks that hold them, so a lost
+    # worker's panels are recreated (scattered data would be gone with it).
     before = _worker_pids(client)
     victim = sorted(before.values())[0]
     killed = threading.Event()
@@ -209,7 +212,8 @@ def test_sigkill_of_a_worker_mid_run(client, V_path, reference, tmp_path, store)
         time.sleep(0.02)
 
     out = str(tmp_path / "run.zarr") if store else None
-    got = _fit(V_path, client, out=out, checkpoint_every=2, callback=kill_soon)
+    V = zarr.open_array(V_path, mode="r")[:] if numpy_input else V_path
+    got = _fit(V, client, out=out, checkpoint_every=2, callback=kill_soon)
     assert killed.is_set()
     _assert_same(got, reference)
     # The nanny brought a new worker process up in place of the killed one.
