@@ -31,7 +31,7 @@ from dask.delayed import Delayed, delayed
 
 from ._tree import local_blocks, pairwise_tree, upper_tree
 
-__all__ = ["Backend", "Pending", "check_worker_memory", "get_backend"]
+__all__ = ["Backend", "Pending", "check_worker_memory", "describe_dashboard", "get_backend"]
 
 
 _CONTROLLER: Any = None
@@ -244,6 +244,7 @@ class Backend:
     @property
     def dashboard_link(self) -> str | None:
         return getattr(self.client, "dashboard_link", None) if self.client else None
+
 
     def driver_limits(self) -> AbstractContextManager[Any]:
         """BLAS threads for the driver's own (H-sized) arithmetic between passes.
@@ -587,6 +588,16 @@ def check_worker_memory(workers: dict[str, Any], panel_bytes: int, what: str = "
                 f"panels (panel_rows=), fewer threads per worker, or workers with "
                 f"more memory."
             )
+
+
+def describe_dashboard(link: str) -> str:
+    """The dashboard link, with how to get it served when bokeh is missing."""
+    try:
+        import bokeh  # noqa: F401
+    except ImportError:
+        return (f"{link} (not served here: Dask's dashboard needs bokeh; "
+                "pip install 'dnmf[dashboard]')")
+    return link
 
 
 def get_backend(scheduler: Any = None) -> Backend:

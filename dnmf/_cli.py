@@ -257,8 +257,10 @@ def _scheduler(spec: str | None, scheduler_file: Path | None) -> Iterator[Any]:
             processes=True, dashboard_address=":0",
         )
         client = Client(cluster)
+        from ._backend import describe_dashboard
+
         _say(f"started a local Dask cluster of {n_workers} worker processes; dashboard: "
-             f"{client.dashboard_link}")
+             f"{describe_dashboard(client.dashboard_link)}")
         try:
             yield client
         finally:

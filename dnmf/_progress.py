@@ -119,7 +119,10 @@ class Progress:
         self._console = console
         link = getattr(self.backend, "dashboard_link", None)
         if link:
-            console.print(f"Dask dashboard: [link={link}]{link}[/link]", highlight=False)
+            from ._backend import describe_dashboard
+
+            text = describe_dashboard(link).replace(link, f"[link={link}]{link}[/link]", 1)
+            console.print(f"Dask dashboard: {text}", highlight=False)
         self._plain = display_mode(console) == "plain"
         if not self._plain:
             self._live = self._make_live(console)

@@ -137,3 +137,12 @@ def test_block_sums_then_upper_tree_are_the_fixed_tree_exactly(n, layout):
     assert _tree.upper_tree(blocks, sums, _join) == _tree.pairwise_tree(leaves, _join)
     if layout == "one":
         assert blocks == [(0, n)]
+
+
+def test_the_dashboard_link_says_how_to_get_it_served(monkeypatch):
+    pytest.importorskip("bokeh")
+    link = "http://127.0.0.1:8787/status"
+    assert _backend.describe_dashboard(link) == link
+    monkeypatch.setitem(__import__("sys").modules, "bokeh", None)  # as if not installed
+    text = _backend.describe_dashboard(link)
+    assert text.startswith(link) and "needs bokeh" in text and "dnmf[dashboard]" in text

@@ -549,6 +549,42 @@ def test_fit_on_a_local_cluster_prints_the_dashboard(tmp_path):
 
 
 @pytest.mark.slow
+def test_the_printed_dashboard_link_serves_the_dashboard_during_the_fit(tmp_path):
+    pytest.importorskip("bokeh")
+    import urllib.request
+
+    convert(_save(tmp_path / "v.npy", planted(400, 40, 3, seed=6)[0]), tmp_path / "v.zarr")
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dnmf", "fit", "v.zarr", "-k", "3", "--out", "run.zarr",
+         "--max-iter", "100000", "--tol", "0", "--scheduler", "local:2"],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )
+    try:
+        assert proc.stderr is not None
+        seen = []
+        for line in proc.stderr:
+            seen.append(line)
+            found = re.search(r"dashboard: (http\S+)", line)
+            if found:
+                break
+        assert found, "".join(seen)
+        assert "not served" not in line
+        with urllib.request.urlopen(found.group(1), timeout=30) as page:
+            assert page.status == 200
+            assert b"Dask" in page.read()
+        assert proc.poll() is None  # the fit was still running
+        proc.send_signal(signal.SIGINT)
+        _, rest = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert "Traceback" not in rest, rest
+    assert "resume" in rest
+
+
+@pytest.mark.slow
 def test_fit_and_resume_on_a_running_scheduler(tmp_path, distributed_client):
     convert(_save(tmp_path / "v.npy", planted(200, 30, 3, seed=6)[0]), tmp_path / "v.zarr")
     address = distributed_client.scheduler.address
