@@ -67,6 +67,21 @@ def _stderr() -> Any:
     return Console(stderr=True, highlight=False, soft_wrap=True)
 
 
+#: Dask settings for the local cluster of ``--scheduler local[:N]``: its workers'
+#: profiler off, the system monitor and event-loop tick less frequent.
+LOCAL_CLUSTER_CONFIG = {
+    "distributed.worker.profile.enabled": False,
+    "distributed.admin.system-monitor.interval": "5s",
+    "distributed.admin.tick.interval": "200ms",
+}
+#: Dask's defaults for the same keys (a setting that differs was made by the user).
+DASK_DEFAULTS = {
+    "distributed.worker.profile.enabled": True,
+    "distributed.admin.system-monitor.interval": "500ms",
+    "distributed.admin.tick.interval": "20ms",
+}
+
+
 def _say(message: str) -> None:
     """A progress or status message for people (standard error)."""
     _stderr().print(message, markup=False)
@@ -250,12 +265,19 @@ def _scheduler(spec: str | None, scheduler_file: Path | None) -> Iterator[Any]:
         count = spec.partition(":")[2]
         cores = os.cpu_count() or 1
         n_workers = int(count) if count else cores
+        import dask
         from distributed import Client, LocalCluster
 
-        cluster = LocalCluster(
-            n_workers=n_workers, threads_per_worker=max(1, cores // n_workers),
-            processes=True, dashboard_address=":0",
-        )
+        # Less frequent housekeeping: the cluster shares this machine's cores with
+        # the panel tasks (as in cluster/local/start_cluster.py, which measures it).
+        # Settings the user made in Dask's config win.
+        quiet = {key: value for key, value in LOCAL_CLUSTER_CONFIG.items()
+                 if dask.config.get(key) == DASK_DEFAULTS[key]}
+        with dask.config.set(quiet):
+            cluster = LocalCluster(
+                n_workers=n_workers, threads_per_worker=max(1, cores // n_workers),
+                processes=True, dashboard_address=":0",
+            )
         client = Client(cluster)
         from ._backend import describe_dashboard
 

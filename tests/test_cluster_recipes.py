@@ -95,6 +95,18 @@ def test_local_cluster_start_compute_stop(local, tmp_path):
             limits = {w["memory_limit"] for w in client.scheduler_info()["workers"].values()}
             assert limits == {2**30}
 
+            def housekeeping():
+                import dask
+
+                return (dask.config.get("distributed.worker.profile.enabled"),
+                        dask.config.get("distributed.admin.tick.interval"),
+                        os.environ.get("OPENBLAS_NUM_THREADS"))
+
+            # Less frequent housekeeping, one BLAS thread, in every process.
+            quiet = (False, "200ms", "1")
+            assert set(client.run(housekeeping).values()) == {quiet}
+            assert client.run_on_scheduler(housekeeping)[:2] == quiet[:2]
+
             a = np.random.default_rng(0).random((600, 400))
             x = da.from_array(a, chunks=(100, 100))
             total, gram = client.compute([x.sum(), (x.T @ x)[:5, :5]], sync=True)
