@@ -210,9 +210,15 @@ class Pending:
         return _Slot(None, path).pick(self._shared)
 
     def cancel(self) -> None:
-        """Drop the pass's work (its tasks are pure: nothing is left behind)."""
-        if self._futures:
-            self._futures[0].client.cancel(self._futures)
+        """Drop the pass's work (its tasks are pure: nothing is left behind).
+
+        The futures are released, not cancelled: the scheduler then forgets the
+        tasks no one wants, unstarted ones included. (``Client.cancel`` on a pass
+        queued behind another can trip an assertion in the scheduler of
+        distributed 2026.8, which drops the client's connection.)
+        """
+        for future in self._futures:
+            future.release()
         self._futures = []
         self._future = None
 
