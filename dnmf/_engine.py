@@ -403,9 +403,11 @@ def iterate(
         return pending, sinks
 
     queued: tuple[Pending, list[Any]] | None = None
+    # The context of the pass to come: made here for the first; after that, the one
+    # the last H-step made (a handle to it on a cluster, where it stays).
+    ctx: Any = context_for(state.H, source)
     with backend.driver_limits():
         while True:
-            ctx = context_for(state.H, source)
             if lagged and state.iteration == max_iter:
                 _, pieces = backend.run_pass(
                     loss_task,
@@ -414,7 +416,8 @@ def iterate(
                     add_stats,
                     keep_outputs=False,
                 )
-                loss = solver.loss_before(pieces, ctx, norm_sq)
+                # ``ctx`` may be a handle on a cluster; the loss needs the values here.
+                loss = solver.loss_before(pieces, context_for(state.H, source), norm_sq)
                 if len(state.loss_history) < state.iteration:
                     record(loss)
                 break
@@ -435,6 +438,7 @@ def iterate(
                     break
             state.W = next_W if next_W is not None else keeper.handles(pending.outputs, sinks)
             state.H = H_new.astype(source.dtype)
+            ctx = pending.part()
             state.iteration += 1
             stop = False
             if not lagged:
