@@ -120,9 +120,14 @@ class _Slot:
         self.path = path
 
     def pick(self, value: Any) -> Any:
-        for index in self.path:
-            value = value[index]
-        return value
+        return _pick(value, self.path)
+
+
+def _pick(value: Any, path: tuple[int, ...]) -> Any:
+    """``value[path[0]][path[1]]...``."""
+    for index in path:
+        value = value[index]
+    return value
 
 
 Where = tuple[tuple[int, tuple[int, ...]], ...]
@@ -146,7 +151,7 @@ def _resolve(where: Where, args: Sequence[Any]) -> tuple[Any, ...]:
         return tuple(args)
     resolved = list(args)
     for i, path in where:
-        resolved[i] = _Slot(None, path).pick(args[i])
+        resolved[i] = _pick(args[i], path)
     return tuple(resolved)
 
 
@@ -157,7 +162,7 @@ def _shared_values(layout: Layout, args: Sequence[Any]) -> tuple[Any, ...]:
     """The shared values from their graph arguments (see :meth:`Backend.share`)."""
     literals = args[0]
     return tuple(
-        literals[i] if path is None else _Slot(None, path).pick(args[i]) for i, path in layout
+        literals[i] if path is None else _pick(args[i], path) for i, path in layout
     )
 
 
@@ -207,7 +212,7 @@ class Pending:
         """Part ``path`` of the shared half of ``then``'s result (a handle on a cluster)."""
         if isinstance(self._shared, _Slot):
             return _Slot(self._shared.future, self._shared.path + path)
-        return _Slot(None, path).pick(self._shared)
+        return _pick(self._shared, path)
 
     def cancel(self) -> None:
         """Drop the pass's work (its tasks are pure: nothing is left behind).
@@ -250,7 +255,6 @@ class Backend:
     @property
     def dashboard_link(self) -> str | None:
         return getattr(self.client, "dashboard_link", None) if self.client else None
-
 
     def driver_limits(self) -> AbstractContextManager[Any]:
         """BLAS threads for the driver's own (H-sized) arithmetic between passes.
@@ -558,8 +562,7 @@ class Backend:
     def to_delayed(self, handle: Any) -> Delayed:
         """A panel output as a Delayed value (for building Dask arrays from W)."""
         if isinstance(handle, _Slot):
-            return delayed(_call, pure=False)(_identity, ((0, handle.path),), (), [()],
-                                              handle.future)
+            return delayed(_pick, pure=False)(handle.future, handle.path)
         return delayed(handle)
 
 
