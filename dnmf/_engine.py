@@ -404,7 +404,11 @@ def iterate(
 
     queued: tuple[Pending, list[Any]] | None = None
     # The context of the pass to come: made here for the first; after that, the one
-    # the last H-step made (a handle to it on a cluster, where it stays).
+    # the last H-step made (a handle to it on a cluster, where it stays) when passes
+    # are pure. Passes that write W to a run store must not hang on the last pass's
+    # tasks: a lost worker would make Dask rerun them, writing a W buffer that may
+    # have been reused since; their context is made here from H.
+    reuse_ctx = ahead or not backend.distributed
     ctx: Any = context_for(state.H, source)
     with backend.driver_limits():
         while True:
@@ -438,7 +442,7 @@ def iterate(
                     break
             state.W = next_W if next_W is not None else keeper.handles(pending.outputs, sinks)
             state.H = H_new.astype(source.dtype)
-            ctx = pending.part()
+            ctx = pending.part() if reuse_ctx else context_for(state.H, source)
             state.iteration += 1
             stop = False
             if not lagged:
