@@ -74,12 +74,6 @@ LOCAL_CLUSTER_CONFIG = {
     "distributed.admin.system-monitor.interval": "5s",
     "distributed.admin.tick.interval": "200ms",
 }
-#: Dask's defaults for the same keys (a setting that differs was made by the user).
-DASK_DEFAULTS = {
-    "distributed.worker.profile.enabled": True,
-    "distributed.admin.system-monitor.interval": "500ms",
-    "distributed.admin.tick.interval": "20ms",
-}
 
 
 def _say(message: str) -> None:
@@ -270,9 +264,10 @@ def _scheduler(spec: str | None, scheduler_file: Path | None) -> Iterator[Any]:
 
         # Less frequent housekeeping: the cluster shares this machine's cores with
         # the panel tasks (as in cluster/local/start_cluster.py, which measures it).
-        # Settings the user made in Dask's config win.
+        # Settings the user made in Dask's config (differing from its defaults) win.
+        defaults = dask.config.merge(*dask.config.defaults)
         quiet = {key: value for key, value in LOCAL_CLUSTER_CONFIG.items()
-                 if dask.config.get(key) == DASK_DEFAULTS[key]}
+                 if dask.config.get(key) == dask.config.get(key, config=defaults)}
         with dask.config.set(quiet):
             cluster = LocalCluster(
                 n_workers=n_workers, threads_per_worker=max(1, cores // n_workers),
