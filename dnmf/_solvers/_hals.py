@@ -153,9 +153,10 @@ def _sweeps(Xc: np.ndarray, Pc: np.ndarray, Gs: np.ndarray, max_sweeps: int,
                 # Buffers for the gathered active rows, made once per block: a fresh
                 # array per sweep is an mmap and its page faults under the eager
                 # trimming Dask sets for its workers.
-                gathered = np.empty((3, Xc.size))
+                gathered = np.empty((2, Xc.size))
             size = Xc.shape[0] * n_active
-            Xa, Pa, old = (gathered[i, :size].reshape(Xc.shape[0], n_active) for i in range(3))
+            Xa, Pa = (gathered[i, :size].reshape(Xc.shape[0], n_active) for i in range(2))
+            old = scratch[:, :n_active]
             idx = np.flatnonzero(active)
             np.take(Xc, idx, axis=1, out=Xa, mode="clip")
             np.take(Pc, idx, axis=1, out=Pa, mode="clip")
