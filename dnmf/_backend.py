@@ -476,13 +476,17 @@ class Backend:
                 total = delayed(_finish, pure=False)(blocks, sums, whole, combine, then,
                                                      *bundle)
         kept = groups if keep_outputs else []
-        if then is None:
-            futures = self.client.compute([*kept, total])
-            shared_future = None
-        else:
+        wanted = [*kept, total]
+        if then is not None:
             # ``then`` runs where the sum is; only its second half comes back here.
-            futures = self.client.compute([*kept, total, delayed(_getitem, pure=False)(total, 1)])
-            shared_future = _Slot(futures[-2], (0,))
+            wanted.append(delayed(_getitem, pure=False)(total, 1))
+        # ``fifo_timeout=0``: each pass is a graph generation of its own, and older
+        # generations go first. Otherwise passes submitted within a minute share one,
+        # ordered by each graph's own task order, and a queued pass's first panel
+        # tasks outrank this pass's last ones (the tiny task that takes the result to
+        # this process then waits for a whole pass on a busy worker).
+        futures = self.client.compute(wanted, fifo_timeout=0)
+        shared_future = None if then is None else _Slot(futures[-2], (0,))
         outputs = [
             _Slot(group, (0, i))
             for group, (a, b) in zip(futures[:len(kept)], blocks)

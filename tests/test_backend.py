@@ -146,3 +146,41 @@ def test_the_dashboard_link_says_how_to_get_it_served(monkeypatch):
     monkeypatch.setitem(__import__("sys").modules, "bokeh", None)  # as if not installed
     text = _backend.describe_dashboard(link)
     assert text.startswith(link) and "needs bokeh" in text and "dnmf[dashboard]" in text
+
+
+def _slow_task(x, delay, after=None):
+    import time
+
+    time.sleep(delay)
+    return x + 1.0, x.copy()
+
+
+def _then(total, *shared):
+    return (total,), total
+
+
+def test_a_queued_pass_waits_for_the_result_of_the_one_before_it(distributed_client):
+    """A pass queued behind another must not delay the first one's result.
+
+    Each pass's tiny last task (taking the result to the client) runs on a worker
+    the queued pass's panel tasks want too; it must go first, or the client sees
+    each result one whole pass late.
+    """
+    import time
+
+    delay = 0.3
+    backend = Backend(distributed_client)
+    panels = backend.scatter_panels([np.full(2, float(i)) for i in range(4)])
+    t0 = time.monotonic()
+    first = backend.submit_pass(_slow_task, [(p,) for p in panels], (delay,), _add,
+                                keep_outputs=True, then=_then)
+    # The second pass hangs on the first one's ``then``, as a fit's next pass does.
+    second = backend.submit_pass(_slow_task, [(o,) for o in first.outputs],
+                                 (delay, first.part(0)), _add, keep_outputs=True, then=_then)
+    np.testing.assert_array_equal(first.result(), sum(np.full(2, float(i)) for i in range(4)))
+    first_at = time.monotonic() - t0
+    np.testing.assert_array_equal(second.result(), first.result() + 4.0)
+    second_at = time.monotonic() - t0
+    # Two panels of `delay` seconds per worker per pass: the first result arrives after
+    # about 2·delay, the second about 2·delay later (not both at the end).
+    assert second_at - first_at > 1.2 * delay, (first_at, second_at)
