@@ -5,16 +5,19 @@ with ``cache=True``, so passes are BLAS work, not decompression) runs on a
 cluster from cluster/local/start_cluster.py with 1 and then 2 worker processes of
 1 thread each. Per configuration it reports:
 
-* the median iteration time (wall time between successive callbacks);
+* per pass (one iteration), from ``client.get_task_stream``, then the median over
+  the passes measured: its time (from the end of the previous pass's H-step to
+  the end of its own, on the workers' clock; the client's callbacks, also
+  reported, give the same within noise); the panel tasks' compute time, and that
+  divided by the workers (the ideal parallel time); the busiest worker's panel
+  compute (above the ideal when panels take unequal times: imbalance); the H-step
+  (the task that adds the last levels of the tree and updates H: serial by
+  nature, the other workers wait for it); and the rest, the *scheduler
+  overhead*: the pass's time minus its busiest worker's panel compute minus its
+  H-step, i.e. time the critical path spends on task dispatch and transfers
+  rather than computing. Taking each figure per pass keeps one pass's compute
+  from being set against another's time when the machine's speed drifts;
 * the speedup of 2 workers over 1 (target ≥ 1.7×);
-* where an iteration's time goes, from ``client.get_task_stream``: the panel
-  tasks' compute time divided by the worker threads (the ideal parallel time); the
-  busiest worker's panel compute (above the ideal when panels take unequal times:
-  imbalance); the H-step (the task that adds the last levels of the tree and
-  updates H: serial by nature, the other workers wait for it); and the rest, the
-  *scheduler overhead*: iteration time minus the busiest worker's panel compute
-  minus the H-step, i.e. time the critical path spends on task dispatch and
-  transfers rather than computing;
 * the *machine ceiling*, the peer measured in the same run: the same panel updates
   (dnmf's HALS ``update_panel`` on the same panels, one BLAS thread) run by 1 and
   then by 2 plain processes (``multiprocessing``, no Dask), each process timing its
@@ -107,50 +110,70 @@ def run_one(V: str, workers: int, args: argparse.Namespace, work: Path) -> dict[
     finally:
         local.stop(d)
 
-    # Measured: the iterations after the first ``warmup`` (the first includes the
-    # first pass's start-up; early iterations have the costliest H-steps).
-    start, stop = stamps[args.warmup - 1], stamps[-1]
-    n_passes = len(stamps) - args.warmup
-    measured = [t for t in tasks
-                if any(start <= s["start"] <= stop for s in t["startstops"])]
+    return {"workers": workers, "fit_seconds": total, **per_pass_figures(tasks, workers, args),
+            "client_iteration_seconds": float(statistics.median(np.diff(stamps)[args.warmup:])),
+            "panel_tasks": sum(str(t.get("key")).startswith("update_task") for t in tasks),
+            "loss": float(est.loss_history_[-1])}
 
-    def compute_seconds(prefix: str) -> float:
-        return sum(
-            s["stop"] - s["start"]
-            for t in measured if str(t.get("key")).startswith(prefix)
-            for s in t["startstops"] if s["action"] == "compute"
-        )
 
-    iter_times = np.diff(stamps)[args.warmup:]
-    panel_per_iter = compute_seconds("update_task") / n_passes
-    # The task that adds the tree's last levels and runs the H-step.
-    hstep_per_iter = compute_seconds("_finish") / n_passes
-    iter_time = float(statistics.median(iter_times))
-    ideal = panel_per_iter / workers
-    # The worker with the most panel work sets the pace of a pass: the gap between
-    # it and the ideal is imbalance (panels take unequal times), not scheduling.
-    per_worker: dict[str, float] = {}
-    for t in measured:
-        if str(t.get("key")).startswith("update_task"):
-            per_worker[t["worker"]] = per_worker.get(t["worker"], 0.0) + sum(
-                s["stop"] - s["start"] for s in t["startstops"] if s["action"] == "compute")
-    busiest = max(per_worker.values()) / n_passes
-    overhead = iter_time - busiest - hstep_per_iter
+def _compute(task: dict[str, Any]) -> tuple[float, float]:
+    """A task's compute interval (the task stream's clock: the workers')."""
+    spans = [(s["start"], s["stop"]) for s in task["startstops"] if s["action"] == "compute"]
+    return min(a for a, _ in spans), max(b for _, b in spans)
+
+
+def per_pass_figures(tasks: list[dict[str, Any]], workers: int,
+                     args: argparse.Namespace) -> dict[str, Any]:
+    """Medians over passes of where a pass's time goes, from the task stream.
+
+    A pass ends with its ``_finish`` task (the H-step); pass j is the time from
+    the end of pass j − 1's to the end of its own, and its panel tasks are those
+    that start in between. Per pass: its time, the panel compute of its busiest
+    worker, its H-step, and the rest (scheduler overhead). Each figure is the
+    median over the passes after the first ``warmup``: per pass, so that a slow
+    minute of the machine does not mix one pass's compute with another's time.
+    """
+    panels = [(t["worker"], *_compute(t)) for t in tasks
+              if str(t.get("key")).startswith("update_task")]
+    # The ends of the iterations' passes: ``_finish`` tasks with panel updates
+    # before them (not since an earlier one), not the reductions of the start-up.
+    finishes, since = [], float("-inf")
+    for start, stop in sorted(_compute(t) for t in tasks
+                              if str(t.get("key")).startswith("_finish")):
+        if any(since <= a < start for _, a, _ in panels):
+            finishes.append((start, stop))
+        since = stop
+    rows = []
+    for (_, prev_stop), (start, stop) in zip(finishes, finishes[1:]):
+        mine = [(w, b - a) for w, a, b in panels if prev_stop <= a < start]
+        per_worker: dict[str, float] = {}
+        for w, seconds in mine:
+            per_worker[w] = per_worker.get(w, 0.0) + seconds
+        rows.append({"iteration": stop - prev_stop, "panels": sum(per_worker.values()),
+                     "busiest": max(per_worker.values()), "hstep": stop - start})
+    # rows[0] is the second pass (the first has no pass before it to start from).
+    rows = rows[max(0, args.warmup - 1):]
+    assert rows, "no pass measured: raise --iters"
+
+    def median(key: str) -> float:
+        return float(statistics.median(r[key] for r in rows))
+
+    overheads = [r["iteration"] - r["busiest"] - r["hstep"] for r in rows]
+    fractions = [o / r["iteration"] for o, r in zip(overheads, rows)]
+    iteration = median("iteration")
     return {
-        "workers": workers,
-        "fit_seconds": total,
-        "iteration_seconds": iter_time,
-        "iteration_seconds_all": [float(x) for x in iter_times],
-        "panel_compute_seconds_per_iteration": panel_per_iter,
-        "ideal_parallel_seconds": ideal,
-        "busiest_worker_seconds": busiest,
-        "imbalance_seconds": busiest - ideal,
-        "hstep_seconds": hstep_per_iter,
-        "hstep_fraction": hstep_per_iter / iter_time,
-        "overhead_seconds": overhead,
-        "overhead_fraction": overhead / iter_time,
-        "panel_tasks": sum(str(t.get("key")).startswith("update_task") for t in tasks),
-        "loss": float(est.loss_history_[-1]),
+        "passes_measured": len(rows),
+        "iteration_seconds": iteration,
+        "iteration_seconds_all": [r["iteration"] for r in rows],
+        "panel_compute_seconds_per_iteration": median("panels"),
+        "ideal_parallel_seconds": median("panels") / workers,
+        "busiest_worker_seconds": median("busiest"),
+        "imbalance_seconds": float(statistics.median(
+            r["busiest"] - r["panels"] / workers for r in rows)),
+        "hstep_seconds": median("hstep"),
+        "hstep_fraction": float(statistics.median(r["hstep"] / r["iteration"] for r in rows)),
+        "overhead_seconds": float(statistics.median(overheads)),
+        "overhead_fraction": float(statistics.median(fractions)),
     }
 
 
@@ -269,11 +292,12 @@ def main(argv: list[str] | None = None) -> int:
         f"{os.cpu_count()} cores; medians of "
         f"{len(per_round)} round(s)"
     )
-    print(f"{'workers':>8} {'iter s':>8} {'panels s':>9} {'ideal s':>8} {'busiest s':>10} "
+    print(f"{'workers':>8} {'iter s':>8} {'client s':>9} {'panels s':>9} {'ideal s':>8} {'busiest s':>10} "
           f"{'H-step s':>9} {'sched. s':>9} {'sched.':>7}")
     for r in results:
         print(
             f"{r['workers']:>8} {r['iteration_seconds']:>8.3f} "
+            f"{r['client_iteration_seconds']:>9.3f} "
             f"{r['panel_compute_seconds_per_iteration']:>9.3f} "
             f"{r['ideal_parallel_seconds']:>8.3f} {r['busiest_worker_seconds']:>10.3f} "
             f"{r['hstep_seconds']:>9.3f} "
