@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import itertools
 import json
 import os
 import statistics
@@ -144,7 +145,7 @@ def per_pass_figures(tasks: list[dict[str, Any]], workers: int,
             finishes.append((start, stop))
         since = stop
     rows = []
-    for (_, prev_stop), (start, stop) in zip(finishes, finishes[1:]):
+    for (_, prev_stop), (start, stop) in itertools.pairwise(finishes):
         mine = [(w, b - a) for w, a, b in panels if prev_stop <= a < start]
         per_worker: dict[str, float] = {}
         for w, seconds in mine:
@@ -292,8 +293,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{os.cpu_count()} cores; medians of "
         f"{len(per_round)} round(s)"
     )
-    print(f"{'workers':>8} {'iter s':>8} {'client s':>9} {'panels s':>9} {'ideal s':>8} {'busiest s':>10} "
-          f"{'H-step s':>9} {'sched. s':>9} {'sched.':>7}")
+    print(f"{'workers':>8} {'iter s':>8} {'client s':>9} {'panels s':>9} {'ideal s':>8} "
+          f"{'busiest s':>10} {'H-step s':>9} {'sched. s':>9} {'sched.':>7}")
     for r in results:
         print(
             f"{r['workers']:>8} {r['iteration_seconds']:>8.3f} "

@@ -354,11 +354,14 @@ def _zarr_array_info(path: str) -> tuple[tuple[int, ...], np.dtype, int, bool]:
 def _prepare_input(
     src: str, out: str, *, dtype: str | None, chunk_rows: int | None, transpose: bool,
     dataset: str | None, overwrite: bool, dense: bool = False,
-) -> tuple[str, Path | None]:
+) -> tuple[str, Path | None, Path | None]:
     """A Zarr array path for ``src``: itself, or a conversion next to ``out``.
 
-    Returns the path and, when this call created a conversion, its location (to
-    remove if the fit fails before anything was committed).
+    Returns the path; when this call created a conversion, its location (to remove
+    if the fit fails before anything was committed); and when that conversion
+    replaced another one (``--overwrite``), where the old one was moved (to put
+    back on failure, since the run kept then still reads it; to delete once the new
+    fit has committed).
     """
     from ._convert import convert, detect_format, is_sparse_source, is_zarr
 
@@ -384,7 +387,7 @@ def _prepare_input(
             and (chunk_rows is None or chunk_rows == rows)
         )
         if same:
-            return path, None
+            return path, None, None
     if is_zarr(out) and "://" in out:
         raise InvalidParameterError(
             f"--out {out} is a URL, so a converted copy of {src} cannot go next to it: "
@@ -407,21 +410,38 @@ def _prepare_input(
         recorded = _recorded_identity(target)
         if recorded == identity:
             _say(f"using {target}, converted earlier from {src}")
-            return str(target), None
+            return str(target), None, None
         if not overwrite:
             raise StoreError(
                 f"{target} exists but holds another conversion (another file, other "
                 f"options, or {src} changed since); pass --overwrite to replace it, or "
                 f"remove it."
             )
+    # The run being replaced may still read the old conversion: it is kept aside
+    # until the new fit has committed, and put back if it does not.
+    aside = target.with_name(f".{target.name}.replaced-{os.getpid()}") \
+        if target.exists() else None
+    if aside is not None:
+        os.replace(target, aside)
     _say(f"converting {src} to {target} (a Zarr copy that the run reads, kept for resume)")
-    with _row_progress(f"converting {Path(src).name}") as on_rows:
-        result = convert(src, target, chunk_rows=chunk_rows, dtype=dtype, transpose=transpose,
-                         dataset=dataset, overwrite=True, attributes={"input_of": identity},
-                         on_rows=on_rows, dense=dense)
+    try:
+        with _row_progress(f"converting {Path(src).name}") as on_rows:
+            result = convert(src, target, chunk_rows=chunk_rows, dtype=dtype,
+                             transpose=transpose, dataset=dataset, overwrite=True,
+                             attributes={"input_of": identity}, on_rows=on_rows, dense=dense)
+    except BaseException:
+        _put_back(target, aside)
+        raise
     kind = f", sparse ({result.nnz} stored entries)" if result.nnz is not None else ""
     _say(f"converted: {result.shape[0]} × {result.shape[1]} {result.dtype}{kind}")
-    return str(target), target
+    return str(target), target, aside
+
+
+def _put_back(path: Path, aside: Path | None) -> None:
+    """Remove ``path`` (made by this command) and move ``aside`` back in its place."""
+    shutil.rmtree(path, ignore_errors=True)
+    if aside is not None:
+        os.replace(aside, path)
 
 
 def _recorded_identity(path: Path) -> dict[str, Any] | None:
@@ -507,11 +527,13 @@ def _lock_holder(path: str) -> dict[str, Any] | None:
 
 
 @contextlib.contextmanager
-def _replacing(out: str, overwrite: bool) -> Iterator[bool]:
+def _replacing(out: str, overwrite: bool,
+               outcome: dict[str, bool] | None = None) -> Iterator[bool]:
     """With ``--overwrite`` on a local path: move the old run aside, restore it on failure.
 
     Yields whether the library should still be asked to overwrite (URLs, which
-    cannot be renamed).
+    cannot be renamed). When it moved a run aside, ``outcome["committed"]`` says at
+    the end whether the new run was kept (true) or the old one came back.
     """
     path = Path(out)
     if not overwrite or "://" in out or not path.exists() or out.endswith(".zip"):
@@ -537,6 +559,8 @@ def _replacing(out: str, overwrite: bool) -> Iterator[bool]:
         committed = _has_commit(out)
         raise
     finally:
+        if outcome is not None:
+            outcome["committed"] = committed
         if committed:
             shutil.rmtree(aside, ignore_errors=True)
         else:
@@ -762,15 +786,17 @@ def fit(
     if "://" not in out:
         _make_parent(out)
     try:
-        path, created = _prepare_input(
+        path, created, aside = _prepare_input(
             input, out, dtype=dtype.value if dtype else None, chunk_rows=chunk_rows,
             transpose=transpose, dataset=dataset, overwrite=overwrite, dense=dense,
         )
     except KeyboardInterrupt as exc:
         _say(f"interrupted while converting {input}: nothing was written.")
         raise typer.Exit(_exit_code(exc)) from None
+    replaced: dict[str, bool] = {}
     try:
-        with _scheduler(scheduler, scheduler_file) as client, _replacing(out, overwrite) as ow:
+        with _scheduler(scheduler, scheduler_file) as client, \
+                _replacing(out, overwrite, replaced) as ow:
             est = dnmf.NMF(
                 rank, solver=solver.value, beta_loss=loss_name,
                 init=init.value if init else None, max_iter=max_iter, tol=tol,
@@ -797,9 +823,18 @@ def fit(
             # Leave no debris of a fit that never committed: what this command made.
             if not out_existed:
                 shutil.rmtree(out, ignore_errors=True)
-            if created is not None:
+            if created is not None and aside is None:
                 shutil.rmtree(created, ignore_errors=True)
         raise
+    finally:
+        if aside is not None:
+            # The conversion replaced another one. If the new fit committed, the run
+            # that read the old one is gone; if not, that run is back (or there was
+            # none) and so is its input.
+            if replaced.get("committed", _has_commit(out)):
+                shutil.rmtree(aside, ignore_errors=True)
+            else:
+                _put_back(Path(path), aside)
     _report_fit(out, started, sched)
 
 

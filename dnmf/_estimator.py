@@ -20,7 +20,13 @@ from . import _engine
 from ._backend import Backend, get_backend
 from ._solvers import Regularization, Solver, get_solver
 from ._source import PanelSource, as_source, load_panel, snap_bounds
-from ._validation import check_custom_factor, check_params, regularization, resolve_seed
+from ._validation import (
+    check_custom_factor,
+    check_params,
+    regularization,
+    resolve_init,
+    resolve_seed,
+)
 from .errors import InvalidInputError, NotFittedError
 
 __all__ = ["NMF", "non_negative_factorization"]
@@ -350,9 +356,7 @@ class NMF:
         source = prep.source
         n, m = source.shape
         k = self._resolve_k(params, W, H, m)
-        init = params["init"]
-        if init is None:
-            init = "nndsvda" if k <= min(n, m) else "random"
+        init = resolve_init(params["init"], k, n, m)
         seed = resolve_seed(params["random_state"])
         if init == "custom":
             W0 = check_custom_factor(W, "W", (n, k), source.dtype)

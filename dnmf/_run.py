@@ -388,7 +388,7 @@ def _plan(est: NMF, X: Any, W: Any, H: Any, params: dict[str, Any],
     """Resolve V, its panels, k, init and the seed; "as recorded" where left open."""
     from ._estimator import _Prepared
     from ._store import checksum
-    from ._validation import check_custom_factor, resolve_seed
+    from ._validation import check_custom_factor, resolve_init, resolve_seed
 
     recorded = manifest["params"] if manifest else None
     panel_rows, layout = params["panel_rows"], None
@@ -405,7 +405,7 @@ def _plan(est: NMF, X: Any, W: Any, H: Any, params: dict[str, Any],
         k = int(recorded["n_components"])
     else:
         k = est._resolve_k(params, W, H, m)
-    init = params["init"] or ("nndsvda" if k <= min(n, m) else "random")
+    init = resolve_init(params["init"], k, n, m)
     if recorded and params["random_state"] is None:
         seed = int(recorded["random_state"])
     else:
@@ -511,6 +511,25 @@ def _fit(
                 f"it. Choose another out, or pass overwrite=True to replace its contents."
             )
     every = params["checkpoint_every"]
+    made_here = loc.kind == "local" and not os.path.exists(loc.path)
+    with contextlib.ExitStack() as cleanup:
+        if made_here:
+            # A fit that fails before its first commit leaves no empty directory.
+            cleanup.callback(_remove_if_empty, loc.path)
+        return _fit_locked(store, est, X, W, H, params, source_location, on_exit, every)
+
+
+def _remove_if_empty(path: str) -> None:
+    with contextlib.suppress(OSError):
+        os.rmdir(path)  # fails unless empty: a run that committed stays
+
+
+def _fit_locked(
+    store: RunStore, est: NMF, X: Any, W: Any, H: Any, params: dict[str, Any],
+    source_location: str | None,
+    on_exit: Callable[[RunStore, dict[str, Any] | None], None] | None, every: int,
+) -> dict[str, Any]:
+    loc = store.location
     with locked(store):
         try:
             store.remove_leftovers()

@@ -20,6 +20,7 @@ __all__ = [
     "check_custom_factor",
     "check_params",
     "regularization",
+    "resolve_init",
     "resolve_seed",
 ]
 
@@ -131,6 +132,22 @@ def regularization(
         l1_H=n_samples * a_H * l1_ratio,
         l2_H=n_samples * a_H * (1.0 - l1_ratio),
     )
+
+
+def resolve_init(init: str | None, k: int, n: int, m: int) -> str:
+    """The start to use: ``init``, or for None NNDSVDa when the rank allows, else random.
+
+    NNDSVD starts from k singular vectors, so it needs k <= min(n, m).
+    """
+    if init is None:
+        return "nndsvda" if k <= min(n, m) else "random"
+    if init.startswith("nndsvd") and k > min(n, m):
+        raise InvalidParameterError(
+            f"init={init!r} can only be used when n_components <= min(n_samples, "
+            f"n_features): n_components={k}, but the data is {n} × {m}. Use "
+            f"init='random', or at most {min(n, m)} components."
+        )
+    return init
 
 
 def resolve_seed(random_state: Any) -> int:

@@ -518,6 +518,39 @@ def test_overwrite_keeps_the_old_run_when_the_new_fit_fails(workspace, tmp_path,
         "data.zarr", "neg.npy", "run.zarr", "v.npy"]
 
 
+def test_overwrite_keeps_the_old_runs_converted_input_when_the_new_fit_fails(
+        tmp_path, capsys, monkeypatch):
+    rng = np.random.default_rng(5)
+    old, new = rng.random((60, 20)), rng.random((50, 30))
+    np.save(tmp_path / "old.npy", old)
+    np.save(tmp_path / "new.npy", new)
+
+    def here(*args):
+        return run_here(*args, cwd=tmp_path, capsys=capsys, monkeypatch=monkeypatch)
+
+    def converted():
+        return zarr.open_array(str(tmp_path / "run.input.zarr"), mode="r")[:]
+
+    ok(here("fit", "old.npy", "-k", "2", "-o", "run.zarr", "--max-iter", "3"))
+    np.testing.assert_array_equal(converted(), old)
+    # Fails after new.npy was converted (the rank is checked against its shape).
+    failed = here("fit", "new.npy", "-k", "40", "--init", "nndsvd", "-o", "run.zarr",
+                  "--overwrite")
+    assert_user_error(failed, USAGE, r"init='nndsvd' can only be used .* 50 × 30")
+    # The old run is kept, and so is the input it reads: it can still be resumed.
+    np.testing.assert_array_equal(converted(), old)
+    ok(here("resume", "run.zarr", "--max-iter", "6"))
+    assert dnmf.open_run(str(tmp_path / "run.zarr")).iteration == 6
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "new.npy", "old.npy", "run.input.zarr", "run.zarr"]
+    # A new fit that commits replaces both.
+    ok(here("fit", "new.npy", "-k", "2", "-o", "run.zarr", "--overwrite", "--max-iter", "3"))
+    np.testing.assert_array_equal(converted(), new)
+    assert dnmf.open_run(str(tmp_path / "run.zarr")).W.shape == (50, 2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "new.npy", "old.npy", "run.input.zarr", "run.zarr"]
+
+
 def _doc_commands(path: Path, section: str) -> list[list[str]]:
     text = path.read_text()
     body = text.split(section, 1)[1].split("\n## ", 1)[0]

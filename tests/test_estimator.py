@@ -378,11 +378,16 @@ def test_missing_zarr_path_is_explained(tmp_path):
     ({"l1_ratio": 2.0}, r"'l1_ratio'.*Got 2.0"),
     ({"solver": "hals", "beta_loss": "kullback-leibler"}, r"solver='hals'.*Use solver='mu'"),
     ({"solver": "als", "beta_loss": 1}, r"solver='als'.*Use solver='mu'"),
+    ({"n_components": 11, "init": "nndsvd"},
+     r"init='nndsvd'.*n_components=11, but the data is 20 × 10.*at most 10 components"),
+    ({"n_components": 11, "init": "nndsvda", "out": "run.zarr"}, r"init='nndsvda'.*at most 10"),
 ])
-def test_bad_parameters_are_refused(params, match):
+def test_bad_parameters_are_refused(params, match, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     V, _, _ = planted(20, 10, 2, seed=21)
     with pytest.raises(InvalidParameterError, match=match):
         dnmf.NMF(**{"n_components": 2, **params}).fit(V)
+    assert not list(tmp_path.iterdir())  # nothing written
 
 
 @pytest.mark.parametrize("which,value,match", [
