@@ -1,16 +1,16 @@
 """Running panel tasks: Dask's local threads scheduler or a distributed cluster.
 
-The driver asks for a *pass*: one task per panel, each returning ``(output, stats)``,
-and the stats summed in the fixed tree of :mod:`dnmf._tree`, so the sum does not
-depend on which task finished first; optionally a ``then`` step runs on the sum.
-Locally the pass runs at once in this process. On a cluster a pass is one task per
-panel, one task per block of neighbouring panels on the same worker (its subtree's
-sum, and its outputs kept together, which stay on that worker as the next pass's
-inputs), and one task for the rest of the tree and ``then``; a pass can be queued
-before the previous one has finished, taking its shared values from that pass's
-``then`` (:class:`Pending`). Each pass builds a fresh graph from concrete inputs or
-futures, so graphs never grow across iterations. This module knows nothing of NMF;
-it schedules functions.
+The driver asks for a *pass*: a function applied to every panel, each call returning
+``(output, stats)``, and the stats summed in the fixed tree of :mod:`dnmf._tree`, so
+the sum does not depend on which task finished first; optionally a ``then`` step
+runs on the sum. Locally the pass runs at once in this process, one task per panel.
+On a cluster a pass is one task per worker thread, for a block of neighbouring
+panels (the panels in turn, their subtree's sum, and their outputs kept together,
+which stay on that worker as the next pass's inputs), and one task for the rest of
+the tree and ``then``; a pass can be queued before the previous one has finished,
+taking its shared values from that pass's ``then`` (:class:`Pending`). Each pass
+builds a fresh graph from concrete inputs or futures, so graphs never grow across
+iterations. This module knows nothing of NMF; it schedules functions.
 """
 
 from __future__ import annotations
@@ -109,8 +109,8 @@ class _Slot:
     """Part of a task's result on a cluster: ``result[path[0]][path[1]]...``.
 
     A pass keeps the new W panels of each block of panels in one task's result
-    (on the worker that computed them), so no task per panel is needed to split
-    outputs from statistics; a task that takes a slot gets the part itself.
+    (on the worker that computed them), so no task is needed to split outputs from
+    statistics; a task that takes a slot gets the part itself.
     """
 
     __slots__ = ("future", "path")
@@ -228,10 +228,25 @@ class Pending:
         self._future = None
 
 
-def _block(combine: Callable[[Any, Any], Any], keep: bool, *pairs: tuple[Any, Any]) -> Any:
-    """One block of panels: its outputs (if kept) and its subtree's sum of stats."""
-    total = pairwise_tree([p[1] for p in pairs], combine)
-    return (tuple(p[0] for p in pairs), total) if keep else total
+def _block(task: Callable[..., tuple[Any, Any]], combine: Callable[[Any, Any], Any],
+           keep: bool, wheres: tuple[Where, ...], layout: Layout, shared: list[Any],
+           *args: Any) -> Any:
+    """One block of neighbouring panels, in one task: ``task`` on each panel in turn,
+    then the outputs (if kept) and the block's subtree of the fixed tree's sum.
+
+    ``args`` holds the panels' arguments one panel after the other (``len(args) //
+    len(wheres)`` each); ``wheres[i]`` says which of panel i's are slots.
+    """
+    values = _shared_values(layout, shared)
+    width = len(args) // len(wheres)
+    outputs, stats = [], []
+    for i, where in enumerate(wheres):
+        out, stat = task(*_resolve(where, args[i * width:(i + 1) * width]), *values)
+        outputs.append(out if keep else None)
+        stats.append(stat)
+        del out, stat
+    total = pairwise_tree(stats, combine)
+    return (tuple(outputs), total) if keep else total
 
 
 class Backend:
@@ -329,15 +344,25 @@ class Backend:
         preference is loose (``allow_other_workers``): a lost or busy worker's
         panels run elsewhere, with the same result. ``None`` locally.
         """
+        return [worker for worker, _ in self._slots(n_panels)]
+
+    def _slots(self, n_panels: int) -> list[tuple[str | None, int]]:
+        """Per panel, its worker and its thread slot (contiguous panels per slot).
+
+        Slot ``i · threads / panels`` of all the cluster's worker threads, counted
+        worker by worker in name order: each worker thread gets a contiguous run of
+        panels, and a worker's threads get neighbouring runs.
+        """
         if self.client is None:
-            return [None] * n_panels
+            return [(None, i) for i in range(n_panels)]
         workers = self._workers()
         if not workers:
-            return [None] * n_panels
+            return [(None, i) for i in range(n_panels)]
         names = sorted(workers)
         threads = np.cumsum([max(1, int(workers[w].get("nthreads", 1))) for w in names])
         slots = (np.arange(n_panels) * threads[-1]) // max(n_panels, 1)
-        return [names[int(np.searchsorted(threads, slot, side="right"))] for slot in slots]
+        return [(names[int(np.searchsorted(threads, slot, side="right"))], int(slot))
+                for slot in slots]
 
     def _workers(self) -> dict[str, Any]:
         """The scheduler's workers, asked at most every ``WORKERS_TTL`` seconds.
@@ -445,20 +470,25 @@ class Backend:
                 return Pending(outputs, value=total)
             shared_part, own_part = then(total, *shared)
             return Pending(outputs, value=own_part, shared=shared_part)
-        # On a cluster: one task per panel, then one task per block of neighbouring
-        # panels on the same worker (the block's subtree of the fixed tree, and its
-        # W panels kept together), then one task for the tree above the blocks.
+        # On a cluster: one task per block of neighbouring panels for one worker
+        # thread (the panels one after the other, their W panels kept together, and
+        # the block's subtree of the fixed tree), then one task for the tree above
+        # the blocks. Panels of one thread run in turn anyway; as one task they
+        # cost the scheduler no round trip between them.
         bundle = self.share(shared)
-        owners = self.placement(len(per_panel))
-        parts = []
-        for args, worker in zip(per_panel, owners):
-            with self._placed(worker):
-                parts.append(self._delayed_call(task, args, bundle))
-        blocks = local_blocks(owners)
+        slots = self._slots(len(per_panel))
+        owners = [worker for worker, _ in slots]
+        blocks = local_blocks([slot for _, slot in slots])
+        name = getattr(task, "__name__", "task")
         groups = []
         for a, b in blocks:
+            unslotted = [_unslot(args) for args in per_panel[a:b]]
             with self._placed(owners[a]):
-                groups.append(delayed(_block, pure=False)(combine, keep_outputs, *parts[a:b]))
+                groups.append(delayed(_block, pure=False)(
+                    task, combine, keep_outputs, tuple(w for _, w in unslotted), *bundle,
+                    *(x for plain, _ in unslotted for x in plain),
+                    dask_key_name=f"{name}-{uuid.uuid4().hex}",
+                ))
         # The last task runs where the last block is and takes the blocks there
         # whole (their W panels do not move); other blocks' sums come by a getitem.
         last = owners[blocks[-1][0]]

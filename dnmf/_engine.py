@@ -314,7 +314,9 @@ def h_step(stats: Stats, solver: Solver, ctx: PanelContext, reg: Regularization,
     loss_before = solver.loss_before(stats, ctx, norm_sq)
     H_new = solver.update_H(ctx.H.astype(np.float64), stats, ctx, reg)
     loss_after = solver.loss_after(stats, H_new, norm_sq)
-    next_ctx = _context(H_new.astype(ctx.H.dtype), ctx.shape, ctx.nnz)
+    # The context holds H_new itself when the dtypes agree: the task's result then
+    # carries H once, to the driver and to the workers of the next pass.
+    next_ctx = _context(H_new.astype(ctx.H.dtype, copy=False), ctx.shape, ctx.nnz)
     return next_ctx, (loss_before, loss_after, H_new)
 
 

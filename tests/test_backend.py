@@ -108,6 +108,26 @@ def test_cluster_panels_sit_in_contiguous_blocks_per_worker(distributed_client):
         np.testing.assert_array_equal(got, -panel)
 
 
+def _negate_and_sum(f):
+    return -f, f.sum()
+
+
+def test_a_cluster_pass_is_one_task_per_worker_thread(distributed_client):
+    """A worker thread's panels run in turn in one task: no round trip between them."""
+    from distributed import get_task_stream
+
+    backend = Backend(distributed_client)
+    panels = [np.full((2, 2), float(i)) for i in range(8)]
+    with get_task_stream(distributed_client) as ts:
+        outputs, total = backend.run_pass(_negate_and_sum, [(p,) for p in panels], (),
+                                          np.add, keep_outputs=True)
+    assert total == sum(range(8)) * 4
+    keys = [str(t["key"]) for t in ts.data]
+    assert sum(k.startswith("_negate_and_sum") for k in keys) == 2, keys
+    for panel, got in zip(panels, backend.gather(outputs)):
+        np.testing.assert_array_equal(got, -panel)
+
+
 def _join(a: str, b: str) -> str:
     return f"({a}+{b})"
 
