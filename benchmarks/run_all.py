@@ -264,9 +264,10 @@ def section_cluster_scaling(data: dict[str, Any]) -> list[str]:
         lines[-1] += " Per round: " + ", ".join(f"{x:.2f}×" for x in data["round_speedups"]) + "."
     ceiling = data.get("ceiling")
     if ceiling:
-        lines += ["", f"Machine ceiling, the peer in this run (the same HALS panel updates in 1 "
-                      f"vs 2 plain processes, no Dask): {ceiling['one_process_seconds']:.3f} s vs "
-                      f"{ceiling['two_processes_seconds']:.3f} s per iteration = "
+        lines += ["", f"Machine ceiling, the peer in this run (the measured passes' HALS panel "
+                      f"updates in 1 vs 2 plain processes, no Dask): "
+                      f"{ceiling['one_process_seconds']:.3f} s vs "
+                      f"{ceiling['two_processes_seconds']:.3f} s per pass = "
                       f"{ceiling['speedup']:.2f}×; **dnmf / ceiling = "
                       f"{data['speedup_over_ceiling']:.2f}**."]
     return lines
