@@ -145,6 +145,8 @@ class NMF:
         Maximum number of iterations (passes over X).
     tol : float, default=1e-4
         Stop when the loss decreases by less than ``tol`` (relative) in an iteration.
+        With ``tol=0`` the fit stops only at ``max_iter`` or if the loss rises (which
+        happens only once it has reached the floor of floating-point rounding).
     random_state : int, RandomState, Generator or None, default=None
         Seed of the initialisation.
     alpha_W, alpha_H, l1_ratio : float

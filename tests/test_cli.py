@@ -387,10 +387,17 @@ def test_every_format_through_fit_info_export(name, converted, sources, V):
                      f"run-{name.replace('.', '-')}.zarr", V)
 
 
+def _default_sigint() -> None:
+    """In the child: SIGINT's default (KeyboardInterrupt), as under a terminal, even
+    when this test run ignores SIGINT (a shell's background job inherits SIG_IGN)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _fit_until_running(cwd: Path, args: list[str]) -> subprocess.Popen:
     proc = subprocess.Popen(
         [sys.executable, "-m", "dnmf", *args], cwd=cwd, stdout=subprocess.PIPE,
         stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        preexec_fn=_default_sigint,
     )
     assert proc.stderr is not None
     seen = []
@@ -586,12 +593,15 @@ def test_the_printed_dashboard_link_serves_the_dashboard_during_the_fit(tmp_path
     pytest.importorskip("bokeh")
     import urllib.request
 
-    convert(_save(tmp_path / "v.npy", planted(400, 40, 3, seed=6)[0]), tmp_path / "v.zarr")
+    # Noisy data: the loss stays well above rounding, so "--tol 0" never stops the fit.
+    convert(_save(tmp_path / "v.npy", planted(400, 40, 3, seed=6, noise=0.05)[0]),
+            tmp_path / "v.zarr")
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "dnmf", "fit", "v.zarr", "-k", "3", "--out", "run.zarr",
          "--max-iter", "100000", "--tol", "0", "--scheduler", "local:2"],
         cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        preexec_fn=_default_sigint,
     )
     try:
         assert proc.stderr is not None
