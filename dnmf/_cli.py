@@ -228,7 +228,13 @@ def _check_scheduler(spec: str | None, scheduler_file: Path | None) -> None:
         raise InvalidParameterError("give --scheduler or --scheduler-file, not both.")
     if scheduler_file is not None and not scheduler_file.exists():
         raise InvalidInputError(f"the scheduler file {str(scheduler_file)!r} does not exist.")
-    if spec is None or spec in ("threads", "local") or "://" in spec:
+    if scheduler_file is not None:
+        _probe_scheduler(_address_in(scheduler_file), f" (from {scheduler_file})")
+        return
+    if spec is None or spec in ("threads", "local"):
+        return
+    if "://" in spec:
+        _probe_scheduler(spec)
         return
     count = spec.partition(":")[2] if spec.startswith("local:") else None
     if count is None:
@@ -239,6 +245,61 @@ def _check_scheduler(spec: str | None, scheduler_file: Path | None) -> None:
         raise InvalidParameterError(
             f"--scheduler local:N needs a positive number of workers, got {spec!r}."
         )
+
+
+def _address_in(scheduler_file: Path) -> str:
+    """The scheduler address a scheduler file (``dask scheduler --scheduler-file``) holds."""
+    try:
+        address = json.loads(scheduler_file.read_text()).get("address")
+    except (OSError, ValueError, AttributeError) as exc:
+        raise InvalidInputError(
+            f"{scheduler_file} is not a Dask scheduler file ({_one_line(str(exc))}): it "
+            f"should be the JSON file that 'dask scheduler --scheduler-file' writes."
+        ) from None
+    if not isinstance(address, str):
+        raise InvalidInputError(
+            f"{scheduler_file} is not a Dask scheduler file: it has no \"address\"."
+        )
+    return address
+
+
+#: Seconds a TCP connection to the scheduler may take before it is reported missing.
+PROBE_TIMEOUT = 5.0
+
+
+def _probe_scheduler(address: str, source: str = "") -> None:
+    """Fail at once, before any work, when nothing listens at a tcp:// or tls:// address.
+
+    Dask's client retries a refused connection until its timeout; a plain TCP
+    connection tells at once that no scheduler is there.
+    """
+    import socket
+
+    scheme, _, rest = address.partition("://")
+    if scheme not in ("tcp", "tls"):
+        return  # another transport (inproc, ucx, ...): left to Dask
+    host, _, port = rest.rstrip("/").rpartition(":")
+    host = host.strip("[]")
+    if not host or not port.isdigit():
+        raise InvalidParameterError(
+            f"the scheduler address {address!r}{source} is not tcp://HOST:PORT."
+        )
+    try:
+        with socket.create_connection((host, int(port)), timeout=PROBE_TIMEOUT):
+            pass
+    except ConnectionRefusedError:
+        reason = "nothing listens there (connection refused)"
+    except TimeoutError:
+        reason = f"no answer in {PROBE_TIMEOUT:.0f} s"
+    except OSError as exc:
+        reason = _one_line(exc.strerror or str(exc))
+    else:
+        return
+    raise DnmfError(
+        f"cannot connect to the Dask scheduler at {address}{source}: {reason}. Is the "
+        f"scheduler running (dask scheduler, or cluster/local/start_cluster.py)? "
+        f"--scheduler local:2 starts a cluster on this machine instead."
+    )
 
 
 @contextlib.contextmanager

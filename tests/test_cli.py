@@ -14,6 +14,7 @@ import re
 import shlex
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -188,7 +189,23 @@ ERROR_CASES = {
 }
 
 #: More mistakes, through the same entry function in this process (no start-up cost).
+def _closed_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on (it was free a moment ago)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+NO_SCHEDULER = f"tcp://127.0.0.1:{_closed_port()}"
+
 MORE_ERROR_CASES = {
+    # Refused at once, before v.npy is converted (Dask's client would retry for 10 s).
+    "no scheduler there": (["fit", "v.npy", "-k", "2", "-o", "r.zarr", "--scheduler",
+                            NO_SCHEDULER], ERROR,
+                           r"cannot connect to the Dask scheduler at tcp://127\.0\.0\.1:\d+: "
+                           r"nothing listens there \(connection refused\)\. Is the scheduler"),
+    "not a scheduler file": (["resume", "run.zarr", "--scheduler-file", "v.npy"], ERROR,
+                             r"v\.npy is not a Dask scheduler file"),
     "rank missing": (["fit", "v.npy", "-o", "r.zarr"], USAGE, r"Missing option '--rank'"),
     "l1 ratio out of range": (["fit", "v.npy", "-k", "2", "-o", "r.zarr", "--l1-ratio", "2"],
                               USAGE, r"--l1-ratio"),
