@@ -9,6 +9,7 @@ from __future__ import annotations
 from ._estimator import NMF, non_negative_factorization
 from ._run import Run, open_run, resume
 from .errors import (
+    ClusterLostError,
     ConvergenceWarning,
     CorruptCheckpointError,
     DnmfError,
@@ -24,6 +25,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "NMF",
+    "ClusterLostError",
     "ConvergenceWarning",
     "CorruptCheckpointError",
     "DnmfError",

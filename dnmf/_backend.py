@@ -20,8 +20,8 @@ import os
 import time
 import uuid
 import warnings
-from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any
 
 import dask
@@ -184,6 +184,41 @@ def _finish(blocks: Sequence[tuple[int, int]], sums: list[Any], whole: tuple[boo
     return total if then is None else then(total, *_shared_values(layout, shared))
 
 
+def _connection_lost(exc: BaseException) -> str | None:
+    """Why ``exc`` means the scheduler is gone (or None: it does not)."""
+    import asyncio
+    import concurrent.futures
+
+    from distributed.comm.core import CommClosedError
+
+    text = str(exc)
+    if isinstance(exc, CommClosedError):
+        return text or "the connection was closed"
+    if isinstance(exc, asyncio.CancelledError | concurrent.futures.CancelledError) and (
+        "connection-lost" in text or "lost the connection" in text
+    ):
+        return "the client lost the connection to the scheduler"
+    return None
+
+
+@contextmanager
+def _cluster_guard(address: str | None) -> Iterator[None]:
+    """Turn the loss of the scheduler into a :class:`ClusterLostError` that says so."""
+    from .errors import ClusterLostError
+
+    try:
+        yield
+    except Exception as exc:
+        reason = None if address is None else _connection_lost(exc)
+        if reason is None:
+            raise
+        raise ClusterLostError(
+            f"lost the Dask scheduler at {address} ({reason}): the work stopped. A fit "
+            f"with out= resumes from its last checkpoint once a scheduler is reachable "
+            f"again (dnmf.resume(out), or 'dnmf resume OUT')."
+        ) from None
+
+
 class Pending:
     """A submitted pass: its outputs (handles) now, its result when it is done.
 
@@ -195,8 +230,10 @@ class Pending:
     """
 
     def __init__(self, outputs: list[Any], *, future: Any = None, value: Any = None,
-                 shared: Any = None, futures: Sequence[Any] = ()) -> None:
+                 shared: Any = None, futures: Sequence[Any] = (),
+                 address: str | None = None) -> None:
         self.outputs = outputs
+        self._address = address
         self._future = future
         self._value = value
         self._shared = shared
@@ -204,7 +241,8 @@ class Pending:
 
     def result(self) -> Any:
         if self._future is not None:
-            self._value = self._future.result()
+            with _cluster_guard(self._address):
+                self._value = self._future.result()
             self._future = None
         return self._value
 
@@ -255,7 +293,10 @@ class Backend:
     def __init__(self, client: Any = None, n_threads: int | None = None) -> None:
         self.client = client
         self._workers_seen: tuple[float, dict[str, Any]] | None = None
+        #: The scheduler's address (for messages), None locally.
+        self.address: str | None = None
         if client is not None:
+            self.address = str(getattr(client.scheduler, "address", None) or "?")
             info = client.scheduler_info()
             workers = info.get("workers", {})
             self.n_threads = max(1, sum(w.get("nthreads", 1) for w in workers.values()))
@@ -372,7 +413,8 @@ class Backend:
         """
         now = time.monotonic()
         if self._workers_seen is None or now - self._workers_seen[0] > WORKERS_TTL:
-            self._workers_seen = (now, self.client.scheduler_info().get("workers", {}))
+            with _cluster_guard(self.address):
+                self._workers_seen = (now, self.client.scheduler_info().get("workers", {}))
         return self._workers_seen[1]
 
     def _placed(self, worker: str | None) -> AbstractContextManager[Any]:
@@ -414,7 +456,8 @@ class Backend:
             elif _is_future(base):
                 futures.setdefault(base.key, base)
         keys = list(futures)
-        values = dict(zip(keys, self.client.gather([futures[key] for key in keys])))
+        with _cluster_guard(self.address):
+            values = dict(zip(keys, self.client.gather([futures[key] for key in keys])))
         out = []
         for h in handles:
             if isinstance(h, _Slot):
@@ -515,14 +558,16 @@ class Backend:
         # ordered by each graph's own task order, and a queued pass's first panel
         # tasks outrank this pass's last ones (the tiny task that takes the result to
         # this process then waits for a whole pass on a busy worker).
-        futures = self.client.compute(wanted, fifo_timeout=0)
+        with _cluster_guard(self.address):
+            futures = self.client.compute(wanted, fifo_timeout=0)
         shared_future = None if then is None else _Slot(futures[-2], (0,))
         outputs = [
             _Slot(group, (0, i))
             for group, (a, b) in zip(futures[:len(kept)], blocks)
             for i in range(b - a)
         ]
-        return Pending(outputs, future=futures[-1], shared=shared_future, futures=futures)
+        return Pending(outputs, future=futures[-1], shared=shared_future, futures=futures,
+                       address=self.address)
 
     def _local_pass(
         self,
@@ -567,7 +612,8 @@ class Backend:
         if self.client is None:
             with _blas_limit(self.n_threads):
                 return list(dask.compute(*parts, scheduler="threads", num_workers=self.n_threads))
-        return list(self.client.gather(self.client.compute(parts)))
+        with _cluster_guard(self.address):
+            return list(self.client.gather(self.client.compute(parts)))
 
     def map_keep(
         self,

@@ -31,6 +31,7 @@ import numpy as np
 import typer
 
 from .errors import (
+    ClusterLostError,
     ConvergenceWarning,
     DnmfError,
     InvalidInputError,
@@ -651,6 +652,21 @@ def _interrupted(out: str, sched: str, exc: BaseException) -> typer.Exit:
     return typer.Exit(_exit_code(exc))
 
 
+def _lost(out: str, sched: str, exc: ClusterLostError) -> ClusterLostError:
+    """The scheduler went away mid-fit: the error, with how to continue the run."""
+    what = str(exc).split(": the work stopped", 1)[0]
+    try:
+        run = _open_run(out)
+    except DnmfError:
+        return ClusterLostError(f"{what}: the fit stopped before its first checkpoint; "
+                                f"run the same command again once a scheduler is up.")
+    return ClusterLostError(
+        f"{what}: the fit stopped; iteration {run.iteration} is committed to {out}. "
+        f"Continue it, once a scheduler is up (or on this machine without --scheduler), "
+        f"with: dnmf resume {_quote(out)}{sched}"
+    )
+
+
 def _report_fit(out: str, started: float, sched: str) -> None:
     run = _open_run(out)
     change = _relative_change(run.loss_history, run.init_loss)
@@ -878,6 +894,8 @@ def fit(
                     est.fit(_absolute(path))
             except KeyboardInterrupt as exc:
                 raise _interrupted(out, sched, exc) from None
+            except ClusterLostError as exc:
+                raise _lost(out, sched, exc) from None
     except BaseException as exc:
         failed = not isinstance(exc, typer.Exit | KeyboardInterrupt)
         if failed and not _has_commit(out):
@@ -960,6 +978,8 @@ def resume(
                 resume_run(_absolute(run), max_iter=max_iter, scheduler=client, verbose=1)
         except KeyboardInterrupt as exc:
             raise _interrupted(run, sched, exc) from None
+        except ClusterLostError as exc:
+            raise _lost(run, sched, exc) from None
     _report_fit(run, started, sched)
 
 
@@ -1351,8 +1371,18 @@ def _quiet_logs(debug: bool) -> None:
         logging.basicConfig(level=logging.INFO, format="%(name)s %(levelname)s: %(message)s")
         logging.getLogger("dnmf").setLevel(logging.DEBUG)
         return
-    for name in ("distributed", "tornado", "bokeh", "asyncio"):
-        logging.getLogger(name).setLevel(logging.ERROR)
+    # A lost scheduler is reported as dnmf's own error, with how to continue; the
+    # client's log of its failed reconnection would only repeat it.
+    levels = {"distributed": "error", "distributed.client": "critical",
+              "tornado": "critical", "bokeh": "error", "asyncio": "error"}
+    for name, level in levels.items():
+        logging.getLogger(name).setLevel(level.upper())
+    # Importing distributed sets its loggers from Dask's config (INFO by default):
+    # quiet there too, unless the user's own config says otherwise.
+    import dask
+
+    dask.config.set({"distributed.logging": {
+        **levels, **(dask.config.get("distributed.logging", None) or {})}})
 
 
 def _click_errors() -> tuple[type[Exception], type[Exception]]:

@@ -9,6 +9,7 @@ offending value, where it was found and what to do about it.
 from __future__ import annotations
 
 __all__ = [
+    "ClusterLostError",
     "ConvergenceWarning",
     "CorruptCheckpointError",
     "DnmfError",
@@ -52,6 +53,14 @@ class CorruptCheckpointError(StoreError):
 
 class IncompatibleRunError(DnmfError, ValueError):
     """An existing run cannot be resumed with this data or these parameters."""
+
+
+class ClusterLostError(DnmfError, RuntimeError):
+    """The Dask scheduler, or the connection to it, was lost during the work.
+
+    Not a mistake in the call: the work stopped. A fit with ``out=`` resumes from
+    its last checkpoint (:func:`dnmf.resume`) once a scheduler is reachable again.
+    """
 
 
 class RunLockedError(DnmfError):
