@@ -262,6 +262,10 @@ def section_cluster_scaling(data: dict[str, Any]) -> list[str]:
     lines += ["", f"**Speedup of 2 workers over 1: {data['speedup']:.2f}×** (target ≥ 1.7×)."]
     if data.get("round_speedups"):
         lines[-1] += " Per round: " + ", ".join(f"{x:.2f}×" for x in data["round_speedups"]) + "."
+    if data.get("fit_speedups"):
+        lines += ["", "Whole fit (reading V into the workers, the start and every iteration): "
+                      "speedup " + ", ".join(f"{x:.2f}×" for x in data["fit_speedups"])
+                  + " (per round)."]
     ceiling = data.get("ceiling")
     if ceiling:
         lines += ["", f"Machine ceiling, the peer in this run (the measured passes' HALS panel "
