@@ -215,6 +215,11 @@ def open_array(loc: Location, run_id: str, name: str) -> Any:
     if array is None:
         mode = "r" if loc.kind == "zip" else "r+"
         array = zarr.open_array(store=zarr_store(loc), path=name, mode=mode)
+        if mode == "r+":
+            # Every chunk is written, even one that equals the fill value (an all-zero
+            # W panel): a commit syncs and checks the chunks of its panels, and a
+            # missing chunk file must mean damage, not "all zero".
+            array = array.with_config({"write_empty_chunks": True})
         _ARRAYS[key] = array
     return array
 

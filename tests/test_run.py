@@ -578,3 +578,26 @@ def test_peak_rss_is_the_childs_own_not_inherited_from_its_parent():
     # The child imports NumPy and dnmf only: far below the parent's ballast.
     assert 0 < child < ballast.nbytes / 2, child
     del ballast
+
+
+@pytest.mark.parametrize("solver", ["mu", "hals", "als"])
+def test_all_zero_rows_and_all_zero_data_are_committed(tmp_path, solver):
+    # Zero rows of V make their W rows zero (exactly, for MU and ALS): a W chunk that
+    # equals Zarr's fill value must still be written, synced and checked.
+    V = make_V(dtype=np.float64)
+    V[:ROWS] = 0.0
+    out = tmp_path / "run.zarr"
+    est = dnmf.NMF(K, solver=solver, max_iter=4, random_state=0, out=str(out),
+                   panel_rows=ROWS, checkpoint_every=1)
+    W = np.asarray(est.fit_transform(V))
+    assert np.all(W[:ROWS] <= 1e-16)
+    run = dnmf.open_run(str(out))  # verifies every checksum
+    assert run.complete and run.iteration == 4
+    buffer = json.loads((out / "manifest.json").read_text())["manifest"]["W"]["array"]
+    chunks = [p for p in (out / buffer / "c").rglob("*") if p.is_file()]
+    assert len(chunks) == N // ROWS  # every panel's chunk is on disk
+    np.testing.assert_array_equal(np.asarray(run.W), W)
+    # All-zero data: a fit to zero, committed like any other.
+    zero = dnmf.NMF(K, solver=solver, max_iter=3, random_state=0, out=str(tmp_path / "z.zarr"))
+    assert np.all(np.asarray(zero.fit_transform(np.zeros((N, M)))) <= 1e-16)
+    assert dnmf.open_run(str(tmp_path / "z.zarr")).complete
