@@ -810,7 +810,7 @@ def fit(
     tol: Annotated[float, typer.Option(min=0.0, help="Stop when the loss decreases by less "
                                        "than this (relative) in an iteration.")] = 1e-4,
     seed: Annotated[int | None, typer.Option(
-        help="Random seed [default: a fresh one, recorded in the run].",
+        min=0, help="Random seed [default: a fresh one, recorded in the run].",
         show_default=False)] = None,
     alpha_w: Annotated[float, typer.Option("--alpha-w", min=0.0,
                                            help="Regularisation of W.")] = 0.0,
@@ -1283,7 +1283,7 @@ def demo(
     max_iter: Annotated[int, typer.Option("--max-iter", min=1,
                                           help="Maximum number of iterations.")] = 300,
     solver: Annotated[SolverName, typer.Option(help="hals or mu.")] = SolverName.hals,
-    seed: Annotated[int, typer.Option(help="Random seed of the initialisation.")] = 1,
+    seed: Annotated[int, typer.Option(min=0, help="Random seed of the initialisation.")] = 1,
 ) -> None:
     """Factorize the swimmer images and draw the parts NMF finds (basis.png).
 

@@ -69,9 +69,9 @@ CONSTRAINTS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "verbose": (lambda v: _is_int(v) or isinstance(v, bool), "an int (0: silent)"),
     "random_state": (
         lambda v: v is None
-        or _is_int(v)
+        or (_is_int(v) and v >= 0)
         or isinstance(v, np.random.RandomState | np.random.Generator),
-        "None, an int, a numpy RandomState or Generator",
+        "None, a non-negative int, a numpy RandomState or Generator",
     ),
     "panel_rows": (lambda v: v is None or _positive_int(v), "None (auto) or a positive int"),
     "panel_bytes": (lambda v: v is None or _positive_int(v),

@@ -209,6 +209,8 @@ MORE_ERROR_CASES = {
     "rank missing": (["fit", "v.npy", "-o", "r.zarr"], USAGE, r"Missing option '--rank'"),
     "l1 ratio out of range": (["fit", "v.npy", "-k", "2", "-o", "r.zarr", "--l1-ratio", "2"],
                               USAGE, r"--l1-ratio"),
+    "negative seed": (["fit", "v.npy", "-k", "2", "-o", "r.zarr", "--seed", "-5"], USAGE,
+                      r"Invalid value for '--seed'"),
     "bad alpha-h": (["fit", "v.npy", "-k", "2", "-o", "r.zarr", "--alpha-h", "x"], USAGE,
                     r"--alpha-h.*'same' or a non-negative number"),
     "bad scheduler": (["fit", "v.npy", "-k", "2", "-o", "r.zarr", "--scheduler", "bogus"],

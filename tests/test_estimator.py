@@ -378,6 +378,7 @@ def test_missing_zarr_path_is_explained(tmp_path):
     ({"l1_ratio": 2.0}, r"'l1_ratio'.*Got 2.0"),
     ({"solver": "hals", "beta_loss": "kullback-leibler"}, r"solver='hals'.*Use solver='mu'"),
     ({"solver": "als", "beta_loss": 1}, r"solver='als'.*Use solver='mu'"),
+    ({"random_state": -5}, r"'random_state'.*non-negative int.*Got -5"),
     ({"n_components": 11, "init": "nndsvd"},
      r"init='nndsvd'.*n_components=11, but the data is 20 × 10.*at most 10 components"),
     ({"n_components": 11, "init": "nndsvda", "out": "run.zarr"}, r"init='nndsvda'.*at most 10"),
