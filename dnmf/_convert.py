@@ -238,11 +238,21 @@ class CSRGroupReader(Reader):
                         self.shape[0], self.shape[1], self.dtype.str).load()
 
 
+def _is_number(field: str) -> bool:
+    try:
+        float(field)
+    except ValueError:
+        return False
+    return True
+
+
 class TextReader(Reader):
     """Delimited text (CSV/TSV, optionally gzipped) parsed in blocks of lines.
 
-    Blank lines and lines starting with ``#`` are skipped; a first line that is not
-    all numbers is taken for a header and skipped.
+    Blank lines and lines starting with ``#`` are skipped; a first line with no
+    number in it is taken for a header and skipped. A first line that mixes numbers
+    and text is refused: it is a data row with a bad value, or a header whose column
+    names include numbers, and guessing would drop a row or read a name as data.
     """
 
     def __init__(self, path: str, delimiter: str) -> None:
@@ -253,17 +263,23 @@ class TextReader(Reader):
         self.header = False
         n_lines = 0
         first: str | None = None
+        first_line = 0
         with self._open() as f:
             for line in f:
                 n_lines += 1
                 if first is None and line.strip() and not line.lstrip().startswith("#"):
-                    first = line
+                    first, first_line = line, n_lines
         if first is None:
             raise InvalidInputError(f"{path} holds no data rows.")
         fields = first.strip().split(delimiter)
-        try:
-            [float(x) for x in fields]
-        except ValueError:
+        text = [i for i, x in enumerate(fields) if not _is_number(x)]
+        if text and len(text) < len(fields):
+            raise InvalidInputError(
+                f"{path}, line {first_line}: {fields[text[0]].strip()!r} (field {text[0] + 1}) "
+                f"is not a number, but other fields of that line are. If it is a header, "
+                f"name every column with text (not a number); if it is data, fix the value."
+            )
+        if text:
             self.header = True
             n_lines -= 1
         if n_lines < 1:

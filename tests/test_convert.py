@@ -151,6 +151,11 @@ def test_text_errors_name_the_line(tmp_path):
     src.write_text("# only a comment\n\n")
     with pytest.raises(InvalidInputError, match="no data rows"):
         convert(src, tmp_path / "x.zarr")
+    # A first line that mixes numbers and text is neither a header to skip nor data.
+    src.write_text("# made by hand\n1,2,x\n4,5,6\n")
+    with pytest.raises(InvalidInputError,
+                       match=r"line 2: 'x' \(field 3\) is not a number, but other fields"):
+        convert(src, tmp_path / "x.zarr")
     assert not (tmp_path / "x.zarr").exists()
 
 
