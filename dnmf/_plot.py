@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import DnmfError, InvalidParameterError
+from .errors import DnmfError, InvalidParameterError, StoreError
 
 __all__ = [
     "basis_figure",
@@ -149,10 +149,19 @@ def save_figure(fig: Any, path: str | os.PathLike[str]) -> None:
             f"cannot draw {str(target)!r}: the file name must end in one of "
             f"{', '.join('.' + f for f in sorted(supported))}."
         )
+    folder = target.parent
+    if not folder.is_dir():
+        raise StoreError(
+            f"cannot write {str(target)!r}: the directory {str(folder)!r} does not exist; "
+            f"create it first or choose another file."
+        )
     tmp = _temporary(target)
     try:
         fig.savefig(tmp, format=fmt, dpi=120)
         os.replace(tmp, target)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise StoreError(f"cannot write {str(target)!r}: {exc.strerror or exc}.") from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

@@ -209,6 +209,9 @@ MORE_ERROR_CASES = {
     "rank missing": (["fit", "v.npy", "-o", "r.zarr"], USAGE, r"Missing option '--rank'"),
     "l1 ratio out of range": (["fit", "v.npy", "-k", "2", "-o", "r.zarr", "--l1-ratio", "2"],
                               USAGE, r"--l1-ratio"),
+    "plot into a missing directory": (["plot", "run.zarr", "--loss", "nodir/l.png"], ERROR,
+                                      r"cannot write 'nodir/l\.png': the directory 'nodir' "
+                                      r"does not exist"),
     "negative seed": (["fit", "v.npy", "-k", "2", "-o", "r.zarr", "--seed", "-5"], USAGE,
                       r"Invalid value for '--seed'"),
     "bad alpha-h": (["fit", "v.npy", "-k", "2", "-o", "r.zarr", "--alpha-h", "x"], USAGE,
