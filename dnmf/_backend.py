@@ -31,7 +31,14 @@ from dask.delayed import Delayed, delayed
 
 from ._tree import local_blocks, pairwise_tree, upper_tree
 
-__all__ = ["Backend", "Pending", "check_worker_memory", "describe_dashboard", "get_backend"]
+__all__ = [
+    "Backend",
+    "Pending",
+    "check_worker_memory",
+    "describe_dashboard",
+    "get_backend",
+    "unreachable",
+]
 
 
 _CONTROLLER: Any = None
@@ -689,6 +696,38 @@ def describe_dashboard(link: str) -> str:
     return link
 
 
+#: Seconds a TCP connection to the scheduler may take before it is reported missing.
+PROBE_TIMEOUT = 5.0
+
+
+def unreachable(address: str) -> str | None:
+    """Why nothing answers at a tcp:// or tls:// scheduler address (None: it answers).
+
+    One plain TCP connection: Dask's client retries a refused connection until its
+    timeout (10 s here), this tells at once. Other transports are left to Dask.
+    """
+    import socket
+
+    from .errors import InvalidParameterError
+
+    scheme, _, rest = address.partition("://")
+    if scheme not in ("tcp", "tls"):
+        return None
+    host, _, port = rest.rstrip("/").rpartition(":")
+    host = host.strip("[]")
+    if not host or not port.isdigit():
+        raise InvalidParameterError(f"the scheduler address {address!r} is not tcp://HOST:PORT.")
+    try:
+        with socket.create_connection((host, int(port)), timeout=PROBE_TIMEOUT):
+            return None
+    except ConnectionRefusedError:
+        return "nothing listens there (connection refused)"
+    except TimeoutError:
+        return f"no answer in {PROBE_TIMEOUT:.0f} s"
+    except OSError as exc:
+        return " ".join(str(exc.strerror or exc).split())
+
+
 def get_backend(scheduler: Any = None) -> Backend:
     """Resolve the ``scheduler`` parameter.
 
@@ -708,5 +747,25 @@ def get_backend(scheduler: Any = None) -> Backend:
     if isinstance(scheduler, str):
         from distributed import Client
 
-        return Backend(Client(scheduler))
+        from .errors import InvalidParameterError
+
+        if "://" not in scheduler:
+            raise InvalidParameterError(
+                f"scheduler={scheduler!r} is not a scheduler address: give None (the active "
+                f"distributed.Client, else threads), 'threads', a distributed.Client, or an "
+                f"address such as 'tcp://HOST:8786'."
+            )
+        reason = unreachable(scheduler)
+        if reason is not None:
+            raise InvalidParameterError(
+                f"cannot connect to the Dask scheduler at {scheduler}: {reason}. Check the "
+                f"address and that the scheduler is running."
+            )
+        try:
+            return Backend(Client(scheduler, timeout="10s"))
+        except (OSError, TimeoutError, ValueError) as exc:
+            raise InvalidParameterError(
+                f"cannot connect to the Dask scheduler at {scheduler}: {exc}. Check the "
+                f"address and that the scheduler is running."
+            ) from None
     return Backend(scheduler)

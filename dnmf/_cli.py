@@ -264,43 +264,17 @@ def _address_in(scheduler_file: Path) -> str:
     return address
 
 
-#: Seconds a TCP connection to the scheduler may take before it is reported missing.
-PROBE_TIMEOUT = 5.0
-
-
 def _probe_scheduler(address: str, source: str = "") -> None:
-    """Fail at once, before any work, when nothing listens at a tcp:// or tls:// address.
+    """Fail at once, before any work, when nothing listens at the scheduler's address."""
+    from ._backend import unreachable
 
-    Dask's client retries a refused connection until its timeout; a plain TCP
-    connection tells at once that no scheduler is there.
-    """
-    import socket
-
-    scheme, _, rest = address.partition("://")
-    if scheme not in ("tcp", "tls"):
-        return  # another transport (inproc, ucx, ...): left to Dask
-    host, _, port = rest.rstrip("/").rpartition(":")
-    host = host.strip("[]")
-    if not host or not port.isdigit():
-        raise InvalidParameterError(
-            f"the scheduler address {address!r}{source} is not tcp://HOST:PORT."
+    reason = unreachable(address)
+    if reason is not None:
+        raise DnmfError(
+            f"cannot connect to the Dask scheduler at {address}{source}: {reason}. Is the "
+            f"scheduler running (dask scheduler, or cluster/local/start_cluster.py)? "
+            f"--scheduler local:2 starts a cluster on this machine instead."
         )
-    try:
-        with socket.create_connection((host, int(port)), timeout=PROBE_TIMEOUT):
-            pass
-    except ConnectionRefusedError:
-        reason = "nothing listens there (connection refused)"
-    except TimeoutError:
-        reason = f"no answer in {PROBE_TIMEOUT:.0f} s"
-    except OSError as exc:
-        reason = _one_line(exc.strerror or str(exc))
-    else:
-        return
-    raise DnmfError(
-        f"cannot connect to the Dask scheduler at {address}{source}: {reason}. Is the "
-        f"scheduler running (dask scheduler, or cluster/local/start_cluster.py)? "
-        f"--scheduler local:2 starts a cluster on this machine instead."
-    )
 
 
 @contextlib.contextmanager

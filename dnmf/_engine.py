@@ -130,6 +130,12 @@ def scan(backend: Backend, source: PanelSource, refs: list[Any], bounds: list[tu
     # Fixed order: panels in row order.
     norm_sq = math.fsum(p["norm_sq"] for p in parts)
     total = math.fsum(p["total"] for p in parts)
+    if not (math.isfinite(norm_sq) and math.isfinite(total)):
+        raise InvalidInputError(
+            f"Input X is too large for {name} in float64: its sum of squares overflows "
+            f"(values near 1e154 or more). Scale it down first, e.g. X / X.max(); W "
+            f"then scales by the same factor."
+        )
     return DataSummary(norm_sq, total, n * m, sum(p["nnz"] for p in parts))
 
 

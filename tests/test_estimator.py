@@ -362,6 +362,14 @@ def test_bad_data_in_a_zarr_store_is_found_with_its_position(tmp_path):
         dnmf.NMF(2).fit(path)
 
 
+def test_values_whose_squares_overflow_are_refused():
+    V, _, _ = planted(30, 10, 2, seed=22)
+    with pytest.raises(InvalidInputError, match=r"too large for NMF in float64.*X / X\.max"):
+        dnmf.NMF(2).fit(V * 1e300)
+    W = dnmf.NMF(2, max_iter=20, random_state=0).fit_transform(V * 1e150)
+    assert np.all(np.isfinite(W))
+
+
 def test_missing_zarr_path_is_explained(tmp_path):
     with pytest.raises(InvalidInputError, match=r"no Zarr array at .*does not exist"):
         dnmf.NMF(2).fit(str(tmp_path / "nope.zarr"))
@@ -379,6 +387,9 @@ def test_missing_zarr_path_is_explained(tmp_path):
     ({"solver": "hals", "beta_loss": "kullback-leibler"}, r"solver='hals'.*Use solver='mu'"),
     ({"solver": "als", "beta_loss": 1}, r"solver='als'.*Use solver='mu'"),
     ({"random_state": -5}, r"'random_state'.*non-negative int.*Got -5"),
+    ({"scheduler": "bogus"}, r"scheduler='bogus' is not a scheduler address"),
+    ({"scheduler": "tcp://127.0.0.1:1"},
+     r"cannot connect to the Dask scheduler at tcp://127\.0\.0\.1:1: nothing listens there"),
     ({"n_components": 11, "init": "nndsvd"},
      r"init='nndsvd'.*n_components=11, but the data is 20 × 10.*at most 10 components"),
     ({"n_components": 11, "init": "nndsvda", "out": "run.zarr"}, r"init='nndsvda'.*at most 10"),
