@@ -504,6 +504,12 @@ def open_reader(path: str, *, dataset: str | None = None) -> Reader:
         raise InvalidInputError(f"{path} does not exist.")
     if fmt != "zarr" and os.path.isdir(path):
         raise InvalidInputError(f"{path} is a directory, not a {fmt} file.")
+    if dataset is not None and fmt not in ("npz", "hdf5", "zarr"):
+        raise InvalidParameterError(
+            f"dataset {dataset!r} (--dataset) names an array inside a container (NPZ, "
+            f"HDF5, Zarr group), but {path} ({fmt.upper()}) holds one matrix: leave the "
+            f"dataset out."
+        )
     if fmt == "npy":
         return _open_npy(path)
     if fmt == "npz":

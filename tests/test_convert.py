@@ -210,6 +210,16 @@ def test_zarr_rechunk_in_place(tmp_path, X):
     np.testing.assert_array_equal(out[:], X)
 
 
+@pytest.mark.parametrize("fmt", ["npy", "csv", "mtx"])
+def test_a_dataset_for_a_single_matrix_file_is_refused(tmp_path, X, fmt):
+    src = tmp_path / f"x{SUFFIX[fmt]}"
+    _write(src, fmt, X)
+    with pytest.raises(InvalidParameterError,
+                       match=r"dataset 'a' \(--dataset\) .* holds one matrix"):
+        convert(src, tmp_path / "x.zarr", dataset="a")
+    assert not (tmp_path / "x.zarr").exists()
+
+
 def test_datasets_inside_containers(tmp_path, X):
     import h5py
 
