@@ -335,8 +335,7 @@ def fit_to_store(est: NMF, X: Any, W: Any, H: Any, params: dict[str, Any]) -> An
         manifest = _fit(store, est, X, W, H, params, source_location,
                         on_exit=_packer(loc.path))
     finally:
-        with contextlib.suppress(OSError):
-            os.rmdir(work.path)  # only if packing emptied it
+        _remove_if_empty(work.path)  # only if packing emptied it
     return Run(RunStore(loc), manifest, verify=False).W
 
 
@@ -510,13 +509,13 @@ def _fit(
                 f"out={loc.path!r} holds data that is not a dnmf run; refusing to touch "
                 f"it. Choose another out, or pass overwrite=True to replace its contents."
             )
-    every = params["checkpoint_every"]
     made_here = loc.kind == "local" and not os.path.exists(loc.path)
-    with contextlib.ExitStack() as cleanup:
+    try:
+        return _fit_locked(store, est, X, W, H, params, source_location, on_exit)
+    finally:
         if made_here:
             # A fit that fails before its first commit leaves no empty directory.
-            cleanup.callback(_remove_if_empty, loc.path)
-        return _fit_locked(store, est, X, W, H, params, source_location, on_exit, every)
+            _remove_if_empty(loc.path)
 
 
 def _remove_if_empty(path: str) -> None:
@@ -527,9 +526,11 @@ def _remove_if_empty(path: str) -> None:
 def _fit_locked(
     store: RunStore, est: NMF, X: Any, W: Any, H: Any, params: dict[str, Any],
     source_location: str | None,
-    on_exit: Callable[[RunStore, dict[str, Any] | None], None] | None, every: int,
+    on_exit: Callable[[RunStore, dict[str, Any] | None], None] | None,
 ) -> dict[str, Any]:
+    """:func:`_fit` once the store is known to be a run, empty, or to be overwritten."""
     loc = store.location
+    every = params["checkpoint_every"]
     with locked(store):
         try:
             store.remove_leftovers()
