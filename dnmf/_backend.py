@@ -108,6 +108,11 @@ def _is_future(value: Any) -> bool:
     return isinstance(value, Future)
 
 
+def _key_for(task: Callable[..., Any]) -> str:
+    """A fresh task key named after ``task`` (what the dashboard shows)."""
+    return f"{getattr(task, '__name__', 'task')}-{uuid.uuid4().hex}"
+
+
 def _identity(value: Any) -> Any:
     return value
 
@@ -216,13 +221,16 @@ def _cluster_guard(address: str | None) -> Iterator[None]:
     try:
         yield
     except Exception as exc:
-        reason = None if address is None else _connection_lost(exc)
+        if address is None:
+            raise
+        reason = _connection_lost(exc)
         if reason is None:
             raise
         raise ClusterLostError(
             f"lost the Dask scheduler at {address} ({reason}): the work stopped. A fit "
             f"with out= resumes from its last checkpoint once a scheduler is reachable "
-            f"again (dnmf.resume(out), or 'dnmf resume OUT')."
+            f"again (dnmf.resume(out), or 'dnmf resume OUT').",
+            address=address, reason=reason,
         ) from None
 
 
@@ -529,7 +537,6 @@ class Backend:
         slots = self._slots(len(per_panel))
         owners = [worker for worker, _ in slots]
         blocks = local_blocks([slot for _, slot in slots])
-        name = getattr(task, "__name__", "task")
         groups = []
         for a, b in blocks:
             unslotted = [_unslot(args) for args in per_panel[a:b]]
@@ -537,7 +544,7 @@ class Backend:
                 groups.append(delayed(_block, pure=False)(
                     task, combine, keep_outputs, tuple(w for _, w in unslotted), *bundle,
                     *(x for plain, _ in unslotted for x in plain),
-                    dask_key_name=f"{name}-{uuid.uuid4().hex}",
+                    dask_key_name=_key_for(task),
                 ))
         # The last task runs where the last block is and takes the blocks there
         # whole (their W panels do not move); other blocks' sums come by a getitem.
@@ -643,8 +650,8 @@ class Backend:
                       bundle: tuple[Layout, list[Any]]) -> Delayed:
         """``task(*args, *shared)`` as one Delayed, named after the task (dashboard)."""
         plain, where = _unslot(args)
-        name = f"{getattr(task, '__name__', 'task')}-{uuid.uuid4().hex}"
-        return delayed(_call, pure=False)(task, where, *bundle, *plain, dask_key_name=name)
+        return delayed(_call, pure=False)(task, where, *bundle, *plain,
+                                          dask_key_name=_key_for(task))
 
     def to_delayed(self, handle: Any) -> Delayed:
         """A panel output as a Delayed value (for building Dask arrays from W)."""

@@ -279,8 +279,10 @@ def _probe_scheduler(address: str, source: str = "") -> None:
 
 @contextlib.contextmanager
 def _scheduler(spec: str | None, scheduler_file: Path | None) -> Iterator[Any]:
-    """The ``scheduler`` to give :class:`dnmf.NMF`; clusters it started are closed after."""
-    _check_scheduler(spec, scheduler_file)
+    """The ``scheduler`` to give :class:`dnmf.NMF`; clusters it started are closed after.
+
+    The commands check ``spec`` with :func:`_check_scheduler` first, before any work.
+    """
     if scheduler_file is not None:
         client = _connect(scheduler_file=str(scheduler_file))
         try:
@@ -628,16 +630,18 @@ def _interrupted(out: str, sched: str, exc: BaseException) -> typer.Exit:
 
 def _lost(out: str, sched: str, exc: ClusterLostError) -> ClusterLostError:
     """The scheduler went away mid-fit: the error, with how to continue the run."""
-    what = str(exc).split(": the work stopped", 1)[0]
+    what = f"lost the Dask scheduler at {exc.address} ({exc.reason})"
     try:
         run = _open_run(out)
     except DnmfError:
         return ClusterLostError(f"{what}: the fit stopped before its first checkpoint; "
-                                f"run the same command again once a scheduler is up.")
+                                f"run the same command again once a scheduler is up.",
+                                address=exc.address, reason=exc.reason)
     return ClusterLostError(
         f"{what}: the fit stopped; iteration {run.iteration} is committed to {out}. "
         f"Continue it, once a scheduler is up (or on this machine without --scheduler), "
-        f"with: dnmf resume {_quote(out)}{sched}"
+        f"with: dnmf resume {_quote(out)}{sched}",
+        address=exc.address, reason=exc.reason,
     )
 
 
@@ -884,7 +888,8 @@ def fit(
             # The conversion replaced another one. If the new fit committed, the run
             # that read the old one is gone; if not, that run is back (or there was
             # none) and so is its input.
-            if replaced.get("committed", _has_commit(out)):
+            committed = replaced["committed"] if "committed" in replaced else _has_commit(out)
+            if committed:
                 shutil.rmtree(aside, ignore_errors=True)
             else:
                 _put_back(Path(path), aside)

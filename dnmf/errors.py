@@ -60,7 +60,13 @@ class ClusterLostError(DnmfError, RuntimeError):
 
     Not a mistake in the call: the work stopped. A fit with ``out=`` resumes from
     its last checkpoint (:func:`dnmf.resume`) once a scheduler is reachable again.
+    ``address`` is the scheduler's and ``reason`` says what was seen.
     """
+
+    def __init__(self, message: str, address: str = "?", reason: str = "") -> None:
+        super().__init__(message)
+        self.address = address
+        self.reason = reason
 
 
 class RunLockedError(DnmfError):
