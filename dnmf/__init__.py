@@ -7,6 +7,7 @@ reading V once per iteration in row panels.
 from __future__ import annotations
 
 from ._estimator import NMF, non_negative_factorization
+from ._mask import SpeckledHoldout
 from ._run import Run, open_run, resume
 from .errors import (
     ClusterLostError,
@@ -35,6 +36,7 @@ __all__ = [
     "NotFittedError",
     "Run",
     "RunLockedError",
+    "SpeckledHoldout",
     "StoreError",
     "__version__",
     "non_negative_factorization",
