@@ -49,6 +49,31 @@ def test_mu_matches_scikit_learn_iterates(beta_loss, alpha):
     assert ours.reconstruction_err_ == pytest.approx(ref.reconstruction_err_, rel=1e-9)
 
 
+def test_kl_mu_sets_tiny_h_entries_to_zero_as_scikit_learn():
+    # scikit-learn's MU for beta <= 1 sets H entries below float64's eps to exactly
+    # 0 after every H-step. On an exactly factorisable V with zeros the iterates then
+    # reach the same exact zeros (without the step they only decay towards 0).
+    rng = np.random.default_rng(0)
+    W_true, H_true = rng.random((60, 4)), rng.random((4, 30))
+    H_true[H_true < 0.5] = 0.0
+    W_true[W_true < 0.3] = 0.0
+    V = W_true @ H_true
+    W0, H0 = _custom_start(V, 4, seed=5)
+    kwargs = dict(solver="mu", beta_loss="kullback-leibler", init="custom", max_iter=150,
+                  tol=0.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref = SkNMF(4, **kwargs)
+        W_ref = ref.fit_transform(V, W=W0.copy(), H=H0.copy())
+        ours = dnmf.NMF(4, panel_rows=16, **kwargs)
+        W = ours.fit_transform(V, W=W0, H=H0)
+    n_zero = int(np.count_nonzero(ref.components_ == 0))
+    assert n_zero >= 10
+    np.testing.assert_array_equal(ours.components_ == 0, ref.components_ == 0)
+    np.testing.assert_allclose(ours.components_, ref.components_, rtol=1e-8, atol=1e-12)
+    np.testing.assert_allclose(W, W_ref, rtol=1e-8, atol=1e-12)
+
+
 def test_default_init_matches_scikit_learn_nndsvd_quality():
     V, _, _ = planted(300, 80, 6, seed=2, noise=0.01)
     for init in ["nndsvd", "nndsvda", "nndsvdar", "random"]:

@@ -127,6 +127,52 @@ def test_hals_step_is_independent_of_row_grouping():
     np.testing.assert_allclose(whole, parts, rtol=1e-12, atol=1e-15)
 
 
+def _cd_sweep(X, P, G):
+    """One cyclic coordinate-descent sweep as scikit-learn's ``_update_cdnmf_fast``."""
+    X = X.copy()
+    for j in range(X.shape[1]):
+        for i in range(X.shape[0]):
+            if G[j, j] != 0:
+                X[i, j] = max(X[i, j] - (X[i] @ G[:, j] - P[i, j]) / G[j, j], 0.0)
+    return X
+
+
+@pytest.mark.parametrize("sweeps_rho", [1.0, 40.0])
+def test_hals_reaches_exact_zeros_and_skips_a_dead_component(sweeps_rho):
+    rng = np.random.default_rng(21)
+    V = rng.random((40, 30))
+    H = rng.random((4, 30))
+    H[2] = 0.0  # a dead component: G[2, 2] = 0
+    W = rng.random((40, 4))
+    P, G = V @ H.T, H @ H.T
+    X = HALS().step(W, P, G, 0.0, 0.0, rho=sweeps_rho)
+    # The dead component is skipped (nothing depends on it), not reset to a floor.
+    np.testing.assert_array_equal(X[:, 2], W[:, 2])
+    # The others are clipped at exactly 0, never at a tiny positive floor.
+    assert np.count_nonzero(X == 0.0) > 0
+    assert X[X > 0].min() > 1e-10
+    if sweeps_rho == 1.0:
+        # One sweep is scikit-learn's cd sweep (same order, same rule).
+        np.testing.assert_allclose(X, _cd_sweep(W, P, G), rtol=1e-12, atol=1e-14)
+
+
+def test_hals_dead_component_stays_dead_instead_of_exploding():
+    # A dead component (its W column and H row both 0) stays exactly 0 through a
+    # whole iteration. With the old 1e-16 floor its W column came back at 1e-16 and
+    # the H-step divided by B[j, j] ~ 1e-32: its H row grew to ~1e15.
+    V, _, _ = planted(60, 40, 2, seed=22)
+    rng = np.random.default_rng(23)
+    W0, H0 = rng.random((60, 3)), rng.random((3, 40))
+    W0[:, 2] = 0.0
+    H0[2] = 0.0
+    solver = HALS()
+    ctx = _ctx(H0, V)
+    W1, stats = solver.update_panel(V, W0, ctx, Regularization())
+    H1 = solver.update_H(H0.astype(np.float64), stats, ctx, Regularization())
+    assert not W1[:, 2].any() and not H1[2].any()
+    assert np.isfinite(H1).all() and H1.max() < 10 * V.max()
+
+
 @pytest.mark.parametrize("name", ["mu", "hals", "als"])
 def test_l1_and_l2_penalties_shrink_w(name):
     V, _, _ = planted(30, 20, 3, seed=11)

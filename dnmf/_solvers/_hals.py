@@ -3,7 +3,13 @@
 One sweep updates the k columns of a factor in turn with their exact non-negative
 least-squares solution given the others:
 
-    X[:, j] ← max(ε, X[:, j] + (P[:, j] − X·G[:, j]) / G[j, j]).
+    X[:, j] ← max(0, X[:, j] + (P[:, j] − X·G[:, j]) / G[j, j]).
+
+Factors reach exact zeros, as in scikit-learn's coordinate descent (``solver="cd"``).
+A component whose Gram diagonal ``G[j, j]`` is not > 0 (the matching row of the
+other factor is all zero, and there is no L2 penalty) is skipped: ``X[:, j]`` is left
+unchanged, since nothing in the objective depends on it. An earlier floor at 1e-16
+kept such a column alive at 1e-16 and let its partner grow to ~1e15.
 
 A sweep costs O(n·k²) while forming ``P`` costs O(nnz·k), so sweeps are repeated
 while ``P`` and ``G`` are cached: at most ``1 + α·ρ`` of them, ρ being the ratio of
@@ -14,7 +20,7 @@ first sweep's change. The rule is applied row by row (rows are independent given
 Rows are swept in blocks small enough to stay in cache through all their sweeps
 (one block is k × ~3000 values), with ``G`` and ``P`` scaled by ``1/G[j, j]`` and
 ``G``'s diagonal zeroed, so that a column update is one gemv, one subtraction and
-one maximum: ``X[:, j] ← max(ε, P[:, j]/G_jj − Σ_{r≠j} (G_jr/G_jj)·X[:, r])``.
+one maximum: ``X[:, j] ← max(0, P[:, j]/G_jj − Σ_{r≠j} (G_jr/G_jj)·X[:, r])``.
 
 References
 ----------
@@ -42,8 +48,6 @@ DELTA = 0.1
 #: +5 ms per pass (and from 35 to 27 passes at 20000 × 2000): the tail is set by the
 #: alternation, not by the inner solves, so one sweep is kept.
 MIN_SWEEPS = 1
-#: Floor that keeps a column from vanishing (a zero column makes G[j, j] = 0).
-FLOOR = 1e-16
 #: Rows × k of the block of X swept at a time (a few hundred KiB: stays in cache).
 CHUNK_ELEMENTS = 2**16
 
@@ -65,12 +69,14 @@ class HALS(FrobeniusSolver):
         if l2 > 0:
             Gr[np.diag_indices(k)] += l2
         diag = np.diag(Gr).copy()
-        # A zero diagonal means an all-zero component of the other factor: nothing
-        # determines X[:, j], which is held at FLOOR (scaled row and right side 0).
+        # A diagonal that is not > 0 means an all-zero component of the other factor:
+        # nothing determines X[:, j], so its update is skipped (scikit-learn's cd does
+        # the same: ``if hess != 0``).
         live = diag > 0
+        columns = np.flatnonzero(live)
         inv = np.where(live, 1.0 / np.where(live, diag, 1.0), 0.0)
         # Scaled so that one column update is one gemv, one subtraction, one max:
-        #   X[:, j] ← max(ε, P[:, j]/G_jj − Σ_{r≠j} (G_jr/G_jj)·X[:, r]).
+        #   X[:, j] ← max(0, P[:, j]/G_jj − Σ_{r≠j} (G_jr/G_jj)·X[:, r]).
         Gs = Gr * inv[:, np.newaxis]
         Gs[np.diag_indices(k)] = 0.0
         X64 = np.asarray(X, dtype=np.float64)
@@ -99,20 +105,22 @@ class HALS(FrobeniusSolver):
                 Pc *= inv[:, np.newaxis]
             else:
                 np.multiply(P64[a:b].T, inv[:, np.newaxis], out=Pc)
-            _sweeps(Xc, Pc, Gs, max_sweeps, tmp[: b - a], scratch)
+            _sweeps(Xc, Pc, Gs, columns, max_sweeps, tmp[: b - a], scratch)
             out[a:b] = Xc.T
         return out
 
 
-def _sweep(Xa: np.ndarray, Pa: np.ndarray, Gs: np.ndarray, tmp: np.ndarray) -> None:
-    """One HALS sweep over the columns of ``Xa`` (k × c), in place."""
-    for j in range(Xa.shape[0]):
+def _sweep(Xa: np.ndarray, Pa: np.ndarray, Gs: np.ndarray, columns: np.ndarray,
+           tmp: np.ndarray) -> None:
+    """One HALS sweep over the components ``columns`` of ``Xa`` (k × c), in place."""
+    for j in columns:
         np.dot(Gs[j], Xa, out=tmp)
         np.subtract(Pa[j], tmp, out=tmp)
-        np.maximum(tmp, FLOOR, out=Xa[j])
+        np.maximum(tmp, 0.0, out=Xa[j])
 
 
-def _sweeps(Xc: np.ndarray, Pc: np.ndarray, Gs: np.ndarray, max_sweeps: int,
+def _sweeps(Xc: np.ndarray, Pc: np.ndarray, Gs: np.ndarray, columns: np.ndarray,
+            max_sweeps: int,
             buf: np.ndarray, scratch: np.ndarray) -> None:
     """Up to ``max_sweeps`` sweeps on a block of rows, with the per-row stopping rule.
 
@@ -122,12 +130,12 @@ def _sweeps(Xc: np.ndarray, Pc: np.ndarray, Gs: np.ndarray, max_sweeps: int,
     are, they are gathered.
     """
     if max_sweeps == 1:
-        _sweep(Xc, Pc, Gs, buf)
+        _sweep(Xc, Pc, Gs, columns, buf)
         return
     c = Xc.shape[1]
     old = scratch[:, :c]
     np.copyto(old, Xc)
-    _sweep(Xc, Pc, Gs, buf)
+    _sweep(Xc, Pc, Gs, columns, buf)
     old -= Xc
     first = np.einsum("ij,ij->j", old, old)
     active = first > 0
@@ -141,7 +149,7 @@ def _sweeps(Xc: np.ndarray, Pc: np.ndarray, Gs: np.ndarray, max_sweeps: int,
         if 2 * n_active >= c:
             old = scratch[:, :c]
             np.copyto(old, Xc)
-            _sweep(Xc, Pc, Gs, buf)
+            _sweep(Xc, Pc, Gs, columns, buf)
             if n_active < c:
                 np.copyto(Xc, old, where=~active)
             if last:
@@ -161,7 +169,7 @@ def _sweeps(Xc: np.ndarray, Pc: np.ndarray, Gs: np.ndarray, max_sweeps: int,
             np.take(Xc, idx, axis=1, out=Xa, mode="clip")
             np.take(Pc, idx, axis=1, out=Pa, mode="clip")
             np.copyto(old, Xa)
-            _sweep(Xa, Pa, Gs, buf[:n_active])
+            _sweep(Xa, Pa, Gs, columns, buf[:n_active])
             Xc[:, idx] = Xa
             if last:
                 return

@@ -172,7 +172,11 @@ class KLMultiplicative(Solver):
         if reg.l2_H > 0:
             denominator = denominator + reg.l2_H * H
         denominator[denominator == 0] = EPSILON
-        return H * (stats["A"] / denominator)
+        H_new = H * (stats["A"] / denominator)
+        # scikit-learn's step for beta <= 1 ("necessary for stability"): entries below
+        # float64's eps become exact zeros, so an exact reconstruction can reach 0.
+        H_new[H_new < np.finfo(np.float64).eps] = 0.0
+        return H_new
 
     def loss_pieces(self, V: Array, W: np.ndarray, ctx: PanelContext) -> Stats:
         V = _csr(V)
