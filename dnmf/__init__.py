@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from ._estimator import NMF, non_negative_factorization
 from ._mask import SpeckledHoldout
-from ._run import Run, open_run, resume
+from ._runs import Run, open_run, resume
 from .errors import (
     ClusterLostError,
     ConvergenceWarning,

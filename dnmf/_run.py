@@ -4,9 +4,10 @@ This module maps the driver's :class:`~dnmf._engine.FitState` to and from the
 manifests of :mod:`dnmf._store`: it keeps W panels in the store's rotating buffers
 (:class:`StoreKeeper`), commits every ``checkpoint_every`` iterations, at the end and
 on KeyboardInterrupt (:class:`Checkpointer`), decides whether an existing run may be
-resumed (fingerprint of V, parameters), and reads runs back (:class:`Run`,
-:func:`open_run`, :func:`resume`). The state is committed exactly as the driver holds
-it, so a resumed run repeats the uninterrupted one bit for bit.
+resumed (fingerprint of V, parameters), and restores a committed state to continue from
+(:mod:`dnmf._runs` reads runs back for users: ``Run``, ``open_run``, ``resume``).
+The state is committed exactly as the driver holds it, so a resumed run repeats the
+uninterrupted one bit for bit.
 """
 
 from __future__ import annotations
@@ -19,11 +20,12 @@ import shutil
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 from . import _engine
+from ._prepared import PreparedInput
 from ._source import equal_bounds
 from ._store import (
     H_BUFFERS,
@@ -39,13 +41,30 @@ from ._store import (
     now,
     pause_point,
 )
-from .errors import ConvergenceWarning, IncompatibleRunError, InvalidInputError, StoreError
+from .errors import ConvergenceWarning, IncompatibleRunError, StoreError
 
 if TYPE_CHECKING:
     from ._backend import Backend
-    from ._estimator import NMF, _Prepared
+    from ._solvers import Regularization, Solver
 
-__all__ = ["Run", "StoreKeeper", "fit_to_store", "open_run", "resume"]
+
+__all__ = [
+    "Estimator", "StoreKeeper", "committed_panels", "fit_to_store", "lazy_W",
+    "recorded_bounds",
+]
+
+
+class Estimator(Protocol):
+    """What a fit into a run store needs of the estimator (:class:`dnmf.NMF`)."""
+
+    def _resolve_k(self, params: dict[str, Any], W: Any, H: Any, m: int) -> int: ...
+
+    def _solver(self, params: dict[str, Any]) -> Solver: ...
+
+    def _reg(self, params: dict[str, Any], n: int, m: int) -> Regularization: ...
+
+    def _set_fitted(self, state: _engine.FitState, k: int, m: int) -> None: ...
+
 
 logger = logging.getLogger("dnmf")
 
@@ -270,7 +289,7 @@ def _differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _fingerprint(prep: _Prepared, bounds: list[tuple[int, int]]) -> dict[str, Any]:
+def _fingerprint(prep: PreparedInput, bounds: list[tuple[int, int]]) -> dict[str, Any]:
     source = prep.source
     refs = source.panel_refs(bounds)
     if source.kind in ("numpy", "sparse"):
@@ -304,7 +323,7 @@ def _sparse_fingerprint(source: Any, bounds: list[tuple[int, int]]) -> dict[str,
     return {"nnz": int(source.nnz), "panel_bounds": "sha256:" + digest}
 
 
-def _recorded_bounds(recorded: dict[str, Any], n: int) -> list[tuple[int, int]]:
+def recorded_bounds(recorded: dict[str, Any], n: int) -> list[tuple[int, int]]:
     """A run's panels: equal ``panel_rows`` panels, or cut at its ``panel_starts``."""
     starts = recorded.get("panel_starts")
     if starts is None:
@@ -317,7 +336,7 @@ def _verify_task(panel: StoredPanel) -> None:
     panel.load()
 
 
-def fit_to_store(est: NMF, X: Any, W: Any, H: Any, params: dict[str, Any]) -> Any:
+def fit_to_store(est: Estimator, X: Any, W: Any, H: Any, params: dict[str, Any]) -> Any:
     """``est.fit_transform(X, W=W, H=H)`` with ``out`` set; returns W as a Dask array."""
     loc = as_location(params["out"])
     source_location = _source_location(X)
@@ -325,7 +344,7 @@ def fit_to_store(est: NMF, X: Any, W: Any, H: Any, params: dict[str, Any]) -> An
     if loc.kind != "zip":
         store = RunStore(loc)
         manifest = _fit(store, est, X, W, H, params, source_location)
-        return Run(store, manifest, verify=False).W
+        return lazy_W(store, manifest, committed_panels(store, manifest))
     # A zip cannot be rewritten in place: run in a directory beside it, pack at exit.
     work = Location("local", loc.path + ZIP_WORKDIR_SUFFIX)
     if not params["overwrite"] and os.path.exists(loc.path) and not RunStore(work).exists():
@@ -336,7 +355,8 @@ def fit_to_store(est: NMF, X: Any, W: Any, H: Any, params: dict[str, Any]) -> An
                         on_exit=_packer(loc.path))
     finally:
         _remove_if_empty(work.path)  # only if packing emptied it
-    return Run(RunStore(loc), manifest, verify=False).W
+    store = RunStore(loc)
+    return lazy_W(store, manifest, committed_panels(store, manifest))
 
 
 def _packer(target: str) -> Callable[[RunStore, dict[str, Any] | None], None]:
@@ -367,7 +387,7 @@ def _packer(target: str) -> Callable[[RunStore, dict[str, Any] | None], None]:
 class _Plan:
     """What a fit with ``out`` will do, settled before anything is written."""
 
-    prep: _Prepared
+    prep: PreparedInput
     k: int
     init: str
     seed: int
@@ -382,10 +402,9 @@ class _Plan:
         return self.prep.unit
 
 
-def _plan(est: NMF, X: Any, W: Any, H: Any, params: dict[str, Any],
+def _plan(est: Estimator, X: Any, W: Any, H: Any, params: dict[str, Any],
           manifest: dict[str, Any] | None) -> _Plan:
     """Resolve V, its panels, k, init and the seed; "as recorded" where left open."""
-    from ._estimator import _Prepared
     from ._store import checksum
     from ._validation import check_custom_factor, resolve_init, resolve_seed
 
@@ -395,9 +414,9 @@ def _plan(est: NMF, X: Any, W: Any, H: Any, params: dict[str, Any],
         # Not asked for other panels: the run's own (which may not be what this
         # machine's thread count would pick).
         panel_rows = int(recorded["panel_rows"])
-        layout = (_recorded_bounds(recorded, int(manifest["fingerprint"]["shape"][0])),
+        layout = (recorded_bounds(recorded, int(manifest["fingerprint"]["shape"][0])),
                   panel_rows)
-    prep = _Prepared(X, params["scheduler"], panel_rows, panel_bytes=params["panel_bytes"],
+    prep = PreparedInput(X, params["scheduler"], panel_rows, panel_bytes=params["panel_bytes"],
                      layout=layout, regular=True, cache=params["cache"], scan=False)
     n, m = prep.source.shape
     if recorded and params["n_components"] == "auto":
@@ -419,7 +438,7 @@ def _plan(est: NMF, X: Any, W: Any, H: Any, params: dict[str, Any],
     # Hash the panels the run hashed, even if other panel_rows are asked for now.
     fp_bounds = prep.bounds
     if recorded and manifest and manifest["fingerprint"]["shape"] == [n, m]:
-        fp_bounds = _recorded_bounds(recorded, n)
+        fp_bounds = recorded_bounds(recorded, n)
     plan.fingerprint = {**_fingerprint(prep, fp_bounds), **custom}
     return plan
 
@@ -493,7 +512,7 @@ def _start(store: RunStore, plan: _Plan, every: int, source_location: str | None
 
 def _fit(
     store: RunStore,
-    est: NMF,
+    est: Estimator,
     X: Any,
     W: Any,
     H: Any,
@@ -524,7 +543,7 @@ def _remove_if_empty(path: str) -> None:
 
 
 def _fit_locked(
-    store: RunStore, est: NMF, X: Any, W: Any, H: Any, params: dict[str, Any],
+    store: RunStore, est: Estimator, X: Any, W: Any, H: Any, params: dict[str, Any],
     source_location: str | None,
     on_exit: Callable[[RunStore, dict[str, Any] | None], None] | None,
 ) -> dict[str, Any]:
@@ -559,7 +578,7 @@ def _fit_locked(
                     on_exit(store, store.read_manifest() if store.is_run() else None)
 
 
-def _iterate(prep: _Prepared, solver: Any, reg: Any, state: _engine.FitState,
+def _iterate(prep: PreparedInput, solver: Any, reg: Any, state: _engine.FitState,
              ckpt: Checkpointer, params: dict[str, Any], final: dict[str, Any]) -> dict[str, Any]:
     """Iterate from ``state`` to the end, committing on the way; the final manifest."""
     max_iter = params["max_iter"]
@@ -637,207 +656,23 @@ def _load(panel: StoredPanel) -> np.ndarray:
     return panel.load()
 
 
-class Run:
-    """A committed snapshot of a run, as :func:`open_run` reads it.
-
-    Attributes
-    ----------
-    W : dask.array.Array of shape (n_samples, n_components)
-        Read lazily from the committed W buffer; each chunk is checked against its
-        checksum when it is read.
-    H : ndarray of shape (n_components, n_features)
-    iteration : int
-        Iterations done.
-    loss_history : list of float
-    params : dict
-        The parameters of the run (``random_state`` is the seed actually used).
-    complete : bool
-        The fit finished (converged, stopped by its callback, or reached max_iter).
-    stop_reason : {"converged", "callback", "max_iter"} or None
-    fingerprint : dict
-        V's shape, dtype, storage chunks and the checksum of sampled panels.
-    source : dict
-        Where V came from (``location`` is None for in-memory data).
-    dnmf_version, created, updated : str
-    path : str
-    """
-
-    def __init__(self, store: RunStore, manifest: dict[str, Any], *,
-                 verify: bool = True, out: Any = None) -> None:
-        self.store = store
-        self.manifest = manifest
-        self.path = str(store.location)
-        #: what to pass as ``out`` to continue this run (the zip, the Store object)
-        self.out = out if out is not None else self.path
-        self.run_id: str = manifest["run_id"]
-        self.iteration = int(manifest["iteration"])
-        self.loss_history = [float(x) for x in manifest["loss_history"]]
-        self.init_loss = manifest["init_loss"]
-        self.params = dict(manifest["params"])
-        self.complete = bool(manifest["complete"])
-        self.stop_reason = manifest.get("stop_reason")
-        self.fingerprint = manifest["fingerprint"]
-        self.source = manifest.get("source", {})
-        self.dnmf_version = manifest.get("dnmf_version")
-        self.created = manifest.get("created")
-        self.updated = manifest.get("updated")
-        n, m = manifest["fingerprint"]["shape"]
-        self.shape = (int(n), int(m))
-        self.dtype = np.dtype(manifest["fingerprint"]["dtype"])
-        self.bounds = _recorded_bounds(self.params, int(n))
-        self.H = store.read_H(self.run_id, manifest["H"]["array"], manifest["H"]["checksum"])
-        self._panels = [
-            store.panel(self.run_id, manifest["W"]["array"], i, a, b, c)
-            for i, ((a, b), c) in enumerate(zip(self.bounds, manifest["W"]["checksums"]))
-        ]
-        if verify:
-            for panel in self._panels:
-                panel.load()
-
-    @property
-    def W(self) -> Any:
-        import dask.array as da
-        from dask.highlevelgraph import HighLevelGraph
-
-        k = int(self.params["n_components"])
-        name = f"dnmf-run-W-{self.run_id}-{self.manifest['sequence']}"
-        graph: dict[Any, Any] = {
-            (name, i, 0): (_load, panel) for i, panel in enumerate(self._panels)
-        }
-        chunks = (tuple(b - a for a, b in self.bounds), (k,))
-        hlg = HighLevelGraph.from_collections(name, graph, dependencies=())
-        return da.Array(hlg, name, chunks=chunks, dtype=self.dtype)
-
-    def to_estimator(self) -> NMF:
-        """A fitted :class:`~dnmf.NMF` with this run's parameters and results."""
-        from ._estimator import NMF
-
-        p = self.params
-        est = NMF(
-            p["n_components"], solver=p["solver"], beta_loss=p["beta_loss"], init=p["init"],
-            max_iter=p["max_iter"], tol=p["tol"], random_state=p["random_state"],
-            alpha_W=p["alpha_W"], alpha_H=p["alpha_H"], l1_ratio=p["l1_ratio"],
-            panel_rows=None if "panel_starts" in p else p["panel_rows"], out=self.out,
-            checkpoint_every=p["checkpoint_every"], cache=p["cache"],
-        )
-        state = _engine.FitState(W=[], H=self.H, iteration=self.iteration,
-                                 loss_history=list(self.loss_history), init_loss=self.init_loss)
-        est._set_fitted(state, int(p["n_components"]), self.shape[1])
-        return est
-
-    def __repr__(self) -> str:
-        status = f"complete ({self.stop_reason})" if self.complete else "in progress"
-        loss = f", loss {self.loss_history[-1]:.6g}" if self.loss_history else ""
-        return (f"Run({self.path!r}: {self.shape[0]}×{self.shape[1]}, k="
-                f"{self.params['n_components']}, {self.params['solver']}, iteration "
-                f"{self.iteration}{loss}, {status})")
+def committed_panels(store: RunStore, manifest: dict[str, Any]) -> list[StoredPanel]:
+    """The panels of the committed W buffer, each verified against its checksum on load."""
+    bounds = recorded_bounds(manifest["params"], int(manifest["fingerprint"]["shape"][0]))
+    return [
+        store.panel(manifest["run_id"], manifest["W"]["array"], i, a, b, c)
+        for i, ((a, b), c) in enumerate(zip(bounds, manifest["W"]["checksums"]))
+    ]
 
 
-def _reading_location(path: Any) -> Location:
-    loc = as_location(path)
-    if loc.kind == "zip":
-        work = Location("local", loc.path + ZIP_WORKDIR_SUFFIX)
-        if RunStore(work).read_bytes("manifest.json") is not None:
-            return work
-    return loc
+def lazy_W(store: RunStore, manifest: dict[str, Any], panels: list[StoredPanel]) -> Any:
+    """The committed W as a Dask array that reads (and verifies) one panel per chunk."""
+    import dask.array as da
+    from dask.highlevelgraph import HighLevelGraph
 
-
-def open_run(path: Any, *, verify: bool = True) -> Run:
-    """Open the last committed state of the run at ``path``.
-
-    Parameters
-    ----------
-    path : str, os.PathLike or zarr Store
-        A run directory, a ``.zip`` written by a fit, or an fsspec URL.
-    verify : bool, default=True
-        Check every W chunk against its checksum now (H and the manifest are always
-        checked). With False, W chunks are checked as they are read.
-
-    Returns
-    -------
-    Run
-
-    Raises
-    ------
-    StoreError
-        Nothing was committed at ``path``.
-    CorruptCheckpointError
-        The manifest, H or a W chunk does not match its checksum; the message names
-        the file.
-
-    Notes
-    -----
-    Safe while another process writes the run: the snapshot is the last commit
-    visible when it was opened. Its W buffer stays intact until at least one pass
-    after the writer's next commit; reading ``W`` after the writer reuses it raises
-    :class:`CorruptCheckpointError` (open the run again).
-    """
-    store = RunStore(_reading_location(path))
-    if not store.exists():
-        raise StoreError(
-            f"no run at {str(store.location)!r}: the path does not exist or is empty."
-        )
-    last_error: Exception | None = None
-    for _ in range(5):
-        manifest = store.read_manifest()
-        if manifest is None:
-            raise StoreError(
-                f"{str(store.location)!r} has no committed state: not a dnmf run, or its "
-                f"fit was stopped before the first commit."
-            )
-        try:
-            out = os.fspath(path) if isinstance(path, os.PathLike) else path
-            return Run(store, manifest, verify=verify, out=out)
-        except StoreError as exc:
-            # A writer may have committed twice since the manifest was read.
-            last_error = exc
-            newer = store.read_manifest()
-            if newer is None or newer["sequence"] == manifest["sequence"]:
-                raise
-    assert last_error is not None
-    raise last_error
-
-
-def resume(
-    path: Any,
-    X: Any = None,
-    *,
-    max_iter: int | None = None,
-    scheduler: Any = None,
-    verbose: int = 0,
-    callback: Callable[[int, float], Any] | None = None,
-) -> Run:
-    """Continue the run at ``path`` until it is complete; return its final state.
-
-    Parameters
-    ----------
-    path : str, os.PathLike or zarr Store
-        The run's ``out``.
-    X : array-like, optional
-        The data. Needed only when the run was fitted on an in-memory array; by
-        default V is reopened from the location recorded in the run. Checked against
-        the run's fingerprint either way.
-    max_iter : int, optional
-        A new iteration limit (to extend a finished run); by default the run's own.
-    scheduler, verbose, callback
-        As for :class:`~dnmf.NMF`.
-
-    Returns
-    -------
-    Run
-    """
-    run = open_run(path, verify=False)
-    if X is None:
-        X = run.source.get("location")
-        if X is None:
-            raise InvalidInputError(
-                f"the run at {run.path!r} was fitted on an in-memory array, so its data "
-                f"cannot be reopened from the run: pass it, dnmf.resume(path, X=...)."
-            )
-    est = run.to_estimator()
-    est.set_params(
-        out=path, max_iter=max_iter if max_iter is not None else run.params["max_iter"],
-        scheduler=scheduler, verbose=verbose, callback=callback, overwrite=False,
-    )
-    est.fit(X)
-    return open_run(path, verify=False)
+    k = int(manifest["params"]["n_components"])
+    name = f"dnmf-run-W-{manifest['run_id']}-{manifest['sequence']}"
+    graph: dict[Any, Any] = {(name, i, 0): (_load, panel) for i, panel in enumerate(panels)}
+    chunks = (tuple(p.stop - p.start for p in panels), (k,))
+    hlg = HighLevelGraph.from_collections(name, graph, dependencies=())
+    return da.Array(hlg, name, chunks=chunks, dtype=np.dtype(manifest["fingerprint"]["dtype"]))

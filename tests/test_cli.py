@@ -52,8 +52,8 @@ def run_many(cases: dict[str, list[str]], cwd: Path) -> dict[str, subprocess.Com
 
 
 def run_here(*args: str, cwd: Path, capsys, monkeypatch) -> subprocess.CompletedProcess:
-    """The same command through ``dnmf._cli.run`` in this process (no start-up cost)."""
-    from dnmf._cli import run
+    """The same command through ``dnmf.cli.run`` in this process (no start-up cost)."""
+    from dnmf.cli import run
 
     monkeypatch.chdir(cwd)
     capsys.readouterr()
@@ -306,7 +306,7 @@ def test_failed_commands_leave_nothing_behind(error_results, workspace):
 
 @pytest.mark.parametrize("args", [["--debug", "info", "v.npy"], ["info", "v.npy", "--debug"]])
 def test_debug_lets_the_exception_through(args, workspace, monkeypatch):
-    from dnmf._cli import run
+    from dnmf.cli import run
 
     monkeypatch.chdir(workspace)
     with pytest.raises(dnmf.StoreError, match="is a file, not a dnmf run"):

@@ -101,7 +101,7 @@ def test_resume_refuses_a_different_sparse_V(tmp_path, V, store):
 
 
 def test_sparse_fingerprint_is_the_same_in_memory_and_on_disk(V, store):
-    from dnmf._estimator import _Prepared
+    from dnmf._prepared import PreparedInput as _Prepared
     from dnmf._run import _fingerprint
 
     prints = []
@@ -126,7 +126,7 @@ def test_cluster_memory_check_counts_sparse_panels_by_stored_entries(tmp_path):
         with pytest.raises(InvalidParameterError, match="sparse panel"):
             dnmf.NMF(3, max_iter=2, scheduler=client).fit(S)
         # Panels small enough pass the check (no fit: a 1 MB worker would pause).
-        from dnmf._estimator import _Prepared
+        from dnmf._prepared import PreparedInput as _Prepared
 
         prep = _Prepared(path, client, 100, scan=False)
         assert prep._sparse_panel_bytes() < 100_000

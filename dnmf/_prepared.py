@@ -1,0 +1,97 @@
+"""V made ready for passes: its panel source, the backend, panel bounds and references.
+
+Shared by the estimator and the run store's fit (:mod:`dnmf._run`), below both: it
+knows the engine, the backend and the sources, and neither of its users.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from . import _engine
+from ._backend import Backend, get_backend
+from ._source import PanelSource, as_source, load_panel, snap_bounds
+
+__all__ = ["PreparedInput"]
+
+
+class PreparedInput:
+    """V made ready for passes: source, backend, panel bounds and references, summary."""
+
+    def __init__(
+        self,
+        X: Any,
+        scheduler: Any,
+        panel_rows: int | None,
+        *,
+        panel_bytes: int | None = None,
+        layout: tuple[list[tuple[int, int]], int] | None = None,
+        regular: bool = False,
+        cache: bool = False,
+        scan: bool = True,
+    ) -> None:
+        self.source: PanelSource = as_source(X)
+        self.backend: Backend = get_backend(scheduler)
+        if layout is not None and layout[0][-1][1] == self.source.shape[0]:
+            # A run's own panels and W chunk height, as it recorded them.
+            self.bounds, self.unit = layout
+        else:
+            self.bounds = self.source.panel_bounds(
+                panel_rows, self.backend.n_threads, panel_bytes
+            )
+            #: W chunk height in a run store: every panel is a whole number of them.
+            self.unit = self.bounds[0][1] - self.bounds[0][0]
+        sizes = [b - a for a, b in self.bounds]
+        if layout is None and regular and (len(set(sizes[:-1])) > 1 or sizes[-1] > sizes[0]):
+            if self.source.kind == "zarr-csr":
+                # Panels cut by stored entries stay so, on a grid of W chunks.
+                self.bounds, self.unit = snap_bounds(self.bounds)
+            else:
+                # A run store chunks W by panel: panels equal but for the last.
+                self.bounds = self.source.panel_bounds(self.unit, self.backend.n_threads)
+        if self.backend.distributed and self.source.kind in ("numpy", "dask", "zarr"):
+            rows = max(b - a for a, b in self.bounds)
+            self.backend.check_memory(rows * self.source.shape[1] * self.source.dtype.itemsize)
+        elif self.backend.distributed and self.source.kind in ("sparse", "zarr-csr"):
+            self.backend.check_memory(self._sparse_panel_bytes(), "sparse panel")
+        refs = self.source.panel_refs(self.bounds)
+        if self.backend.distributed and self.source.kind in ("numpy", "sparse"):
+            # In-memory data goes to the workers once, not once per iteration.
+            refs = self.backend.scatter_panels([ref.load() for ref in refs])
+        elif cache and self.source.kind in ("zarr", "zarr-csr", "dask"):
+            # cache=True: read each panel once; later passes use the copy in memory
+            # (this process, or the workers' memory on a cluster).
+            refs = self.backend.map_keep(load_panel, [(ref,) for ref in refs])
+        self.refs = refs
+        self.summary: _engine.DataSummary
+        if scan:
+            self.summary = _engine.scan(self.backend, self.source, self.refs, self.bounds)
+
+    def _sparse_panel_bytes(self) -> int:
+        """The largest panel of a sparse V in memory, by its stored entries.
+
+        Values in the compute dtype, column indices and ``indptr``; the dense
+        per-panel parts (W_i, V_i·Hᵀ: rows × k) are small next to it for k ≪ columns.
+        """
+        rows = np.asarray(self.bounds, dtype=np.int64)
+        entries = np.diff(self.source.offsets(rows), axis=1)[:, 0]
+        per_entry = self.source.dtype.itemsize + np.dtype(self.source.data.indices.dtype).itemsize
+        return int(max(entries * per_entry + 8 * (rows[:, 1] - rows[:, 0] + 1)))
+
+    def split_rows(self, W: np.ndarray) -> list[Any]:
+        panels = [W[a:b] for a, b in self.bounds]
+        return self.backend.scatter_panels(panels)
+
+    def assemble(self, handles: list[Any], k: int) -> Any:
+        """W as the same kind of array as X: NumPy for in-memory input, else Dask."""
+        if self.source.kind in ("numpy", "sparse"):
+            return np.concatenate(self.backend.gather(handles), axis=0)
+        import dask.array as da
+
+        blocks = [
+            da.from_delayed(self.backend.to_delayed(h), shape=(b - a, k), dtype=self.source.dtype)
+            for h, (a, b) in zip(handles, self.bounds)
+        ]
+        return da.concatenate(blocks, axis=0)

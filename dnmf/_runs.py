@@ -1,0 +1,213 @@
+"""Runs as the user handles them: :class:`Run` (a committed snapshot), :func:`open_run`
+and :func:`resume`.
+
+An interface over the estimator and the run store's fit (:mod:`dnmf._run`): it reads
+manifests back and continues a run through :class:`dnmf.NMF`. Nothing below imports it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from . import _engine
+from ._estimator import NMF
+from ._run import committed_panels, lazy_W, recorded_bounds
+from ._store import ZIP_WORKDIR_SUFFIX, Location, RunStore, as_location
+from .errors import InvalidInputError, StoreError
+
+__all__ = ["Run", "open_run", "resume"]
+
+
+class Run:
+    """A committed snapshot of a run, as :func:`open_run` reads it.
+
+    Attributes
+    ----------
+    W : dask.array.Array of shape (n_samples, n_components)
+        Read lazily from the committed W buffer; each chunk is checked against its
+        checksum when it is read.
+    H : ndarray of shape (n_components, n_features)
+    iteration : int
+        Iterations done.
+    loss_history : list of float
+    params : dict
+        The parameters of the run (``random_state`` is the seed actually used).
+    complete : bool
+        The fit finished (converged, stopped by its callback, or reached max_iter).
+    stop_reason : {"converged", "callback", "max_iter"} or None
+    fingerprint : dict
+        V's shape, dtype, storage chunks and the checksum of sampled panels.
+    source : dict
+        Where V came from (``location`` is None for in-memory data).
+    dnmf_version, created, updated : str
+    path : str
+    """
+
+    def __init__(self, store: RunStore, manifest: dict[str, Any], *,
+                 verify: bool = True, out: Any = None) -> None:
+        self.store = store
+        self.manifest = manifest
+        self.path = str(store.location)
+        #: what to pass as ``out`` to continue this run (the zip, the Store object)
+        self.out = out if out is not None else self.path
+        self.run_id: str = manifest["run_id"]
+        self.iteration = int(manifest["iteration"])
+        self.loss_history = [float(x) for x in manifest["loss_history"]]
+        self.init_loss = manifest["init_loss"]
+        self.params = dict(manifest["params"])
+        self.complete = bool(manifest["complete"])
+        self.stop_reason = manifest.get("stop_reason")
+        self.fingerprint = manifest["fingerprint"]
+        self.source = manifest.get("source", {})
+        self.dnmf_version = manifest.get("dnmf_version")
+        self.created = manifest.get("created")
+        self.updated = manifest.get("updated")
+        n, m = manifest["fingerprint"]["shape"]
+        self.shape = (int(n), int(m))
+        self.dtype = np.dtype(manifest["fingerprint"]["dtype"])
+        self.bounds = recorded_bounds(self.params, int(n))
+        self.H = store.read_H(self.run_id, manifest["H"]["array"], manifest["H"]["checksum"])
+        self._panels = committed_panels(store, manifest)
+        if verify:
+            for panel in self._panels:
+                panel.load()
+
+    @property
+    def W(self) -> Any:
+        return lazy_W(self.store, self.manifest, self._panels)
+
+    def to_estimator(self) -> NMF:
+        """A fitted :class:`~dnmf.NMF` with this run's parameters and results."""
+        p = self.params
+        est = NMF(
+            p["n_components"], solver=p["solver"], beta_loss=p["beta_loss"], init=p["init"],
+            max_iter=p["max_iter"], tol=p["tol"], random_state=p["random_state"],
+            alpha_W=p["alpha_W"], alpha_H=p["alpha_H"], l1_ratio=p["l1_ratio"],
+            panel_rows=None if "panel_starts" in p else p["panel_rows"], out=self.out,
+            checkpoint_every=p["checkpoint_every"], cache=p["cache"],
+        )
+        state = _engine.FitState(W=[], H=self.H, iteration=self.iteration,
+                                 loss_history=list(self.loss_history), init_loss=self.init_loss)
+        est._set_fitted(state, int(p["n_components"]), self.shape[1])
+        return est
+
+    def __repr__(self) -> str:
+        status = f"complete ({self.stop_reason})" if self.complete else "in progress"
+        loss = f", loss {self.loss_history[-1]:.6g}" if self.loss_history else ""
+        return (f"Run({self.path!r}: {self.shape[0]}×{self.shape[1]}, k="
+                f"{self.params['n_components']}, {self.params['solver']}, iteration "
+                f"{self.iteration}{loss}, {status})")
+
+
+def _reading_location(path: Any) -> Location:
+    loc = as_location(path)
+    if loc.kind == "zip":
+        work = Location("local", loc.path + ZIP_WORKDIR_SUFFIX)
+        if RunStore(work).read_bytes("manifest.json") is not None:
+            return work
+    return loc
+
+
+def open_run(path: Any, *, verify: bool = True) -> Run:
+    """Open the last committed state of the run at ``path``.
+
+    Parameters
+    ----------
+    path : str, os.PathLike or zarr Store
+        A run directory, a ``.zip`` written by a fit, or an fsspec URL.
+    verify : bool, default=True
+        Check every W chunk against its checksum now (H and the manifest are always
+        checked). With False, W chunks are checked as they are read.
+
+    Returns
+    -------
+    Run
+
+    Raises
+    ------
+    StoreError
+        Nothing was committed at ``path``.
+    CorruptCheckpointError
+        The manifest, H or a W chunk does not match its checksum; the message names
+        the file.
+
+    Notes
+    -----
+    Safe while another process writes the run: the snapshot is the last commit
+    visible when it was opened. Its W buffer stays intact until at least one pass
+    after the writer's next commit; reading ``W`` after the writer reuses it raises
+    :class:`CorruptCheckpointError` (open the run again).
+    """
+    store = RunStore(_reading_location(path))
+    if not store.exists():
+        raise StoreError(
+            f"no run at {str(store.location)!r}: the path does not exist or is empty."
+        )
+    last_error: Exception | None = None
+    for _ in range(5):
+        manifest = store.read_manifest()
+        if manifest is None:
+            raise StoreError(
+                f"{str(store.location)!r} has no committed state: not a dnmf run, or its "
+                f"fit was stopped before the first commit."
+            )
+        try:
+            out = os.fspath(path) if isinstance(path, os.PathLike) else path
+            return Run(store, manifest, verify=verify, out=out)
+        except StoreError as exc:
+            # A writer may have committed twice since the manifest was read.
+            last_error = exc
+            newer = store.read_manifest()
+            if newer is None or newer["sequence"] == manifest["sequence"]:
+                raise
+    assert last_error is not None
+    raise last_error
+
+
+def resume(
+    path: Any,
+    X: Any = None,
+    *,
+    max_iter: int | None = None,
+    scheduler: Any = None,
+    verbose: int = 0,
+    callback: Callable[[int, float], Any] | None = None,
+) -> Run:
+    """Continue the run at ``path`` until it is complete; return its final state.
+
+    Parameters
+    ----------
+    path : str, os.PathLike or zarr Store
+        The run's ``out``.
+    X : array-like, optional
+        The data. Needed only when the run was fitted on an in-memory array; by
+        default V is reopened from the location recorded in the run. Checked against
+        the run's fingerprint either way.
+    max_iter : int, optional
+        A new iteration limit (to extend a finished run); by default the run's own.
+    scheduler, verbose, callback
+        As for :class:`~dnmf.NMF`.
+
+    Returns
+    -------
+    Run
+    """
+    run = open_run(path, verify=False)
+    if X is None:
+        X = run.source.get("location")
+        if X is None:
+            raise InvalidInputError(
+                f"the run at {run.path!r} was fitted on an in-memory array, so its data "
+                f"cannot be reopened from the run: pass it, dnmf.resume(path, X=...)."
+            )
+    est = run.to_estimator()
+    est.set_params(
+        out=path, max_iter=max_iter if max_iter is not None else run.params["max_iter"],
+        scheduler=scheduler, verbose=verbose, callback=callback, overwrite=False,
+    )
+    est.fit(X)
+    return open_run(path, verify=False)

@@ -1,0 +1,148 @@
+"""Running one command line: one-line warnings and errors, quiet logs, SIGTERM
+handled like Ctrl-C, and the exit status. A user's mistake prints ``error: ...`` on
+standard error and exits non-zero (2 for a bad command line, 1 otherwise, 130 when
+interrupted, 143 when terminated), never a traceback unless ``--debug`` is given.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import sys
+import warnings
+from typing import Any
+
+import typer
+
+from ..errors import (
+    DnmfError,
+    InvalidParameterError,
+)
+from ._app import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_USAGE, Terminated, app
+from ._output import _cli_terms, _one_line
+
+
+def _show_warning(message: Any, category: type[Warning], filename: str, lineno: int,
+                  file: Any = None, line: str | None = None) -> None:
+    sys.stderr.write(f"warning: {_one_line(str(message))}\n")
+
+
+def _quiet_logs(debug: bool) -> None:
+    import logging
+
+    if debug:
+        logging.basicConfig(level=logging.INFO, format="%(name)s %(levelname)s: %(message)s")
+        logging.getLogger("dnmf").setLevel(logging.DEBUG)
+        return
+    # A lost scheduler is reported as dnmf's own error, with how to continue; the
+    # client's log of its failed reconnection would only repeat it.
+    levels = {"distributed": "error", "distributed.client": "critical",
+              "tornado": "critical", "bokeh": "error", "asyncio": "error"}
+    for name, level in levels.items():
+        logging.getLogger(name).setLevel(level.upper())
+    # Importing distributed sets its loggers from Dask's config (INFO by default):
+    # quiet there too, unless the user's own config says otherwise.
+    import dask
+
+    dask.config.set({"distributed.logging": {
+        **levels, **(dask.config.get("distributed.logging", None) or {})}})
+
+
+def _click_errors() -> tuple[type[Exception], type[Exception]]:
+    """Click's UsageError and ClickException, as the installed Typer uses them.
+
+    Typer 0.12–0.2x uses Click itself; newer versions carry their own copy.
+    """
+    mro = typer.BadParameter.__mro__
+    usage = next(c for c in mro if c.__name__ == "UsageError")
+    base = next(c for c in mro if c.__name__ == "ClickException")
+    return usage, base
+
+
+def _usage_message(exc: Any) -> str:
+    message = _one_line(exc.format_message())
+    ctx = exc.ctx
+    hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+    return f"error: {message}{hint}"
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    raise Terminated()
+
+
+def run(argv: list[str]) -> int:
+    """Run one command line; return its exit status (what :func:`main` exits with).
+
+    Installs, for the duration of the command, a SIGTERM handler (to commit like
+    Ctrl-C) and one-line warnings; both are restored afterwards.
+    """
+    args = list(argv)
+    cut = args.index("--") if "--" in args else len(args)
+    debug = "--debug" in args[:cut] or os.environ.get("DNMF_DEBUG", "") not in ("", "0")
+    args = [a for i, a in enumerate(args) if not (a == "--debug" and i < cut)]
+    _quiet_logs(debug)
+    saved_showwarning = warnings.showwarning
+    if not debug:
+        warnings.showwarning = _show_warning
+    saved_sigterm: Any = None
+    with contextlib.suppress(ValueError):  # not the main thread: leave signals alone
+        saved_sigterm = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        return _dispatch(args, debug)
+    finally:
+        warnings.showwarning = saved_showwarning
+        if saved_sigterm is not None:
+            signal.signal(signal.SIGTERM, saved_sigterm)
+        sys.stdout.flush()
+
+
+def _fail(message: str) -> None:
+    sys.stderr.write(f"error: {message}\n")
+
+
+def _dispatch(args: list[str], debug: bool) -> int:
+    usage_error, click_error = _click_errors()
+    try:
+        rc = app(args=args, prog_name="dnmf", standalone_mode=False)
+        return rc if isinstance(rc, int) else 0
+    except usage_error as exc:
+        if type(exc).__name__ == "NoArgsIsHelpError":  # plain "dnmf": show the help
+            typer.echo(exc.format_message())  # type: ignore[attr-defined]
+            return 0
+        if debug:
+            raise
+        sys.stderr.write(_usage_message(exc) + "\n")
+        return EXIT_USAGE
+    except click_error as exc:
+        if debug:
+            raise
+        _fail(_one_line(exc.format_message()))  # type: ignore[attr-defined]
+        return int(getattr(exc, "exit_code", EXIT_ERROR))
+    except typer.Abort:
+        sys.stderr.write("interrupted\n")
+        return EXIT_INTERRUPTED
+    except DnmfError as exc:
+        if debug:
+            raise
+        _fail(_one_line(_cli_terms(str(exc))))
+        # A bad option value is a usage error, whoever noticed it.
+        return EXIT_USAGE if isinstance(exc, InvalidParameterError) else EXIT_ERROR
+    except OSError as exc:
+        if debug:
+            raise
+        where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
+        _fail(f"{exc.strerror or exc}{where}")
+        return EXIT_ERROR
+    except Exception as exc:
+        if debug:
+            raise
+        _fail(f"unexpected {type(exc).__name__}: {_one_line(str(exc))} (this is a bug in "
+              f"dnmf: run again with --debug for the traceback and report it)")
+        return EXIT_ERROR
+
+
+def main(argv: list[str] | None = None) -> None:
+    """The ``dnmf`` entry point: run the command line and exit with its status."""
+    sys.exit(run(sys.argv[1:] if argv is None else argv))
+

@@ -1,0 +1,83 @@
+"""``dnmf convert``: a data file to a Zarr array chunked by rows, streaming."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated
+
+import numpy as np
+import typer
+
+from ._app import _exit_code, app
+from ._options import DtypeName
+from ._output import _bytes, _fmt_duration, _result, _row_progress, _say
+
+
+@app.command()
+def convert(
+    src: Annotated[str, typer.Argument(
+        metavar="SRC", help="A .npy, .npz, .mtx, .csv, .tsv, .h5/.hdf5 file or a Zarr array.",
+        show_default=False)],
+    dst: Annotated[str, typer.Argument(
+        metavar="DST", help="The Zarr array to write (DST.zarr).", show_default=False)],
+    chunk_rows: Annotated[int | None, typer.Option(
+        "--chunk-rows", min=1, help="Rows per chunk [default: about 64 MiB per chunk].",
+        show_default=False)] = None,
+    dtype: Annotated[DtypeName | None, typer.Option(
+        "--dtype", help="Stored dtype [default: the source's float type; float64 for "
+        "integers].", show_default=False)] = None,
+    transpose: Annotated[bool, typer.Option(
+        "--transpose", help="Store the transpose: rows of SRC become columns.")] = False,
+    dataset: Annotated[str | None, typer.Option(
+        "--dataset", help="The array inside an HDF5 file, a Zarr group or an .npz archive.",
+        show_default=False)] = None,
+    overwrite: Annotated[bool, typer.Option(
+        "--overwrite", help="Replace DST if it exists (only once the new array is "
+        "complete).")] = False,
+    dense: Annotated[bool, typer.Option(
+        "--dense", help="Write a sparse SRC as a dense array [default: a sparse SRC is "
+        "written as a CSR Zarr group].")] = False,
+) -> None:
+    """Convert a data file to a Zarr v3 array chunked by rows, streaming.
+
+    .npy is memory-mapped, .csv/.tsv (optionally .gz) are parsed in blocks of rows,
+    HDF5, Zarr arrays and CSR Zarr groups are read by slices: none of them is
+    loaded whole. Matrix Market
+    (.mtx) files and NumPy .npz archives of dense arrays are read into memory whole
+    (keep them to moderate sizes). A sparse SRC (SciPy sparse .npz, coordinate .mtx,
+    CSR Zarr group) is held compressed and written as a CSR Zarr group (AnnData's
+    encoding) that fit reads without densifying; --dense writes a dense array
+    instead, densified a block at a time. Negative, NaN and infinite values are refused with
+    the position of the first one. DST appears only once it is complete.
+    """
+    from .._convert import convert as run_convert
+
+    started = time.perf_counter()
+    try:
+        with _row_progress(f"converting {Path(src).name}") as on_rows:
+            result = run_convert(
+                src, dst, chunk_rows=chunk_rows, dtype=dtype.value if dtype else None,
+                transpose=transpose, dataset=dataset, overwrite=overwrite, on_rows=on_rows,
+                dense=dense,
+            )
+    except KeyboardInterrupt as exc:
+        _say(f"interrupted: {dst} was not written.")
+        raise typer.Exit(_exit_code(exc)) from None
+    if result.nnz is not None:
+        n, m = result.shape
+        density = result.nnz / max(1, n * m)
+        _result(
+            f"wrote {result.path}: {n} × {m} {result.dtype}, sparse: a CSR group with "
+            f"{result.nnz} stored entries ({density:.3%} of the matrix), in "
+            f"{_fmt_duration(time.perf_counter() - started)}"
+        )
+        return
+    size = result.shape[0] * result.shape[1] * np.dtype(result.dtype).itemsize
+    note = "" if result.streamed else " (source read into memory whole)"
+    _result(
+        f"wrote {result.path}: {result.shape[0]} × {result.shape[1]} {result.dtype} "
+        f"({_bytes(size)} uncompressed), chunks of {result.chunk_rows} rows, in "
+        f"{_fmt_duration(time.perf_counter() - started)}{note}"
+    )
+

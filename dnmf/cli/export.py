@@ -1,0 +1,114 @@
+"""``dnmf export``: W and H of a run to plain files (NumPy or CSV)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any
+
+import numpy as np
+import typer
+
+from ..errors import (
+    DnmfError,
+    StoreError,
+)
+from ._app import _exit_code, app
+from ._options import _parse_size
+from ._output import _bytes, _result, _say
+from ._runs import _open_run
+
+#: Default bound on the size of W that ``export`` writes without ``--force``.
+DEFAULT_EXPORT_LIMIT = "1GiB"
+
+
+class ExportFormat(str, Enum):
+    npy = "npy"
+    csv = "csv"
+
+
+@app.command()
+def export(
+    run: Annotated[str, typer.Argument(metavar="RUN", help="The run store (RUN.zarr).",
+                                       show_default=False)],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Directory to write W and H into.",
+                                      show_default=False, file_okay=False)],
+    fmt: Annotated[ExportFormat, typer.Option(
+        "--format", help="npy (NumPy) or csv.")] = ExportFormat.npy,
+    max_size: Annotated[str, typer.Option(
+        "--max-size", help="Refuse to export a W larger than this without --force.")]
+    = DEFAULT_EXPORT_LIMIT,
+    force: Annotated[bool, typer.Option("--force", help="Export W whatever its size.")] = False,
+    overwrite: Annotated[bool, typer.Option(
+        "--overwrite", help="Replace W and H files already in --out.")] = False,
+) -> None:
+    """Write W and H of a run to plain files (W.npy and H.npy, or W.csv and H.csv)."""
+    r = _open_run(run)
+    limit = _parse_size(max_size)
+    n, k = r.shape[0], int(r.params["n_components"])
+    size = n * k * r.dtype.itemsize
+    if size > limit and not force:
+        raise DnmfError(
+            f"W is {_bytes(size)} ({n} × {k} {r.dtype}), more than --max-size {max_size}: "
+            f"pass --force to export it anyway, or read it lazily with "
+            f"dnmf.open_run({r.path!r}).W."
+        )
+    ext = fmt.value
+    targets = {name: out / f"{name}.{ext}" for name in ("W", "H")}
+    existing = [str(p) for p in targets.values() if p.exists()]
+    if existing and not overwrite:
+        raise StoreError(f"{', '.join(existing)} already exist; pass --overwrite to replace.")
+    from .._convert import check_writable
+
+    made = not out.exists()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StoreError(f"cannot create {out}: {exc.strerror or exc}.") from None
+    written: list[str] = []
+    try:
+        check_writable(out, str(out))
+        for name, data in (("W", r.W), ("H", r.H)):
+            _export_one(data, targets[name], ext)
+            written.append(str(targets[name]))
+    except KeyboardInterrupt as exc:
+        _say("interrupted: " + (f"only {', '.join(written)} written." if written
+                                else "nothing written."))
+        raise typer.Exit(_exit_code(exc)) from None
+    finally:
+        if made and not written:
+            shutil.rmtree(out, ignore_errors=True)
+    _result(f"wrote {targets['W']} ({n} × {k}) and {targets['H']} ({k} × {r.shape[1]})")
+
+
+def _export_one(data: Any, target: Path, ext: str) -> None:
+    """One factor to ``target``, streamed a block of rows at a time, renamed when done."""
+    tmp = target.with_name(f".{target.stem}.tmp-{os.getpid()}{target.suffix}")
+    blocks: list[tuple[int, Any]]
+    if hasattr(data, "dask"):
+        starts = np.cumsum((0, *data.chunks[0]))
+        blocks = [(int(a), data.blocks[i]) for i, a in enumerate(starts[:-1])]
+    else:
+        blocks = [(0, data)]
+    try:
+        if ext == "npy":
+            mm = np.lib.format.open_memmap(tmp, mode="w+", dtype=data.dtype,
+                                           shape=tuple(int(s) for s in data.shape))
+            for start, block in blocks:
+                values = np.asarray(block.compute() if hasattr(block, "compute") else block)
+                mm[start : start + len(values)] = values
+            mm.flush()
+            del mm
+        else:
+            precision = "%.9g" if np.dtype(data.dtype) == np.float32 else "%.17g"
+            with open(tmp, "w") as f:
+                for _, block in blocks:
+                    values = np.asarray(block.compute() if hasattr(block, "compute") else block)
+                    np.savetxt(f, values, delimiter=",", fmt=precision)
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+

@@ -1,0 +1,174 @@
+"""``dnmf fit``: factorize an input into a run store."""
+
+from __future__ import annotations
+
+import math
+import shutil
+import time
+import warnings
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ..errors import (
+    ClusterLostError,
+    ConvergenceWarning,
+    InvalidParameterError,
+)
+from ._app import _exit_code, app
+from ._inputs import _make_parent, _prepare_input, _put_back, _refuse_foreign, _zarr_array_info
+from ._options import DtypeName, InitName, LossName, SolverName, _parse_size
+from ._output import _absolute, _say
+from ._runs import _has_commit, _interrupted, _lost, _replacing, _report_fit
+from ._scheduler import (
+    PanelSizeOpt,
+    SchedulerFileOpt,
+    SchedulerOpt,
+    _check_scheduler,
+    _scheduler,
+    _scheduler_args,
+)
+
+
+def _alpha_h(value: str) -> float | str:
+    if value == "same":
+        return "same"
+    try:
+        alpha = float(value)
+    except ValueError:
+        alpha = -1.0
+    if not (alpha >= 0 and math.isfinite(alpha)):
+        raise typer.BadParameter(f"must be 'same' or a non-negative number, got {value!r}.")
+    return alpha
+
+
+@app.command()
+def fit(
+    input: Annotated[str, typer.Argument(
+        metavar="INPUT", help="A Zarr array (path or URL) or any file that 'dnmf convert' reads.",
+        show_default=False)],
+    rank: Annotated[int, typer.Option(
+        "--rank", "-k", min=1, metavar="K", help="The rank K of W·H.", show_default=False)],
+    out: Annotated[str, typer.Option(
+        "--out", "-o", metavar="RUN", help="The run store to write (RUN.zarr).",
+        show_default=False)],
+    solver: Annotated[SolverName, typer.Option(help="hals, mu (multiplicative updates) or "
+                                               "als (alternating NNLS).")] = SolverName.hals,
+    loss: Annotated[LossName, typer.Option(help="frobenius, or kullback-leibler (kl; with "
+                                           "--solver mu).")] = LossName.frobenius,
+    init: Annotated[InitName | None, typer.Option(
+        help="Initialisation [default: nndsvda if K <= min(n, m), else random].",
+        show_default=False)] = None,
+    max_iter: Annotated[int, typer.Option("--max-iter", min=1,
+                                          help="Maximum number of iterations.")] = 200,
+    tol: Annotated[float, typer.Option(min=0.0, help="Stop when the loss decreases by less "
+                                       "than this (relative) in an iteration.")] = 1e-4,
+    seed: Annotated[int | None, typer.Option(
+        min=0, help="Random seed [default: a fresh one, recorded in the run].",
+        show_default=False)] = None,
+    alpha_w: Annotated[float, typer.Option("--alpha-w", min=0.0,
+                                           help="Regularisation of W.")] = 0.0,
+    alpha_h: Annotated[str, typer.Option("--alpha-h", parser=_alpha_h, metavar="FLOAT|same",
+                                         help="Regularisation of H ('same': as W).")] = "same",
+    l1_ratio: Annotated[float, typer.Option("--l1-ratio", min=0.0, max=1.0,
+                                            help="L1 share of the regularisation.")] = 0.0,
+    checkpoint_every: Annotated[int, typer.Option(
+        "--checkpoint-every", min=1, help="Commit a checkpoint every N iterations.")] = 10,
+    scheduler: SchedulerOpt = None,
+    scheduler_file: SchedulerFileOpt = None,
+    dtype: Annotated[DtypeName | None, typer.Option(
+        help="Convert INPUT to this dtype first [default: keep].", show_default=False)] = None,
+    chunk_rows: Annotated[int | None, typer.Option(
+        "--chunk-rows", min=1, help="Rows per chunk when INPUT is converted.",
+        show_default=False)] = None,
+    dataset: Annotated[str | None, typer.Option(
+        help="The array inside an HDF5 file, a Zarr group or an .npz archive.",
+        show_default=False)] = None,
+    transpose: Annotated[bool, typer.Option(
+        "--transpose", help="Factorize the transpose of INPUT.")] = False,
+    cache: Annotated[bool, typer.Option(
+        "--cache", help="Keep V in memory after its first read (only if it fits).")] = False,
+    panel_size: PanelSizeOpt = None,
+    overwrite: Annotated[bool, typer.Option(
+        "--overwrite", help="Replace a different run at --out (kept if this fit fails).")] = False,
+    dense: Annotated[bool, typer.Option(
+        "--dense", help="Convert a sparse INPUT to a dense array first [default: sparse "
+        "INPUT is fitted sparse, as a CSR Zarr group].")] = False,
+) -> None:
+    """Factorize INPUT ≈ W·H and store the run (W, H, state) in --out.
+
+    Shows a live progress bar. Ctrl-C commits a checkpoint and prints the command
+    that continues the run; running the same fit command again also continues it.
+    A non-Zarr INPUT is first converted to OUT's name with .input.zarr, kept next to
+    the run so that 'dnmf resume' can read it.
+    """
+    import dnmf
+
+    started = time.perf_counter()
+    _check_scheduler(scheduler, scheduler_file)
+    panel_bytes = None if panel_size is None else _parse_size(panel_size, "--panel-size")
+    sched = _scheduler_args(scheduler, scheduler_file)
+    if "://" not in out and Path(out).resolve() == Path(input).resolve():
+        raise InvalidParameterError("--out must not be INPUT itself.")
+    loss_name = "kullback-leibler" if loss is LossName.kl else loss.value
+    if not overwrite:
+        _refuse_foreign(out)
+    out_existed = "://" in out or Path(out).exists()
+    if "://" not in out:
+        _make_parent(out)
+    try:
+        path, created, aside = _prepare_input(
+            input, out, dtype=dtype.value if dtype else None, chunk_rows=chunk_rows,
+            transpose=transpose, dataset=dataset, overwrite=overwrite, dense=dense,
+        )
+    except KeyboardInterrupt as exc:
+        _say(f"interrupted while converting {input}: nothing was written.")
+        raise typer.Exit(_exit_code(exc)) from None
+    replaced: dict[str, bool] = {}
+    try:
+        with _scheduler(scheduler, scheduler_file) as client, \
+                _replacing(out, overwrite, replaced) as ow:
+            est = dnmf.NMF(
+                rank, solver=solver.value, beta_loss=loss_name,
+                init=init.value if init else None, max_iter=max_iter, tol=tol,
+                random_state=seed, alpha_W=alpha_w, alpha_H=alpha_h, l1_ratio=l1_ratio,
+                verbose=1, scheduler=client, out=_absolute(out), checkpoint_every=checkpoint_every,
+                overwrite=ow, cache=cache,
+                panel_bytes=panel_bytes,
+            )
+            shape, stored, _, sparse = _zarr_array_info(path)
+            where = "local threads" if client == "threads" else "the Dask cluster"
+            kind = f"{stored}, sparse" if sparse else f"{stored}"
+            _say(f"fitting {path} ({shape[0]} × {shape[1]} {kind}) with rank {rank}, "
+                 f"{solver.value}, on {where}: reading the data and initialising first")
+            try:
+                with warnings.catch_warnings():
+                    # The summary below says whether the fit converged.
+                    warnings.simplefilter("ignore", ConvergenceWarning)
+                    est.fit(_absolute(path))
+            except KeyboardInterrupt as exc:
+                raise _interrupted(out, sched, exc) from None
+            except ClusterLostError as exc:
+                raise _lost(out, sched, exc) from None
+    except BaseException as exc:
+        failed = not isinstance(exc, typer.Exit | KeyboardInterrupt)
+        if failed and not _has_commit(out):
+            # Leave no debris of a fit that never committed: what this command made.
+            if not out_existed:
+                shutil.rmtree(out, ignore_errors=True)
+            if created is not None and aside is None:
+                shutil.rmtree(created, ignore_errors=True)
+        raise
+    finally:
+        if aside is not None:
+            # The conversion replaced another one. If the new fit committed, the run
+            # that read the old one is gone; if not, that run is back (or there was
+            # none) and so is its input.
+            committed = replaced["committed"] if "committed" in replaced else _has_commit(out)
+            if committed:
+                shutil.rmtree(aside, ignore_errors=True)
+            else:
+                _put_back(Path(path), aside)
+    _report_fit(out, started, sched)
+

@@ -1,0 +1,69 @@
+"""``dnmf plot``: the loss curve and basis images of a run."""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import numpy as np
+import typer
+
+from ..errors import (
+    DnmfError,
+    InvalidParameterError,
+)
+from ._app import app
+from ._output import _result
+from ._runs import _open_run
+
+
+class FactorName(str, Enum):
+    H = "H"
+    W = "W"
+
+
+@app.command()
+def plot(
+    run: Annotated[str, typer.Argument(metavar="RUN", help="The run store (RUN.zarr).",
+                                       show_default=False)],
+    loss: Annotated[Path | None, typer.Option(
+        "--loss", help="Draw the loss curve (log scale) to this file (.png, .pdf, .svg).",
+        show_default=False, dir_okay=False)] = None,
+    basis: Annotated[Path | None, typer.Option(
+        "--basis", help="Draw the basis images to this file.", show_default=False,
+        dir_okay=False)] = None,
+    image_shape: Annotated[str | None, typer.Option(
+        "--image-shape", help="HEIGHTxWIDTH of one basis image, e.g. 32x32 "
+        "[default: square].", show_default=False)] = None,
+    of: Annotated[FactorName, typer.Option(
+        "--of", help="Basis images are the rows of H (images are rows of V) or the "
+        "columns of W (images are columns of V).")] = FactorName.H,
+    columns: Annotated[int | None, typer.Option(
+        min=1, help="Images per row of the grid.", show_default=False)] = None,
+) -> None:
+    """Draw the loss curve and/or the basis images of a run (needs matplotlib)."""
+    from .. import _plot
+
+    if loss is None and basis is None:
+        raise InvalidParameterError("give --loss FILE, --basis FILE or both.")
+    _plot.require_matplotlib()
+    shape = _plot.parse_image_shape(image_shape) if image_shape else None
+    r = _open_run(run, verify=False)
+    wrote = []
+    if basis is not None:
+        factor = r.H if of is FactorName.H else np.asarray(r.W)
+        images = _plot.basis_images(factor, of.value, shape)
+        fig = _plot.basis_figure(images, columns=columns,
+                                 title=f"{len(images)} basis images ({of.value})")
+        _plot.save_figure(fig, basis)
+        wrote.append(str(basis))
+    if loss is not None:
+        if not r.loss_history:
+            raise DnmfError(f"{run} has no iterations yet: no loss to draw.")
+        fig = _plot.loss_figure(r.loss_history, title=f"{Path(r.path).name}: "
+                                f"{r.params['solver']}, rank {r.params['n_components']}")
+        _plot.save_figure(fig, loss)
+        wrote.append(str(loss))
+    _result("wrote " + " and ".join(wrote))
+

@@ -1,0 +1,70 @@
+"""``dnmf resume``: continue an interrupted run, or extend a finished one."""
+
+from __future__ import annotations
+
+import time
+import warnings
+from typing import Annotated
+
+import typer
+
+from ..errors import (
+    ClusterLostError,
+    ConvergenceWarning,
+    InvalidInputError,
+)
+from ._app import app
+from ._output import _absolute, _result, _say
+from ._runs import _interrupted, _lost, _open_run, _report_fit
+from ._scheduler import (
+    SchedulerFileOpt,
+    SchedulerOpt,
+    _check_scheduler,
+    _scheduler,
+    _scheduler_args,
+)
+
+
+@app.command()
+def resume(
+    run: Annotated[str, typer.Argument(metavar="RUN", help="The run store (RUN.zarr).",
+                                       show_default=False)],
+    max_iter: Annotated[int | None, typer.Option(
+        "--max-iter", min=1, help="A new iteration limit, to extend a finished run "
+        "[default: the run's own].", show_default=False)] = None,
+    scheduler: SchedulerOpt = None,
+    scheduler_file: SchedulerFileOpt = None,
+) -> None:
+    """Continue an interrupted run, or extend a finished one with a larger --max-iter."""
+    from .._runs import resume as resume_run
+
+    started = time.perf_counter()
+    _check_scheduler(scheduler, scheduler_file)
+    sched = _scheduler_args(scheduler, scheduler_file)
+    before = _open_run(run)
+    if before.complete and (max_iter is None or max_iter <= before.iteration
+                            or before.stop_reason != "max_iter"):
+        why = ("it converged" if before.stop_reason == "converged"
+               else f"it is at iteration {before.iteration}")
+        hint = "" if before.stop_reason == "converged" else \
+            f"; pass --max-iter N with N > {before.iteration} to extend it"
+        _result(f"{run} is already complete ({why}){hint}.")
+        return
+    source = (before.source or {}).get("location")
+    if not source:
+        raise InvalidInputError(
+            f"{run} was fitted on an in-memory array, so its data cannot be reopened: "
+            f"continue it from Python with dnmf.resume(path, X=...)."
+        )
+    _say(f"resuming {run} at iteration {before.iteration} (data: {source})")
+    with _scheduler(scheduler, scheduler_file) as client:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", ConvergenceWarning)
+                resume_run(_absolute(run), max_iter=max_iter, scheduler=client, verbose=1)
+        except KeyboardInterrupt as exc:
+            raise _interrupted(run, sched, exc) from None
+        except ClusterLostError as exc:
+            raise _lost(run, sched, exc) from None
+    _report_fit(run, started, sched)
+
