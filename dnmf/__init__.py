@@ -24,8 +24,19 @@ from .errors import (
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name: str) -> object:
+    # MiniBatchNMF builds on scikit-learn's mixins: import it (and scikit-learn) only
+    # when it is asked for, so that `import dnmf` stays fast.
+    if name == "MiniBatchNMF":
+        from ._online import MiniBatchNMF
+
+        return MiniBatchNMF
+    raise AttributeError(f"module 'dnmf' has no attribute {name!r}")
+
 __all__ = [
     "NMF",
+    "MiniBatchNMF",
     "ClusterLostError",
     "ConvergenceWarning",
     "CorruptCheckpointError",
