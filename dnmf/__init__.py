@@ -36,7 +36,6 @@ def __getattr__(name: str) -> object:
 
 __all__ = [
     "NMF",
-    "MiniBatchNMF",
     "ClusterLostError",
     "ConvergenceWarning",
     "CorruptCheckpointError",
@@ -44,6 +43,7 @@ __all__ = [
     "IncompatibleRunError",
     "InvalidInputError",
     "InvalidParameterError",
+    "MiniBatchNMF",
     "NotFittedError",
     "Run",
     "RunLockedError",

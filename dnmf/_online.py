@@ -618,7 +618,8 @@ class MiniBatchNMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
 
         Parameters
         ----------
-        X : {array-like, sparse matrix, Dask array, Zarr array} of shape (n_samples, n_features)
+        X : {array-like, sparse matrix, Dask array, Zarr array}
+            One batch, of shape (n_samples, n_features).
         y : ignored
         W, H : array-like, optional
             Starts with ``init="custom"``; only used by the first call.
@@ -676,7 +677,8 @@ class MiniBatchNMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
 
         Parameters
         ----------
-        X : {array-like, sparse matrix, Dask array, Zarr array, str} of shape (n_samples, n_features)
+        X : {array-like, sparse matrix, Dask array, Zarr array, str}
+            Data of shape (n_samples, n_features).
 
         Returns
         -------

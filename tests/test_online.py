@@ -25,7 +25,7 @@ import dnmf
 from dnmf import ConvergenceWarning, IncompatibleRunError, MiniBatchNMF
 
 sys.path.insert(0, os.path.dirname(__file__))
-from online_worker import params as worker_params  # noqa: E402
+from online_worker import params as worker_params
 
 WORKER = os.path.join(os.path.dirname(__file__), "online_worker.py")
 N, M = 400, 30
@@ -190,8 +190,8 @@ def test_partial_fit_accepts_dask_and_zarr_batches(tmp_path):
 
 def test_bad_parameters_name_the_fix():
     X = np.ones((4, 3))
-    with pytest.raises(dnmf.InvalidParameterError, match="'batch_size' parameter of "
-                       "MiniBatchNMF must be a positive int. Got 0"):
+    with pytest.raises(dnmf.InvalidParameterError, match=r"'batch_size' parameter of "
+                       r"MiniBatchNMF must be a positive int\. Got 0"):
         MiniBatchNMF(batch_size=0).fit(X)
     with pytest.raises(dnmf.InvalidParameterError, match="forget_factor"):
         MiniBatchNMF(forget_factor=1.5).fit(X)

@@ -41,8 +41,8 @@ import numpy as np
 import pytest
 from scipy import linalg
 from sklearn.base import clone
-from sklearn.decomposition import MiniBatchNMF as SkMiniBatchNMF
 from sklearn.decomposition import NMF as SkNMF
+from sklearn.decomposition import MiniBatchNMF as SkMiniBatchNMF
 from sklearn.decomposition import _nmf as sknmf
 from sklearn.utils._testing import assert_allclose, assert_array_equal
 from sklearn.utils.fixes import CSC_CONTAINERS, CSR_CONTAINERS
@@ -66,8 +66,8 @@ def test_parameter_checking():
     for init in ["nndsvd", "nndsvda", "nndsvdar"]:
         # wording: see the module docstring
         msg = re.escape(
-            "init={!r} can only be used when "
-            "n_components <= min(n_samples, n_features)".format(init)
+            f"init={init!r} can only be used when "
+            "n_components <= min(n_samples, n_features)"
         )
         with pytest.raises(ValueError, match=msg):
             MiniBatchNMF(3, init=init).fit(A)
@@ -307,7 +307,7 @@ def test_minibatch_nmf_partial_fit():
     W, H = sknmf._initialize_nmf(X, n_components=n_components, init="random",
                                  random_state=0)
     mbnmf1.fit(X, W=W.copy(), H=H.copy())
-    for i in range(max_iter):
+    for _i in range(max_iter):
         for j in range(batch_size):
             batch = slice(j * batch_size, (j + 1) * batch_size)
             mbnmf2.partial_fit(X[batch], W=W[:batch_size].copy(), H=H.copy())

@@ -34,10 +34,10 @@ __all__ = [
     "EPS64",
     "batch_divergence",
     "gamma_for",
-    "update_H_online",
-    "update_W",
     "solve_W",
     "sparse_product_at_nonzeros",
+    "update_H_online",
+    "update_W",
 ]
 
 #: scikit-learn's threshold below which W (β < 1) and H (β ≤ 1) are set to 0.
