@@ -491,8 +491,10 @@ class MiniBatchNMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
         l1_W, l1_H, l2_W, l2_H = self._reg(rows, m)
         XHt = HHt = None
         if self.fresh_restarts or W_b is None:
+            if beta == 2:
+                XHt, HHt = np.asarray(Xb @ H.T), H @ H.T
             W_b = steps.solve_W(Xb, H, beta, l1_W, l2_W, gamma, self.fresh_restarts_max_iter,
-                                self.tol)
+                                self.tol, XHt=XHt, HHt=HHt)
         else:
             W_b, XHt, HHt = steps.update_W(Xb, W_b, H, beta, l1_W, l2_W, gamma)
         if beta < 1:

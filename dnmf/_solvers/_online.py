@@ -112,20 +112,21 @@ def _finish(numerator: np.ndarray, denominator: np.ndarray, current: np.ndarray,
 
 def update_W(
     X: Array, W: np.ndarray, H: np.ndarray, beta: float, l1_W: float, l2_W: float,
-    gamma: float, HHt: np.ndarray | None = None,
+    gamma: float, HHt: np.ndarray | None = None, XHt: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
     """One multiplicative update of W (n_b × k) for the batch ``X`` with H fixed.
 
     Returns the new W, and for β = 2 the products ``X·Hᵀ`` and ``H·Hᵀ`` it used (the
-    batch cost reuses them); None for other β.
+    batch cost and further W-updates with the same H reuse them); None for other β.
     """
-    XHt: np.ndarray | None = None
     if beta == 2:
-        XHt = np.asarray(X @ H.T)
+        if XHt is None:
+            XHt = np.asarray(X @ H.T)
         if HHt is None:
             HHt = H @ H.T
         numerator, denominator = XHt, W @ HHt
     else:
+        XHt = None
         WH_X, WH = _weighted_ratio(X, W, H, beta)
         numerator = np.asarray(WH_X @ H.T)
         if beta == 1:
@@ -197,6 +198,7 @@ def update_H_online(
 def solve_W(
     X: Array, H: np.ndarray, beta: float, l1_W: float, l2_W: float, gamma: float,
     max_iter: int, tol: float, mean: float | None = None,
+    XHt: np.ndarray | None = None, HHt: np.ndarray | None = None,
 ) -> np.ndarray:
     """W for the rows ``X`` with H fixed: MU from a flat start until W stops changing.
 
@@ -209,9 +211,14 @@ def solve_W(
     if mean is None:
         mean = float(X.mean())
     W = np.full((X.shape[0], k), np.sqrt(mean / k), dtype=dtype)
-    HHt = H @ H.T if beta == 2 else None
+    # For β = 2, X·Hᵀ and H·Hᵀ do not change while W does: computed once, they make
+    # an update O(n_b k²) instead of O(n_b m k) (scikit-learn recomputes X·Hᵀ each
+    # time; the values are the same).
+    if beta == 2:
+        HHt = H @ H.T if HHt is None else HHt
+        XHt = np.asarray(X @ H.T) if XHt is None else XHt
     for _ in range(max_iter):
-        W_new, _, _ = update_W(X, W, H, beta, l1_W, l2_W, gamma, HHt=HHt)
+        W_new, _, _ = update_W(X, W, H, beta, l1_W, l2_W, gamma, HHt=HHt, XHt=XHt)
         norm = np.linalg.norm(W_new)
         change = np.linalg.norm(W_new - W) / norm if norm > 0 else 0.0
         W = W_new
