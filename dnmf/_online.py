@@ -389,9 +389,9 @@ class MiniBatchNMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
         return np.array(arr, copy=True)
 
     def _prepare(self, source: PanelSource) -> Any:
-        from ._estimator import _Prepared
+        from ._prepared import PreparedInput
 
-        return _Prepared(source, self.scheduler, None)
+        return PreparedInput(source, self.scheduler, None)
 
     # ------------------------------------------------------------------ fit
     def fit(self, X: Any, y: Any = None, W: Any = None, H: Any = None) -> MiniBatchNMF:
