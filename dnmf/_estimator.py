@@ -21,6 +21,7 @@ from ._prepared import PreparedInput
 from ._solvers import Regularization, Solver, get_solver
 from ._source import as_source
 from ._validation import (
+    check_beta_data,
     check_custom_factor,
     check_params,
     regularization,
@@ -45,7 +46,8 @@ class NMF:
         \tfrac12\|X - WH\|_F^2 + \alpha_W l_1 n_{features} \|W\|_1
         + \tfrac12 \alpha_W (1 - l_1) n_{features} \|W\|_F^2 + (\text{same for } H)
 
-    or the generalised Kullback-Leibler divergence in place of the first term.
+    or another β-divergence (Kullback-Leibler, Itakura-Saito, any real β) in
+    place of the first term.
     ``X`` is read in row panels, once per iteration; it may be a NumPy array, a SciPy
     sparse matrix, a Dask array or a Zarr array (or the path or URL of one).
 
@@ -56,8 +58,15 @@ class NMF:
     solver : {"hals", "mu", "als"}, default="hals"
         Accelerated HALS, Lee & Seung's multiplicative updates, or alternating
         NNLS with block principal pivoting.
-    beta_loss : {"frobenius", "kullback-leibler"} or {2, 1}, default="frobenius"
-        The divergence minimised. KL is available with ``solver="mu"``.
+    beta_loss : float or {"frobenius", "kullback-leibler", "itakura-saito"}, \
+            default="frobenius"
+        The β-divergence minimised: "frobenius" (β = 2, ½‖X − WH‖²),
+        "kullback-leibler" (β = 1), "itakura-saito" (β = 0) or any finite β.
+        Losses other than Frobenius need ``solver="mu"`` (scikit-learn's update
+        rules, with the exponent γ(β)). For β ≤ 0, X must not contain zeros (a
+        sparse X then has to store every entry). β other than 1 and 2 costs a
+        dense panel's work per iteration even for sparse X (the loss needs WH
+        at every entry).
     init : {None, "random", "nndsvd", "nndsvda", "nndsvdar", "custom"}, default=None
         Start. None means "nndsvda" when n_components <= min(n_samples,
         n_features), else "random" (scikit-learn's rule).
@@ -121,7 +130,8 @@ class NMF:
         ``sqrt(2 · loss)``: the Frobenius norm ‖X − WH‖ for Frobenius, as in
         scikit-learn for KL.
     loss_history_ : list of float
-        The loss (½‖X − WH‖², or the KL divergence) after each iteration.
+        The loss (½‖X − WH‖², or the β-divergence, as scikit-learn's
+        ``_beta_divergence``) after each iteration.
     n_features_in_ : int
 
     References
@@ -276,6 +286,7 @@ class NMF:
         prep = PreparedInput(X, params["scheduler"], params["panel_rows"],
                          panel_bytes=params["panel_bytes"], cache=params["cache"])
         source = prep.source
+        check_beta_data(params["beta_loss"], prep.summary.size, prep.summary.nnz)
         n, m = source.shape
         k = self._resolve_k(params, W, H, m)
         init = resolve_init(params["init"], k, n, m)
@@ -347,6 +358,7 @@ class NMF:
             )
         prep = PreparedInput(source, params["scheduler"], params["panel_rows"],
                          panel_bytes=params["panel_bytes"])
+        check_beta_data(params["beta_loss"], prep.summary.size, prep.summary.nnz)
         n, m = prep.source.shape
         k = self.n_components_
         start = math.sqrt(prep.summary.mean / k) if params["solver"] == "mu" else 0.0

@@ -481,11 +481,13 @@ def _start(store: RunStore, plan: _Plan, every: int, source_location: str | None
            ) -> tuple[_engine.FitState, StoreKeeper, dict[str, Any]]:
     """Validate V, lay the store out and write the initial W (by the tasks) and H."""
     from . import __version__
+    from ._validation import check_beta_data
 
     prep = plan.prep
     source = prep.source
     n, m = source.shape
     prep.summary = _engine.scan(prep.backend, source, prep.refs, prep.bounds)
+    check_beta_data(plan.params["beta_loss"], prep.summary.size, prep.summary.nnz)
     if store.is_run():
         store.wipe()  # a run killed before its first commit: nothing to keep
     run_id = store.create(n=n, m=m, k=plan.k, panel_rows=plan.panel_rows, dtype=source.dtype)

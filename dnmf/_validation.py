@@ -17,21 +17,45 @@ from ._solvers import Regularization
 from .errors import InvalidInputError, InvalidParameterError
 
 __all__ = [
+    "beta_of",
+    "check_beta_data",
     "check_custom_factor",
     "check_params",
+    "normalize_beta_loss",
     "regularization",
     "resolve_init",
     "resolve_seed",
 ]
 
 SOLVERS = ("hals", "mu", "als")
-# 2 == 2.0 and 1 == 1.0 as dict keys, so the numeric forms cover ints and floats.
-BETA_LOSSES = {
-    "frobenius": "frobenius",
-    2: "frobenius",
-    "kullback-leibler": "kullback-leibler",
-    1: "kullback-leibler",
-}
+#: The named divergences and their β (scikit-learn's names).
+BETA_NAMES = {"frobenius": 2.0, "kullback-leibler": 1.0, "itakura-saito": 0.0}
+
+
+def _beta_loss_ok(value: Any) -> bool:
+    if isinstance(value, str):
+        return value in BETA_NAMES
+    return _is_real(value) and bool(np.isfinite(value))
+
+
+def normalize_beta_loss(value: str | float) -> str | float:
+    """The name for β = 2, 1, 0 ("frobenius", ...); any other β as a float.
+
+    This is the form a run records and the solvers are chosen by, so that
+    ``beta_loss=1`` and ``beta_loss="kullback-leibler"`` are the same run.
+    """
+    beta = BETA_NAMES[value] if isinstance(value, str) else float(value)
+    for name, named in BETA_NAMES.items():
+        if beta == named:
+            return name
+    return beta
+
+
+def beta_of(beta_loss: str | float) -> float:
+    """β as a float for a (normalised or not) ``beta_loss``."""
+    return BETA_NAMES[beta_loss] if isinstance(beta_loss, str) else float(beta_loss)
+
+
 INITS = (None, "random", "nndsvd", "nndsvda", "nndsvdar", "custom")
 
 
@@ -56,8 +80,9 @@ CONSTRAINTS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "n_components": (lambda v: v == "auto" or _positive_int(v), "a positive int or 'auto'"),
     "solver": (lambda v: v in SOLVERS, f"one of {SOLVERS}"),
     "beta_loss": (
-        lambda v: isinstance(v, str | numbers.Real) and v in BETA_LOSSES,
-        "'frobenius' (or 2) or 'kullback-leibler' (or 1)",
+        _beta_loss_ok,
+        "'frobenius' (or 2), 'kullback-leibler' (or 1), 'itakura-saito' (or 0) or "
+        "a finite float",
     ),
     "init": (lambda v: v in INITS, f"one of {INITS}"),
     "max_iter": (_positive_int, "a positive int"),
@@ -104,13 +129,14 @@ def check_params(params: dict[str, Any]) -> dict[str, Any]:
             )
     checked = dict(params)
     if "beta_loss" in checked:
-        checked["beta_loss"] = BETA_LOSSES[checked["beta_loss"]]
+        checked["beta_loss"] = normalize_beta_loss(checked["beta_loss"])
     solver, loss = checked.get("solver"), checked.get("beta_loss")
-    if loss == "kullback-leibler" and solver in ("hals", "als"):
+    if loss is not None and loss != "frobenius" and solver in ("hals", "als"):
         raise InvalidParameterError(
-            f"solver={solver!r} minimises the Frobenius norm only, but "
-            f"beta_loss='kullback-leibler' was asked for. Use solver='mu' for the KL "
-            f"divergence, or beta_loss='frobenius' with {solver!r}."
+            f"Invalid beta_loss parameter: solver {solver!r} does not handle "
+            f"beta_loss = {params['beta_loss']!r} (solver={solver!r} minimises the "
+            f"Frobenius norm only). Use solver='mu' for other divergences, or "
+            f"beta_loss='frobenius' with {solver!r}."
         )
     if checked.get("panel_rows") is not None and checked.get("panel_bytes") is not None:
         raise InvalidParameterError(
@@ -192,3 +218,17 @@ def check_custom_factor(
             "coordinate updates cannot move from an all-zero H. Give a non-zero start."
         )
     return arr
+
+
+def check_beta_data(beta_loss: str | float, size: int, nnz: int) -> None:
+    """scikit-learn's refusal of zeros in X for β ≤ 0 (they make the loss infinite).
+
+    ``size`` is n·m and ``nnz`` the count of non-zero values (stored zeros and a
+    sparse matrix's implicit zeros are zeros).
+    """
+    if beta_of(beta_loss) <= 0 and nnz < size:
+        raise InvalidInputError(
+            f"When beta_loss <= 0 and X contains zeros, the solver may diverge. Please "
+            f"add small values to X, or use a positive beta_loss. (beta_loss="
+            f"{beta_loss!r}; X has {size - nnz} zero entries of {size}.)"
+        )

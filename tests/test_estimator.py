@@ -404,7 +404,7 @@ def test_missing_zarr_path_is_explained(tmp_path):
     ({"n_components": 0}, r"'n_components' parameter of NMF must be a positive int.* Got 0"),
     ({"n_components": 2.5}, r"'n_components'.*Got 2.5"),
     ({"solver": "cd"}, r"'solver' parameter.*Got 'cd'"),
-    ({"beta_loss": "itakura-saito"}, r"'beta_loss'.*Got 'itakura-saito'"),
+    ({"beta_loss": "itakura"}, r"'beta_loss'.*Got 'itakura'"),
     ({"init": "svd"}, r"'init'.*Got 'svd'"),
     ({"max_iter": 0}, r"'max_iter'.*Got 0"),
     ({"tol": -1.0}, r"'tol'.*Got -1.0"),

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from ._als import ALS
 from ._base import EPSILON, PanelContext, Regularization, Solver, Stats, add_stats
+from ._beta import BetaMultiplicative
 from ._hals import HALS
 from ._mu import KLMultiplicative, Multiplicative
 
@@ -21,9 +22,15 @@ __all__ = [
 ]
 
 
-def get_solver(name: str, beta_loss: str) -> Solver:
-    """The kernel for ``solver=name`` and ``beta_loss`` (validated by the caller)."""
+def get_solver(name: str, beta_loss: str | float) -> Solver:
+    """The kernel for ``solver=name`` and ``beta_loss`` (validated by the caller).
+
+    ``beta_loss`` is "frobenius", "kullback-leibler", "itakura-saito" or a float β
+    (as :func:`dnmf._validation.check_params` normalises it).
+    """
     if beta_loss == "kullback-leibler":
         return KLMultiplicative()
+    if beta_loss != "frobenius":
+        return BetaMultiplicative(0.0 if beta_loss == "itakura-saito" else float(beta_loss))
     kernels: dict[str, type[Solver]] = {"mu": Multiplicative, "hals": HALS, "als": ALS}
     return kernels[name]()
