@@ -12,6 +12,14 @@ On one dense matrix V (n × m, rank k plus noise, from :func:`dnmf.testing.plant
 
 The target of issue 2 is dnmf hals time ≤ 0.5 × scikit-learn cd time.
 
+β-divergences (issue 12; ``--betas``, default ``0,1.5``): on the same V shifted to be
+positive (β = 0, Itakura-Saito, refuses zeros), scikit-learn ``NMF(solver="mu",
+beta_loss=β, init="custom", tol=0)`` and dnmf's ``NMF(solver="mu", beta_loss=β)``
+run ``--beta-iter`` iterations from the same custom W, H; the figure is time per
+iteration (whole fit / iterations: no init, dnmf's loss of every iteration and its
+final loss pass included), best of ``--repeats`` interleaved rounds, target ≤ 0.5 ×.
+The two final H are compared, so the timing is of the same iterates.
+
 Time-to-loss curves (wall time since the start of ``fit_transform``, and loss, after
 each iteration) go into the JSON output. dnmf's come from its callback during the
 timed run. scikit-learn has no callback, so its curves come from one extra run in
@@ -276,6 +284,86 @@ def warm_up() -> None:
             dnmf.NMF(4, solver=solver, max_iter=5, random_state=0).fit_transform(X)
 
 
+# --------------------------------------------------------------------- β-divergences
+BETA_TARGET = 0.5
+
+
+def beta_start(V: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The custom start both libraries get: scikit-learn's random-init scale."""
+    rng = np.random.default_rng(1)
+    avg = np.sqrt(V.mean() / k)
+    return avg * rng.random((V.shape[0], k)), avg * rng.random((k, V.shape[1]))
+
+
+def beta_fit(library: str, V: np.ndarray, beta: float, W0: np.ndarray, H0: np.ndarray,
+             iterations: int) -> dict[str, Any]:
+    """One timed fit of ``iterations`` MU iterations for β from (W0, H0)."""
+    params = dict(solver="mu", beta_loss=beta, init="custom", max_iter=iterations, tol=0.0)
+    if library == "sklearn":
+        from sklearn.decomposition import NMF
+
+        model: Any = NMF(W0.shape[1], **params)
+    else:
+        import dnmf
+
+        model = dnmf.NMF(W0.shape[1], **params)
+    W, H = W0.copy(), H0.copy()
+    load_before = load()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        start = time.perf_counter()
+        model.fit_transform(V, W=W, H=H)
+        seconds = time.perf_counter() - start
+    return {"seconds": seconds, "iterations": int(model.n_iter_),
+            "s_iter": seconds / max(int(model.n_iter_), 1), "H": model.components_,
+            "load_before": load_before, "load_after": load()}
+
+
+def beta_rows(V: np.ndarray, k: int, betas: list[float], iterations: int, repeats: int,
+              sklearn_blas: Any, step: Any) -> list[dict[str, Any]]:
+    """Interleaved rounds (sklearn, dnmf per β); the best time per iteration of each."""
+    Vp = V + 1e-3 * float(V.mean())  # strictly positive, for β <= 0
+    W0, H0 = beta_start(Vp, k)
+    runs: dict[tuple[float, str], list[dict[str, Any]]] = {}
+    for round_ in range(repeats):
+        for beta in betas:
+            for library in ("sklearn", "dnmf"):
+                step(f"{library} mu beta={beta:g}, round {round_ + 1}")
+                ctx = sklearn_blas() if library == "sklearn" else contextlib.nullcontext()
+                with ctx:
+                    runs.setdefault((beta, library), []).append(
+                        beta_fit(library, Vp, beta, W0, H0, iterations))
+    rows = []
+    for beta in betas:
+        sk = min(runs[(beta, "sklearn")], key=lambda r: r["s_iter"])
+        ours = min(runs[(beta, "dnmf")], key=lambda r: r["s_iter"])
+        H_sk, H_ours = sk.pop("H"), ours.pop("H")
+        for r in runs[(beta, "sklearn")] + runs[(beta, "dnmf")]:
+            r.pop("H", None)
+        rows.append({
+            "beta": beta, "iterations": iterations,
+            "sklearn_s_iter": sk["s_iter"], "dnmf_s_iter": ours["s_iter"],
+            "ratio": ours["s_iter"] / sk["s_iter"],
+            "same_iterates_rel": float(np.abs(H_ours - H_sk).max() / np.abs(H_sk).max()),
+            "sklearn_all_s_iter": [r["s_iter"] for r in runs[(beta, "sklearn")]],
+            "dnmf_all_s_iter": [r["s_iter"] for r in runs[(beta, "dnmf")]],
+            "loads": [r["load_before"] for r in runs[(beta, "sklearn")]
+                      + runs[(beta, "dnmf")]],
+        })
+    return rows
+
+
+def beta_table(rows: list[dict[str, Any]]) -> str:
+    lines = ["| beta | iterations | sklearn mu s/iter | dnmf mu s/iter | dnmf / sklearn "
+             "| max rel. diff of H | loads |", "|---|---:|---:|---:|---:|---:|---|"]
+    for r in rows:
+        lines.append(
+            f"| {r['beta']:g} | {r['iterations']} | {r['sklearn_s_iter']:.3f} "
+            f"| {r['dnmf_s_iter']:.3f} | {r['ratio']:.3f} | {r['same_iterates_rel']:.1e} "
+            f"| {', '.join(f'{x:.1f}' for x in r['loads'])} |")
+    return "\n".join(lines)
+
+
 # --------------------------------------------------------------------------- main
 def table(rows: list[dict[str, Any]]) -> str:
     lines = [
@@ -342,6 +430,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--blas-threads", type=int, default=None,
                         help="limit BLAS threads for scikit-learn's runs (default: BLAS's "
                              "own, i.e. all cores); dnmf sets its own per pass")
+    parser.add_argument("--betas", default="0,1.5",
+                        help="comma-separated beta_loss values for the per-iteration MU "
+                             "comparison on a positive V ('' to skip)")
+    parser.add_argument("--beta-iter", type=int, default=10,
+                        help="MU iterations per timed beta fit")
     parser.add_argument("--no-curves", action="store_true",
                         help="skip the extra instrumented scikit-learn runs")
     parser.add_argument("--quick", action="store_true",
@@ -454,9 +547,22 @@ def main(argv: list[str] | None = None) -> int:
                      "target": ref["loss"], "ratio": ratio, "ratio_loop": ratio_loop,
                      "reached": run["reached_target"]})
 
+    betas = [float(b) for b in args.betas.split(",") if b.strip()]
+    if betas:
+        results["betas"] = beta_rows(V, args.k, betas, args.beta_iter, args.repeats,
+                                     sklearn_blas, step)
+        results["beta_table"] = beta_table(results["betas"])
+
     results["load_end"] = load()
     results["table"] = table(rows)
     print(results["table"])
+    if betas:
+        print("\nMU for other beta (time per iteration, positive V):")
+        print(results["beta_table"])
+        met = all(r["ratio"] <= BETA_TARGET for r in results["betas"])
+        results["beta_target_met"] = met
+        print(f"dnmf / sklearn mu time per iteration ≤ {BETA_TARGET} for every beta: "
+              f"{'met' if met else 'NOT met'}")
     print("\nseconds of every round: " + "; ".join(
         f"{name} " + ", ".join(f"{t:.2f}" for t in run["all_seconds"])
         for name, run in results["runs"].items()))
