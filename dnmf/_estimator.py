@@ -55,9 +55,11 @@ class NMF:
     ----------
     n_components : int or "auto", default="auto"
         Rank k. "auto" takes it from custom ``W``/``H``, else ``n_features``.
-    solver : {"hals", "mu", "als"}, default="hals"
-        Accelerated HALS, Lee & Seung's multiplicative updates, or alternating
-        NNLS with block principal pivoting.
+    solver : {"hals", "mu", "als", "amu"}, default="hals"
+        Accelerated HALS, Lee & Seung's multiplicative updates, alternating
+        NNLS with block principal pivoting, or (KL only) accelerated MU:
+        over-relaxed MU steps kept where MU's majorant guarantees a decrease
+        (about half of MU's iterations; see the guide).
     beta_loss : float or {"frobenius", "kullback-leibler", "itakura-saito"}, \
             default="frobenius"
         The β-divergence minimised: "frobenius" (β = 2, ½‖X − WH‖²),
@@ -361,7 +363,7 @@ class NMF:
         check_beta_data(params["beta_loss"], prep.summary.size, prep.summary.nnz)
         n, m = prep.source.shape
         k = self.n_components_
-        start = math.sqrt(prep.summary.mean / k) if params["solver"] == "mu" else 0.0
+        start = math.sqrt(prep.summary.mean / k) if params["solver"] in ("mu", "amu") else 0.0
         handles = _engine.transform(
             prep.backend, prep.source, prep.refs, prep.bounds, self._solver(params),
             self._reg(params, n, m), self.components_,

@@ -27,7 +27,7 @@ __all__ = [
     "resolve_seed",
 ]
 
-SOLVERS = ("hals", "mu", "als")
+SOLVERS = ("hals", "mu", "als", "amu")
 #: The named divergences and their β (scikit-learn's names).
 BETA_NAMES = {"frobenius": 2.0, "kullback-leibler": 1.0, "itakura-saito": 0.0}
 
@@ -132,11 +132,21 @@ def check_params(params: dict[str, Any]) -> dict[str, Any]:
         checked["beta_loss"] = normalize_beta_loss(checked["beta_loss"])
     solver, loss = checked.get("solver"), checked.get("beta_loss")
     if loss is not None and loss != "frobenius" and solver in ("hals", "als"):
+        divergence = {"kullback-leibler": "KL divergence (or 'amu', accelerated MU)",
+                      "itakura-saito": "Itakura-Saito divergence"}.get(
+                          str(loss), f"beta-divergence with beta={loss!r}")
         raise InvalidParameterError(
             f"Invalid beta_loss parameter: solver {solver!r} does not handle "
             f"beta_loss = {params['beta_loss']!r} (solver={solver!r} minimises the "
-            f"Frobenius norm only). Use solver='mu' for other divergences, or "
+            f"Frobenius norm only). Use solver='mu' for the {divergence}, or "
             f"beta_loss='frobenius' with {solver!r}."
+        )
+    if solver == "amu" and loss is not None and loss != "kullback-leibler":
+        raise InvalidParameterError(
+            f"solver='amu' (accelerated MU) minimises the KL divergence only, but "
+            f"beta_loss={params['beta_loss']!r} was asked for. Use "
+            f"beta_loss='kullback-leibler' with 'amu', or solver='mu' for other "
+            f"divergences."
         )
     if checked.get("panel_rows") is not None and checked.get("panel_bytes") is not None:
         raise InvalidParameterError(

@@ -9,6 +9,7 @@ from ._als import ALS
 from ._base import EPSILON, PanelContext, Regularization, Solver, Stats, add_stats
 from ._beta import BetaMultiplicative
 from ._hals import HALS
+from ._kl import KLAccelerated
 from ._mu import KLMultiplicative, Multiplicative
 
 __all__ = [
@@ -28,6 +29,8 @@ def get_solver(name: str, beta_loss: str | float) -> Solver:
     ``beta_loss`` is "frobenius", "kullback-leibler", "itakura-saito" or a float β
     (as :func:`dnmf._validation.check_params` normalises it).
     """
+    if name == "amu":
+        return KLAccelerated()
     if beta_loss == "kullback-leibler":
         return KLMultiplicative()
     if beta_loss != "frobenius":
