@@ -96,23 +96,53 @@ def power(x: np.ndarray, p: float, out: np.ndarray | None = None) -> np.ndarray:
     return out
 
 
-def _q_and_d(WH: np.ndarray, beta: float) -> tuple[np.ndarray, np.ndarray]:
+def _q_and_d(WH: np.ndarray, beta: float, wh_min: float | None = None
+             ) -> tuple[np.ndarray, np.ndarray]:
     """Q = WH^(β−2) and D = WH^(β−1) with scikit-learn's floors (see the module).
 
-    ``WH`` (raw) is not modified.
+    ``WH`` (raw) is not modified; ``wh_min`` is its minimum if the caller has it.
     """
     floor_q = beta < 2
     floor_d = beta < 1
-    base = np.maximum(WH, EPSILON) if floor_q else WH
+    if wh_min is None:
+        wh_min = float(WH.min()) if WH.size else 1.0
+    base = np.maximum(WH, EPSILON) if floor_q and wh_min < EPSILON else WH
     Q = power(base, beta - 2.0)
     # D = Q·base when both use the same base; for 1 ≤ β < 2 D takes the raw WH, which
     # differs from the floored base only where WH < EPSILON.
     D = np.multiply(Q, base)
-    if floor_q and not floor_d:
+    if floor_q and not floor_d and wh_min < EPSILON:
         small = WH < EPSILON
-        if small.any():
-            D[small] = np.power(WH[small], beta - 1.0)
+        D[small] = np.power(WH[small], beta - 1.0)
     return Q, D
+
+
+def _fast_loss(Xb: Array, r: np.ndarray | None, c: np.ndarray | None, WH: np.ndarray,
+               D: np.ndarray, wh_min: float, beta: float) -> tuple[float, float, float] | None:
+    """The loss sums of one block from D = WH^(β−1) already made for the step.
+
+    Valid when no x lies in (0, EPSILON] (zeros add nothing to the x-terms) and WH
+    has no entry below EPSILON (so no floor is active); None otherwise, and the caller
+    takes the exact path (:func:`beta_divergence_pieces`).
+    """
+    if wh_min < EPSILON:
+        return None
+    x = np.asarray(Xb).ravel()
+    small = x <= EPSILON
+    if small.any() and np.any(x[small] > 0):
+        return None
+    d = D.ravel() if r is None else D[r, c]
+    x64 = x if x.dtype == np.float64 else x.astype(np.float64)
+    d64 = d if d.dtype == np.float64 else d.astype(np.float64)
+    cross = float(np.dot(x64, d64))
+    if beta == 0:
+        keep = ~small if small.any() else slice(None)
+        return cross, float(np.log(x64[keep] * d64[keep]).sum()), 0.0
+    if small.any():
+        x64 = x64[~small]
+    total = float(np.dot(D.ravel().astype(np.float64, copy=False),
+                         WH.ravel().astype(np.float64, copy=False)))
+    return float(power(x64, beta).sum()), cross, total
 
 
 def beta_divergence_pieces(X: Array, WH: np.ndarray, beta: float) -> tuple[float, float, float]:
@@ -209,9 +239,15 @@ class BetaMultiplicative(Solver):
                    pieces: list[float] | None) -> np.ndarray:
         """The W-step for a block of rows (with the loss pieces at (W, H) if asked)."""
         WH = W @ H
+        wh_min = float(WH.min()) if WH.size else 1.0
+        Q, D = _q_and_d(WH, self.beta, wh_min)
         if pieces is not None:
-            self._add_loss(pieces, Xb, r, c, WH)
-        Q, D = _q_and_d(WH, self.beta)
+            sums = _fast_loss(Xb, r, c, WH, D, wh_min, self.beta)
+            if sums is None:
+                self._add_loss(pieces, Xb, r, c, WH)
+            else:
+                for i in range(3):
+                    pieces[i] += sums[i]
         del WH
         numerator = np.asarray(_xq(Xb, r, c, Q, W.shape[:1] + H.shape[1:]) @ H.T)
         denominator = D @ H.T
@@ -223,6 +259,7 @@ class BetaMultiplicative(Solver):
 
     def _add_loss(self, pieces: list[float], Xb: Array, r: np.ndarray | None,
                   c: np.ndarray | None, WH: np.ndarray) -> None:
+        """The loss sums by the exact (slower) path: scikit-learn's own formulas."""
         a, b, _ = beta_divergence_pieces(Xb, WH if r is None else WH[r, c], self.beta)
         pieces[0] += a
         pieces[1] += b
