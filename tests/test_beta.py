@@ -327,3 +327,19 @@ def test_amu_only_for_kl():
         dnmf.NMF(2, solver="amu").fit(_positive(20, 10, 2))
     with pytest.raises(InvalidParameterError, match="'amu'.*KL divergence only"):
         dnmf.NMF(2, solver="amu", beta_loss=1.5).fit(_positive(20, 10, 2))
+
+
+def test_cli_fits_any_beta_and_records_it(tmp_path):
+    from typer.testing import CliRunner
+
+    from dnmf.cli import app
+
+    V = _positive(60, 20, 3)
+    np.save(tmp_path / "v.npy", V)
+    runner = CliRunner()
+    for loss, recorded in [("1.5", 1.5), ("is", "itakura-saito")]:
+        out = tmp_path / f"r{loss}.zarr"
+        result = runner.invoke(app, ["fit", str(tmp_path / "v.npy"), "-k", "3", "-o", str(out),
+                                     "--solver", "mu", "--loss", loss, "--max-iter", "5"])
+        assert result.exit_code == 0, result.output
+        assert dnmf.open_run(out).params["beta_loss"] == recorded

@@ -222,6 +222,8 @@ MORE_ERROR_CASES = {
                             r"local:N needs a positive number of workers"),
     "kl with hals": (["fit", "v.npy", "-k", "2", "-o", "r.zarr", "--loss", "kl"], USAGE,
                      r"solver='mu' for the KL divergence"),
+    "bad loss": (["fit", "v.npy", "-k", "2", "-o", "r.zarr", "--loss", "ikura"], USAGE,
+                 r"--loss must be frobenius, kullback-leibler \(kl\), itakura-saito"),
     "unknown command": (["fti"], USAGE, r"No such command 'fti'"),
     "unknown option": (["info", "run.zarr", "--jsn"], USAGE, r"No such option: --jsn"),
     "bad export format": (["export", "run.zarr", "--out", "e", "--format", "xls"], USAGE,

@@ -32,12 +32,30 @@ class SolverName(str, Enum):
     hals = "hals"
     mu = "mu"
     als = "als"
+    amu = "amu"
 
 
-class LossName(str, Enum):
-    frobenius = "frobenius"
-    kullback_leibler = "kullback-leibler"
-    kl = "kl"
+#: --loss names and their beta_loss.
+LOSS_NAMES = {"frobenius": "frobenius", "kullback-leibler": "kullback-leibler",
+              "kl": "kullback-leibler", "itakura-saito": "itakura-saito",
+              "is": "itakura-saito"}
+
+
+def _parse_loss(text: str) -> str | float:
+    """``--loss``: a name (frobenius, kl, is, ...) or a number β."""
+    name = text.strip().lower()
+    if name in LOSS_NAMES:
+        return LOSS_NAMES[name]
+    try:
+        beta = float(name)
+    except ValueError:
+        beta = float("nan")
+    if beta != beta or beta in (float("inf"), float("-inf")):
+        raise InvalidParameterError(
+            f"--loss must be frobenius, kullback-leibler (kl), itakura-saito (is) or a "
+            f"number beta such as 1.5, got {text!r}."
+        )
+    return beta
 
 
 class InitName(str, Enum):

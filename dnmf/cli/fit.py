@@ -18,7 +18,7 @@ from ..errors import (
 )
 from ._app import _exit_code, app
 from ._inputs import _make_parent, _prepare_input, _put_back, _refuse_foreign, _zarr_array_info
-from ._options import DtypeName, InitName, LossName, SolverName, _parse_size
+from ._options import DtypeName, InitName, SolverName, _parse_loss, _parse_size
 from ._output import _absolute, _say
 from ._runs import _has_commit, _interrupted, _lost, _replacing, _report_fit
 from ._scheduler import (
@@ -53,10 +53,13 @@ def fit(
     out: Annotated[str, typer.Option(
         "--out", "-o", metavar="RUN", help="The run store to write (RUN.zarr).",
         show_default=False)],
-    solver: Annotated[SolverName, typer.Option(help="hals, mu (multiplicative updates) or "
-                                               "als (alternating NNLS).")] = SolverName.hals,
-    loss: Annotated[LossName, typer.Option(help="frobenius, or kullback-leibler (kl; with "
-                                           "--solver mu).")] = LossName.frobenius,
+    solver: Annotated[SolverName, typer.Option(
+        help="hals, mu (multiplicative updates), als (alternating NNLS) or amu "
+             "(accelerated MU, KL only).")] = SolverName.hals,
+    loss: Annotated[str, typer.Option(
+        metavar="LOSS", help="frobenius, kullback-leibler (kl), itakura-saito (is) or any "
+        "number beta (the beta-divergence); other than frobenius with --solver mu "
+        "(kl also amu).")] = "frobenius",
     init: Annotated[InitName | None, typer.Option(
         help="Initialisation [default: nndsvda if K <= min(n, m), else random].",
         show_default=False)] = None,
@@ -111,7 +114,7 @@ def fit(
     sched = _scheduler_args(scheduler, scheduler_file)
     if "://" not in out and Path(out).resolve() == Path(input).resolve():
         raise InvalidParameterError("--out must not be INPUT itself.")
-    loss_name = "kullback-leibler" if loss is LossName.kl else loss.value
+    loss_name = _parse_loss(loss)
     if not overwrite:
         _refuse_foreign(out)
     out_existed = "://" in out or Path(out).exists()
