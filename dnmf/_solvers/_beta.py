@@ -39,7 +39,7 @@ import scipy.sparse as sp
 
 from ._base import EPSILON, Array, PanelContext, Regularization, Solver, Stats, solve_rows
 
-__all__ = ["BetaMultiplicative", "beta_gamma", "beta_divergence_pieces", "power"]
+__all__ = ["BetaMultiplicative", "beta_divergence_pieces", "beta_gamma", "power"]
 
 #: Entries of a block of rows of WH: bounds the temporaries (a few of these, 8 MiB each).
 BLOCK_ENTRIES = 1 << 20
