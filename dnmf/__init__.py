@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from ._estimator import NMF, non_negative_factorization
 from ._mask import SpeckledHoldout
+from ._rank import RankSelection, select_rank
 from ._runs import Run, open_run, resume
 from .errors import (
     ClusterLostError,
@@ -45,6 +46,7 @@ __all__ = [
     "InvalidParameterError",
     "MiniBatchNMF",
     "NotFittedError",
+    "RankSelection",
     "Run",
     "RunLockedError",
     "SpeckledHoldout",
@@ -53,4 +55,5 @@ __all__ = [
     "non_negative_factorization",
     "open_run",
     "resume",
+    "select_rank",
 ]

@@ -26,6 +26,7 @@ __all__ = [
     "basis_images",
     "loss_figure",
     "parse_image_shape",
+    "rank_figure",
     "require_matplotlib",
     "save_figure",
     "write_png_grid",
@@ -132,6 +133,50 @@ def basis_figure(images: np.ndarray, *, columns: int | None = None, title: str =
             ax.set_title(str(i), fontsize=8)
     if title:
         fig.suptitle(title)
+    return fig
+
+
+def rank_figure(selection: Any, *, title: str = "") -> Any:
+    """The rank plot of a :class:`~dnmf.RankSelection`: the criterion against k.
+
+    cv: each replicate's test error (dots), their mean with one standard error
+    (line and bars). consensus: cophenetic correlation and component stability,
+    with the stability threshold. The chosen k is marked.
+    """
+    require_matplotlib()
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6, 4), layout="constrained")
+    ax = fig.add_subplot()
+    summary = selection.summary_rows
+    ks = np.array([row["k"] for row in summary])
+    if selection.method == "cv":
+        rows = selection.rows
+        ax.plot([r["k"] for r in rows], [r["test_error"] for r in rows], ".",
+                color="0.6", label="replicates")
+        ax.errorbar(ks, [row["test_error"] for row in summary],
+                    yerr=[row["test_error_se"] for row in summary], marker="o",
+                    capsize=3, label="mean ± 1 s.e.")
+        ax.set_ylabel("test error (mean loss per held-out entry)")
+        values = [r["test_error"] for r in rows]
+        if min(values) > 0 and max(values) / min(values) > 20:
+            ax.set_yscale("log")
+    else:
+        ax.plot(ks, [row["cophenetic"] for row in summary], marker="o",
+                label="cophenetic correlation")
+        ax.plot(ks, [row["stability"] for row in summary], marker="s",
+                label="component stability (silhouette)")
+        if selection.threshold is not None:
+            ax.axhline(selection.threshold, color="0.6", linestyle=":", linewidth=1,
+                       label=f"threshold {selection.threshold:g}")
+        ax.set_ylabel("agreement of restarts")
+    ax.axvline(selection.k, color="C3", linestyle="--", linewidth=1,
+               label=f"chosen k = {selection.k} ({selection.rule})")
+    ax.set_xlabel("k (number of components)")
+    ax.set_xticks(ks if len(ks) <= 20 else ks[:: math.ceil(len(ks) / 20)])
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(title or f"Choosing k by {selection.method}")
     return fig
 
 

@@ -1,0 +1,289 @@
+"""dnmf.select_rank: consensus and cross-validation find planted ranks; sweep stores.
+
+The default run uses small matrices and short grids around the planted rank; the
+full grid 2..20 for k* = 4, 8, 12 (dense and sparse, Frobenius and KL, both
+methods) is ``@pytest.mark.heavy``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+import dnmf
+from dnmf._rank import (
+    cophenetic_correlation,
+    match_components,
+    row_labels,
+    silhouettes,
+)
+from dnmf.errors import IncompatibleRunError, InvalidParameterError
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+
+
+def planted_rank(n, m, k, *, seed=0, kind="dense", loss="frobenius", noise=0.05):
+    """V with planted rank k: W·H of sparse non-negative factors, plus noise.
+
+    Dense: V = WH + noise·|N(0, 1)|. Sparse: W and H sparser, noise only where WH
+    is non-zero, V as CSR. KL: Poisson counts of 20·WH (sparse: zeros stay zeros).
+    """
+    rng = np.random.default_rng(seed)
+    W = rng.random((n, k)) * (rng.random((n, k)) < 0.5)
+    H = rng.random((k, m)) * (rng.random((k, m)) < (0.3 if kind == "sparse" else 0.5))
+    # every component used by some rows and some columns
+    W[np.arange(k) % n, np.arange(k)] += 1.0
+    H[np.arange(k), np.arange(k) % m] += 1.0
+    WH = W @ H
+    if loss == "kl":
+        V = rng.poisson(20.0 * WH).astype(np.float64)
+    else:
+        V = WH + noise * np.abs(rng.standard_normal(WH.shape)) * (WH > 0 if kind == "sparse"
+                                                                   else 1.0)
+    return (sp.csr_matrix(V) if kind == "sparse" else V), W, H
+
+
+def _loss_params(loss):
+    return {"solver": "mu", "beta_loss": "kullback-leibler"} if loss == "kl" else {}
+
+
+def _comparable(rows):
+    """The table without the wall time of each fit."""
+    return [{key: value for key, value in row.items() if key != "time"} for row in rows]
+
+
+# ------------------------------------------------------------ the criteria
+def test_cophenetic_is_one_for_agreeing_restarts_and_lower_for_random():
+    rng = np.random.default_rng(0)
+    base = rng.integers(0, 4, size=60)
+    relabelled = np.stack([base, (base + 1) % 4, 3 - base])  # same clustering, other names
+    assert cophenetic_correlation(relabelled) == pytest.approx(1.0, abs=1e-12)
+    noisy = np.stack([rng.integers(0, 4, size=60) for _ in range(5)])
+    assert cophenetic_correlation(noisy) < 0.8
+
+
+def test_silhouettes_match_scikit_learn_cosine():
+    metrics = pytest.importorskip("sklearn.metrics")
+    rng = np.random.default_rng(1)
+    points = rng.random((30, 7))
+    labels = rng.integers(0, 3, size=30)
+    ours = silhouettes(points, labels)
+    theirs = metrics.silhouette_samples(points, labels, metric="cosine")
+    np.testing.assert_allclose(ours, theirs, atol=1e-10)
+
+
+def test_match_components_undoes_permutation_and_scaling():
+    rng = np.random.default_rng(2)
+    H = rng.random((5, 40))
+    perms = [rng.permutation(5) for _ in range(3)]
+    Hs = [H] + [H[p] * rng.uniform(0.5, 2.0, size=(5, 1)) for p in perms]
+    assign = match_components(Hs)
+    for p, a in zip(perms, assign[1:]):
+        # cluster c of fit r holds its component a[c], which is H's row p[a[c]] = c
+        np.testing.assert_array_equal(p[a], np.arange(5))
+
+
+def test_row_labels_are_invariant_to_the_scaling_of_components():
+    rng = np.random.default_rng(3)
+    W, H = rng.random((20, 4)), rng.random((4, 10))
+    D = np.array([0.1, 10.0, 1.0, 3.0])
+    np.testing.assert_array_equal(row_labels(W, H), row_labels(W * D, H / D[:, None]))
+
+
+# ------------------------------------------------------------ planted rank
+@pytest.mark.parametrize(("kind", "loss"), [("dense", "frobenius"), ("sparse", "kl")])
+def test_consensus_finds_planted_rank_4(kind, loss):
+    V, _, H_true = planted_rank(120, 60, 4, seed=4, kind=kind, loss=loss)
+    res = dnmf.select_rank(V, range(2, 7), method="consensus", n_replicates=3,
+                           max_iter=150, tol=1e-5, **_loss_params(loss))
+    assert res.k == 4, res.summary.to_string()
+    summary = res.summary.set_index("k")
+    assert summary.loc[4, "stability"] > 0.9
+    assert summary.loc[5, "stability"] < 0.8
+    assert list(res.table.columns[:3]) == ["k", "replicate", "seed"]
+    assert len(res.table) == 5 * 3
+    # The consensus H is the planted H up to order and scale (cosine > 0.95 each).
+    from scipy.optimize import linear_sum_assignment
+
+    unit = lambda A: A / np.linalg.norm(A, axis=1, keepdims=True)  # noqa: E731
+    cos = unit(res.consensus_H) @ unit(H_true).T
+    rows, cols = linear_sum_assignment(-cos)
+    assert cos[rows, cols].min() > 0.95
+    W = np.asarray(res.consensus_W)
+    assert W.shape == (120, 4) and W.min() >= 0
+    Vd = V.toarray() if sp.issparse(V) else V
+    rel = np.linalg.norm(Vd - W @ res.consensus_H) / np.linalg.norm(Vd)
+    assert rel < 0.3
+
+
+# ------------------------------------------------------------ sweep stores
+def test_sweep_store_continues_without_refitting(tmp_path):
+    V, _, _ = planted_rank(60, 30, 3, seed=5)
+    out = tmp_path / "sweep"
+    first = dnmf.select_rank(V, [2, 3, 4], method="consensus", n_replicates=2,
+                             max_iter=30, out=out)
+    assert first.path == str(out)
+    table = json.loads((out / "table.json").read_text())["rows"]
+    assert [(r["k"], r["replicate"]) for r in table] == [(k, r) for k in (2, 3, 4)
+                                                         for r in (0, 1)]
+    assert sorted(os.listdir(out / "fits")) == [f"k00{k}-r0{r}" for k in (2, 3, 4)
+                                                for r in (0, 1)]
+    again = dnmf.select_rank(V, [2, 3, 4], method="consensus", n_replicates=2,
+                             max_iter=30, out=out)
+    assert again.rows == first.rows  # times included: nothing was refitted
+    assert again.k == first.k
+    # The same sweep in memory gives the same table (but for the times).
+    memory = dnmf.select_rank(V, [2, 3, 4], method="consensus", n_replicates=2, max_iter=30)
+    assert _comparable(memory.rows) == _comparable(first.rows)
+    # A wider grid keeps the finished fits and adds the new ones.
+    wider = dnmf.select_rank(V, [2, 3, 4, 5], method="consensus", n_replicates=2,
+                             max_iter=30, out=out)
+    assert wider.rows[:6] == first.rows
+    assert len(wider.rows) == 8
+
+
+def test_sweep_store_refuses_other_parameters_and_other_directories(tmp_path):
+    V, _, _ = planted_rank(40, 20, 2, seed=6)
+    out = tmp_path / "sweep"
+    dnmf.select_rank(V, [2], method="consensus", n_replicates=2, max_iter=5, out=out)
+    with pytest.raises(IncompatibleRunError, match=r"nmf.max_iter: 5 \(sweep\) vs 6 \(now\)"):
+        dnmf.select_rank(V, [2], method="consensus", n_replicates=2, max_iter=6, out=out)
+    with pytest.raises(IncompatibleRunError, match="shape"):
+        dnmf.select_rank(V[:30], [2], method="consensus", n_replicates=2, max_iter=5, out=out)
+    res = dnmf.select_rank(V, [2], method="consensus", n_replicates=2, max_iter=6, out=out,
+                           overwrite=True)
+    assert [r["iterations"] for r in res.rows] == [6, 6]
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    with pytest.raises(IncompatibleRunError, match="not a dnmf sweep"):
+        dnmf.select_rank(V, [2], method="consensus", n_replicates=2, out=other)
+    assert (other / "notes.txt").read_text() == "mine"
+
+
+SWEEP_SCRIPT = textwrap.dedent("""
+    import sys, numpy as np
+    sys.path.insert(0, {tests!r})
+    from test_rank import planted_rank
+    import dnmf
+    V, _, _ = planted_rank(80, 40, 3, seed=7)
+    dnmf.select_rank(V, [2, 3, 4], method="consensus", n_replicates=2, max_iter=200,
+                     tol=0, out=sys.argv[1], n_concurrent=2, checkpoint_every=5)
+""")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["SIGKILL", "SIGINT"])
+def test_interrupted_sweep_continues_to_the_same_table(tmp_path, how):
+    out = tmp_path / "sweep"
+    script = tmp_path / "sweep.py"
+    script.write_text(SWEEP_SCRIPT.format(tests=HERE))
+    env = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    child = subprocess.Popen(
+        [sys.executable, str(script), str(out)], env=env, stderr=subprocess.PIPE,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL) if how == "SIGKILL"
+        else signal.signal(signal.SIGINT, signal.default_int_handler),
+    )
+    table = out / "table.json"
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and child.poll() is None:
+        if table.exists() and len(json.loads(table.read_text())["rows"]) >= 1:
+            break
+        time.sleep(0.05)
+    assert child.poll() is None, child.stderr.read().decode()[-2000:]
+    child.send_signal(signal.SIGKILL if how == "SIGKILL" else signal.SIGINT)
+    _, err = child.communicate(timeout=120)
+    done = json.loads(table.read_text())["rows"]
+    assert 1 <= len(done) < 6
+    if how == "SIGINT":
+        assert b"KeyboardInterrupt" in err
+    # Some fit was cut off mid-way: its run store is there, not in the table.
+    started = set(os.listdir(out / "fits"))
+    assert started - {f"k{r['k']:03d}-r{r['replicate']:02d}" for r in done}
+    V, _, _ = planted_rank(80, 40, 3, seed=7)
+    params = dict(method="consensus", n_replicates=2, max_iter=200, tol=0, n_concurrent=2,
+                  checkpoint_every=5)
+    continued = dnmf.select_rank(V, [2, 3, 4], out=out, **params)
+    # The uninterrupted sweep (in memory: the same fits, shown equal above).
+    reference = dnmf.select_rank(V, [2, 3, 4], **params)
+    assert _comparable(continued.rows) == _comparable(reference.rows)
+    for row in done:  # the fits finished before the interruption were not refitted
+        again = next(r for r in continued.rows
+                     if (r["k"], r["replicate"]) == (row["k"], row["replicate"]))
+        assert {key: again[key] for key in row} == row
+    np.testing.assert_array_equal(continued.consensus_H, reference.consensus_H)
+    assert continued.k == reference.k
+
+
+# ------------------------------------------------------------ bad arguments
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"method": "elbow"}, "method must be one of"),
+        ({"method": "cv", "rule": "stability"}, "rule='stability' is not a rule of method='cv'"),
+        ({"ks": 5}, "ks must be an iterable"),
+        ({"ks": []}, "ks is empty"),
+        ({"ks": [2, 2]}, "ks holds a rank twice"),
+        ({"ks": [0, 2]}, "ks must hold integers >= 1"),
+        ({"ks": [1, 2], "method": "consensus"}, "integers >= 2"),
+        ({"ks": [2.5]}, "integers >= 1"),
+        ({"n_replicates": 0}, "n_replicates must be an integer >= 1"),
+        ({"n_replicates": 1, "method": "consensus"}, "n_replicates must be an integer >= 2"),
+        ({"fraction": 1.5}, "fraction must be a number between 0 and 1"),
+        ({"fraction": 0}, "fraction must be"),
+        ({"seed": -1}, "seed must be an integer >= 0"),
+        ({"n_concurrent": 0}, "n_concurrent must be"),
+        ({"stability_threshold": 2}, "stability_threshold"),
+        ({"n_components": 3}, "select_rank sets 'n_components' itself"),
+        ({"random_state": 3}, "seed= sets every fit's random_state"),
+        ({"callback": print}, "sets 'callback' itself"),
+        ({"solvr": "mu"}, "unknown parameter 'solvr'"),
+        ({"solver": "lbfgs"}, "The 'solver' parameter of NMF must be"),
+        ({"init": "custom"}, "init='custom' cannot be used"),
+        ({"method": "consensus", "init": "nndsvda"}, "starts every replicate alike"),
+    ],
+)
+def test_bad_arguments_are_one_clear_error(kwargs, match):
+    V = np.random.default_rng(0).random((20, 10))
+    kwargs = {"ks": [2, 3], **kwargs}
+    ks = kwargs.pop("ks")
+    with pytest.raises(InvalidParameterError, match=match):
+        dnmf.select_rank(V, ks, **kwargs)
+
+
+def test_bad_data_is_the_estimators_error():
+    with pytest.raises(ValueError, match=r"[Nn]egative"):
+        dnmf.select_rank(-np.ones((10, 5)), [2], method="consensus", n_replicates=2)
+
+
+def test_plot_writes_a_png(tmp_path):
+    pytest.importorskip("matplotlib")
+    V, _, _ = planted_rank(50, 20, 2, seed=8)
+    res = dnmf.select_rank(V, [2, 3], method="consensus", n_replicates=2, max_iter=20)
+    path = tmp_path / "rank.png"
+    fig = res.plot(path)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert fig.axes[0].get_xlabel().startswith("k")
+    assert repr(res).startswith("RankSelection(k=")
+
+
+# ------------------------------------------------------------ the full grid
+@pytest.mark.heavy
+@pytest.mark.parametrize("k_star", [4, 8, 12])
+@pytest.mark.parametrize(("kind", "loss"), [("dense", "frobenius"), ("sparse", "frobenius"),
+                                            ("dense", "kl"), ("sparse", "kl")])
+def test_consensus_full_grid(k_star, kind, loss):
+    V, _, _ = planted_rank(300, 150, k_star, seed=k_star, kind=kind, loss=loss)
+    res = dnmf.select_rank(V, range(2, 21), method="consensus", n_replicates=4,
+                           max_iter=300, tol=1e-5, **_loss_params(loss))
+    assert res.k == k_star, res.summary.to_string()
