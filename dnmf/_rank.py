@@ -31,7 +31,7 @@ import math
 import numbers
 import os
 import warnings
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
@@ -344,6 +344,7 @@ def select_rank(
     n_concurrent: int | None = None,
     consensus_rows: int = 1000,
     scheduler: Any = None,
+    on_fit: Callable[[dict[str, Any], int, int], Any] | None = None,
     **nmf_params: Any,
 ) -> RankSelection:
     r"""Choose the rank k of an NMF of ``X`` by cross-validation or by consensus.
@@ -392,6 +393,9 @@ def select_rank(
         (a seeded sample), so that the consensus matrix stays small for any n.
     scheduler : None, "threads", str or distributed.Client
         As for :class:`NMF`; every fit of the sweep uses it.
+    on_fit : callable(row, done, total) or None
+        Called as each fit finishes (from the thread that ran it, one at a time) with
+        its table row, the number of fits of the grid done so far, and their total.
     **nmf_params
         Any other :class:`NMF` parameter (``solver``, ``beta_loss``, ``max_iter``,
         ``tol``, ``init``, ``alpha_W``, ...). ``init`` defaults to ``"random"``
@@ -480,16 +484,33 @@ def select_rank(
         threads = max(1, (os.cpu_count() or 1) // concurrent)
         logger.info("rank sweep: %d fits, %d at a time on %s", len(pending), concurrent,
                     backend.describe())
-        with dask.config.set(num_workers=threads), warnings.catch_warnings():
+        from ._backend import _blas_limit
+
+        # BLAS threads per fit likewise; the fits' own limits nest inside this one,
+        # which restores the process's setting when the sweep ends.
+        with dask.config.set(num_workers=threads), _blas_limit(concurrent), \
+                warnings.catch_warnings():
             # A sweep's fits stop at max_iter as often as not; the table records the
             # iterations. (Filters are process-wide: set here, not in the threads.)
             warnings.simplefilter("ignore", ConvergenceWarning)
             run_fits(pending, fit_one, n_concurrent=min(concurrent, len(pending)),
                      on_done=on_done)
 
+    wanted = {(s.k, s.replicate) for s in specs}
+
+    def report(row: dict[str, Any], rows: list[dict[str, Any]]) -> None:
+        if on_fit is not None:
+            done = sum((r["k"], r["replicate"]) in wanted for r in rows)
+            on_fit(dict(row), done, len(specs))
+
     if store is None:
         rows: list[dict[str, Any]] = []
-        run(rows, lambda spec, row: rows.append(row))
+
+        def in_memory(spec: FitSpec, row: dict[str, Any]) -> None:
+            rows.append(row)
+            report(row, rows)
+
+        run(rows, in_memory)
         path = None
     else:
         with store.writing(header, overwrite=overwrite):
@@ -498,10 +519,10 @@ def select_rank(
             def on_done(spec: FitSpec, row: dict[str, Any]) -> None:
                 rows.append(row)
                 store.commit_rows(rows)
+                report(row, rows)
 
             run(rows, on_done)
         path = store.path
-    wanted = {(s.k, s.replicate) for s in specs}
     rows = sorted((r for r in rows if (r["k"], r["replicate"]) in wanted),
                   key=lambda r: (r["k"], r["replicate"]))
     if method == "cv":

@@ -287,3 +287,4 @@ def test_consensus_full_grid(k_star, kind, loss):
     res = dnmf.select_rank(V, range(2, 21), method="consensus", n_replicates=4,
                            max_iter=300, tol=1e-5, **_loss_params(loss))
     assert res.k == k_star, res.summary.to_string()
+

@@ -1,0 +1,228 @@
+"""Rank sweeps: concurrent fits vs the same fits one by one; 2 workers vs 1 (issue 14).
+
+A sweep k = KS × R replicates on a Zarr V on disk (planted rank 8 plus noise) runs
+as ``dnmf.select_rank``. Measured, interleaved round by round (a shared machine
+drifts from minute to minute):
+
+* **one by one**: the sweep's fits as a plain loop of ``NMF(...).fit`` calls on the
+  threads scheduler (what a user would write without select_rank), same seeds,
+  same holdout sets;
+* **sweep, in memory**: ``select_rank(out=None)``, fits run concurrently (one per
+  core, each with cores // concurrent threads);
+* **sweep, sweep store**: ``select_rank(out=DIR)``: the same, every fit resumable
+  from its own run store (W written every pass, commits every 10 iterations);
+* **1-worker / 2-worker local cluster**: ``select_rank(scheduler=client)`` on a
+  ``distributed.LocalCluster`` of 1 and 2 worker processes of 1 thread each.
+
+Ratios: sweep / one by one (issue target <= 1.0) and 2 workers / 1 worker (target
+<= 0.6). Every figure is printed with the load average (``os.getloadavg``) taken
+next to it. A comparison per stored entry and iteration with RcppML's published
+CPU timings is printed at the end (see docs/rank.md for what is compared).
+
+Usage::
+
+    python benchmarks/bench_rank.py                    # 20000 x 1000, ks 2..20 x 3
+    python benchmarks/bench_rank.py --n 200000 --m 2000   # the issue's size (slow)
+    python benchmarks/bench_rank.py --quick            # small, about a minute
+    python benchmarks/bench_rank.py --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+#: RcppML's published CPU timings (vignettes/gpu-acceleration.Rmd, "Representative
+#: benchmarks": dual Intel Xeon Gold, 48 cores, 100 iterations, tol = 0).
+RCPPML = [
+    {"data": "dense synthetic 10K x 5K", "entries": 10_000 * 5_000, "k": 20, "seconds": 45.0,
+     "iterations": 100, "cores": 48},
+    {"data": "sparse 50K x 10K (2 %)", "entries": int(50_000 * 10_000 * 0.02), "k": 20,
+     "seconds": 38.0, "iterations": 100, "cores": 48},
+]
+
+
+def load() -> float:
+    return round(os.getloadavg()[0], 2)
+
+
+def make_data(path: Path, n: int, m: int, k: int, chunk_rows: int) -> str:
+    import zarr
+
+    rng = np.random.default_rng(0)
+    W = rng.random((n, k)) * (rng.random((n, k)) < 0.5)
+    H = rng.random((k, m)) * (rng.random((k, m)) < 0.5)
+    z = zarr.create_array(str(path), shape=(n, m), chunks=(chunk_rows, m), dtype="f8")
+    for start in range(0, n, chunk_rows):
+        stop = min(n, start + chunk_rows)
+        block = W[start:stop] @ H
+        z[start:stop] = block + 0.05 * np.abs(rng.standard_normal(block.shape))
+    return str(path)
+
+
+def one_by_one(path: str, ks: list[int], replicates: int, method: str,
+               params: dict[str, Any]) -> tuple[float, list[float]]:
+    """The sweep's fits in a plain loop, same seeds and holdouts as select_rank."""
+    import dnmf
+    from dnmf._rank import holdout_seed
+    from dnmf._sweep import replicate_seed
+
+    errors = []
+    start = time.perf_counter()
+    for k in ks:
+        for r in range(replicates):
+            est = dnmf.NMF(k, random_state=replicate_seed(0, k, r), scheduler="threads",
+                           init="random", **params)
+            if method == "cv":
+                est.fit(path, mask=dnmf.SpeckledHoldout(0.05, seed=holdout_seed(0, r)))
+                errors.append(est.heldout_loss_ / est.n_heldout_)
+            else:
+                est.fit(path)
+                errors.append(est.loss_history_[-1])
+    return time.perf_counter() - start, errors
+
+
+def sweep(path: str, ks: list[int], replicates: int, method: str, params: dict[str, Any],
+          **options: Any) -> tuple[float, list[float], int]:
+    import dnmf
+
+    start = time.perf_counter()
+    res = dnmf.select_rank(path, ks, method=method, n_replicates=replicates, **params,
+                           **options)
+    seconds = time.perf_counter() - start
+    column = "test_error" if method == "cv" else "loss"
+    return seconds, [row[column] for row in res.rows], res.k
+
+
+def on_cluster(path: str, ks: list[int], replicates: int, method: str,
+               params: dict[str, Any], workers: int) -> tuple[float, list[float], int]:
+    from distributed import Client, LocalCluster
+
+    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                      dashboard_address=None) as cluster, Client(cluster) as client:
+        client.wait_for_workers(workers)
+        return sweep(path, ks, replicates, method, params, scheduler=client)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=20000)
+    parser.add_argument("--m", type=int, default=1000)
+    parser.add_argument("--ks", default="2:20")
+    parser.add_argument("--replicates", type=int, default=3)
+    parser.add_argument("--iters", type=int, default=10, help="max_iter of every fit")
+    parser.add_argument("--method", default="cv", choices=["cv", "consensus"])
+    parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--skip", default="", help="comma list of: store,cluster")
+    parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.n, args.m, args.ks, args.iters = 2000, 200, "2:6", 5
+    lo, hi = (int(x) for x in args.ks.split(":"))
+    ks = list(range(lo, hi + 1))
+    skip = set(filter(None, args.skip.split(",")))
+    warnings.simplefilter("ignore")
+    base = Path(args.data_dir or tempfile.mkdtemp(prefix="dnmf-bench-rank-"))
+    base.mkdir(parents=True, exist_ok=True)
+    data = make_data(base / "V.zarr", args.n, args.m, 8, max(1, min(args.n, 5000)))
+    params = {"max_iter": args.iters, "tol": 0.0}
+    fits = len(ks) * args.replicates
+    print(f"V: {args.n} x {args.m} Zarr (planted k = 8), ks {lo}..{hi} x {args.replicates} "
+          f"replicates = {fits} fits of {args.iters} iterations, method {args.method}; "
+          f"{os.cpu_count()} cores", flush=True)
+    results: dict[str, list[dict[str, Any]]] = {}
+
+    def record(name: str, seconds: float, load_before: float, values: list[float]) -> None:
+        entry = {"seconds": seconds, "load_before": load_before, "load_after": load()}
+        results.setdefault(name, []).append(entry)
+        print(f"  {name:24s} {seconds:8.2f} s   load {entry['load_before']:.1f} -> "
+              f"{entry['load_after']:.1f}", flush=True)
+        results.setdefault(name + ":values", []).append(values)
+
+    try:
+        for round_ in range(args.rounds):
+            print(f"round {round_ + 1}", flush=True)
+            before = load()
+            seconds, ref = one_by_one(data, ks, args.replicates, args.method, params)
+            record("one by one", seconds, before, ref)
+            before = load()
+            seconds, values, _ = sweep(data, ks, args.replicates, args.method, params)
+            record("sweep (memory)", seconds, before, values)
+            if "store" not in skip:
+                out = base / f"sweep-{round_}"
+                before = load()
+                seconds, values, _ = sweep(data, ks, args.replicates, args.method, params,
+                                           out=out)
+                record("sweep (sweep store)", seconds, before, values)
+                shutil.rmtree(out, ignore_errors=True)
+            if "cluster" not in skip:
+                for workers in (1, 2):
+                    before = load()
+                    seconds, values, _ = on_cluster(data, ks, args.replicates, args.method,
+                                                    params, workers)
+                    record(f"cluster {workers} worker(s)", seconds, before, values)
+    finally:
+        if args.data_dir is None:
+            shutil.rmtree(base, ignore_errors=True)
+
+    def median(name: str) -> float:
+        return statistics.median(e["seconds"] for e in results[name])
+
+    summary: dict[str, Any] = {
+        "n": args.n, "m": args.m, "ks": ks, "replicates": args.replicates,
+        "iterations": args.iters, "method": args.method, "rounds": args.rounds,
+        "cores": os.cpu_count(), "runs": {k: v for k, v in results.items()
+                                          if not k.endswith(":values")},
+    }
+    ref = results["one by one:values"][0]
+    same = {name[:-7]: bool(np.allclose(vals[0], ref, rtol=1e-6))
+            for name, vals in results.items() if name.endswith(":values")
+            and not name.startswith("cluster")}
+    summary["same_values_as_one_by_one"] = same
+    print(f"same test errors as the one-by-one fits: {same}")
+    summary["sweep_over_one_by_one"] = median("sweep (memory)") / median("one by one")
+    print(f"sweep (memory) / one by one: {summary['sweep_over_one_by_one']:.2f}")
+    if "sweep (sweep store)" in results:
+        summary["store_over_one_by_one"] = median("sweep (sweep store)") / median("one by one")
+        print(f"sweep (sweep store) / one by one: {summary['store_over_one_by_one']:.2f}")
+    if "cluster 1 worker(s)" in results:
+        summary["two_over_one_worker"] = (median("cluster 2 worker(s)")
+                                          / median("cluster 1 worker(s)"))
+        print(f"2 workers / 1 worker: {summary['two_over_one_worker']:.2f}")
+    # Per stored entry and iteration (and per core), next to RcppML's CPU figures.
+    k_mean = float(np.mean(ks))
+    ours = median("sweep (memory)") / (fits * args.iters * args.n * args.m)
+    summary["ns_per_entry_iteration"] = ours * 1e9
+    summary["ns_per_entry_iteration_core"] = ours * 1e9 * (os.cpu_count() or 1)
+    print(f"dnmf sweep: {ours * 1e9:.2f} ns per stored entry and iteration (mean k "
+          f"{k_mean:.1f}, {os.cpu_count()} cores: {summary['ns_per_entry_iteration_core']:.2f} "
+          f"core-ns)")
+    for row in RCPPML:
+        per = row["seconds"] / (row["iterations"] * row["entries"])
+        print(f"RcppML CPU, {row['data']}, k = {row['k']}: {per * 1e9:.2f} ns per stored "
+              f"entry and iteration ({row['cores']} cores: {per * 1e9 * row['cores']:.1f} "
+              f"core-ns)")
+    summary["rcppml"] = RCPPML
+    if args.json:
+        Path(args.json).write_text(json.dumps(summary, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
