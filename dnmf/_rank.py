@@ -535,7 +535,7 @@ def select_rank(
     rows = [{**row, "cophenetic": per_k[row["k"]]["cophenetic"],
              "stability": per_k[row["k"]]["stability"]} for row in rows]
     H = consensus[k]
-    W = _consensus_W(X, k, H, params)
+    W = _consensus_W(X, k, H, {**params, "scheduler": fit_scheduler})
     return RankSelection(method, rule, k, rows, summary, threshold=float(stability_threshold),
                          consensus_H=H, consensus_W=W, path=path)
 
