@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from ._estimator import NMF, non_negative_factorization
 from ._mask import SpeckledHoldout
-from ._rank import RankSelection, select_rank
 from ._runs import Run, open_run, resume
 from .errors import (
     ClusterLostError,
@@ -33,6 +32,11 @@ def __getattr__(name: str) -> object:
         from ._online import MiniBatchNMF
 
         return MiniBatchNMF
+    # Rank selection (and its sweep stores) likewise, when first used.
+    if name in ("select_rank", "RankSelection"):
+        from . import _rank
+
+        return getattr(_rank, name)
     raise AttributeError(f"module 'dnmf' has no attribute {name!r}")
 
 __all__ = [

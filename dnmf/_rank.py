@@ -328,13 +328,51 @@ def _positive_int(name: str, value: Any, low: int = 1) -> int:
     return int(value)
 
 
+def check_arguments(*, method: str, rule: str | None, ks: Any, n_replicates: int | None,
+                    fraction: float, stability_threshold: float, seed: int,
+                    n_concurrent: int | None, consensus_rows: int) -> dict[str, Any]:
+    """Check :func:`select_rank`'s own arguments before any work; normalised values.
+
+    The command line calls it before converting its input, so a bad option costs
+    nothing.
+    """
+    if method not in METHODS:
+        raise InvalidParameterError(
+            f"method must be one of {METHODS}, got {method!r}."
+        )
+    rule = RULES[method][0] if rule is None else rule
+    if rule not in RULES[method]:
+        raise InvalidParameterError(
+            f"rule={rule!r} is not a rule of method={method!r}: use one of {RULES[method]}."
+        )
+    grid = _check_ks(ks, method)
+    if n_replicates is None:
+        n_replicates = 4 if method == "consensus" else 3
+    replicates = _positive_int("n_replicates", n_replicates, 2 if method == "consensus" else 1)
+    seed = _positive_int("seed", seed, 0)
+    rows_cap = _positive_int("consensus_rows", consensus_rows, 3)
+    if method == "cv" and not (isinstance(fraction, numbers.Real) and 0 < fraction < 1):
+        raise InvalidParameterError(
+            f"fraction must be a number between 0 and 1 (the share of entries held "
+            f"out), got {fraction!r}."
+        )
+    if not isinstance(stability_threshold, numbers.Real) or not -1 <= stability_threshold <= 1:
+        raise InvalidParameterError(
+            f"stability_threshold must be between -1 and 1, got {stability_threshold!r}."
+        )
+    if n_concurrent is not None:
+        n_concurrent = _positive_int("n_concurrent", n_concurrent)
+    return {"rule": rule, "ks": grid, "n_replicates": replicates, "seed": seed,
+            "consensus_rows": rows_cap, "n_concurrent": n_concurrent}
+
+
 # ------------------------------------------------------------------ the sweep
 def select_rank(
     X: Any,
     ks: Iterable[int] = range(2, 21),
     *,
     method: str = "cv",
-    n_replicates: int = 3,
+    n_replicates: int | None = None,
     rule: str | None = None,
     fraction: float = 0.05,
     stability_threshold: float = 0.8,
@@ -359,9 +397,10 @@ def select_rank(
         ``"cv"``: speckled-holdout cross-validation (masked fits; test error on the
         held-out entries). ``"consensus"``: random restarts; cophenetic correlation
         and component stability.
-    n_replicates : int, default=3
+    n_replicates : int or None, default=None
         Fits per k: holdout sets for cv (replicate r uses the same held-out entries
-        for every k), restarts for consensus (at least 2).
+        for every k; None: 3), restarts for consensus (at least 2; None: 4 — with 2
+        or 3 restarts a split component can come out alike by chance).
     rule : str or None, default=None
         cv: ``"1se"`` (default) the smallest k whose mean test error is within one
         standard error (over replicates) of the lowest mean, or ``"min"`` the lowest
@@ -418,30 +457,12 @@ def select_rank(
     DeBruine, Z. J. et al. RcppML: fast non-negative matrix factorization
     (speckled cross-validation), https://github.com/zdebruine/RcppML
     """
-    if method not in METHODS:
-        raise InvalidParameterError(
-            f"method must be one of {METHODS}, got {method!r}."
-        )
-    rule = RULES[method][0] if rule is None else rule
-    if rule not in RULES[method]:
-        raise InvalidParameterError(
-            f"rule={rule!r} is not a rule of method={method!r}: use one of {RULES[method]}."
-        )
-    grid = _check_ks(ks, method)
-    replicates = _positive_int("n_replicates", n_replicates, 2 if method == "consensus" else 1)
-    seed = _positive_int("seed", seed, 0)
-    rows_cap = _positive_int("consensus_rows", consensus_rows, 3)
-    if method == "cv" and not (isinstance(fraction, numbers.Real) and 0 < fraction < 1):
-        raise InvalidParameterError(
-            f"fraction must be a number between 0 and 1 (the share of entries held "
-            f"out), got {fraction!r}."
-        )
-    if not isinstance(stability_threshold, numbers.Real) or not -1 <= stability_threshold <= 1:
-        raise InvalidParameterError(
-            f"stability_threshold must be between -1 and 1, got {stability_threshold!r}."
-        )
-    if n_concurrent is not None:
-        n_concurrent = _positive_int("n_concurrent", n_concurrent)
+    checked = check_arguments(method=method, rule=rule, ks=ks, n_replicates=n_replicates,
+                              fraction=fraction, stability_threshold=stability_threshold,
+                              seed=seed, n_concurrent=n_concurrent,
+                              consensus_rows=consensus_rows)
+    rule, grid, replicates = checked["rule"], checked["ks"], checked["n_replicates"]
+    seed, rows_cap = checked["seed"], checked["consensus_rows"]
     params = _check_nmf_params({**nmf_params, "scheduler": scheduler}, method)
 
     from ._backend import get_backend

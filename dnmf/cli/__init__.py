@@ -18,7 +18,7 @@ A new command is a new module here, imported below so that it registers on ``app
 
 from __future__ import annotations
 
-from . import convert, demo, export, fit, info, plot, resume, transform  # noqa: F401  (register)
+from . import convert, demo, export, fit, info, plot, rank, resume, transform  # noqa: F401  (register)
 from ._app import app
 from ._dispatch import main, run
 

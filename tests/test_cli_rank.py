@@ -1,0 +1,103 @@
+"""``dnmf rank``: the command line over dnmf.select_rank (real subprocesses)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from test_rank import planted_rank  # noqa: E402
+
+
+def run_dnmf(*args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1",
+           "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    env.pop("DNMF_DEBUG", None)
+    return subprocess.run([sys.executable, "-m", "dnmf", *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=timeout, env=env)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("rank-cli")
+    V, _, _ = planted_rank(80, 40, 3, seed=11)
+    np.save(folder / "V.npy", V)
+    return folder
+
+
+def test_rank_consensus_prints_k_draws_the_plot_and_continues(data):
+    args = ["rank", "V.npy", "--ks", "2:4", "--method", "consensus", "-r", "4",
+            "--out", "con.sweep", "--max-iter", "60", "--plot", "con.png"]
+    first = run_dnmf(*args, cwd=data)
+    assert first.returncode == 0, first.stderr
+    assert "k = 3 (method consensus, rule stability)" in first.stdout
+    assert "[12/12]" in first.stderr and "Traceback" not in first.stderr
+    assert (data / "con.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    table = json.loads((data / "con.sweep" / "table.json").read_text())["rows"]
+    assert len(table) == 12
+    # The same command again: nothing refitted, the same answer.
+    again = run_dnmf(*args, "--json", cwd=data)
+    assert again.returncode == 0, again.stderr
+    result = json.loads(again.stdout)
+    assert result["k"] == 3
+    assert [r["time"] for r in result["table"]] == [r["time"] for r in table]
+    assert "[" not in again.stderr.split("by consensus")[-1]  # no fit lines: nothing ran
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--ks", "2-20"], "--ks must look like 2:20"),
+        (["--ks", "5:2"], "--ks must look like 2:20"),
+        (["--method", "consensus", "-r", "1"], "--replicates must be at least 2"),
+        (["--holdout", "2"], "--holdout must be a fraction between 0 and 1"),
+        (["--rule", "stability"], "rule='stability' is not a rule of method='cv'"),
+        (["--plot", "nowhere/rank.png"], "does not exist"),
+    ],
+)
+def test_rank_bad_arguments_are_one_line(data, args, message):
+    res = run_dnmf("rank", "V.npy", "--out", "bad.sweep", *args, cwd=data)
+    assert res.returncode == 2, res.stderr
+    assert message in res.stderr
+    assert len(res.stderr.strip().splitlines()) <= 2 and "Traceback" not in res.stderr
+
+
+def test_rank_missing_input_is_one_line(data):
+    res = run_dnmf("rank", "missing.npy", "--out", "m.sweep", cwd=data)
+    assert res.returncode != 0
+    assert res.stderr.startswith("error: ") and "missing.npy" in res.stderr
+    assert "Traceback" not in res.stderr
+
+
+@pytest.mark.slow
+def test_rank_ctrl_c_says_how_to_continue(data):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1",
+           "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    cmd = [sys.executable, "-m", "dnmf", "rank", "V.npy", "--ks", "2:5", "-r", "2",
+           "--method", "consensus", "--out", "int.sweep", "--max-iter", "400", "--tol", "0"]
+    child = subprocess.Popen(cmd, cwd=data, env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True,
+                             preexec_fn=lambda: signal.signal(signal.SIGINT,
+                                                              signal.default_int_handler))
+    table = data / "int.sweep" / "table.json"
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and child.poll() is None and not table.exists():
+        time.sleep(0.05)
+    assert child.poll() is None
+    child.send_signal(signal.SIGINT)
+    _, err = child.communicate(timeout=120)
+    assert child.returncode == 130, err
+    assert "Continue with: dnmf rank V.npy --out int.sweep" in err
+    assert "Traceback" not in err
+    done = len(json.loads(table.read_text())["rows"])
+    assert 1 <= done < 8
