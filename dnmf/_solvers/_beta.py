@@ -112,6 +112,10 @@ def _q_and_d(WH: np.ndarray, beta: float, wh_min: float | None = None
         D = power(WH, beta - 1.0)
         return np.divide(D, WH), D
     base = np.maximum(WH, EPSILON) if floor_q and wh_min < EPSILON else WH
+    if beta == 0:
+        # Itakura-Saito: both floored alike; D = 1/base, Q = D², two passes.
+        D = np.reciprocal(base)
+        return np.multiply(D, D), D
     Q = power(base, beta - 2.0)
     # D = Q·base when both use the same base; for 1 ≤ β < 2 D takes the raw WH, which
     # differs from the floored base only where WH < EPSILON.
