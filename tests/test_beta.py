@@ -343,3 +343,21 @@ def test_cli_fits_any_beta_and_records_it(tmp_path):
                                      "--solver", "mu", "--loss", loss, "--max-iter", "5"])
         assert result.exit_code == 0, result.output
         assert dnmf.open_run(out).params["beta_loss"] == recorded
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("solver", "beta"), [("mu", 1.5), ("mu", "itakura-saito"),
+                                              ("amu", "kullback-leibler")])
+def test_distributed_cluster_equals_threads(distributed_client, solver, beta):
+    # A real LocalCluster (two worker processes): the kernels travel pickled, the
+    # panels' sums are reduced in the same fixed tree, so the fit is the threads one.
+    V = _positive(160, 40, 4, seed=13)
+    kw = dict(solver=solver, beta_loss=beta, init="random", random_state=0, max_iter=25,
+              tol=0.0, panel_rows=40)
+    local = dnmf.NMF(4, scheduler="threads", **kw)
+    W_local = local.fit_transform(V)
+    remote = dnmf.NMF(4, scheduler=distributed_client, **kw)
+    W_remote = remote.fit_transform(V)
+    np.testing.assert_allclose(W_remote, W_local, rtol=1e-10, atol=1e-14)
+    np.testing.assert_allclose(remote.components_, local.components_, rtol=1e-10, atol=1e-14)
+    assert remote.loss_history_ == pytest.approx(local.loss_history_, rel=1e-12)
