@@ -35,7 +35,15 @@ class SolverName(str, Enum):
     amu = "amu"
 
 
-#: --loss names and their beta_loss.
+class LossName(str, Enum):
+    """The loss names of commands that take only Frobenius or KL (``dnmf rank``)."""
+
+    frobenius = "frobenius"
+    kullback_leibler = "kullback-leibler"
+    kl = "kl"
+
+
+#: --loss names and their beta_loss (``dnmf fit``: any β also as a number).
 LOSS_NAMES = {"frobenius": "frobenius", "kullback-leibler": "kullback-leibler",
               "kl": "kullback-leibler", "itakura-saito": "itakura-saito",
               "is": "itakura-saito"}
