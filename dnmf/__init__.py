@@ -21,6 +21,7 @@ from .errors import (
     RunLockedError,
     StoreError,
 )
+from .io import open_source, to_anndata
 
 __version__ = "0.1.0"
 
@@ -58,6 +59,8 @@ __all__ = [
     "__version__",
     "non_negative_factorization",
     "open_run",
+    "open_source",
     "resume",
     "select_rank",
+    "to_anndata",
 ]

@@ -18,23 +18,21 @@ nothing about NMF.
 
 from __future__ import annotations
 
-import gzip
-import itertools
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
 
-from .errors import DnmfError, InvalidInputError, InvalidParameterError, StoreError
+from .errors import InvalidInputError, InvalidParameterError, StoreError
+from .io._blocks import Reader, check_block
 
 __all__ = [
     "CHUNK_BYTES",
-    "FORMATS",
     "ConvertResult",
     "Reader",
     "check_destination",
@@ -50,20 +48,6 @@ __all__ = [
 #: Target size of one chunk of the converted array.
 CHUNK_BYTES = 64 * 2**20
 
-#: File name endings → format.
-FORMATS = {
-    ".npy": "npy",
-    ".npz": "npz",
-    ".mtx": "mtx",
-    ".mtx.gz": "mtx",
-    ".csv": "csv",
-    ".csv.gz": "csv",
-    ".tsv": "tsv",
-    ".tsv.gz": "tsv",
-    ".h5": "hdf5",
-    ".hdf5": "hdf5",
-    ".zarr": "zarr",
-}
 
 OUTPUT_DTYPES = ("float32", "float64")
 
@@ -81,471 +65,38 @@ def is_zarr(path: str) -> bool:
 
 
 def detect_format(path: str) -> str:
-    """The format of ``path`` from its name (or Zarr metadata), or a clear error."""
-    if is_zarr(path):
-        return "zarr"
-    name = path.lower()
-    for ending in sorted(FORMATS, key=len, reverse=True):
-        if name.endswith(ending):
-            return FORMATS[ending]
-    known = ", ".join(sorted({e for e in FORMATS if not e.endswith(".gz")}))
-    raise InvalidInputError(
-        f"cannot tell the format of {path!r} from its name: dnmf reads {known} "
-        f"(and .csv.gz, .tsv.gz, .mtx.gz). Rename the file or convert it first."
-    )
+    """The reader :func:`dnmf.io.open_source` uses for ``path`` (``"npy"``, ``"csv"``,
+    ``"hdf5"``, ``"zarr"``, ...), from its content or name, or a clear error."""
+    from .io import _readers  # noqa: F401  (registers the readers)
+    from .io._base import guess_engine, split_inner
+
+    return guess_engine(split_inner(path)[0]).name
 
 
-def _numeric_dtype(dtype: np.dtype, where: str) -> np.dtype:
-    dtype = np.dtype(dtype)
-    if dtype.kind in "biuf":
-        return dtype
-    what = "complex numbers" if dtype.kind == "c" else f"dtype {dtype}"
-    raise InvalidInputError(
-        f"{where} holds {what}; NMF needs real, non-negative numbers."
-    )
-
-
-def _check_2d(shape: tuple[int, ...], where: str) -> tuple[int, int]:
-    if len(shape) != 2:
-        raise InvalidInputError(
-            f"{where} has shape {tuple(shape)}; dnmf needs a 2-D matrix (rows × columns)."
-        )
-    if shape[0] == 0 or shape[1] == 0:
-        raise InvalidInputError(f"{where} is empty (shape {tuple(shape)}).")
-    return int(shape[0]), int(shape[1])
-
-
-# ------------------------------------------------------------------- readers
-class Reader:
-    """A 2-D source read as dense row blocks.
-
-    Attributes
-    ----------
-    name : str
-        How to call the source in messages.
-    shape : tuple of int
-        Rows and columns. For text files the row count is an upper bound until the
-        file has been read (blank and comment lines are not rows).
-    dtype : numpy.dtype
-        The dtype the blocks come in.
-    row_chunk : int or None
-        The source's own chunk height, when reading whole chunks is cheaper.
-    streaming : bool
-        False when the reader holds the whole source in memory.
-    """
-
-    name: str
-    shape: tuple[int, int]
-    dtype: np.dtype
-    row_chunk: int | None = None
-    streaming: bool = True
-    #: True when the source is a sparse matrix (see :meth:`to_csr`).
-    sparse: bool = False
-
-    def to_csr(self) -> Any:
-        """The whole source as a ``scipy.sparse.csr_matrix`` (sparse readers only)."""
-        raise NotImplementedError
-
-    def blocks(self, rows: int) -> Iterator[tuple[int, np.ndarray]]:
-        """``(first row, block)`` for consecutive blocks of at most ``rows`` rows."""
-        n = self.shape[0]
-        for start in range(0, n, rows):
-            yield start, self.read(start, min(start + rows, n))
-
-    def read(self, start: int, stop: int) -> np.ndarray:
-        raise NotImplementedError
-
-    def where(self, row: int) -> str:
-        """Extra location text for a row (a line number for text files)."""
-        return ""
-
-    def close(self) -> None:
-        return None
-
-    def __enter__(self) -> Reader:
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
-
-
-class ArrayReader(Reader):
-    """Anything sliceable by rows: a NumPy memory map, an HDF5 dataset, a Zarr array."""
-
-    def __init__(self, array: Any, name: str, *, row_chunk: int | None = None,
-                 streaming: bool = True, closer: Callable[[], None] | None = None) -> None:
-        self.array = array
-        self.name = name
-        self.shape = _check_2d(tuple(array.shape), name)
-        self.dtype = _numeric_dtype(array.dtype, name)
-        self.row_chunk = row_chunk
-        self.streaming = streaming
-        self._closer = closer
-
-    def read(self, start: int, stop: int) -> np.ndarray:
-        return np.asarray(self.array[start:stop])
-
-    def close(self) -> None:
-        if self._closer is not None:
-            self._closer()
-            self._closer = None
-
-
-class SparseReader(Reader):
-    """A SciPy sparse matrix held compressed (CSR), densified one block at a time."""
-
-    streaming = False
-    sparse = True
-
-    def __init__(self, matrix: Any, name: str) -> None:
-        self.matrix = matrix.tocsr()
-        self.name = name
-        self.shape = _check_2d(tuple(self.matrix.shape), name)
-        self.dtype = _numeric_dtype(self.matrix.dtype, name)
-
-    def read(self, start: int, stop: int) -> np.ndarray:
-        return np.asarray(self.matrix[start:stop].toarray())
-
-    def to_csr(self) -> Any:
-        return self.matrix
-
-
-class CSRGroupReader(Reader):
-    """A CSR matrix stored as a Zarr group (AnnData's encoding), read by row slices."""
-
-    sparse = True
-
-    def __init__(self, group: Any, name: str) -> None:
-        from ._source import _csr_group
-
-        self.csr = _csr_group(group, name)
-        self.name = name
-        self.shape = _check_2d(self.csr.shape, name)
-        self.dtype = _numeric_dtype(self.csr.dtype, name)
-
-    def read(self, start: int, stop: int) -> np.ndarray:
-        from ._source import CSRPanel
-
-        panel = CSRPanel(self.csr.data, self.csr.indices, self.csr.indptr_array, start, stop,
-                         self.shape[1], self.dtype.str)
-        return np.asarray(panel.load().toarray())
-
-    def to_csr(self) -> Any:
-        from ._source import CSRPanel
-
-        self.streaming = False  # rewritten as CSR: held whole (compressed) in memory
-        return CSRPanel(self.csr.data, self.csr.indices, self.csr.indptr_array, 0,
-                        self.shape[0], self.shape[1], self.dtype.str).load()
-
-
-def _is_number(field: str) -> bool:
-    try:
-        float(field)
-    except ValueError:
-        return False
-    return True
-
-
-class TextReader(Reader):
-    """Delimited text (CSV/TSV, optionally gzipped) parsed in blocks of lines.
-
-    Blank lines and lines starting with ``#`` are skipped; a first line with no
-    number in it is taken for a header and skipped. A first line that mixes numbers
-    and text is refused: it is a data row with a bad value, or a header whose column
-    names include numbers, and guessing would drop a row or read a name as data.
-    """
-
-    def __init__(self, path: str, delimiter: str) -> None:
-        self.name = path
-        self.path = path
-        self.delimiter = delimiter
-        self.dtype = np.dtype(np.float64)
-        self.header = False
-        n_lines = 0
-        first: str | None = None
-        first_line = 0
-        with self._open() as f:
-            for line in f:
-                n_lines += 1
-                if first is None and line.strip() and not line.lstrip().startswith("#"):
-                    first, first_line = line, n_lines
-        if first is None:
-            raise InvalidInputError(f"{path} holds no data rows.")
-        fields = first.strip().split(delimiter)
-        text = [i for i, x in enumerate(fields) if not _is_number(x)]
-        if text and len(text) < len(fields):
-            raise InvalidInputError(
-                f"{path}, line {first_line}: {fields[text[0]].strip()!r} (field {text[0] + 1}) "
-                f"is not a number, but other fields of that line are. If it is a header, "
-                f"name every column with text (not a number); if it is data, fix the value."
-            )
-        if text:
-            self.header = True
-            n_lines -= 1
-        if n_lines < 1:
-            raise InvalidInputError(f"{path} holds a header line but no data rows.")
-        self.shape = (n_lines, len(fields))
-        self._line_of: list[int] = []
-
-    def _open(self) -> IO[str]:
-        if self.path.lower().endswith(".gz"):
-            return gzip.open(self.path, "rt", encoding="utf-8", newline="")
-        return open(self.path, encoding="utf-8", newline="")
-
-    def blocks(self, rows: int) -> Iterator[tuple[int, np.ndarray]]:
-        start = 0
-        with self._open() as f:
-            numbered = (
-                (number, line)
-                for number, line in enumerate(f, start=1)
-                if line.strip() and not line.lstrip().startswith("#")
-            )
-            if self.header:
-                next(numbered, None)
-            while True:
-                chunk = list(itertools.islice(numbered, rows))
-                if not chunk:
-                    return
-                self._line_of = [number for number, _ in chunk]
-                self._row0 = start
-                yield start, self._parse([line for _, line in chunk])
-                start += len(chunk)
-
-    def _parse(self, lines: list[str]) -> np.ndarray:
-        try:
-            block = np.loadtxt(lines, delimiter=self.delimiter, dtype=np.float64,
-                               ndmin=2, comments=None)
-        except ValueError as exc:
-            raise InvalidInputError(self._explain(str(exc))) from None
-        if block.shape[1] != self.shape[1]:
-            raise InvalidInputError(
-                f"{self.name}, line {self._line_of[0]}: {block.shape[1]} fields where the "
-                f"first row has {self.shape[1]}."
-            )
-        return block
-
-    def _explain(self, message: str) -> str:
-        import re
-
-        bad = re.search(r"could not convert string '(.*)' to \w+ at row (\d+), column (\d+)",
-                        message)
-        if bad:
-            text, row, column = bad.group(1), int(bad.group(2)), int(bad.group(3))
-            what = "an empty field" if text == "" else f"{text!r}, which is not a number,"
-            return (f"{self.name}, line {self._line_of[row]}: {what} in field {column}; "
-                    f"every field must be a number.")
-        ragged = re.search(r"number of columns changed from (\d+) to (\d+) at row (\d+)",
-                           message)
-        if ragged:
-            before, after, row = (int(g) for g in ragged.groups())
-            return (f"{self.name}, line {self._line_of[row - 1]}: {after} fields where the "
-                    f"previous rows have {before}; every row needs the same number of "
-                    f"fields.")
-        return f"{self.name}: cannot parse the file as numbers ({message})."
-
-    def where(self, row: int) -> str:
-        offset = row - getattr(self, "_row0", 0)
-        if 0 <= offset < len(self._line_of):
-            return f" (line {self._line_of[offset]})"
-        return ""
-
-
-def _open_npy(path: str) -> Reader:
-    try:
-        array = np.load(path, mmap_mode="r", allow_pickle=False)
-    except ValueError as exc:
-        raise InvalidInputError(f"cannot read {path} as a NumPy .npy file ({exc}).") from None
-    return ArrayReader(array, path)
-
-
-def _open_npz(path: str, dataset: str | None) -> Reader:
-    import scipy.sparse as sp
+def is_sparse_source(path: str, *, dataset: str | None = None, **options: Any) -> bool:
+    """True when ``path`` holds a sparse matrix, told without reading its values;
+    False when unsure."""
+    from .io import open_source
 
     try:
-        return SparseReader(sp.load_npz(path), path)
-    except (ValueError, KeyError, OSError):
-        pass  # not a SciPy sparse archive: try a NumPy archive of arrays
-    try:
-        archive = np.load(path, allow_pickle=False)
-    except Exception as exc:
-        raise InvalidInputError(
-            f"cannot read {path} as a SciPy sparse matrix or a NumPy .npz archive ({exc})."
-        ) from None
-    with archive:
-        names = list(archive.files)
-        if dataset is None:
-            if len(names) != 1:
-                raise InvalidInputError(
-                    f"{path} holds {len(names)} arrays ({', '.join(names) or 'none'}); "
-                    f"name one with --dataset."
-                )
-            dataset = names[0]
-        if dataset not in names:
-            raise InvalidInputError(
-                f"{path} has no array {dataset!r}; it holds: {', '.join(names)}."
-            )
-        array = archive[dataset]
-    return ArrayReader(array, f"{path}:{dataset}", streaming=False)
-
-
-def _open_mtx(path: str) -> Reader:
-    import scipy.io
-
-    try:
-        matrix = scipy.io.mmread(path)
-    except Exception as exc:
-        raise InvalidInputError(f"cannot read {path} as Matrix Market ({exc}).") from None
-    import scipy.sparse as sp
-
-    if sp.issparse(matrix):
-        return SparseReader(matrix, path)
-    return ArrayReader(np.asarray(matrix), path, streaming=False)
-
-
-def _open_hdf5(path: str, dataset: str | None) -> Reader:
-    try:
-        import h5py
-    except ImportError:
-        raise DnmfError("reading HDF5 files needs h5py: pip install 'dnmf[hdf5]'.") from None
-    try:
-        f = h5py.File(path, "r")
-    except OSError as exc:
-        raise InvalidInputError(f"cannot read {path} as HDF5 ({exc}).") from None
-    try:
-        if dataset is None:
-            found: list[str] = []
-            f.visititems(
-                lambda name, obj: found.append(name)
-                if isinstance(obj, h5py.Dataset) and obj.ndim == 2 else None
-            )
-            if len(found) != 1:
-                listing = ", ".join(found) if found else "none"
-                raise InvalidInputError(
-                    f"{path} holds {len(found)} 2-D datasets ({listing}); name one with "
-                    f"--dataset."
-                )
-            dataset = found[0]
-        obj = f.get(dataset)
-        if not isinstance(obj, h5py.Dataset):
-            raise InvalidInputError(f"{path} has no dataset {dataset!r}.")
-        chunks = obj.chunks[0] if obj.chunks else None
-        return ArrayReader(obj, f"{path}:{dataset}", row_chunk=chunks, closer=f.close)
-    except BaseException:
-        f.close()
-        raise
-
-
-def _open_zarr(path: str, dataset: str | None) -> Reader:
-    import zarr
-
-    if "://" not in path and not os.path.exists(path):
-        raise InvalidInputError(f"{path} does not exist.")
-    try:
-        node = zarr.open(store=path, mode="r")
-    except Exception as exc:
-        raise InvalidInputError(f"cannot open {path} as Zarr ({exc}).") from None
-    from ._source import is_csr_group
-
-    if is_csr_group(node) and dataset is None:
-        return CSRGroupReader(node, path)
-    if isinstance(node, zarr.Group):
-        if dataset is None:
-            arrays = [name for name, _ in node.arrays()]
-            if len(arrays) != 1:
-                raise InvalidInputError(
-                    f"{path} is a Zarr group with {len(arrays)} arrays "
-                    f"({', '.join(arrays) or 'none'}); name one with --dataset."
-                )
-            dataset = arrays[0]
-        try:
-            node = node[dataset]
-        except KeyError:
-            raise InvalidInputError(f"{path} has no array {dataset!r}.") from None
-        if is_csr_group(node):
-            return CSRGroupReader(node, f"{path}/{dataset}")
-        if not isinstance(node, zarr.Array):
-            raise InvalidInputError(f"{path}/{dataset} is a group, not an array.")
-        path = f"{path}/{dataset}"
-    return ArrayReader(node, path, row_chunk=int(node.chunks[0]))
-
-
-def is_sparse_source(path: str, *, dataset: str | None = None) -> bool:
-    """True when ``path`` holds a sparse matrix (SciPy ``.npz``, coordinate ``.mtx``,
-    CSR Zarr group), told from its header alone; False when unsure."""
-    path = os.fspath(path)
-    try:
-        fmt = detect_format(path)
-        if fmt == "npz":
-            with np.load(path, allow_pickle=False) as archive:
-                return {"format", "shape", "data"} <= set(archive.files)
-        if fmt == "mtx":
-            import scipy.io
-
-            return scipy.io.mminfo(path)[3] == "coordinate"
-        if fmt == "zarr":
-            import zarr
-
-            from ._source import is_csr_group
-
-            node: Any = zarr.open(store=path, mode="r")
-            if dataset is not None:
-                node = node[dataset]
-            return is_csr_group(node)
+        return bool(open_source(os.fspath(path), dataset=dataset, **options).sparse)
     except Exception:
         return False
-    return False
 
 
-def open_reader(path: str, *, dataset: str | None = None) -> Reader:
-    """A :class:`Reader` for ``path`` (format from its name), or a clear error."""
+def open_reader(path: str, *, dataset: str | None = None, **options: Any) -> Reader:
+    """A :class:`Reader` over the rows of ``path`` (any format :func:`dnmf.io.open_source`
+    reads), or a clear error."""
+    from .io import open_source
+
     path = os.fspath(path)
-    fmt = detect_format(path)
-    if fmt != "zarr" and not os.path.exists(path):
-        raise InvalidInputError(f"{path} does not exist.")
-    if fmt != "zarr" and os.path.isdir(path):
-        raise InvalidInputError(f"{path} is a directory, not a {fmt} file.")
-    if dataset is not None and fmt not in ("npz", "hdf5", "zarr"):
-        raise InvalidParameterError(
-            f"dataset {dataset!r} (--dataset) names an array inside a container (NPZ, "
-            f"HDF5, Zarr group), but {path} ({fmt.upper()}) holds one matrix: leave the "
-            f"dataset out."
-        )
-    if fmt == "npy":
-        return _open_npy(path)
-    if fmt == "npz":
-        return _open_npz(path, dataset)
-    if fmt == "mtx":
-        return _open_mtx(path)
-    if fmt in ("csv", "tsv"):
-        return TextReader(path, "," if fmt == "csv" else "\t")
-    if fmt == "hdf5":
-        return _open_hdf5(path, dataset)
-    return _open_zarr(path, dataset)
+    return open_source(path, dataset=dataset, **options).reader()
 
 
 # ------------------------------------------------------------------ checking
-def _check_block(block: np.ndarray, start: int, reader: Reader) -> None:
-    """Refuse NaN, ±inf and negative values, naming the first one's position."""
-    if block.dtype.kind in "bu":
-        return
-    nonfinite = ~np.isfinite(block) if block.dtype.kind == "f" else None
-    for mask, what, fix in (
-        (nonfinite, "NaN or infinite", "impute or drop them first"),
-        (block < 0, "negative", "shift or clip the data first"),
-    ):
-        if mask is None or not mask.any():
-            continue
-        r, c = (int(i) for i in np.unravel_index(int(np.argmax(mask)), mask.shape))
-        raise InvalidInputError(
-            f"{reader.name} has a {what} value ({float(block[r, c]):g}) at row {start + r}, "
-            f"column {c}{reader.where(start + r)}: NMF needs finite, non-negative data; "
-            f"{fix}."
-        )
-
-
 def _cast(block: np.ndarray, start: int, reader: Reader, dtype: np.dtype) -> np.ndarray:
     """``block`` checked, in ``dtype``; values that overflow the cast are refused."""
-    _check_block(block, start, reader)
+    check_block(block, start, reader)
     with np.errstate(over="ignore"):
         cast = block.astype(dtype, copy=False)
     if cast is not block and block.dtype.kind == "f" and not np.isfinite(cast).all():
@@ -654,6 +205,10 @@ def convert(
     attributes: dict[str, Any] | None = None,
     on_rows: Callable[[int, int], None] | None = None,
     dense: bool = False,
+    layer: str | None = None,
+    raw: bool = False,
+    index_col: int | bool | None = None,
+    storage_options: dict[str, Any] | None = None,
 ) -> ConvertResult:
     """Write ``src`` as a Zarr v3 array at ``dst``, chunked by rows.
 
@@ -683,6 +238,13 @@ def convert(
         Told how many rows of the source have been read.
     dense : bool, default=False
         Write a sparse source as a dense array too.
+    layer, raw, index_col, storage_options
+        As for :func:`dnmf.io.open_source`.
+
+    The source's row and column names (AnnData obs/var, a CSV header and index
+    column, 10x barcodes and genes) are recorded in the attributes of the array
+    written (``dnmf.obs_names``, ``dnmf.var_names``; up to :data:`MAX_NAMES` each),
+    where :func:`dnmf.io.open_source` finds them again.
 
     Raises
     ------
@@ -697,7 +259,11 @@ def convert(
         raise InvalidParameterError(
             f"--chunk-rows must be a positive number of rows, got {chunk_rows!r}."
         )
-    with open_reader(src_text, dataset=dataset) as reader:
+    from .io import open_source
+
+    source = open_source(src_text, dataset=dataset, layer=layer, raw=raw,
+                         index_col=index_col, storage_options=storage_options)
+    with source.reader() as reader:
         out_dtype = _output_dtype(dtype, reader.dtype)
         n, m = reader.shape
         sparse = reader.sparse and not dense
@@ -716,6 +282,7 @@ def convert(
                 else src_text,
                 "dataset": dataset,
                 "transposed": bool(transpose),
+                **_names(source, transpose),
                 **(attributes or {}),
             }
         }
@@ -741,6 +308,22 @@ def convert(
         finally:
             _remove(scratch)
         return ConvertResult(str(dst_path), written, str(out_dtype), rows, reader.streaming)
+
+
+#: Names kept in a converted array's attributes, at most, per axis.
+MAX_NAMES = 200_000
+
+
+def _names(source: Any, transpose: bool) -> dict[str, Any]:
+    """Row and column names to record, when the source has them (and not too many)."""
+    found = {}
+    for key, names in (("obs_names", source.obs_names), ("var_names", source.var_names)):
+        if names is not None and len(names) <= MAX_NAMES:
+            found[key] = list(names)
+    if transpose:
+        swap = {"obs_names": "var_names", "var_names": "obs_names"}
+        found = {swap[k]: v for k, v in found.items()}
+    return found
 
 
 def _read_rows(reader: Reader, chunk_rows: int, row_bytes: int) -> int:

@@ -29,6 +29,7 @@ from ._validation import (
     resolve_seed,
 )
 from .errors import InvalidInputError, NotFittedError
+from .io import engine_input
 
 __all__ = ["NMF", "non_negative_factorization"]
 
@@ -352,7 +353,7 @@ class NMF:
         """
         self._check_fitted()
         params = self._checked()
-        source = as_source(X)
+        source = as_source(engine_input(X))
         if source.shape[1] != self.n_features_in_:
             raise InvalidInputError(
                 f"X has {source.shape[1]} features, but {type(self).__name__} is "
@@ -429,7 +430,7 @@ def non_negative_factorization(
         return W_out, est.components_, est.n_iter_
     if H is None:
         raise InvalidInputError("update_H=False needs H: pass the fixed H.")
-    source = as_source(X)
+    source = as_source(engine_input(X))
     k = int(np.shape(H)[0]) if n_components == "auto" else int(n_components)
     H_fixed = check_custom_factor(H, "H", (k, source.shape[1]), source.dtype)
     est.components_ = H_fixed

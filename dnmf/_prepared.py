@@ -13,6 +13,7 @@ import numpy as np
 from . import _engine
 from ._backend import Backend, get_backend
 from ._source import PanelSource, as_source, load_panel, snap_bounds
+from .io import engine_input
 
 __all__ = ["PreparedInput"]
 
@@ -32,7 +33,7 @@ class PreparedInput:
         cache: bool = False,
         scan: bool = True,
     ) -> None:
-        self.source: PanelSource = as_source(X)
+        self.source: PanelSource = as_source(engine_input(X))
         self.backend: Backend = get_backend(scheduler)
         if layout is not None and layout[0][-1][1] == self.source.shape[0]:
             # A run's own panels and W chunk height, as it recorded them.

@@ -205,6 +205,8 @@ class Checkpointer:
 # ------------------------------------------------------- fitting into a store
 def _source_location(X: Any) -> str | None:
     """A path or URL from which V can be opened again, if it has one."""
+    if type(X).__name__ == "Source" and hasattr(X, "location"):  # dnmf.io.Source
+        return X.location
     if isinstance(X, str | os.PathLike):
         text = os.fspath(X)
         return text if "://" in text else os.path.abspath(text)

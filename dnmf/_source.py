@@ -228,7 +228,8 @@ def _csr_group(group: Any, where: str) -> CSRGroup:
             arr = group[name]
         except KeyError:
             arr = None
-        if arr is None or type(arr).__name__ != "Array" or len(arr.shape) != 1:
+        # A Zarr array, or anything array-like (an HDF5 dataset seen by dnmf.io).
+        if arr is None or getattr(arr, "dtype", None) is None or len(arr.shape) != 1:
             raise InvalidInputError(
                 f"CSR group {where} is malformed: it needs 1-D arrays 'data', 'indices' "
                 f"and 'indptr'; {name!r} is missing or not a 1-D array. {hint}"

@@ -1,4 +1,4 @@
-"""The ``dnmf`` command: convert, fit, resume, info, transform, export, plot, demo.
+"""The ``dnmf`` command: convert, fit, resume, info, transform, export, top, plot, demo.
 
 Each command is a thin layer over the library (:class:`dnmf.NMF`, the run store,
 :mod:`dnmf._convert`, :mod:`dnmf._plot`) in a module of its own: it parses options,
@@ -18,7 +18,18 @@ A new command is a new module here, imported below so that it registers on ``app
 
 from __future__ import annotations
 
-from . import convert, demo, export, fit, info, plot, rank, resume, transform  # noqa: F401  (register)
+from . import (  # noqa: F401  (each command registers on app)
+    convert,
+    demo,
+    export,
+    fit,
+    info,
+    plot,
+    rank,
+    resume,
+    top,
+    transform,
+)
 from ._app import app
 from ._dispatch import main, run
 

@@ -36,8 +36,9 @@ def _source_identity(src: str, **options: Any) -> dict[str, Any]:
 def _zarr_array_info(path: str) -> tuple[tuple[int, ...], np.dtype, int, bool]:
     """Shape, stored dtype, row chunk and whether it is a sparse (CSR) group."""
     from .._source import as_source
+    from ..io import engine_input
 
-    source = as_source(path)
+    source = as_source(engine_input(path))
     sparse = source.kind == "zarr-csr"
     return (source.shape, np.dtype(source.data.dtype),
             int(source.row_chunk or source.shape[0]), sparse)
@@ -46,6 +47,7 @@ def _zarr_array_info(path: str) -> tuple[tuple[int, ...], np.dtype, int, bool]:
 def _prepare_input(
     src: str, out: str, *, dtype: str | None, chunk_rows: int | None, transpose: bool,
     dataset: str | None, overwrite: bool, dense: bool = False,
+    reading: dict[str, Any] | None = None,
 ) -> tuple[str, Path | None, Path | None]:
     """A Zarr array path for ``src``: itself, or a conversion next to ``out``.
 
@@ -56,14 +58,28 @@ def _prepare_input(
     fit has committed).
     """
     from .._convert import convert, detect_format, is_sparse_source, is_zarr
+    from ..io import open_source
+    from ..io._base import split_inner
 
+    reading = {k: v for k, v in (reading or {}).items()
+               if v is not None and not (k == "raw" and v is False)}
     fmt = detect_format(src)
-    if fmt != "zarr" and not os.path.exists(src):
+    if fmt != "zarr" and not os.path.exists(split_inner(src)[0]):
         raise InvalidInputError(f"{src} does not exist.")
+    plain = not (transpose or dense or dtype is not None or chunk_rows is not None)
+    if fmt == "hdf5" and plain:
+        # HDF5 (AnnData, 10x, plain) is read by row panels where it lies: no copy.
+        source = open_source(src, dataset=dataset, **reading)
+        if source.streamed and source.location is not None:
+            notes = f" ({'; '.join(source.notes)})" if source.notes else ""
+            _say(f"reading {src} where it is, by row panels{notes}")
+            return source.location, None, None
     if fmt == "zarr":
         path = src if dataset is None else f"{src.rstrip('/')}/{dataset}"
         if "://" not in path and not os.path.exists(path):
             raise InvalidInputError(f"{src} does not exist.")
+        if reading:
+            path = open_source(src, dataset=dataset, **reading).location or path
         _, stored, rows, sparse = _zarr_array_info(path)
         if sparse and not dense and (transpose or dtype is not None
                                      or chunk_rows is not None):
@@ -87,13 +103,14 @@ def _prepare_input(
         )
     target = _input_store_for(out)
     options = {"dtype": dtype, "chunk_rows": chunk_rows, "transpose": transpose,
-               "dataset": dataset}
-    if not dense and is_sparse_source(src, dataset=dataset):
+               "dataset": dataset, **reading}
+    if not dense and is_sparse_source(src, dataset=dataset, **reading):
         options["sparse"] = True  # written as a CSR group; dense copies keep the old key set
     if "://" in src:
         identity = {"source": src, **options}
-    elif os.path.isfile(src):
-        identity = _source_identity(src, **options)
+    elif os.path.isfile(split_inner(src)[0]):
+        identity = {**_source_identity(split_inner(src)[0], **options),
+                    "source": os.path.abspath(src)}
     else:  # a Zarr directory: its metadata file says when it was last rewritten
         meta = next((p for p in (Path(src) / "zarr.json", Path(src) / ".zarray")
                      if p.exists()), Path(src))
@@ -120,7 +137,8 @@ def _prepare_input(
         with _row_progress(f"converting {Path(src).name}") as on_rows:
             result = convert(src, target, chunk_rows=chunk_rows, dtype=dtype,
                              transpose=transpose, dataset=dataset, overwrite=True,
-                             attributes={"input_of": identity}, on_rows=on_rows, dense=dense)
+                             attributes={"input_of": identity}, on_rows=on_rows, dense=dense,
+                             **reading)
     except BaseException:
         _put_back(target, aside)
         raise

@@ -1,13 +1,14 @@
-"""Option types shared by several commands: the named choices and sizes such as 64MiB.
-"""
+"""Option types shared by several commands: named choices, sizes such as 64MiB, and
+the reader options (--layer, --raw, --index-col)."""
 
 from __future__ import annotations
 
 from enum import Enum
+from typing import Annotated, Any
 
-from ..errors import (
-    InvalidParameterError,
-)
+import typer
+
+from ..errors import InvalidParameterError
 
 
 def _parse_size(text: str, option: str = "--max-size") -> int:
@@ -77,3 +78,31 @@ class DtypeName(str, Enum):
     float32 = "float32"
     float64 = "float64"
 
+
+
+def _index_col(value: str) -> int | bool | None:
+    text = value.strip().lower()
+    if text == "auto":
+        return None
+    if text == "none":
+        return False
+    if text.isdigit():
+        return int(text)
+    raise typer.BadParameter(f"must be auto, none or a column number (0 is the first), got "
+                             f"{value!r}.")
+
+
+LayerOpt = Annotated[str | None, typer.Option(
+    "--layer", help="AnnData (.h5ad or Zarr): fit layers[NAME] instead of X.",
+    show_default=False)]
+RawOpt = Annotated[bool, typer.Option(
+    "--raw", help="AnnData: fit raw.X instead of X.")]
+IndexColOpt = Annotated[str, typer.Option(
+    "--index-col", metavar="auto|none|N",
+    help="CSV/TSV: the column of row names (auto: detected, e.g. pandas' to_csv index; "
+    "none: every column is data).")]
+
+
+def reading_options(layer: str | None, raw: bool, index_col: str) -> dict[str, Any]:
+    """The reader options (:func:`dnmf.io.open_source`) the command line was given."""
+    return {"layer": layer, "raw": raw, "index_col": _index_col(index_col)}

@@ -10,7 +10,7 @@ import numpy as np
 import typer
 
 from ._app import _exit_code, app
-from ._options import DtypeName
+from ._options import DtypeName, IndexColOpt, LayerOpt, RawOpt, reading_options
 from ._output import _bytes, _fmt_duration, _result, _row_progress, _say
 
 
@@ -38,8 +38,15 @@ def convert(
     dense: Annotated[bool, typer.Option(
         "--dense", help="Write a sparse SRC as a dense array [default: a sparse SRC is "
         "written as a CSR Zarr group].")] = False,
+    layer: LayerOpt = None,
+    raw: RawOpt = False,
+    index_col: IndexColOpt = "auto",
 ) -> None:
     """Convert a data file to a Zarr v3 array chunked by rows, streaming.
+
+    SRC is anything dnmf reads (see docs/formats.md): .npy, .npz, .mtx, .csv/.tsv,
+    .h5/.hdf5, AnnData .h5ad or Zarr (X, --layer NAME or --raw), a 10x Genomics .h5
+    (cells × genes), a Zarr array or group. Row and column names come along.
 
     .npy is memory-mapped, .csv/.tsv (optionally .gz) are parsed in blocks of rows,
     HDF5, Zarr arrays and CSR Zarr groups are read by slices: none of them is
@@ -59,7 +66,7 @@ def convert(
             result = run_convert(
                 src, dst, chunk_rows=chunk_rows, dtype=dtype.value if dtype else None,
                 transpose=transpose, dataset=dataset, overwrite=overwrite, on_rows=on_rows,
-                dense=dense,
+                dense=dense, **reading_options(layer, raw, index_col),
             )
     except KeyboardInterrupt as exc:
         _say(f"interrupted: {dst} was not written.")

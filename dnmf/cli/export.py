@@ -1,4 +1,5 @@
-"""``dnmf export``: W and H of a run to plain files (NumPy or CSV)."""
+"""``dnmf export``: W and H of a run to plain files (NumPy or CSV, with names), or
+into the AnnData file or store the run was fitted on (``--into``)."""
 
 from __future__ import annotations
 
@@ -11,10 +12,7 @@ from typing import Annotated, Any
 import numpy as np
 import typer
 
-from ..errors import (
-    DnmfError,
-    StoreError,
-)
+from ..errors import DnmfError, InvalidParameterError, StoreError
 from ._app import _exit_code, app
 from ._options import _parse_size
 from ._output import _bytes, _result, _say
@@ -33,8 +31,13 @@ class ExportFormat(str, Enum):
 def export(
     run: Annotated[str, typer.Argument(metavar="RUN", help="The run store (RUN.zarr).",
                                        show_default=False)],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Directory to write W and H into.",
-                                      show_default=False, file_okay=False)],
+    out: Annotated[Path | None, typer.Option(
+        "--out", "-o", help="Directory to write W and H into.", show_default=False,
+        file_okay=False)] = None,
+    into: Annotated[str | None, typer.Option(
+        "--into", metavar="ANNDATA", help="Add W (obsm['X_nmf']), H transposed "
+        "(varm['NMF_components']) and the fit's record (uns['nmf']) to this .h5ad file or "
+        "AnnData Zarr store, leaving X as it is.", show_default=False)] = None,
     fmt: Annotated[ExportFormat, typer.Option(
         "--format", help="npy (NumPy) or csv.")] = ExportFormat.npy,
     max_size: Annotated[str, typer.Option(
@@ -42,10 +45,29 @@ def export(
     = DEFAULT_EXPORT_LIMIT,
     force: Annotated[bool, typer.Option("--force", help="Export W whatever its size.")] = False,
     overwrite: Annotated[bool, typer.Option(
-        "--overwrite", help="Replace W and H files already in --out.")] = False,
+        "--overwrite", help="Replace W and H files already in --out (or the entries "
+        "already in --into).")] = False,
 ) -> None:
-    """Write W and H of a run to plain files (W.npy and H.npy, or W.csv and H.csv)."""
+    """Write W and H of a run to plain files (W.npy and H.npy, or W.csv and H.csv), or
+    into an AnnData file (--into cells.h5ad).
+
+    CSV files carry the row and feature names of the data where it had them (a
+    header line and an index column, as pandas writes them). --into writes atomically:
+    a failed export leaves the file as it was.
+    """
+    if (out is None) == (into is None):
+        raise InvalidParameterError("give --out DIR (plain files) or --into ANNDATA, one "
+                                    "of them.")
     r = _open_run(run)
+    if into is not None:
+        from ..io import write_into
+
+        write_into(r, into, overwrite=overwrite)
+        n, k = r.shape[0], int(r.params["n_components"])
+        _result(f"wrote into {into}: obsm['X_nmf'] ({n} × {k}), varm['NMF_components'] "
+                f"({r.shape[1]} × {k}), uns['nmf']")
+        return
+    assert out is not None
     limit = _parse_size(max_size)
     n, k = r.shape[0], int(r.params["n_components"])
     size = n * k * r.dtype.itemsize
@@ -70,8 +92,9 @@ def export(
     written: list[str] = []
     try:
         check_writable(out, str(out))
+        labels = _labels(r) if ext == "csv" else {"W": None, "H": None}
         for name, data in (("W", r.W), ("H", r.H)):
-            _export_one(data, targets[name], ext)
+            _export_one(data, targets[name], ext, labels[name])
             written.append(str(targets[name]))
     except KeyboardInterrupt as exc:
         _say("interrupted: " + (f"only {', '.join(written)} written." if written
@@ -83,8 +106,29 @@ def export(
     _result(f"wrote {targets['W']} ({n} × {k}) and {targets['H']} ({k} × {r.shape[1]})")
 
 
-def _export_one(data: Any, target: Path, ext: str) -> None:
-    """One factor to ``target``, streamed a block of rows at a time, renamed when done."""
+def _labels(r: Any) -> dict[str, tuple[list[str], list[str]] | None]:
+    """(row names, column names) of W and H for CSV, when the data had names."""
+    from ..io._anndata import names_of_run
+
+    obs, var = names_of_run(r)
+    k = int(r.params["n_components"])
+    components = [f"nmf_{i}" for i in range(k)]
+    return {"W": (obs, components) if obs is not None else None,
+            "H": (components, var) if var is not None else None}
+
+
+def _csv_field(name: str) -> str:
+    if any(c in name for c in ',"\n\r'):
+        return '"' + name.replace('"', '""') + '"'
+    return name
+
+
+def _export_one(data: Any, target: Path, ext: str,
+                labels: tuple[list[str], list[str]] | None = None) -> None:
+    """One factor to ``target``, streamed a block of rows at a time, renamed when done.
+
+    With ``labels`` (row names, column names), a CSV gets a header line and an index
+    column, as ``pandas.DataFrame.to_csv`` writes them."""
     tmp = target.with_name(f".{target.stem}.tmp-{os.getpid()}{target.suffix}")
     blocks: list[tuple[int, Any]]
     if hasattr(data, "dask"):
@@ -104,9 +148,16 @@ def _export_one(data: Any, target: Path, ext: str) -> None:
         else:
             precision = "%.9g" if np.dtype(data.dtype) == np.float32 else "%.17g"
             with open(tmp, "w") as f:
-                for _, block in blocks:
+                if labels is not None:
+                    f.write("," + ",".join(_csv_field(c) for c in labels[1]) + "\n")
+                for start, block in blocks:
                     values = np.asarray(block.compute() if hasattr(block, "compute") else block)
-                    np.savetxt(f, values, delimiter=",", fmt=precision)
+                    if labels is None:
+                        np.savetxt(f, values, delimiter=",", fmt=precision)
+                        continue
+                    for i, row in enumerate(values):
+                        f.write(_csv_field(labels[0][start + i]) + "," +
+                                ",".join(precision % v for v in row) + "\n")
         os.replace(tmp, target)
     except BaseException:
         tmp.unlink(missing_ok=True)

@@ -18,7 +18,17 @@ from ..errors import (
 )
 from ._app import _exit_code, app
 from ._inputs import _make_parent, _prepare_input, _put_back, _refuse_foreign, _zarr_array_info
-from ._options import DtypeName, InitName, SolverName, _parse_loss, _parse_size
+from ._options import (
+    DtypeName,
+    IndexColOpt,
+    InitName,
+    LayerOpt,
+    RawOpt,
+    SolverName,
+    _parse_loss,
+    _parse_size,
+    reading_options,
+)
 from ._output import _absolute, _say
 from ._runs import _has_commit, _interrupted, _lost, _replacing, _report_fit
 from ._scheduler import (
@@ -98,6 +108,9 @@ def fit(
     dense: Annotated[bool, typer.Option(
         "--dense", help="Convert a sparse INPUT to a dense array first [default: sparse "
         "INPUT is fitted sparse, as a CSR Zarr group].")] = False,
+    layer: LayerOpt = None,
+    raw: RawOpt = False,
+    index_col: IndexColOpt = "auto",
 ) -> None:
     """Factorize INPUT ≈ W·H and store the run (W, H, state) in --out.
 
@@ -124,6 +137,7 @@ def fit(
         path, created, aside = _prepare_input(
             input, out, dtype=dtype.value if dtype else None, chunk_rows=chunk_rows,
             transpose=transpose, dataset=dataset, overwrite=overwrite, dense=dense,
+            reading=reading_options(layer, raw, index_col),
         )
     except KeyboardInterrupt as exc:
         _say(f"interrupted while converting {input}: nothing was written.")

@@ -11,7 +11,7 @@ import typer
 
 from ._app import _exit_code, app
 from ._inputs import _swap_into_place, _write_array
-from ._options import _parse_size
+from ._options import IndexColOpt, LayerOpt, RawOpt, _parse_size, reading_options
 from ._output import _absolute, _result, _row_progress, _say
 from ._runs import _open_run
 from ._scheduler import PanelSizeOpt, SchedulerFileOpt, SchedulerOpt, _check_scheduler, _scheduler
@@ -35,9 +35,16 @@ def transform(
     panel_size: PanelSizeOpt = None,
     overwrite: Annotated[bool, typer.Option(
         "--overwrite", help="Replace --out if it exists.")] = False,
+    layer: LayerOpt = None,
+    raw: RawOpt = False,
+    index_col: IndexColOpt = "auto",
 ) -> None:
     """W for new rows with the run's H fixed, written to a Zarr array."""
     from .._convert import check_destination, convert, detect_format
+    from ..io import open_source
+
+    reading = {k: v for k, v in reading_options(layer, raw, index_col).items()
+               if (v is not None and v is not False) or (k == "index_col" and v is False)}
 
     _check_scheduler(scheduler, scheduler_file)
     panel_bytes = None if panel_size is None else _parse_size(panel_size, "--panel-size")
@@ -48,13 +55,18 @@ def transform(
     tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
     try:
         source = new
-        if detect_format(new) != "zarr" or dataset is not None:
+        opened = open_source(new, dataset=dataset, **reading) \
+            if detect_format(new) == "hdf5" or reading else None
+        if opened is not None and opened.streamed and opened.location is not None:
+            source = opened.location  # read by row panels where it is
+        elif detect_format(new) != "zarr" or dataset is not None:
             if detect_format(new) == "zarr":
                 source = f"{new.rstrip('/')}/{dataset}"
             else:
                 scratch = target.with_name(f".{target.name}.input-{os.getpid()}")
                 with _row_progress(f"reading {Path(new).name}") as on_rows:
-                    convert(new, scratch, dataset=dataset, overwrite=True, on_rows=on_rows)
+                    convert(new, scratch, dataset=dataset, overwrite=True, on_rows=on_rows,
+                            **reading)
                 source = str(scratch)
         with _scheduler(scheduler, scheduler_file) as client:
             est.set_params(out=None, verbose=0, scheduler=client)

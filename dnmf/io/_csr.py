@@ -1,4 +1,4 @@
-"""Writing V for dnmf: sparse matrices as CSR Zarr groups (the AnnData encoding).
+"""Writing sparse matrices as CSR Zarr groups (the AnnData encoding) that dnmf reads.
 
 A CSR group holds three 1-D arrays, ``data`` (the stored values), ``indices`` (their
 column numbers) and ``indptr`` (row ``i`` is ``data[indptr[i]:indptr[i + 1]]``), and
@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from ._source import CSR_ENCODING
-from .errors import InvalidInputError, InvalidParameterError
+from .._source import CSR_ENCODING
+from ..errors import InvalidInputError, InvalidParameterError
 
 __all__ = ["write_csr_zarr"]
 

@@ -1,0 +1,144 @@
+"""Readers of single files: NumPy ``.npy`` (memory-mapped) and ``.npz``, Matrix Market
+``.mtx``, delimited text ``.csv``/``.tsv`` (optionally gzipped)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+
+from ..errors import InvalidInputError
+from ._base import Engine, Source, register
+from ._blocks import (
+    ArrayReader,
+    SparseReader,
+    TextReader,
+    check_2d,
+    check_block,
+    numeric_dtype,
+)
+
+
+def _magic(path: str, prefix: bytes) -> bool:
+    if "://" in path or not os.path.isfile(path):
+        return False
+    try:
+        with open(path, "rb") as f:
+            return f.read(len(prefix)) == prefix
+    except OSError:
+        return False
+
+
+def _local(path: str) -> str:
+    return os.path.abspath(path)
+
+
+def open_npy(path: str, **options: Any) -> Source:
+    try:
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+    except ValueError as exc:
+        raise InvalidInputError(f"cannot read {path} as a NumPy .npy file ({exc}).") from None
+    shape = check_2d(tuple(array.shape), path)
+    dtype = numeric_dtype(array.dtype, path)
+    return Source("npy", path, shape, dtype, False, _local(path), lambda: array,
+                  blocks=lambda: ArrayReader(array, path))
+
+
+def open_npz(path: str, *, dataset: str | None = None, **options: Any) -> Source:
+    import scipy.sparse as sp
+
+    try:
+        matrix = sp.load_npz(path)
+    except (ValueError, KeyError, OSError):
+        matrix = None  # not a SciPy sparse archive: a NumPy archive of arrays
+    if matrix is not None:
+        if dataset is not None:
+            raise InvalidInputError(
+                f"{path} is a SciPy sparse matrix, not an archive of arrays: leave out the "
+                f"dataset {dataset!r} (--dataset)."
+            )
+        csr = matrix.tocsr()
+        shape = check_2d(tuple(csr.shape), path)
+        return Source("npz", path, shape, numeric_dtype(csr.dtype, path), True,
+                      _local(path), lambda: csr, streamed=False,
+                      blocks=lambda: SparseReader(csr, path))
+    try:
+        archive = np.load(path, allow_pickle=False)
+    except Exception as exc:
+        raise InvalidInputError(
+            f"cannot read {path} as a SciPy sparse matrix or a NumPy .npz archive ({exc})."
+        ) from None
+    with archive:
+        names = list(archive.files)
+        if dataset is None:
+            if len(names) != 1:
+                raise InvalidInputError(
+                    f"{path} holds {len(names)} arrays ({', '.join(names) or 'none'}); "
+                    f"name one with --dataset."
+                )
+            dataset = names[0]
+        if dataset not in names:
+            raise InvalidInputError(
+                f"{path} has no array {dataset!r}; it holds: {', '.join(names)}."
+            )
+        array = archive[dataset]
+    name = f"{path}:{dataset}"
+    shape = check_2d(tuple(array.shape), name)
+    return Source("npz", name, shape, numeric_dtype(array.dtype, name), False,
+                  f"{_local(path)}/{dataset}",
+                  lambda: array, streamed=False,
+                  blocks=lambda: ArrayReader(array, name, streaming=False))
+
+
+def open_mtx(path: str, **options: Any) -> Source:
+    import scipy.io
+    import scipy.sparse as sp
+
+    try:
+        matrix = scipy.io.mmread(path)
+    except Exception as exc:
+        raise InvalidInputError(f"cannot read {path} as Matrix Market ({exc}).") from None
+    if sp.issparse(matrix):
+        csr = matrix.tocsr()
+        shape = check_2d(tuple(csr.shape), path)
+        return Source("mtx", path, shape, numeric_dtype(csr.dtype, path), True, _local(path),
+                      lambda: csr, streamed=False, blocks=lambda: SparseReader(csr, path))
+    dense = np.asarray(matrix)
+    shape = check_2d(tuple(dense.shape), path)
+    return Source("mtx", path, shape, numeric_dtype(dense.dtype, path), False, _local(path),
+                  lambda: dense, streamed=False,
+                  blocks=lambda: ArrayReader(dense, path, streaming=False))
+
+
+def _text_opener(fmt: str, delimiter: str) -> Any:
+    def open_text(path: str, *, index_col: int | bool | None = None,
+                  **options: Any) -> Source:
+        if os.path.isdir(path):
+            raise InvalidInputError(f"{path} is a directory, not a {fmt} file.")
+        reader = TextReader(path, delimiter, index_col=index_col)
+
+        def load() -> np.ndarray:
+            # In memory for the engine (text cannot be sliced by rows): read once.
+            parts = []
+            for start, block in TextReader(path, delimiter, index_col=index_col).blocks(
+                    65536):
+                check_block(block, start, reader)
+                parts.append(block)
+            return np.concatenate(parts, axis=0)
+
+        return Source(fmt, path, reader.shape, reader.dtype, False, _local(path), load,
+                      streamed=False, notes=list(reader.notes),
+                      obs=reader.row_names, var=lambda: reader.feature_names,
+                      blocks=lambda: TextReader(path, delimiter, index_col=index_col))
+
+    return open_text
+
+
+register(Engine("npy", (".npy",), open_npy, lambda p: _magic(p, b"\x93NUMPY")))
+register(Engine("npz", (".npz",), open_npz, options=("dataset",)))
+register(Engine("mtx", (".mtx", ".mtx.gz"), open_mtx,
+                lambda p: _magic(p, b"%%MatrixMarket")))
+register(Engine("csv", (".csv", ".csv.gz"), _text_opener("csv", ","), options=("index_col",)))
+register(Engine("tsv", (".tsv", ".tsv.gz", ".tab"), _text_opener("tsv", "\t"),
+                options=("index_col",)))

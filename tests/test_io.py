@@ -1,0 +1,253 @@
+"""The reader layer (dnmf.io): files written by the real libraries (anndata, h5py,
+pandas, NumPy, SciPy, Zarr), in-memory objects, names, and bad inputs.
+
+Every format is opened with ``dnmf.io.open_source`` and checked against the matrix
+that was written (exactly), with its names; a few are fitted through
+``dnmf.NMF().fit(path)`` and compared with the fit of the same matrix in memory
+(the same code runs on the same numbers: equal to 1e-12 relative).
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import h5py
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import zarr
+
+import dnmf
+from dnmf.errors import InvalidInputError, InvalidParameterError
+from dnmf.io import open_source
+
+anndata = pytest.importorskip("anndata")
+pd = pytest.importorskip("pandas")
+
+N, M = 40, 12
+
+
+@pytest.fixture(scope="module")
+def V():
+    rng = np.random.default_rng(7)
+    dense = rng.random((N, M)) * (rng.random((N, M)) < 0.4)
+    dense[:, 0] += 0.5  # no empty row
+    return dense
+
+
+@pytest.fixture(scope="module")
+def names():
+    return [f"cell{i}" for i in range(N)], [f"gene{j}" for j in range(M)]
+
+
+@pytest.fixture(scope="module")
+def adata(V, names):
+    obs, var = names
+    a = anndata.AnnData(X=sp.csr_matrix(V), obs=pd.DataFrame(index=obs),
+                        var=pd.DataFrame(index=var))
+    a.layers["counts"] = np.round(V * 10)
+    a.raw = a.copy()
+    return a
+
+
+def _dense(array):
+    if isinstance(array, dnmf._source.PanelSource):
+        refs = array.panel_refs([(0, array.shape[0])])
+        block = refs[0].load()
+        return block.toarray() if sp.issparse(block) else np.asarray(block)
+    if type(array).__name__ == "Group":
+        return dnmf._source.as_source(array).panel_refs([(0, N)])[0].load().toarray()
+    return array.toarray() if sp.issparse(array) else np.asarray(array[:])
+
+
+def _fit(X):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        est = dnmf.NMF(3, init="nndsvda", max_iter=15, tol=0, random_state=0)
+        W = np.asarray(est.fit_transform(X))
+    return W, est.components_
+
+
+def test_h5ad_written_by_anndata(tmp_path, adata, V, names):
+    path = tmp_path / "cells.h5ad"
+    adata.write_h5ad(path)
+    src = open_source(str(path))
+    assert (src.format, src.shape, src.sparse, src.streamed) == ("h5ad", (N, M), True, True)
+    assert (src.obs_names, src.var_names) == names
+    np.testing.assert_array_equal(_dense(src.array), V)
+    # A layer (dense here) and raw/X, by option or by path.
+    layer = open_source(str(path), layer="counts")
+    assert not layer.sparse and layer.location.endswith("cells.h5ad/layers/counts")
+    np.testing.assert_array_equal(_dense(layer.array), np.round(V * 10))
+    by_path = open_source(layer.location)
+    np.testing.assert_array_equal(_dense(by_path.array), np.round(V * 10))
+    raw = open_source(str(path), raw=True)
+    np.testing.assert_array_equal(_dense(raw.array), V)
+    assert raw.var_names == names[1]
+    # NMF.fit(path) reads it by row panels: the same fit as in memory.
+    W_file, H_file = _fit(str(path))
+    W_mem, H_mem = _fit(sp.csr_matrix(V))
+    np.testing.assert_allclose(W_file, W_mem, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(H_file, H_mem, rtol=1e-12, atol=1e-14)
+
+
+def test_anndata_zarr_store_root_means_X(tmp_path, adata, V, names):
+    path = tmp_path / "cells.zarr"
+    adata.write_zarr(path)
+    src = open_source(str(path))
+    assert (src.format, src.shape, src.sparse) == ("anndata-zarr", (N, M), True)
+    assert (src.obs_names, src.var_names) == names
+    np.testing.assert_array_equal(_dense(src.array), V)
+    layer = open_source(str(path), layer="counts")
+    np.testing.assert_array_equal(_dense(layer.array), np.round(V * 10))
+    inner = open_source(str(path / "layers" / "counts"))  # a path into the store
+    assert inner.var_names == names[1]
+    with pytest.raises(InvalidInputError, match=r"no layer 'nope': its layers are counts"):
+        open_source(str(path), layer="nope")
+    W_file, _ = _fit(str(path))
+    W_mem, _ = _fit(sp.csr_matrix(V))
+    np.testing.assert_allclose(W_file, W_mem, rtol=1e-12, atol=1e-14)
+
+
+def test_npy_path_fits_like_the_array(tmp_path, V):
+    # Issue 12 item 6: NMF().fit("X.npy") works, through the same reader as the CLI.
+    np.save(tmp_path / "X.npy", V)
+    src = open_source(str(tmp_path / "X.npy"))
+    assert isinstance(src.array, np.memmap) and src.location == str(tmp_path / "X.npy")
+    W_file, H_file = _fit(str(tmp_path / "X.npy"))
+    W_mem, H_mem = _fit(V)
+    np.testing.assert_array_equal(W_file, W_mem)
+    np.testing.assert_array_equal(H_file, H_mem)
+
+
+def _tenx(path, V, barcodes, genes, version=3):
+    """A CellRanger feature-barcode matrix as h5py writes it: genes × cells, CSC."""
+    csc = sp.csc_matrix(V.T)  # genes × cells; CSC indptr runs over cells
+    with h5py.File(path, "w") as f:
+        g = f.create_group("matrix" if version == 3 else "GRCh38")
+        g["barcodes"] = np.array(barcodes, dtype="S")
+        g["data"] = csc.data.astype(np.int32 if version == 2 else np.float32)
+        g["indices"] = csc.indices.astype(np.int64)
+        g["indptr"] = csc.indptr.astype(np.int64)
+        g["shape"] = np.array(csc.shape, dtype=np.int32)
+        if version == 3:
+            feats = g.create_group("features")
+            feats["name"] = np.array(genes, dtype="S")
+            feats["id"] = np.array([f"ENSG{j:05d}" for j in range(len(genes))], dtype="S")
+            feats["feature_type"] = np.array(["Gene Expression"] * len(genes), dtype="S")
+        else:
+            g["genes"] = np.array([f"ENSG{j:05d}" for j in range(len(genes))], dtype="S")
+            g["gene_names"] = np.array(genes, dtype="S")
+
+
+@pytest.mark.parametrize("version", [3, 2])
+def test_cellranger_h5_is_cells_by_genes(tmp_path, V, names, version):
+    counts = np.round(V * 10)
+    path = tmp_path / "filtered_feature_bc_matrix.h5"
+    _tenx(path, counts, *names, version=version)
+    src = open_source(str(path))
+    assert (src.format, src.shape, src.sparse, src.streamed) == ("10x-h5", (N, M), True, True)
+    assert (src.obs_names, src.var_names) == names
+    np.testing.assert_array_equal(_dense(src.array), counts)
+    assert "read as 40 cells × 12 genes" in src.notes[0]
+
+
+def test_hdf5_dense_and_csr_groups(tmp_path, V):
+    csr = sp.csr_matrix(V)
+    with h5py.File(tmp_path / "m.h5", "w") as f:
+        f.create_dataset("dense", data=V, chunks=(8, M))
+        g = f.create_group("sparse")
+        g.attrs.update({"encoding-type": "csr_matrix", "encoding-version": "0.1.0",
+                        "shape": np.array([N, M])})
+        g["data"], g["indices"], g["indptr"] = csr.data, csr.indices, csr.indptr
+    with pytest.raises(InvalidInputError, match=r"holds 2 matrices .*dense, sparse.*--dataset"):
+        open_source(str(tmp_path / "m.h5"))
+    dense = open_source(str(tmp_path / "m.h5"), dataset="dense")
+    np.testing.assert_array_equal(_dense(dense.array), V)
+    sparse = open_source(str(tmp_path / "m.h5/sparse"))
+    assert sparse.sparse
+    np.testing.assert_array_equal(_dense(sparse.array), V)
+
+
+def test_csv_written_by_pandas_keeps_names_and_drops_the_index(tmp_path, V, names):
+    frame = pd.DataFrame(V, index=names[0], columns=names[1])
+    frame.to_csv(tmp_path / "named.csv")
+    pd.DataFrame(V, columns=names[1]).to_csv(tmp_path / "range.csv")  # index 0..n-1
+    frame.to_csv(tmp_path / "bare.tsv", sep="\t", index=False, header=False)
+    named = open_source(str(tmp_path / "named.csv"))
+    assert named.shape == (N, M)  # the index column is not feature 0
+    assert (named.obs_names, named.var_names) == names
+    assert any("index column 0" in note for note in named.notes)
+    np.testing.assert_allclose(named.array, V, rtol=1e-15)
+    ranged = open_source(str(tmp_path / "range.csv"))
+    assert ranged.shape == (N, M) and ranged.obs_names[:2] == ["0", "1"]
+    np.testing.assert_allclose(ranged.array, V, rtol=1e-15)
+    bare = open_source(str(tmp_path / "bare.tsv"))
+    assert bare.shape == (N, M) and bare.var_names is None and bare.obs_names is None
+    # --index-col none: every column is data (here: the first one is text, so refused).
+    with pytest.raises(InvalidInputError, match=r"not a number"):
+        _ = open_source(str(tmp_path / "named.csv"), index_col=False).array
+
+
+def test_objects_bring_their_names(V, names):
+    frame = pd.DataFrame(V, index=names[0], columns=names[1])
+    src = open_source(frame)
+    assert (src.obs_names, src.var_names) == names and src.shape == (N, M)
+    xr = pytest.importorskip("xarray")
+    da_ = xr.DataArray(V, dims=("cell", "gene"), coords={"cell": names[0], "gene": names[1]})
+    assert open_source(da_).var_names == names[1]
+    pl = pytest.importorskip("polars")
+    assert open_source(pl.DataFrame(frame.reset_index(drop=True))).var_names == names[1]
+    # NMF.fit on a DataFrame and on its values: the same fit.
+    W_frame, _ = _fit(frame)
+    W_mem, _ = _fit(V)
+    np.testing.assert_array_equal(W_frame, W_mem)
+
+
+def test_zarr_v2_and_v3(tmp_path, V):
+    for fmt in (2, 3):
+        z = zarr.create_array(store=str(tmp_path / f"v{fmt}.zarr"), shape=V.shape,
+                              chunks=(10, M), dtype=V.dtype, zarr_format=fmt)
+        z[:] = V
+        src = open_source(str(tmp_path / f"v{fmt}.zarr"))
+        np.testing.assert_array_equal(_dense(src.array), V)
+
+
+# ------------------------------------------------------------------ bad inputs
+def test_bad_inputs_are_one_clear_error(tmp_path, adata, V):
+    adata.write_h5ad(tmp_path / "cells.h5ad")
+    with pytest.raises(InvalidInputError, match=r"no layer 'spliced': its layers are counts"):
+        open_source(str(tmp_path / "cells.h5ad"), layer="spliced")
+    # X marked as CSR but stored dense.
+    with h5py.File(tmp_path / "lying.h5ad", "w") as f:
+        f.attrs["encoding-type"] = "anndata"
+        ds = f.create_dataset("X", data=V)
+        ds.attrs["encoding-type"] = "csr_matrix"
+    with pytest.raises(InvalidInputError, match=r"dense dataset although its attributes say"):
+        open_source(str(tmp_path / "lying.h5ad"))
+    # A CSR group with a broken indptr.
+    csr = sp.csr_matrix(V)
+    with h5py.File(tmp_path / "broken.h5ad", "w") as f:
+        f.attrs["encoding-type"] = "anndata"
+        g = f.create_group("X")
+        g.attrs.update({"encoding-type": "csr_matrix", "shape": np.array([N, M])})
+        ptr = csr.indptr.copy()
+        ptr[5] = ptr[6] + 1
+        g["data"], g["indices"], g["indptr"] = csr.data, csr.indices, ptr
+    with pytest.raises(InvalidInputError, match=r"indptr decreases at row 5"):
+        open_source(str(tmp_path / "broken.h5ad"))
+    # An index-only CSV and a text column.
+    pd.DataFrame(index=["a", "b", "c"]).to_csv(tmp_path / "index-only.csv")
+    with pytest.raises(InvalidInputError, match=r"only an index column .*no values"):
+        open_source(str(tmp_path / "index-only.csv"))
+    (tmp_path / "numbered.csv").write_text("id\n1\n2\n")
+    with pytest.raises(InvalidInputError, match=r"only an index column .*no values"):
+        open_source(str(tmp_path / "numbered.csv"), index_col=0)
+    frame = pd.DataFrame({"x": [1.0, 2.0], "kind": ["a", "b"], "y": [3.0, 4.0]})
+    frame.to_csv(tmp_path / "text.csv", index=False)
+    with pytest.raises(InvalidInputError, match=r"line 2: 'a', which is not a number, in field 2"):
+        _ = open_source(str(tmp_path / "text.csv")).array
+    with pytest.raises(InvalidInputError, match=r"column 'kind' has dtype object"):
+        open_source(frame)
+    with pytest.raises(InvalidParameterError, match=r"layer 'x' \(--layer\) does not apply"):
+        open_source(str(tmp_path / "text.csv"), layer="x")
