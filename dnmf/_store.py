@@ -190,6 +190,9 @@ def zarr_store(loc: Location) -> Any:
             elif loc.kind == "zip":
                 store = zs.ZipStore(loc.path, mode="r")
             else:
+                from .io._remote import check_reachable
+
+                check_reachable(loc.path)  # one clear error, fast, when nothing answers
                 store = zs.FsspecStore.from_url(loc.path)
             _sync(store._ensure_open())
             _STORES[loc.key] = store

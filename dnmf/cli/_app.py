@@ -44,6 +44,11 @@ def _root(
     debug: Annotated[bool, typer.Option(
         "--debug", help="Show full tracebacks and debug logs on errors (anywhere on the "
         "command line; or set DNMF_DEBUG=1).")] = False,
+    storage_option: Annotated[list[str] | None, typer.Option(
+        "--storage-option", metavar="KEY=VALUE",
+        help="An fsspec option for s3:// (and other URL) stores, e.g. "
+        "endpoint_url=http://127.0.0.1:9000 (anywhere on the command line; repeatable; "
+        "VALUE is JSON when it parses).")] = None,
 ) -> None:
     """Non-negative matrix factorization V ≈ W·H of matrices larger than memory.
 

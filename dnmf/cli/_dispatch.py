@@ -81,6 +81,7 @@ def run(argv: list[str]) -> int:
     cut = args.index("--") if "--" in args else len(args)
     debug = "--debug" in args[:cut] or os.environ.get("DNMF_DEBUG", "") not in ("", "0")
     args = [a for i, a in enumerate(args) if not (a == "--debug" and i < cut)]
+    args, storage = _storage_options(args)
     _quiet_logs(debug)
     saved_showwarning = warnings.showwarning
     if not debug:
@@ -88,13 +89,68 @@ def run(argv: list[str]) -> int:
     saved_sigterm: Any = None
     with contextlib.suppress(ValueError):  # not the main thread: leave signals alone
         saved_sigterm = signal.signal(signal.SIGTERM, _on_sigterm)
+    if isinstance(storage, str):
+        _fail(storage)
+        return EXIT_USAGE
+    saved_conf = _apply_storage_options(storage, args) if storage else None
     try:
         return _dispatch(args, debug)
     finally:
+        if saved_conf is not None:
+            import fsspec.config
+
+            fsspec.config.conf.clear()
+            fsspec.config.conf.update(saved_conf)
         warnings.showwarning = saved_showwarning
         if saved_sigterm is not None:
             signal.signal(signal.SIGTERM, saved_sigterm)
         sys.stdout.flush()
+
+
+def _storage_options(args: list[str]) -> tuple[list[str], dict[str, Any] | str]:
+    """``--storage-option KEY=VALUE`` (repeatable, anywhere before ``--``) taken out of
+    the command line, parsed; a malformed one is returned as the error message."""
+    cut = args.index("--") if "--" in args else len(args)
+    kept: list[str] = []
+    found: list[str] = []
+    i = 0
+    while i < len(args):
+        a = args[i]
+        if i < cut and a == "--storage-option":
+            if i + 1 >= cut:
+                return args, "--storage-option needs KEY=VALUE (see 'dnmf --help')"
+            found.append(args[i + 1])
+            i += 2
+            continue
+        if i < cut and a.startswith("--storage-option="):
+            found.append(a.partition("=")[2])
+        else:
+            kept.append(a)
+        i += 1
+    if not found:
+        return kept, {}
+    from ..io._remote import parse_storage_option
+
+    try:
+        return kept, dict(parse_storage_option(text) for text in found)
+    except DnmfError as exc:
+        return kept, str(exc)
+
+
+def _apply_storage_options(options: dict[str, Any], args: list[str]) -> dict[str, Any]:
+    """fsspec defaults for the protocols of the URLs on the command line (s3 if none);
+    returns the configuration to restore afterwards."""
+    import copy
+
+    import fsspec.config
+
+    from ..io._remote import protocol_of, set_storage_options
+
+    saved = copy.deepcopy(dict(fsspec.config.conf))
+    protocols = sorted({protocol_of(a) for a in args if "://" in a} - {"file"}) or ["s3"]
+    for protocol in protocols:
+        set_storage_options(protocol, **options)
+    return saved
 
 
 def _fail(message: str) -> None:

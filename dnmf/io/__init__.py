@@ -20,6 +20,7 @@ from typing import Any
 from ._anndata import to_anndata, write_into
 from ._base import ENGINES, Engine, Source, guess_engine, open_source, register
 from ._csr import DEFAULT_CHUNK_NNZ, write_csr_zarr
+from ._remote import set_storage_options
 
 __all__ = [
     "DEFAULT_CHUNK_NNZ",
@@ -29,6 +30,7 @@ __all__ = [
     "guess_engine",
     "open_source",
     "register",
+    "set_storage_options",
     "to_anndata",
     "write_csr_zarr",
     "write_into",

@@ -1,23 +1,103 @@
-"""Zarr stores at fsspec URLs (``s3://``, ``gs://``, ``https://``, ...).
+"""Zarr stores at fsspec URLs (``s3://``, ``gs://``, ``https://``, ...): options, and
+failing fast and clearly when the object store cannot be reached.
 
-Opening a remote store is the one place where a wrong endpoint or missing
-credentials surface; they are reported as one :class:`~dnmf.errors.StoreError`
-naming the URL, and a store that cannot be reached fails fast rather than after
-fsspec's retries.
+fsspec options reach a store in two ways: ``storage_options=`` where dnmf opens it
+(:func:`dnmf.open_source`), or process-wide defaults per protocol
+(:func:`set_storage_options`, which the command line's ``--storage-option KEY=VALUE``
+uses), which fsspec applies to every file system it creates afterwards — the run
+store included. Before a store is opened, an endpoint given as a URL (``endpoint_url``,
+``AWS_ENDPOINT_URL``) gets one TCP probe, so an unreachable endpoint is one
+:class:`~dnmf.errors.StoreError` in seconds instead of retries with backoff.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import socket
 from typing import Any
+from urllib.parse import urlsplit
 
-from ..errors import InvalidInputError, StoreError
+from ..errors import InvalidInputError, InvalidParameterError, StoreError
 
-__all__ = ["open_remote"]
+__all__ = ["check_reachable", "open_remote", "parse_storage_option", "set_storage_options"]
+
+#: Seconds the probe of an endpoint waits for a TCP connection.
+PROBE_TIMEOUT = 3.0
+
+
+def protocol_of(url: str) -> str:
+    return url.split("://", 1)[0].lower() if "://" in url else "file"
+
+
+def set_storage_options(protocol: str, **options: Any) -> None:
+    """Default fsspec options for every ``protocol://`` store opened from now on, in
+    this process (e.g. ``set_storage_options("s3", endpoint_url=..., key=..., secret=...)``).
+    Workers of a cluster are other processes: give them the same through environment
+    variables (``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``, ... or ``FSSPEC_S3_...``)."""
+    import fsspec.config
+
+    fsspec.config.conf.setdefault(protocol, {}).update(options)
+
+
+def parse_storage_option(text: str) -> tuple[str, Any]:
+    """``KEY=VALUE`` from the command line: VALUE as JSON when it parses (numbers,
+    true/false, objects), else as text."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise InvalidParameterError(
+            f"--storage-option takes KEY=VALUE (e.g. endpoint_url=http://127.0.0.1:9000), "
+            f"got {text!r}."
+        )
+    try:
+        parsed = json.loads(value)
+    except ValueError:
+        parsed = value
+    return key.strip(), parsed
+
+
+def _endpoint(url: str, storage_options: dict[str, Any] | None) -> str | None:
+    """The endpoint URL a store at ``url`` would talk to, when one is configured."""
+    import fsspec.config
+
+    protocol = protocol_of(url)
+    options = {**fsspec.config.conf.get(protocol, {}), **(storage_options or {})}
+    endpoint = options.get("endpoint_url") or (options.get("client_kwargs") or {}).get(
+        "endpoint_url")
+    if endpoint is None and protocol in ("s3", "s3a"):
+        endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    if endpoint is None and protocol in ("http", "https"):
+        endpoint = url
+    return str(endpoint) if endpoint else None
+
+
+def check_reachable(url: str, storage_options: dict[str, Any] | None = None) -> None:
+    """Refuse at once, with one clear error, a store whose endpoint does not answer."""
+    endpoint = _endpoint(url, storage_options)
+    if endpoint is None:
+        return
+    parts = urlsplit(endpoint)
+    host = parts.hostname
+    if not host:
+        return
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        with socket.create_connection((host, port), timeout=PROBE_TIMEOUT):
+            pass
+    except OSError as exc:
+        reason = "timed out" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
+        raise StoreError(
+            f"cannot reach the object store at {endpoint} for {url}: {reason}. Check the "
+            f"endpoint (storage_options={{'endpoint_url': ...}}, --storage-option "
+            f"endpoint_url=..., or AWS_ENDPOINT_URL) and that the server is running."
+        ) from None
 
 
 def open_remote(url: str, storage_options: dict[str, Any] | None = None) -> Any:
+    """The Zarr array or group at ``url``, or one clear error."""
     import zarr
 
+    check_reachable(url, storage_options)
     try:
         return zarr.open(store=url, mode="r", storage_options=storage_options or None)
     except ImportError as exc:
@@ -27,5 +107,8 @@ def open_remote(url: str, storage_options: dict[str, Any] | None = None) -> Any:
         ) from None
     except FileNotFoundError:
         raise InvalidInputError(f"no Zarr array or group at {url}.") from None
+    except PermissionError as exc:
+        raise StoreError(f"access to {url} was refused: {exc}. Check the credentials.") \
+            from None
     except (OSError, ValueError) as exc:
         raise StoreError(f"cannot read {url}: {exc}") from None

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import InvalidInputError
+from ..errors import DnmfError, InvalidInputError
 from ._base import Engine, Source, register
 from ._blocks import ArrayReader, CSRGroupReader, check_2d, numeric_dtype
 
@@ -169,7 +169,7 @@ def open_zarr(path: str, *, dataset: str | None = None, layer: str | None = None
                 return _anndata(root + ".zarr", top, inner, layer, bool(raw))
     try:
         node = open_zarr_node(path, storage_options)
-    except InvalidInputError:
+    except DnmfError:
         raise
     except Exception as exc:  # zarr raises several types for "nothing readable here"
         raise InvalidInputError(
