@@ -113,6 +113,31 @@ def loss_figure(history: list[float], *, title: str = "") -> Any:
     return fig
 
 
+def top_figure(H: np.ndarray, names: list[str] | None, n: int, *,
+               columns: int | None = None, title: str = "") -> Any:
+    """Per component, a bar chart of its ``n`` largest entries of H, labelled with the
+    feature names (column numbers when the data has none)."""
+    require_matplotlib()
+    from matplotlib.figure import Figure
+
+    k = H.shape[0]
+    rows, cols = _grid(k, columns or min(k, 4))
+    n = min(n, H.shape[1])
+    fig = Figure(figsize=(3.2 * cols, 0.28 * n * rows + 1.0 * rows), layout="constrained")
+    order = np.argsort(-H, axis=1, kind="stable")[:, :n]
+    for i in range(k):
+        ax = fig.add_subplot(rows, cols, i + 1)
+        idx = order[i][::-1]
+        labels = [names[j] if names is not None else str(j) for j in idx]
+        ax.barh(range(n), H[i, idx])
+        ax.set_yticks(range(n), labels, fontsize=8)
+        ax.set_title(f"component {i}", fontsize=9)
+        ax.tick_params(axis="x", labelsize=7)
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
 def basis_figure(images: np.ndarray, *, columns: int | None = None, title: str = "") -> Any:
     """A grid of basis images, each scaled to its own maximum."""
     require_matplotlib()

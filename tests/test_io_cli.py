@@ -58,6 +58,14 @@ def test_fit_h5ad_top_and_export_into(cells, capsys, monkeypatch):
             H[c["component"], expected].tolist(), rel=1e-12)
     table = ok(here("top", "run.zarr", "-n", "2")).stdout
     assert table.splitlines()[0] == "component 0:" and "gene" in table
+    pytest.importorskip("matplotlib")
+    ok(here("plot", "run.zarr", "--top", "top.png", "--n", "4"))
+    assert (d / "top.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    from dnmf import _plot
+
+    bars = _plot.top_figure(H, var, 3).axes[0]  # largest at the top of the chart
+    assert [t.get_text() for t in bars.get_yticklabels()] == [
+        var[j] for j in np.argsort(-H[0], kind="stable")[:3][::-1]]
     # CSV export carries the names, as pandas reads them back.
     ok(here("export", "run.zarr", "--format", "csv", "--out", "csv"))
     W_csv = pd.read_csv(d / "csv" / "W.csv", index_col=0, float_precision="round_trip")

@@ -41,12 +41,19 @@ def plot(
         "columns of W (images are columns of V).")] = FactorName.H,
     columns: Annotated[int | None, typer.Option(
         min=1, help="Images per row of the grid.", show_default=False)] = None,
+    top: Annotated[Path | None, typer.Option(
+        "--top", help="Draw each component's top features (largest entries of H) as bars, "
+        "labelled with the data's feature names, to this file.", show_default=False,
+        dir_okay=False)] = None,
+    n: Annotated[int, typer.Option("--n", min=1, help="Features per component for "
+                                   "--top.")] = 10,
 ) -> None:
-    """Draw the loss curve and/or the basis images of a run (needs matplotlib)."""
+    """Draw the loss curve, the basis images and/or the top features of a run (needs
+    matplotlib). Feature names label --top where the run's data had them."""
     from .. import _plot
 
-    if loss is None and basis is None:
-        raise InvalidParameterError("give --loss FILE, --basis FILE or both.")
+    if loss is None and basis is None and top is None:
+        raise InvalidParameterError("give --loss FILE, --basis FILE, --top FILE or several.")
     _plot.require_matplotlib()
     shape = _plot.parse_image_shape(image_shape) if image_shape else None
     r = _open_run(run, verify=False)
@@ -58,6 +65,15 @@ def plot(
                                  title=f"{len(images)} basis images ({of.value})")
         _plot.save_figure(fig, basis)
         wrote.append(str(basis))
+    if top is not None:
+        from ..io._anndata import names_of_run
+
+        _, var = names_of_run(r)
+        fig = _plot.top_figure(np.asarray(r.H), var, n, columns=columns,
+                               title=f"top {n} features per component"
+                               + ("" if var is not None else " (by column number)"))
+        _plot.save_figure(fig, top)
+        wrote.append(str(top))
     if loss is not None:
         if not r.loss_history:
             raise DnmfError(f"{run} has no iterations yet: no loss to draw.")
