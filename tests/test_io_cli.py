@@ -108,6 +108,12 @@ def test_export_into_anndata_zarr(cells, capsys, monkeypatch):
     def here(*args):
         return run_here(*args, cwd=d, capsys=capsys, monkeypatch=monkeypatch)
 
+    # convert on the store's root means X (it took a 0-d array at the root for V).
+    ok(here("convert", "cells.zarr", "conv.zarr"))
+    conv = dnmf.open_source(str(d / "conv.zarr"))
+    assert conv.sparse and conv.var_names == [f"gene{j}" for j in range(15)]
+    block = dnmf._source.as_source(conv.array).panel_refs([(0, 60)])[0].load()
+    np.testing.assert_array_equal(block.toarray(), V)
     ok(here("fit", "cells.zarr", "--rank", "2", "--out", "run.zarr", "--seed", "1",
             "--max-iter", "10"))
     ok(here("export", "run.zarr", "--into", "cells.zarr"))

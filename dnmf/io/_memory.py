@@ -83,6 +83,10 @@ def open_object(X: Any, **options: Any) -> Source:
         return _source("xarray", f"DataArray {X.name or ''}".strip(), X.data, names[0],
                        names[1], notes=[f"dims {X.dims[0]!r} × {X.dims[1]!r}"])
     if module.startswith("anndata") and hasattr(X, "obs_names"):
+        if X.X is None:
+            raise InvalidInputError(
+                "the AnnData has no X: give the matrix to fit, e.g. adata.layers['counts']."
+            )
         return _source("anndata", "AnnData", X.X, list(map(str, X.obs_names)),
                        list(map(str, X.var_names)))
     return _source(type(X).__name__, "X", X)

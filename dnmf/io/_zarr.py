@@ -211,5 +211,5 @@ def open_zarr(path: str, *, dataset: str | None = None, layer: str | None = None
     return _node_source(path, node, path, "zarr", location)
 
 
-register(Engine("zarr", (".zarr", ".zarr.zip", ".zarr/"), open_zarr, _is_zarr,
+register(Engine("zarr", (".zarr", ".zarr.zip", ".zarr/", ".zip"), open_zarr, _is_zarr,
                 options=("dataset", "layer", "raw")))
