@@ -14,7 +14,7 @@ import typer
 from ..errors import ClusterLostError, InvalidParameterError
 from ._app import _exit_code, app
 from ._inputs import _make_parent, _prepare_input
-from ._options import LossName, SolverName, _parse_size
+from ._options import SolverName, _parse_loss, _parse_size
 from ._output import _absolute, _fmt_duration, _quote, _result, _say
 from ._scheduler import (
     PanelSizeOpt,
@@ -116,8 +116,9 @@ def rank(
         "--plot", metavar="PNG", help="Draw the rank plot to this file (.png, .svg, .pdf).",
         show_default=False)] = None,
     solver: Annotated[SolverName, typer.Option(help="hals, mu or als.")] = SolverName.hals,
-    loss: Annotated[LossName, typer.Option(help="frobenius, or kullback-leibler (kl; with "
-                                           "--solver mu).")] = LossName.frobenius,
+    loss: Annotated[str, typer.Option(
+        help="frobenius, kullback-leibler (kl), itakura-saito (is) or a number beta, as "
+        "for dnmf fit.")] = "frobenius",
     max_iter: Annotated[int, typer.Option("--max-iter", min=1,
                                           help="Maximum iterations of each fit.")] = 200,
     tol: Annotated[float, typer.Option(min=0.0, help="Stopping tolerance of each fit.")] = 1e-4,
@@ -170,7 +171,7 @@ def rank(
                     seed=seed, n_concurrent=concurrent, consensus_rows=1000)
     panel_bytes = None if panel_size is None else _parse_size(panel_size, "--panel-size")
     sched = _scheduler_args(scheduler, scheduler_file)
-    loss_name = "kullback-leibler" if loss is LossName.kl else loss.value
+    loss_name = _parse_loss(loss)
     if "://" not in out and Path(out).resolve() == Path(input).resolve():
         raise InvalidParameterError("--out must not be INPUT itself.")
     if plot is not None and not plot.parent.is_dir():
