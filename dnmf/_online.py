@@ -27,6 +27,7 @@ from ._solvers import _online as steps
 from ._source import PanelSource, as_source, load_panel
 from ._validation import CONSTRAINTS, regularization, resolve_init, resolve_seed
 from .errors import ConvergenceWarning, InvalidInputError, InvalidParameterError, NotFittedError
+from .io import Source, engine_input
 
 __all__ = ["MiniBatchNMF"]
 
@@ -66,8 +67,8 @@ ONLINE_CONSTRAINTS: dict[str, tuple[Any, str]] = {
 
 
 def _is_lazy(X: Any) -> bool:
-    """Dask, Zarr or a path: read by row ranges, never converted whole."""
-    if isinstance(X, str | os.PathLike | PanelSource):
+    """Dask, Zarr, a path or a dnmf.io Source: read by row ranges, never converted whole."""
+    if isinstance(X, str | os.PathLike | PanelSource | Source):
         return True
     return type(X).__module__.startswith(("dask", "zarr"))
 
@@ -301,7 +302,7 @@ class MiniBatchNMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
     def _input(self, X: Any, *, reset: bool) -> tuple[PanelSource, Any]:
         """The source of X and, for in-memory X, the validated array itself."""
         if _is_lazy(X):
-            source = as_source(X)
+            source = as_source(engine_input(X))
             m = source.shape[1]
             if reset:
                 self.n_features_in_ = m

@@ -467,8 +467,9 @@ def select_rank(
 
     from ._backend import get_backend
     from ._source import as_source
+    from .io import engine_input
 
-    source = as_source(X)
+    source = as_source(engine_input(X))
     n, m = source.shape
     backend = get_backend(scheduler)
     specs = [FitSpec(k, r) for k in grid for r in range(replicates)]
