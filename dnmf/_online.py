@@ -11,6 +11,7 @@ on top of the engine (initialisation and the validation pass come from
 
 from __future__ import annotations
 
+import itertools
 import math
 import numbers
 import os
@@ -111,8 +112,44 @@ class _Batches:
         self._ahead = None
 
 
+def _task_refs(source: PanelSource, memory: Any, ranges: list[tuple[int, int]]) -> list[Any]:
+    """What a task on a worker gets for rows ``a:b``: the rows of in-memory data, a
+    Dask slice, or a reference that the worker reads from the store itself."""
+    if memory is not None:
+        return [memory[a:b] for a, b in ranges]
+    if source.kind == "dask":
+        return [source.data[a:b] for a, b in ranges]
+    return source.panel_refs(ranges)
+
+
 def _bounds(n: int, size: int) -> list[tuple[int, int]]:
     return [(a, min(a + size, n)) for a in range(0, n, size)]
+
+
+def batch_terms(
+    X_ref: Any, W_b: np.ndarray | None, H: np.ndarray, beta: float, gamma: float,
+    l1_W: float, l2_W: float, fresh: bool, fresh_max_iter: int, tol: float,
+) -> tuple[np.ndarray, float, np.ndarray, np.ndarray]:
+    """A task: the W-step of some rows, their divergence and their H-update terms.
+
+    ``X_ref`` is read where the task runs (a panel reference or the rows). Returns
+    the new W rows, D_β of the rows at (new W, H), and the numerator and denominator
+    of the H-update (sums over the rows: row blocks of one batch add theirs).
+    """
+    X = load_panel(X_ref)
+    XHt = HHt = None
+    if fresh or W_b is None:
+        if beta == 2:
+            XHt, HHt = np.asarray(X @ H.T), H @ H.T
+        W_b = steps.solve_W(X, H, beta, l1_W, l2_W, gamma, fresh_max_iter, tol,
+                            XHt=XHt, HHt=HHt)
+    else:
+        W_b, XHt, HHt = steps.update_W(X, W_b, H, beta, l1_W, l2_W, gamma)
+    if beta < 1:
+        W_b[W_b < steps.EPS64] = 0.0
+    div = steps.batch_divergence(X, W_b, H, beta, XHt=XHt, HHt=HHt)
+    numerator, denominator = steps.h_terms(X, W_b, H, beta)
+    return W_b, div, numerator, denominator
 
 
 class MiniBatchNMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
@@ -437,7 +474,7 @@ class MiniBatchNMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
             else:
                 W0, H0 = self._start(source, X_mem, W, H, prep)
                 state = self._new_state(H0, W0)
-                self._run(batches, n, m, state)
+                self._run(batches, n, m, state, backend=prep.backend)
             W_out, H_out, n_iter, n_steps = self._finish(batches, n, m, state)
             self._components_numerator = state["A"]
             self._components_denominator = state["B"]
@@ -462,12 +499,16 @@ class MiniBatchNMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
         return bounds, self.max_iter * len(bounds)
 
     def _run(self, batches: _Batches, n: int, m: int, state: dict[str, Any],
-             on_step: Any = None) -> None:
+             on_step: Any = None, backend: Any = None) -> None:
         """Steps from ``state["step"]`` until a stopping rule or max_iter (in place)."""
         bounds, n_steps = self._plan(n)
         W = state["W"]
         H_prev = state["H"]
         i = state["step"]
+        if backend is not None and backend.distributed:
+            self._run_cluster(backend, batches.source, batches.memory, bounds, n_steps, n, m,
+                              state, on_step)
+            return
         while i < n_steps and not state["stopped"]:
             a, b = bounds[i % len(bounds)]
             following = bounds[(i + 1) % len(bounds)] if i + 1 < n_steps else None
@@ -483,29 +524,89 @@ class MiniBatchNMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
             if on_step is not None:
                 on_step(state)
 
+    #: How a cluster runs the steps: "split" (one batch split across the workers)
+    #: or "in-flight" (several batches per step against the same H).
+    _cluster_mode = "split"
+
+    def _run_cluster(self, backend: Any, source: PanelSource, memory: Any,
+                     bounds: list[tuple[int, int]], n_steps: int, n: int, m: int,
+                     state: dict[str, Any], on_step: Any) -> None:
+        """The steps on a Dask cluster; the workers read their rows from the source."""
+        W = state["W"]
+        H_prev = state["H"]
+        i = state["step"]
+        P = max(1, backend.n_threads)
+        l1_W, _, l2_W, _ = self._reg(1, m)  # W's penalties do not scale with the rows
+        shared = (self._beta_loss, self._gamma, l1_W, l2_W, bool(self.fresh_restarts),
+                  self.fresh_restarts_max_iter, self.tol)
+        while i < n_steps and not state["stopped"]:
+            H = state["H"]
+            if self._cluster_mode == "split":
+                a, b = bounds[i % len(bounds)]
+                cuts = np.linspace(a, b, min(P, b - a) + 1).astype(int)
+                pieces = [(int(x), int(y)) for x, y in itertools.pairwise(cuts)]
+                refs = _task_refs(source, memory, pieces)
+                parts = backend.map(batch_terms, [(ref, W[x:y], H) for ref, (x, y) in
+                                                  zip(refs, pieces)], shared)
+                for (x, y), part in zip(pieces, parts):
+                    W[x:y] = part[0]
+                div = math.fsum(part[1] for part in parts)
+                numerator = parts[0][2].copy()
+                denominator = parts[0][3].copy()
+                for part in parts[1:]:  # fixed order: row order
+                    numerator += part[2]
+                    denominator += part[3]
+                _, cost, H_new, A, B = self._fold(W[a:b], div, numerator, denominator, H,
+                                                  state["A"], state["B"], b - a, m)
+                state.update(H=H_new, A=A, B=B)
+                state["stopped"] = self._converged(b - a, cost, H_new, H_prev, n, i,
+                                                   n_steps, state)
+                H_prev = H_new
+                i += 1
+            else:
+                todo = [bounds[j % len(bounds)] for j in range(i, min(i + P, n_steps))]
+                refs = _task_refs(source, memory, todo)
+                parts = backend.map(batch_terms, [(ref, W[x:y], H) for ref, (x, y) in
+                                                  zip(refs, todo)], shared)
+                A, B = state["A"], state["B"]
+                for (x, y), part in zip(todo, parts):  # folded in batch order
+                    W[x:y] = part[0]
+                    _, cost, H_new, A, B = self._fold(part[0], part[1], part[2], part[3], H,
+                                                      A, B, y - x, m)
+                    state.update(H=H_new, A=A, B=B)
+                    state["stopped"] = self._converged(y - x, cost, H_new, H_prev, n, i,
+                                                       n_steps, state)
+                    H_prev = H_new
+                    i += 1
+                    if state["stopped"]:
+                        break
+            state["step"] = i
+            if on_step is not None:
+                on_step(state)
+
     def _step(self, Xb: Any, W_b: np.ndarray | None, H: np.ndarray, A: np.ndarray,
               B: np.ndarray, m: int, update_H: bool = True
               ) -> tuple[np.ndarray, float, np.ndarray, np.ndarray, np.ndarray]:
         """scikit-learn's ``_minibatch_step``: new W rows, the batch cost, new H, A, B."""
-        beta, gamma = self._beta_loss, self._gamma
         rows = Xb.shape[0]
+        l1_W, _, l2_W, _ = self._reg(rows, m)
+        W_b, div, numerator, denominator = batch_terms(
+            Xb, W_b, H, self._beta_loss, self._gamma, l1_W, l2_W,
+            bool(self.fresh_restarts), self.fresh_restarts_max_iter, self.tol)
+        return self._fold(W_b, div, numerator, denominator, H, A, B, rows, m, update_H)
+
+    def _fold(self, W_b: np.ndarray, div: float, numerator: np.ndarray,
+              denominator: np.ndarray, H: np.ndarray, A: np.ndarray, B: np.ndarray,
+              rows: int, m: int, update_H: bool = True
+              ) -> tuple[np.ndarray, float, np.ndarray, np.ndarray, np.ndarray]:
+        """The batch cost and, with ``update_H``, the new (H, A, B) from a batch's terms."""
+        beta = self._beta_loss
         l1_W, l1_H, l2_W, l2_H = self._reg(rows, m)
-        XHt = HHt = None
-        if self.fresh_restarts or W_b is None:
-            if beta == 2:
-                XHt, HHt = np.asarray(Xb @ H.T), H @ H.T
-            W_b = steps.solve_W(Xb, H, beta, l1_W, l2_W, gamma, self.fresh_restarts_max_iter,
-                                self.tol, XHt=XHt, HHt=HHt)
-        else:
-            W_b, XHt, HHt = steps.update_W(Xb, W_b, H, beta, l1_W, l2_W, gamma)
-        if beta < 1:
-            W_b[W_b < steps.EPS64] = 0.0
-        div = steps.batch_divergence(Xb, W_b, H, beta, XHt=XHt, HHt=HHt)
         cost = (div + l1_W * float(W_b.sum()) + l1_H * float(H.sum())
                 + l2_W * float((W_b**2).sum()) + l2_H * float((H**2).sum())) / rows
         if update_H:
-            H, A, B = steps.update_H_online(Xb, W_b, H, beta, l1_H, l2_H, gamma, A, B,
-                                            self._rho)
+            H, A, B = steps.fold_H(numerator, denominator, H, beta, l1_H, l2_H,
+                                   self._gamma, A, B, self._rho)
             if beta <= 1:
                 H[H < steps.EPS64] = 0.0
         return W_b, cost, H, A, B

@@ -239,11 +239,12 @@ def fit_online_to_store(est: Any, source: Any, X_mem: Any, prep: Any, batches: A
                 committer.commit(state)
 
             def on_step(current: dict[str, Any]) -> None:
-                if current["step"] % every == 0 and not current["stopped"]:
+                last = committer.manifest["iteration"] if committer.manifest else 0
+                if current["step"] - last >= every and not current["stopped"]:
                     committer.commit(current)
 
             try:
-                est._run(batches, n, m, state, on_step=on_step)
+                est._run(batches, n, m, state, on_step=on_step, backend=prep.backend)
             except KeyboardInterrupt:
                 committer.commit(state)
                 raise

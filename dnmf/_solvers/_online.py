@@ -33,7 +33,9 @@ from ._base import EPSILON
 __all__ = [
     "EPS64",
     "batch_divergence",
+    "fold_H",
     "gamma_for",
+    "h_terms",
     "solve_W",
     "sparse_product_at_nonzeros",
     "update_H_online",
@@ -152,37 +154,47 @@ def update_W(
     return W * delta, XHt, HHt
 
 
-def update_H_online(
-    X: Array, W: np.ndarray, H: np.ndarray, beta: float, l1_H: float, l2_H: float,
-    gamma: float, A: np.ndarray, B: np.ndarray, rho: float,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Fold the batch into the running sums and return the new ``(H, A, B)``.
+def h_terms(X: Array, W: np.ndarray, H: np.ndarray, beta: float
+            ) -> tuple[np.ndarray, np.ndarray]:
+    """The numerator and denominator of the multiplicative H-update for the batch.
 
-    ``A ← rho·A + H^(1/γ) ∘ N`` and ``B ← rho·B + D`` with N, D the numerator and
-    denominator of the batch's multiplicative H-update; ``H = (A / B)^γ``.
+    Both are sums over the batch's rows, so row blocks of one batch can compute
+    theirs apart and add them (in a fixed order). No regularisation yet; for β = 1
+    the denominator is W's column sums (broadcast), zeros left for :func:`fold_H`.
     """
     if beta == 2:
         numerator = np.asarray((X.T @ W).T) if sp.issparse(X) else W.T @ X
-        denominator = (W.T @ W) @ H
-    else:
-        WH_X, WH = _weighted_ratio(X, W, H, beta)
-        numerator = np.asarray((WH_X.T @ W).T) if sp.issparse(X) else W.T @ WH_X
-        if beta == 1:
-            W_sum = W.sum(axis=0)
-            W_sum[W_sum == 0] = 1.0
-            denominator = np.broadcast_to(W_sum[:, np.newaxis], H.shape).copy()
-        elif sp.issparse(X):
-            denominator = np.empty(H.shape, dtype=H.dtype)
-            for j in range(X.shape[1]):
-                WHj = W @ H[:, j]
-                if beta < 1:
-                    WHj[WHj < EPSILON] = EPSILON
-                WHj **= beta - 1
-                denominator[:, j] = W.T @ WHj
-        else:
-            assert WH is not None
-            WH **= beta - 1
-            denominator = W.T @ WH
+        return numerator, (W.T @ W) @ H
+    WH_X, WH = _weighted_ratio(X, W, H, beta)
+    numerator = np.asarray((WH_X.T @ W).T) if sp.issparse(X) else W.T @ WH_X
+    if beta == 1:
+        return numerator, np.broadcast_to(W.sum(axis=0)[:, np.newaxis], H.shape).copy()
+    if sp.issparse(X):
+        denominator = np.empty(H.shape, dtype=H.dtype)
+        for j in range(X.shape[1]):
+            WHj = W @ H[:, j]
+            if beta < 1:
+                WHj[WHj < EPSILON] = EPSILON
+            WHj **= beta - 1
+            denominator[:, j] = W.T @ WHj
+        return numerator, denominator
+    assert WH is not None
+    WH **= beta - 1
+    return numerator, W.T @ WH
+
+
+def fold_H(
+    numerator: np.ndarray, denominator: np.ndarray, H: np.ndarray, beta: float,
+    l1_H: float, l2_H: float, gamma: float, A: np.ndarray, B: np.ndarray, rho: float,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Fold one batch's H-update terms into the running sums: the new ``(H, A, B)``.
+
+    ``A ← rho·A + H^(1/γ) ∘ N`` and ``B ← rho·B + D`` with N, D the (regularised)
+    numerator and denominator; ``H = (A / B)^γ``.
+    """
+    if beta == 1:
+        denominator = denominator.copy()
+        denominator[denominator == 0] = 1.0  # a column of W that is all zero
     numerator, denominator = _finish(numerator, denominator, H, l1_H, l2_H)
     H_g = H ** (1 / gamma) if gamma != 1 else H
     A_new = A * rho
@@ -193,6 +205,15 @@ def update_H_online(
     if gamma != 1:
         H_new **= gamma
     return H_new, A_new, B_new
+
+
+def update_H_online(
+    X: Array, W: np.ndarray, H: np.ndarray, beta: float, l1_H: float, l2_H: float,
+    gamma: float, A: np.ndarray, B: np.ndarray, rho: float,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The batch's H-update folded into the running sums: the new ``(H, A, B)``."""
+    numerator, denominator = h_terms(X, W, H, beta)
+    return fold_H(numerator, denominator, H, beta, l1_H, l2_H, gamma, A, B, rho)
 
 
 def solve_W(

@@ -63,13 +63,14 @@ def fit(
     out: Annotated[str, typer.Option(
         "--out", "-o", metavar="RUN", help="The run store to write (RUN.zarr).",
         show_default=False)],
-    solver: Annotated[SolverName, typer.Option(
+    solver: Annotated[SolverName | None, typer.Option(
         help="hals, mu (multiplicative updates), als (alternating NNLS) or amu "
-             "(accelerated MU, KL only).")] = SolverName.hals,
+             "(accelerated MU, KL only) [default: hals; not with --online].",
+        show_default=False)] = None,
     loss: Annotated[str, typer.Option(
         metavar="LOSS", help="frobenius, kullback-leibler (kl), itakura-saito (is) or any "
         "number beta (the beta-divergence); other than frobenius with --solver mu "
-        "(kl also amu).")] = "frobenius",
+        "(kl also amu) or --online.")] = "frobenius",
     init: Annotated[InitName | None, typer.Option(
         help="Initialisation [default: nndsvda if K <= min(n, m), else random].",
         show_default=False)] = None,
@@ -86,8 +87,21 @@ def fit(
                                          help="Regularisation of H ('same': as W).")] = "same",
     l1_ratio: Annotated[float, typer.Option("--l1-ratio", min=0.0, max=1.0,
                                             help="L1 share of the regularisation.")] = 0.0,
-    checkpoint_every: Annotated[int, typer.Option(
-        "--checkpoint-every", min=1, help="Commit a checkpoint every N iterations.")] = 10,
+    checkpoint_every: Annotated[int | None, typer.Option(
+        "--checkpoint-every", min=1, help="Commit a checkpoint every N iterations [default: "
+        "10; with --online: N batches, default once per pass over INPUT].",
+        show_default=False)] = None,
+    online: Annotated[bool, typer.Option(
+        "--online", help="Online NMF (dnmf.MiniBatchNMF): update H batch by batch instead "
+        "of one pass over INPUT per iteration; --max-iter counts passes.")] = False,
+    batch_size: Annotated[int, typer.Option(
+        "--batch-size", min=1, help="With --online: rows per batch.")] = 1024,
+    forget_factor: Annotated[float, typer.Option(
+        "--forget-factor", min=0.0, max=1.0,
+        help="With --online: weight of past batches in H's running sums.")] = 0.7,
+    fresh_restarts: Annotated[bool, typer.Option(
+        "--fresh-restarts", help="With --online: solve each batch's W to convergence.")
+    ] = False,
     scheduler: SchedulerOpt = None,
     scheduler_file: SchedulerFileOpt = None,
     dtype: Annotated[DtypeName | None, typer.Option(
@@ -123,6 +137,14 @@ def fit(
 
     started = time.perf_counter()
     _check_scheduler(scheduler, scheduler_file)
+    if online and solver is not None:
+        raise InvalidParameterError(
+            f"--solver {solver.value} does not apply with --online: online NMF updates W "
+            f"and H by multiplicative steps. Drop --solver, or drop --online.")
+    if not online and (batch_size != 1024 or forget_factor != 0.7 or fresh_restarts):
+        raise InvalidParameterError(
+            "--batch-size, --forget-factor and --fresh-restarts apply only with --online.")
+    solver = solver or SolverName.hals
     panel_bytes = None if panel_size is None else _parse_size(panel_size, "--panel-size")
     sched = _scheduler_args(scheduler, scheduler_file)
     if "://" not in out and Path(out).resolve() == Path(input).resolve():
@@ -144,13 +166,25 @@ def fit(
         raise typer.Exit(_exit_code(exc)) from None
     replaced: dict[str, bool] = {}
     try:
+        if online:
+            with _scheduler(scheduler, scheduler_file) as client:
+                _fit_online(
+                    path, out, client, rank=rank, loss=loss_name,
+                    init=init.value if init else None, max_iter=max_iter, tol=tol,
+                    seed=seed, alpha_w=alpha_w, alpha_h=alpha_h, l1_ratio=l1_ratio,
+                    batch_size=batch_size, forget_factor=forget_factor,
+                    fresh_restarts=fresh_restarts, every=checkpoint_every,
+                    overwrite=overwrite, started=started,
+                )
+            return
         with _scheduler(scheduler, scheduler_file) as client, \
                 _replacing(out, overwrite, replaced) as ow:
             est = dnmf.NMF(
                 rank, solver=solver.value, beta_loss=loss_name,
                 init=init.value if init else None, max_iter=max_iter, tol=tol,
                 random_state=seed, alpha_W=alpha_w, alpha_H=alpha_h, l1_ratio=l1_ratio,
-                verbose=1, scheduler=client, out=_absolute(out), checkpoint_every=checkpoint_every,
+                verbose=1, scheduler=client, out=_absolute(out),
+                checkpoint_every=10 if checkpoint_every is None else checkpoint_every,
                 overwrite=ow, cache=cache,
                 panel_bytes=panel_bytes,
             )
@@ -170,7 +204,7 @@ def fit(
                 raise _lost(out, sched, exc) from None
     except BaseException as exc:
         failed = not isinstance(exc, typer.Exit | KeyboardInterrupt)
-        if failed and not _has_commit(out):
+        if failed and not (_has_online_commit(out) if online else _has_commit(out)):
             # Leave no debris of a fit that never committed: what this command made.
             if not out_existed:
                 shutil.rmtree(out, ignore_errors=True)
@@ -189,3 +223,51 @@ def fit(
                 _put_back(Path(path), aside)
     _report_fit(out, started, sched)
 
+
+
+def _has_online_commit(path: str) -> bool:
+    from ..errors import DnmfError
+
+    try:
+        from .._store import RunStore, as_location
+
+        return RunStore(as_location(_absolute(path))).read_manifest() is not None
+    except (DnmfError, OSError, ValueError):
+        return False
+
+
+def _fit_online(path: str, out: str, client: object, *, rank: int, loss: str,
+                init: str | None, max_iter: int, tol: float, seed: int | None,
+                alpha_w: float, alpha_h: float | str, l1_ratio: float, batch_size: int,
+                forget_factor: float, fresh_restarts: bool, every: int | None,
+                overwrite: bool, started: float) -> None:
+    """``dnmf fit --online``: a MiniBatchNMF with its state committed to OUT."""
+    import dnmf
+
+    est = dnmf.MiniBatchNMF(
+        rank, init=init, batch_size=batch_size, beta_loss=loss, tol=tol, max_iter=max_iter,
+        alpha_W=alpha_w, alpha_H=alpha_h, l1_ratio=l1_ratio, forget_factor=forget_factor,
+        fresh_restarts=fresh_restarts, random_state=seed, scheduler=client,
+        out=_absolute(out), checkpoint_every=every, overwrite=overwrite,
+    )
+    shape, stored, _, sparse = _zarr_array_info(path)
+    where = "local threads" if client == "threads" else "the Dask cluster"
+    kind = f"{stored}, sparse" if sparse else f"{stored}"
+    _say(f"fitting {path} ({shape[0]} × {shape[1]} {kind}) online with rank {rank}, "
+         f"batches of {min(batch_size, shape[0])} rows, on {where}")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            est.fit(_absolute(path))
+    except KeyboardInterrupt as exc:
+        _say(f"interrupted: the online state is committed in {out}; run the same command "
+             f"again to continue.")
+        raise typer.Exit(_exit_code(exc)) from None
+    took = time.perf_counter() - started
+    stopped = ("stopped by its stopping rule" if est.n_iter_ < max_iter
+               else f"stopped at --max-iter {max_iter}")
+    from ._output import _result
+
+    _result(f"{stopped} after {est.n_steps_} batches ({est.n_iter_} passes): "
+            f"reconstruction error {est.reconstruction_err_:.6g}, in {took:.1f} s. Online "
+            f"run saved to {out}")
