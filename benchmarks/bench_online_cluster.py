@@ -4,10 +4,11 @@ or several batches in flight per step, against this process alone.
 - ``threads``: the steps in this process (no cluster);
 - ``split``: each batch cut into one block per worker thread; the workers read their
   rows from the Zarr store, make their W rows and H-update terms, the driver adds the
-  terms in row order and folds them into H (the same mathematics as ``threads``);
+  terms in row order and folds them into H (the same mathematics as ``threads``; the
+  variant that lost, kept here only to measure it);
 - ``in-flight``: one batch per worker thread at once, all against the same H, folded
-  into H's running sums one after the other in batch order (a different algorithm:
-  the later batches of a round see an H one or more steps old).
+  into H's running sums one after the other in batch order (what MiniBatchNMF does on
+  a cluster; the later batches of a round see an H one or more steps old).
 
 Every run records H with the time since its start (several times per pass, outside
 the timed work); each H is scored as in bench_online.py (relative error of the exact
@@ -20,15 +21,51 @@ Usage: python benchmarks/bench_online_cluster.py [--gib 0.2] [--rounds 2] [--epo
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import time
 import warnings
 
 import numpy as np
-
 from bench_online import DATA, first_below, load_average, make_V, score
 
 MODES = ("threads", "split", "in-flight")
+
+
+def _split_steps(self, backend, source, memory, bounds, n_steps, n, m, state, on_step):
+    """The variant that lost: each batch cut into one block per worker thread, the
+    H-update terms added in row order (the same mathematics as one process)."""
+    import math
+
+    from dnmf._online import _task_refs, batch_terms
+
+    W, H_prev, i = state["W"], state["H"], state["step"]
+    P = max(1, backend.n_threads)
+    l1_W, _, l2_W, _ = self._reg(1, m)
+    shared = (self._beta_loss, self._gamma, l1_W, l2_W, bool(self.fresh_restarts),
+              self.fresh_restarts_max_iter, self.tol)
+    while i < n_steps and not state["stopped"]:
+        H = state["H"]
+        a, b = bounds[i % len(bounds)]
+        cuts = np.linspace(a, b, min(P, b - a) + 1).astype(int)
+        pieces = [(int(x), int(y)) for x, y in zip(cuts[:-1], cuts[1:])]
+        parts = backend.map(batch_terms, [(ref, W[x:y], H) for ref, (x, y) in
+                                          zip(_task_refs(source, memory, pieces), pieces)],
+                            shared)
+        for (x, y), part in zip(pieces, parts):
+            W[x:y] = part[0]
+        numerator, denominator = parts[0][2].copy(), parts[0][3].copy()
+        for part in parts[1:]:
+            numerator += part[2]
+            denominator += part[3]
+        div = math.fsum(part[1] for part in parts)
+        _, cost, H_new, A, B = self._fold(W[a:b], div, numerator, denominator, H,
+                                          state["A"], state["B"], b - a, m)
+        state.update(H=H_new, A=A, B=B)
+        state["stopped"] = self._converged(b - a, cost, H_new, H_prev, n, i, n_steps, state)
+        H_prev = H_new
+        i += 1
+        state["step"] = i
 
 
 def run(mode: str, V: str, client, k: int, batch: int, epochs: int, every: int):
@@ -49,7 +86,8 @@ def run(mode: str, V: str, client, k: int, batch: int, epochs: int, every: int):
                 paused[0] += time.perf_counter() - t
             return result
 
-    Recorded._cluster_mode = "split" if mode == "threads" else mode
+    if mode == "split":
+        Recorded._run_cluster = _split_steps  # the variant measured against in-flight
     est = Recorded(k, init="random", batch_size=batch, max_iter=epochs, tol=0.0,
                    max_no_improvement=None, random_state=0,
                    scheduler="threads" if mode == "threads" else client)
@@ -73,7 +111,11 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--sample-rows", type=int, default=8192)
+    p.add_argument("--json", default=None, help="also write the results here")
+    p.add_argument("--quick", action="store_true", help="a small V, one round, one pass")
     args = p.parse_args()
+    if args.quick:
+        args.gib, args.rounds, args.epochs, args.sample_rows = 0.02, 1, 1, 2048
 
     from distributed import Client, LocalCluster
 
@@ -111,6 +153,12 @@ def main() -> None:
             cells.append(f"{t:10.1f} s" if t is not None else f"{'-':>12}")
         print(f"{r + 1:>5} {target:9.5f} " + " ".join(cells))
     print(f"load at the end {load_average()}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"args": vars(args), "rounds": [
+                {mode: {"times": v[0].tolist(), "errors": v[1].tolist(), "total": v[2],
+                        "load": v[3]} for mode, v in result.items()} for result in results]},
+                f, indent=1)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ on top of the engine (initialisation and the validation pass come from
 
 from __future__ import annotations
 
-import itertools
 import math
 import numbers
 import os
@@ -524,14 +523,21 @@ class MiniBatchNMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
             if on_step is not None:
                 on_step(state)
 
-    #: How a cluster runs the steps: "split" (one batch split across the workers)
-    #: or "in-flight" (several batches per step against the same H).
-    _cluster_mode = "split"
-
     def _run_cluster(self, backend: Any, source: PanelSource, memory: Any,
                      bounds: list[tuple[int, int]], n_steps: int, n: int, m: int,
                      state: dict[str, Any], on_step: Any) -> None:
-        """The steps on a Dask cluster; the workers read their rows from the source."""
+        """The steps on a Dask cluster: one batch per worker thread in flight.
+
+        A round sends the next P batches (P = the cluster's worker threads) to the
+        workers at once, all against the same H; each worker reads its rows from the
+        source and returns its W rows and H-update terms, which the driver folds into
+        H's running sums one after the other in batch order (so the answer does not
+        depend on which worker finished first). The stopping rules are checked after
+        every fold. Later batches of a round see an H up to P − 1 steps old: a
+        different path from the one-process fit, chosen because it reached a given
+        loss sooner than splitting each batch across the workers (bench_online_cluster.py;
+        docs/online.md).
+        """
         W = state["W"]
         H_prev = state["H"]
         i = state["step"]
@@ -541,45 +547,22 @@ class MiniBatchNMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
                   self.fresh_restarts_max_iter, self.tol)
         while i < n_steps and not state["stopped"]:
             H = state["H"]
-            if self._cluster_mode == "split":
-                a, b = bounds[i % len(bounds)]
-                cuts = np.linspace(a, b, min(P, b - a) + 1).astype(int)
-                pieces = [(int(x), int(y)) for x, y in itertools.pairwise(cuts)]
-                refs = _task_refs(source, memory, pieces)
-                parts = backend.map(batch_terms, [(ref, W[x:y], H) for ref, (x, y) in
-                                                  zip(refs, pieces)], shared)
-                for (x, y), part in zip(pieces, parts):
-                    W[x:y] = part[0]
-                div = math.fsum(part[1] for part in parts)
-                numerator = parts[0][2].copy()
-                denominator = parts[0][3].copy()
-                for part in parts[1:]:  # fixed order: row order
-                    numerator += part[2]
-                    denominator += part[3]
-                _, cost, H_new, A, B = self._fold(W[a:b], div, numerator, denominator, H,
-                                                  state["A"], state["B"], b - a, m)
+            todo = [bounds[j % len(bounds)] for j in range(i, min(i + P, n_steps))]
+            refs = _task_refs(source, memory, todo)
+            parts = backend.map(batch_terms, [(ref, W[x:y], H) for ref, (x, y) in
+                                              zip(refs, todo)], shared)
+            A, B = state["A"], state["B"]
+            for (x, y), part in zip(todo, parts):  # folded in batch order
+                W[x:y] = part[0]
+                _, cost, H_new, A, B = self._fold(part[0], part[1], part[2], part[3], H,
+                                                  A, B, y - x, m)
                 state.update(H=H_new, A=A, B=B)
-                state["stopped"] = self._converged(b - a, cost, H_new, H_prev, n, i,
+                state["stopped"] = self._converged(y - x, cost, H_new, H_prev, n, i,
                                                    n_steps, state)
                 H_prev = H_new
                 i += 1
-            else:
-                todo = [bounds[j % len(bounds)] for j in range(i, min(i + P, n_steps))]
-                refs = _task_refs(source, memory, todo)
-                parts = backend.map(batch_terms, [(ref, W[x:y], H) for ref, (x, y) in
-                                                  zip(refs, todo)], shared)
-                A, B = state["A"], state["B"]
-                for (x, y), part in zip(todo, parts):  # folded in batch order
-                    W[x:y] = part[0]
-                    _, cost, H_new, A, B = self._fold(part[0], part[1], part[2], part[3], H,
-                                                      A, B, y - x, m)
-                    state.update(H=H_new, A=A, B=B)
-                    state["stopped"] = self._converged(y - x, cost, H_new, H_prev, n, i,
-                                                       n_steps, state)
-                    H_prev = H_new
-                    i += 1
-                    if state["stopped"]:
-                        break
+                if state["stopped"]:
+                    break
             state["step"] = i
             if on_step is not None:
                 on_step(state)

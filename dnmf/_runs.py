@@ -17,7 +17,7 @@ from . import _engine
 from ._estimator import NMF
 from ._run import committed_panels, lazy_W, recorded_bounds
 from ._store import ZIP_WORKDIR_SUFFIX, Location, RunStore, as_location
-from .errors import InvalidInputError, StoreError
+from .errors import IncompatibleRunError, InvalidInputError, StoreError
 
 __all__ = ["Run", "open_run", "resume"]
 
@@ -154,6 +154,12 @@ def open_run(path: Any, *, verify: bool = True) -> Run:
             raise StoreError(
                 f"{str(store.location)!r} has no committed state: not a dnmf run, or its "
                 f"fit was stopped before the first commit."
+            )
+        if str(manifest.get("kind", "")).startswith("online"):
+            raise IncompatibleRunError(
+                f"{str(store.location)!r} holds an online run (dnmf.MiniBatchNMF, "
+                f"'dnmf fit --online'), which open_run, resume and 'dnmf info' do not "
+                f"read. Fit again with the same out to continue or read it back."
             )
         try:
             out = os.fspath(path) if isinstance(path, os.PathLike) else path

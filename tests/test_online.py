@@ -224,3 +224,32 @@ def test_zarr_is_read_in_row_ranges_never_whole(tmp_path, monkeypatch):
     # loss pass (blocks of 4096 rows); the steps read their batch and nothing more
     assert est.n_steps_ == 18
     assert sizes[1:-1] == [100] * est.n_steps_, sizes
+
+
+@pytest.mark.slow
+def test_cluster_runs_batches_in_flight_deterministically(V_path):
+    # On a cluster, P = 2 batches are in flight per round against the same H; the
+    # workers read their rows from the Zarr store; the terms are folded in batch
+    # order, so two fits agree exactly, and the loss is close to the one-process fit.
+    from distributed import Client, LocalCluster
+
+    params = dict(n_components=4, init="random", batch_size=50, max_iter=4, tol=0.0,
+                  max_no_improvement=None, random_state=7)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        here = MiniBatchNMF(**params, scheduler="threads")
+        W_here = here.fit_transform(V_path)
+        with LocalCluster(n_workers=2, threads_per_worker=1, processes=False,
+                          dashboard_address=None) as cluster, Client(cluster) as client:
+            runs = []
+            for _ in range(2):
+                est = MiniBatchNMF(**params, scheduler=client)
+                runs.append((est.fit_transform(V_path), est))
+    (W1, a), (W2, b) = runs
+    np.testing.assert_array_equal(W1, W2)
+    np.testing.assert_array_equal(a.components_, b.components_)
+    assert a.n_steps_ == here.n_steps_ == 32
+    assert not np.array_equal(a.components_, here.components_)  # another path ...
+    assert abs(a.reconstruction_err_ - here.reconstruction_err_) < 0.05 * \
+        here.reconstruction_err_  # ... to about the same loss
+    assert W1.shape == W_here.shape
