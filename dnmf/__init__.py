@@ -2,13 +2,18 @@
 
 V ≈ W·H with W, H ≥ 0, on Dask (local threads or a distributed cluster) and Zarr,
 reading V once per iteration in row panels.
+
+``import dnmf`` is cheap: the public names below are imported on first use
+(PEP 562), so the command line and scripts that only need a part of dnmf do not pay
+for Dask, SciPy, Zarr or distributed until they use them. A new public name goes
+into ``_LAZY`` (name → module), not into an import at the top of this file.
 """
 
 from __future__ import annotations
 
-from ._estimator import NMF, non_negative_factorization
-from ._mask import SpeckledHoldout
-from ._runs import Run, open_run, resume
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from .errors import (
     ClusterLostError,
     ConvergenceWarning,
@@ -23,22 +28,43 @@ from .errors import (
 )
 from .io import open_source, to_anndata
 
+if TYPE_CHECKING:
+    from ._estimator import NMF, non_negative_factorization
+    from ._mask import SpeckledHoldout
+    from ._online import MiniBatchNMF
+    from ._rank import RankSelection, select_rank
+    from ._runs import Run, open_run, resume
+
 __version__ = "0.1.0"
 
+#: Public names imported on first access: name → the module that defines it.
+_LAZY: dict[str, str] = {
+    "NMF": "._estimator",
+    "non_negative_factorization": "._estimator",
+    "Run": "._runs",
+    "open_run": "._runs",
+    "resume": "._runs",
+    "SpeckledHoldout": "._mask",
+    # Builds on scikit-learn's mixins: scikit-learn is imported only when asked for.
+    "MiniBatchNMF": "._online",
+    # Rank selection (and its sweep stores), likewise when first used.
+    "select_rank": "._rank",
+    "RankSelection": "._rank",
+}
 
-def __getattr__(name: str) -> object:
-    # MiniBatchNMF builds on scikit-learn's mixins: import it (and scikit-learn) only
-    # when it is asked for, so that `import dnmf` stays fast.
-    if name == "MiniBatchNMF":
-        from ._online import MiniBatchNMF
 
-        return MiniBatchNMF
-    # Rank selection (and its sweep stores) likewise, when first used.
-    if name in ("select_rank", "RankSelection"):
-        from . import _rank
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'dnmf' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value  # later accesses skip this function
+    return value
 
-        return getattr(_rank, name)
-    raise AttributeError(f"module 'dnmf' has no attribute {name!r}")
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __all__ = [
     "NMF",

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import sys
 import time
 import uuid
 import warnings
@@ -614,6 +615,23 @@ class Backend:
             )
         return list(out), result
 
+    def _local_map(
+        self,
+        task: Callable[..., Any],
+        per_panel: list[tuple[Any, ...]],
+        shared: tuple[Any, ...],
+    ) -> list[Any]:
+        # A raw graph for the threads scheduler, not ``dask.compute``: that looks
+        # for a distributed client, importing distributed (about a second) to do so.
+        with _blas_limit(self.n_threads):
+            if len(per_panel) == 1 and not any(isinstance(a, Delayed) for a in per_panel[0]):
+                return [task(*per_panel[0], *shared)]
+            graph = _Graph()
+            shared_args = tuple(graph.arg(value) for value in shared)
+            keys = [graph.task(task, *(graph.arg(a) for a in args), *shared_args)
+                    for args in per_panel]
+            return list(dask.threaded.get(graph.dsk, keys, num_workers=self.n_threads))
+
     def map(
         self,
         task: Callable[..., Any],
@@ -621,11 +639,10 @@ class Backend:
         shared: tuple[Any, ...] = (),
     ) -> list[Any]:
         """Run ``task(*per_panel[i], *shared)`` for every panel; gather the results."""
+        if self.client is None:
+            return self._local_map(task, per_panel, shared)
         bundle = self.share(shared)
         parts = [self._delayed_call(task, args, bundle) for args in per_panel]
-        if self.client is None:
-            with _blas_limit(self.n_threads):
-                return list(dask.compute(*parts, scheduler="threads", num_workers=self.n_threads))
         with _cluster_guard(self.address):
             return list(self.client.gather(self.client.compute(parts)))
 
@@ -745,6 +762,10 @@ def get_backend(scheduler: Any = None) -> Backend:
     if scheduler == "threads":
         return Backend()
     if scheduler is None:
+        if "distributed" not in sys.modules:
+            # No client can be active if distributed was never imported; importing
+            # it only to find out costs about a second.
+            return Backend()
         try:
             from distributed import default_client
 
