@@ -18,6 +18,7 @@ from __future__ import annotations
 import itertools
 import os
 import sys
+import threading
 import time
 import uuid
 import warnings
@@ -48,10 +49,21 @@ _CONTROLLER: Any = None
 WORKERS_TTL = 5.0
 
 
+#: The BLAS thread count in force in this thread under :func:`_blas_limit`, if any.
+_LIMIT = threading.local()
+
+
 def _blas_limit(threads: int) -> AbstractContextManager[Any]:
-    """Limit BLAS so that threads × BLAS threads does not exceed the cores."""
+    """Limit BLAS so that threads × BLAS threads does not exceed the cores.
+
+    Nested limits to the count already in force cost nothing (a fit holds one for
+    all its passes when its data are small: see :attr:`Backend.small`).
+    """
     global _CONTROLLER
     cores = os.cpu_count() or 1
+    blas = max(1, cores // max(threads, 1))
+    if getattr(_LIMIT, "blas", None) == blas:
+        return nullcontext()
     try:
         from threadpoolctl import ThreadpoolController
     except ImportError:  # pragma: no cover - threadpoolctl is a dependency
@@ -59,7 +71,18 @@ def _blas_limit(threads: int) -> AbstractContextManager[Any]:
     if _CONTROLLER is None:
         # Scanning the loaded libraries is slow; do it once per process.
         _CONTROLLER = ThreadpoolController()
-    return _CONTROLLER.limit(limits=max(1, cores // max(threads, 1)), user_api="blas")
+    return _limited(_CONTROLLER, blas)
+
+
+@contextmanager
+def _limited(controller: Any, blas: int) -> Iterator[None]:
+    previous = getattr(_LIMIT, "blas", None)
+    with controller.limit(limits=blas, user_api="blas"):
+        _LIMIT.blas = blas
+        try:
+            yield
+        finally:
+            _LIMIT.blas = previous
 
 
 class _Graph:
@@ -320,6 +343,11 @@ class Backend:
             configured = dask.config.get("num_workers", None)
             self.n_threads = int(n_threads or configured or os.cpu_count() or 1)
 
+    #: The data are small (set by the caller, locally): every product is too small
+    #: for BLAS threads to pay for their synchronisation, so the whole fit runs with
+    #: one BLAS thread (:meth:`driver_limits`), held once rather than set per pass.
+    small: bool = False
+
     @property
     def distributed(self) -> bool:
         return self.client is not None
@@ -328,16 +356,29 @@ class Backend:
     def dashboard_link(self) -> str | None:
         return getattr(self.client, "dashboard_link", None) if self.client else None
 
+    @property
+    def _one_panel_threads(self) -> int:
+        """Worker threads to count for a lone panel: it has all BLAS threads, unless small."""
+        return (os.cpu_count() or 1) if self.small else 1
+
     def driver_limits(self) -> AbstractContextManager[Any]:
         """BLAS threads for the driver's own (H-sized) arithmetic between passes.
 
         On a cluster the driver's cores are shared with workers that are busy when
         it computes (losses, the next context): several BLAS threads would only spin
-        against them, so it uses one. Locally the driver has the machine.
+        against them, so it uses one. Locally the driver has the machine, unless the
+        data are :attr:`small` (one BLAS thread throughout).
         """
-        if self.client is None:
+        if self.client is None and not self.small:
             return nullcontext()
         return _blas_limit(os.cpu_count() or 1)  # as many "threads" as cores: 1 BLAS thread
+
+    def small_limits(self) -> AbstractContextManager[Any]:
+        """One BLAS thread for a stretch of passes (scan, initialisation) on small data.
+
+        Otherwise nothing: each pass then sets the BLAS threads its tasks need.
+        """
+        return _blas_limit(os.cpu_count() or 1) if self.small else nullcontext()
 
     def describe(self) -> str:
         if self.client is None:
@@ -595,7 +636,7 @@ class Backend:
     ) -> tuple[list[Any], Any]:
         if len(per_panel) == 1 and not any(isinstance(a, Delayed) for a in per_panel[0]):
             # One panel: nothing to schedule, so skip the scheduler's fixed cost.
-            with _blas_limit(1):
+            with _blas_limit(self._one_panel_threads):
                 out, stats = task(*per_panel[0], *shared)
             return ([out] if keep_outputs else []), stats
         graph = _Graph()
@@ -623,9 +664,10 @@ class Backend:
     ) -> list[Any]:
         # A raw graph for the threads scheduler, not ``dask.compute``: that looks
         # for a distributed client, importing distributed (about a second) to do so.
-        with _blas_limit(self.n_threads):
-            if len(per_panel) == 1 and not any(isinstance(a, Delayed) for a in per_panel[0]):
+        if len(per_panel) == 1 and not any(isinstance(a, Delayed) for a in per_panel[0]):
+            with _blas_limit(self.n_threads if not self.small else self._one_panel_threads):
                 return [task(*per_panel[0], *shared)]
+        with _blas_limit(self.n_threads):
             graph = _Graph()
             shared_args = tuple(graph.arg(value) for value in shared)
             keys = [graph.task(task, *(graph.arg(a) for a in args), *shared_args)

@@ -109,7 +109,8 @@ def scan_task(v_ref: Any, start: int) -> dict[str, Any]:
 def scan(backend: Backend, source: PanelSource, refs: list[Any], bounds: list[tuple[int, int]],
          name: str = "NMF") -> DataSummary:
     """Read V once, refuse NaN, ±inf and negative values, and return its summary."""
-    parts = backend.map(scan_task, [(ref, a) for ref, (a, _) in zip(refs, bounds)])
+    with backend.small_limits():
+        parts = backend.map(scan_task, [(ref, a) for ref, (a, _) in zip(refs, bounds)])
     n_nonfinite = sum(p["n_nonfinite"] for p in parts)
     if n_nonfinite:
         r, c = next(p["first_nonfinite"] for p in parts if p["first_nonfinite"])
@@ -169,6 +170,23 @@ def initialize(
     that makes it, so W is never gathered (and NNDSVD's U is recomputed per panel
     from one more read of V rather than held).
     """
+    with backend.small_limits():
+        return _initialize(backend, source, refs, bounds, init=init, k=k, seed=seed,
+                           summary=summary, keeper=keeper)
+
+
+def _initialize(
+    backend: Backend,
+    source: PanelSource,
+    refs: list[Any],
+    bounds: list[tuple[int, int]],
+    *,
+    init: str,
+    k: int,
+    seed: int,
+    summary: DataSummary,
+    keeper: WKeeper | None,
+) -> tuple[list[Any], np.ndarray]:
     n, m = source.shape
     dtype = source.dtype.str
     avg = math.sqrt(summary.mean / k)

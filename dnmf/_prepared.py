@@ -12,7 +12,7 @@ import numpy as np
 
 from . import _engine
 from ._backend import Backend, get_backend
-from ._source import PanelSource, as_source, load_panel, snap_bounds
+from ._source import MIN_SPLIT_BYTES, PanelSource, as_source, load_panel, snap_bounds
 from .io import engine_input
 
 __all__ = ["PreparedInput"]
@@ -66,6 +66,11 @@ class PreparedInput:
             # (this process, or the workers' memory on a cluster).
             refs = self.backend.map_keep(load_panel, [(ref,) for ref in refs])
         self.refs = refs
+        # Small data (one panel's worth): one BLAS thread for the whole fit.
+        n, m = self.source.shape
+        entries = self.source.nnz if self.source.kind in ("sparse", "zarr-csr") else n * m
+        self.backend.small = (not self.backend.distributed
+                              and entries * self.source.dtype.itemsize < MIN_SPLIT_BYTES)
         self.summary: _engine.DataSummary
         if scan:
             self.summary = _engine.scan(self.backend, self.source, self.refs, self.bounds)

@@ -1,0 +1,155 @@
+"""Compiled inner loops (numba), beside the NumPy references they must agree with.
+
+Python loops dominate a few kernels: the HALS sweeps (k small vector operations per
+sweep, up to hundreds of sweeps per H-step) and the KL quotient at the stored
+entries of a sparse V. Each has a NumPy reference in the solver's own module; the
+compiled version here does the same arithmetic row by row in one loop, and the
+tests compare the two (to 1e-10).
+
+Which one runs is decided once per fit, from the environment and V's shape only
+(:func:`enabled`), never from what this process happens to have loaded, so a run
+resumed in another process, or a panel recomputed on another worker, takes the same
+path:
+
+* ``DNMF_KERNELS=numpy``: always the NumPy references; ``DNMF_KERNELS=numba``: always
+  the compiled kernels (an error if numba cannot be imported);
+* unset (``auto``): compiled when numba imports, except for tiny problems
+  (``(n + m)·k < TINY``), where loading numba (about half a second per process) costs
+  more than the whole fit in NumPy.
+
+numba is imported on first use, not with dnmf. Compiled code is cached on disk
+(``cache=True``), so only the first process after an install pays the compilation
+(about a second per kernel).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+__all__ = ["TINY", "choice", "enabled", "hals_rows", "wh_at_csr"]
+
+#: Below this (n + m)·k the NumPy references run in ``auto`` mode.
+TINY = 1000
+
+_compiled: dict[str, Callable[..., Any]] | None = None
+_import_error: Exception | None = None
+
+
+def choice() -> str:
+    """The ``DNMF_KERNELS`` setting: "auto", "numba" or "numpy"."""
+    from ..errors import InvalidParameterError
+
+    value = os.environ.get("DNMF_KERNELS", "auto").strip().lower() or "auto"
+    if value not in ("auto", "numba", "numpy"):
+        raise InvalidParameterError(
+            f"DNMF_KERNELS={value!r} is not one of 'auto', 'numba', 'numpy': unset it, or "
+            f"set DNMF_KERNELS=numpy to use the pure-NumPy kernels."
+        )
+    return value
+
+
+def enabled(shape: tuple[int, int], k: int) -> bool:
+    """Whether a fit of V of ``shape`` with ``k`` components uses the compiled kernels."""
+    mode = choice()
+    if mode == "numpy":
+        return False
+    if mode == "auto" and (shape[0] + shape[1]) * k < TINY:
+        return False
+    if _load() is None:
+        if mode == "numba":
+            from ..errors import InvalidParameterError
+
+            raise InvalidParameterError(
+                f"DNMF_KERNELS=numba, but numba cannot be imported ({_import_error}): "
+                f"pip install numba, or unset DNMF_KERNELS to fall back to NumPy."
+            )
+        return False
+    return True
+
+
+def _load() -> dict[str, Callable[..., Any]] | None:
+    """The compiled kernels (compiled or loaded from the cache on first call), or None."""
+    global _compiled, _import_error
+    if _compiled is None and _import_error is None:
+        try:
+            import numba
+        except ImportError as exc:  # numba is a dependency, but may be missing
+            _import_error = exc
+            return None
+        jit = numba.njit(cache=True, nogil=True)
+        _compiled = {"hals_rows": jit(_hals_rows), "wh_at_csr": jit(_wh_at_csr)}
+    return _compiled
+
+
+def hals_rows(X: np.ndarray, Ps: np.ndarray, Gs: np.ndarray, columns: np.ndarray,
+              max_sweeps: int, delta: float) -> None:
+    """HALS sweeps on the rows of ``X`` in place, each row with its own stopping rule.
+
+    ``X`` (n × k, float64, C order) is the factor, ``Ps`` (n × k) the right-hand
+    sides scaled by ``1/G[j, j]`` (L1 subtracted first), ``Gs`` (k × k) the Gram
+    scaled row-wise by ``1/G[j, j]`` with a zero diagonal, and ``columns`` the
+    components with ``G[j, j] > 0`` (the others are left unchanged). One sweep sets,
+    for j in ``columns``, ``X[i, j] = max(0, Ps[i, j] − Σ_r Gs[j, r]·X[i, r])``. A row
+    sweeps again while its change (squared norm over a sweep) exceeds ``delta²``
+    times its first sweep's, at most ``max_sweeps`` times: the rule of
+    :func:`dnmf._solvers._hals._sweeps`, which is the reference.
+    """
+    kernels = _load()
+    assert kernels is not None
+    kernels["hals_rows"](X, Ps, Gs, columns.astype(np.int64, copy=False), int(max_sweeps),
+                         float(delta) * float(delta))
+
+
+def wh_at_csr(indptr: np.ndarray, indices: np.ndarray, W: np.ndarray, Ht: np.ndarray,
+              out: np.ndarray) -> None:
+    """``out[e] = W[row(e)] · Ht[indices[e]]``: W·H at the stored entries of a CSR V.
+
+    ``W`` is n × k, ``Ht`` is m × k (H transposed, C order); ``out`` has V's nnz
+    entries, in ``V.data``'s order. Reference: :func:`dnmf._solvers._mu._wh_at`.
+    """
+    kernels = _load()
+    assert kernels is not None
+    kernels["wh_at_csr"](indptr, indices, W, Ht, out)
+
+
+# ----------------------------------------------------------------- the kernels
+# Plain Python functions, compiled by numba in _load(); they are also valid (slow)
+# Python, which the tests use to check the compiled versions compute the same.
+def _hals_rows(X, Ps, Gs, columns, max_sweeps, delta_sq):  # type: ignore[no-untyped-def]
+    n, k = X.shape
+    for i in range(n):
+        bound = 0.0
+        for sweep in range(max_sweeps):
+            change = 0.0
+            for jj in range(columns.shape[0]):
+                j = columns[jj]
+                t = Ps[i, j]
+                for r in range(k):
+                    t -= Gs[j, r] * X[i, r]
+                if t < 0.0:
+                    t = 0.0
+                d = t - X[i, j]
+                change += d * d
+                X[i, j] = t
+            if sweep == 0:
+                if change <= 0.0:
+                    break
+                bound = delta_sq * change
+            elif change <= bound:
+                break
+
+
+def _wh_at_csr(indptr, indices, W, Ht, out):  # type: ignore[no-untyped-def]
+    n = indptr.shape[0] - 1
+    k = W.shape[1]
+    for i in range(n):
+        for e in range(indptr[i], indptr[i + 1]):
+            c = indices[e]
+            t = 0.0
+            for r in range(k):
+                t += W[i, r] * Ht[c, r]
+            out[e] = t
