@@ -49,6 +49,8 @@ _CONTROLLER: Any = None
 WORKERS_TTL = 5.0
 
 
+_CORES = os.cpu_count() or 1
+
 #: The BLAS thread count in force in this thread under :func:`_blas_limit`, if any.
 _LIMIT = threading.local()
 
@@ -60,8 +62,7 @@ def _blas_limit(threads: int) -> AbstractContextManager[Any]:
     all its passes when its data are small: see :attr:`Backend.small`).
     """
     global _CONTROLLER
-    cores = os.cpu_count() or 1
-    blas = max(1, cores // max(threads, 1))
+    blas = max(1, _CORES // max(threads, 1))
     if getattr(_LIMIT, "blas", None) == blas:
         return nullcontext()
     try:
@@ -359,7 +360,7 @@ class Backend:
     @property
     def _one_panel_threads(self) -> int:
         """Worker threads to count for a lone panel: it has all BLAS threads, unless small."""
-        return (os.cpu_count() or 1) if self.small else 1
+        return _CORES if self.small else 1
 
     def driver_limits(self) -> AbstractContextManager[Any]:
         """BLAS threads for the driver's own (H-sized) arithmetic between passes.
@@ -371,14 +372,14 @@ class Backend:
         """
         if self.client is None and not self.small:
             return nullcontext()
-        return _blas_limit(os.cpu_count() or 1)  # as many "threads" as cores: 1 BLAS thread
+        return _blas_limit(_CORES)  # as many "threads" as cores: 1 BLAS thread
 
     def small_limits(self) -> AbstractContextManager[Any]:
         """One BLAS thread for a stretch of passes (scan, initialisation) on small data.
 
         Otherwise nothing: each pass then sets the BLAS threads its tasks need.
         """
-        return _blas_limit(os.cpu_count() or 1) if self.small else nullcontext()
+        return _blas_limit(_CORES) if self.small else nullcontext()
 
     def describe(self) -> str:
         if self.client is None:

@@ -32,6 +32,8 @@ class ALS(FrobeniusSolver):
         l1: float,
         l2: float,
         rho: float,
+        *,
+        compiled: bool = False,
     ) -> np.ndarray:
         k = X.shape[1]
         gram = np.array(G, dtype=np.float64)
@@ -41,4 +43,4 @@ class ALS(FrobeniusSolver):
         if l1 > 0:
             rhs -= l1
         x0 = np.array(X.T, dtype=np.float64)
-        return np.ascontiguousarray(nnls_bpp(gram, rhs, x0).T)
+        return np.ascontiguousarray(nnls_bpp(gram, rhs, x0, compiled=compiled).T)

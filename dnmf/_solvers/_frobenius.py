@@ -17,6 +17,7 @@ from abc import abstractmethod
 
 import numpy as np
 
+from . import _kernels
 from ._base import Array, PanelContext, Regularization, Solver, Stats, solve_rows, t_dot
 
 __all__ = ["FrobeniusSolver"]
@@ -37,12 +38,16 @@ class FrobeniusSolver(Solver):
         l1: float,
         l2: float,
         rho: float,
+        *,
+        compiled: bool = False,
     ) -> np.ndarray:
         """One update of the rows of ``X`` (n × k) for min ½‖Y − X·Fᵀ‖² + penalties.
 
         ``P = Y·F`` (n × k) and ``G = Fᵀ·F`` (k × k). ``rho`` is the ratio of the cost
         of forming ``P`` to the cost of one sweep over ``X`` (accelerated HALS).
-        Returns a new array; ``X`` is not modified.
+        ``compiled``: use the compiled kernel where the solver has one (the fit's
+        choice, :func:`dnmf._solvers._kernels.enabled`); the result agrees with the
+        NumPy reference to rounding. Returns a new array; ``X`` is not modified.
         """
 
     def update_panel(
@@ -56,7 +61,8 @@ class FrobeniusSolver(Solver):
         n, m = ctx.shape
         k = H.shape[0]
         rho = 1.0 + (ctx.nnz + m * k) / (n * (k + 1.0))
-        W_new = self.step(W, P, ctx.gram, reg.l1_W, reg.l2_W, rho).astype(W.dtype, copy=False)
+        W_new = self.step(W, P, ctx.gram, reg.l1_W, reg.l2_W, rho,
+                          compiled=_kernels.enabled(ctx.shape, k)).astype(W.dtype, copy=False)
         A = t_dot(W_new, V).astype(np.float64)
         B = (W_new.T @ W_new).astype(np.float64)
         return W_new, {"A": A, "B": B, "cross0": cross0, "gram0": gram0}
@@ -75,6 +81,7 @@ class FrobeniusSolver(Solver):
             reg.l1_H,
             reg.l2_H,
             rho,
+            compiled=_kernels.enabled(ctx.shape, k),
         )
         return np.ascontiguousarray(Ht.T)
 
@@ -111,8 +118,10 @@ class FrobeniusSolver(Solver):
     ) -> np.ndarray:
         P = np.asarray(V @ ctx.H.T).astype(np.float64)
         # H is fixed, so P and G are too: iterate the W-step without touching V again.
+        compiled = _kernels.enabled(ctx.shape, ctx.H.shape[0])
         X = solve_rows(
-            lambda rows, Xr: self.step(Xr, P[rows], ctx.gram, reg.l1_W, reg.l2_W, 1.0),
+            lambda rows, Xr: self.step(Xr, P[rows], ctx.gram, reg.l1_W, reg.l2_W, 1.0,
+                                       compiled=compiled),
             W.astype(np.float64),
             max_iter,
             tol,

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import _kernels
 from ._frobenius import FrobeniusSolver
 
 __all__ = ["HALS"]
@@ -63,6 +64,8 @@ class HALS(FrobeniusSolver):
         l1: float,
         l2: float,
         rho: float,
+        *,
+        compiled: bool = False,
     ) -> np.ndarray:
         n, k = X.shape
         Gr = np.array(G, dtype=np.float64)
@@ -81,8 +84,15 @@ class HALS(FrobeniusSolver):
         Gs[np.diag_indices(k)] = 0.0
         X64 = np.asarray(X, dtype=np.float64)
         P64 = np.asarray(P, dtype=np.float64)
-        out = np.empty((n, k))
         max_sweeps = max(MIN_SWEEPS, int(1 + ALPHA * rho))
+        if compiled:
+            # The same sweeps, row by row in one compiled loop (_kernels.hals_rows).
+            Xc = np.array(X64, dtype=np.float64, order="C")
+            Pc = np.subtract(P64, l1) if l1 > 0 else np.array(P64, dtype=np.float64)
+            Pc *= inv[np.newaxis, :]
+            _kernels.hals_rows(Xc, Pc, Gs, np.arange(k), max_sweeps, DELTA, FLOOR)
+            return Xc
+        out = np.empty((n, k))
         # Rows are independent given P and G: sweep a block of rows that stays in
         # cache through all its sweeps, instead of streaming X k times per sweep. The
         # block is transposed (one column of X = one contiguous row) on the way in.

@@ -25,26 +25,28 @@ numba is imported on first use, not with dnmf. Compiled code is cached on disk
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
-__all__ = ["TINY", "choice", "enabled", "hals_rows", "wh_at_csr"]
+__all__ = ["TINY", "choice", "enabled", "hals_rows", "nnls_columns", "wh_at_csr"]
 
 #: Below this (n + m)·k the NumPy references run in ``auto`` mode.
 TINY = 1000
 
-_compiled: dict[str, Callable[..., Any]] | None = None
+_compiled: Any = None
 _import_error: Exception | None = None
 
 
 def choice() -> str:
     """The ``DNMF_KERNELS`` setting: "auto", "numba" or "numpy"."""
-    from ..errors import InvalidParameterError
-
-    value = os.environ.get("DNMF_KERNELS", "auto").strip().lower() or "auto"
+    value = os.environ.get("DNMF_KERNELS")
+    if value is None:
+        return "auto"
+    value = value.strip().lower() or "auto"
     if value not in ("auto", "numba", "numpy"):
+        from ..errors import InvalidParameterError
+
         raise InvalidParameterError(
             f"DNMF_KERNELS={value!r} is not one of 'auto', 'numba', 'numpy': unset it, or "
             f"set DNMF_KERNELS=numpy to use the pure-NumPy kernels."
@@ -71,37 +73,36 @@ def enabled(shape: tuple[int, int], k: int) -> bool:
     return True
 
 
-def _load() -> dict[str, Callable[..., Any]] | None:
-    """The compiled kernels (compiled or loaded from the cache on first call), or None."""
+def _load() -> Any:
+    """The module of compiled kernels (:mod:`._compiled`, importing numba), or None."""
     global _compiled, _import_error
     if _compiled is None and _import_error is None:
         try:
-            import numba
+            from . import _compiled as compiled
         except ImportError as exc:  # numba is a dependency, but may be missing
             _import_error = exc
             return None
-        jit = numba.njit(cache=True, nogil=True)
-        _compiled = {"hals_rows": jit(_hals_rows), "wh_at_csr": jit(_wh_at_csr)}
+        _compiled = compiled
     return _compiled
 
 
 def hals_rows(X: np.ndarray, Ps: np.ndarray, Gs: np.ndarray, columns: np.ndarray,
-              max_sweeps: int, delta: float) -> None:
+              max_sweeps: int, delta: float, floor: float = 0.0) -> None:
     """HALS sweeps on the rows of ``X`` in place, each row with its own stopping rule.
 
     ``X`` (n × k, float64, C order) is the factor, ``Ps`` (n × k) the right-hand
     sides scaled by ``1/G[j, j]`` (L1 subtracted first), ``Gs`` (k × k) the Gram
     scaled row-wise by ``1/G[j, j]`` with a zero diagonal, and ``columns`` the
-    components with ``G[j, j] > 0`` (the others are left unchanged). One sweep sets,
-    for j in ``columns``, ``X[i, j] = max(0, Ps[i, j] − Σ_r Gs[j, r]·X[i, r])``. A row
+    components to update (those with ``G[j, j] > 0``). One sweep sets, for j in
+    ``columns``, ``X[i, j] = max(floor, Ps[i, j] − Σ_r Gs[j, r]·X[i, r])``. A row
     sweeps again while its change (squared norm over a sweep) exceeds ``delta²``
     times its first sweep's, at most ``max_sweeps`` times: the rule of
     :func:`dnmf._solvers._hals._sweeps`, which is the reference.
     """
     kernels = _load()
     assert kernels is not None
-    kernels["hals_rows"](X, Ps, Gs, columns.astype(np.int64, copy=False), int(max_sweeps),
-                         float(delta) * float(delta))
+    kernels.hals_rows(X, Ps, Gs, columns.astype(np.int64, copy=False), int(max_sweeps),
+                      float(delta) * float(delta), float(floor))
 
 
 def wh_at_csr(indptr: np.ndarray, indices: np.ndarray, W: np.ndarray, Ht: np.ndarray,
@@ -113,43 +114,29 @@ def wh_at_csr(indptr: np.ndarray, indices: np.ndarray, W: np.ndarray, Ht: np.nda
     """
     kernels = _load()
     assert kernels is not None
-    kernels["wh_at_csr"](indptr, indices, W, Ht, out)
+    kernels.wh_at_csr(indptr, indices, W, Ht, out)
 
 
-# ----------------------------------------------------------------- the kernels
-# Plain Python functions, compiled by numba in _load(); they are also valid (slow)
-# Python, which the tests use to check the compiled versions compute the same.
-def _hals_rows(X, Ps, Gs, columns, max_sweeps, delta_sq):  # type: ignore[no-untyped-def]
-    n, k = X.shape
-    for i in range(n):
-        bound = 0.0
-        for sweep in range(max_sweeps):
-            change = 0.0
-            for jj in range(columns.shape[0]):
-                j = columns[jj]
-                t = Ps[i, j]
-                for r in range(k):
-                    t -= Gs[j, r] * X[i, r]
-                if t < 0.0:
-                    t = 0.0
-                d = t - X[i, j]
-                change += d * d
-                X[i, j] = t
-            if sweep == 0:
-                if change <= 0.0:
-                    break
-                bound = delta_sq * change
-            elif change <= bound:
-                break
+def nnls_columns(Gs: np.ndarray, Rs: np.ndarray, passive: np.ndarray, usable: np.ndarray,
+                 max_iter: int) -> tuple[np.ndarray, np.ndarray]:
+    """Block principal pivoting column by column, on the Jacobi-scaled problem.
 
+    The arithmetic and the exchange rules of :func:`dnmf._solvers._nnls._bpp` (the
+    reference), one column at a time with its own Cholesky of the passive block.
+    Returns the scaled solution ``Z`` (k × r) and a status per column: 0 solved;
+    1 handed back, because a passive system is singular to working precision or
+    ``max_iter`` was reached (the reference then solves that column from the start,
+    with its least-squares and Lawson-Hanson fallbacks). ``passive`` is not modified.
+    """
+    from ._nnls import _FEAS_TOL_FACTOR, _FULL_EXCHANGE_BUDGET, _SINGULAR_RTOL
 
-def _wh_at_csr(indptr, indices, W, Ht, out):  # type: ignore[no-untyped-def]
-    n = indptr.shape[0] - 1
-    k = W.shape[1]
-    for i in range(n):
-        for e in range(indptr[i], indptr[i + 1]):
-            c = indices[e]
-            t = 0.0
-            for r in range(k):
-                t += W[i, r] * Ht[c, r]
-            out[e] = t
+    kernels = _load()
+    assert kernels is not None
+    k, r = Rs.shape
+    Z = np.zeros((k, r))
+    status = np.zeros(r, dtype=np.int8)
+    kernels.nnls_columns(np.ascontiguousarray(Gs), np.ascontiguousarray(Rs),
+                            np.ascontiguousarray(passive), usable, int(max_iter), Z, status,
+                            _FEAS_TOL_FACTOR * k * np.finfo(np.float64).eps,
+                            _SINGULAR_RTOL, _FULL_EXCHANGE_BUDGET)
+    return Z, status

@@ -15,6 +15,8 @@ from __future__ import annotations
 import numpy as np
 import scipy.linalg
 
+from . import _kernels
+
 __all__ = ["nnls_bpp"]
 
 # Number of consecutive full exchanges allowed without reducing the number of infeasible
@@ -45,6 +47,7 @@ def nnls_bpp(
     x0: np.ndarray | None = None,
     *,
     max_iter: int | None = None,
+    compiled: bool = False,
 ) -> np.ndarray:
     """Solve many non-negative least squares problems by block principal pivoting.
 
@@ -155,6 +158,33 @@ def nnls_bpp(
     Rs = R * scale[:, None]
     passive &= usable[:, None]
 
+    if compiled:
+        Z, status = _kernels.nnls_columns(Gs, Rs, passive, usable, max_iter)
+        # Columns the compiled loop hands back (a singular passive system, or
+        # max_iter reached) are solved again from the start by the reference.
+        redo = np.flatnonzero(status)
+        if redo.size:
+            Z[:, redo] = _bpp(Gs, Rs[:, redo], passive[:, redo], usable, max_iter)
+    else:
+        Z = _bpp(Gs, Rs, passive, usable, max_iter)
+
+    # Passive values within rounding of zero may be slightly negative.
+    np.maximum(Z, 0.0, out=Z)
+    X = Z * scale[:, None]
+    if vector:
+        X = X[:, 0]
+    return X.astype(out_dtype, copy=False)
+
+
+
+def _bpp(Gs: np.ndarray, Rs: np.ndarray, passive: np.ndarray, usable: np.ndarray,
+         max_iter: int) -> np.ndarray:
+    """Block principal pivoting on the Jacobi-scaled problem: the NumPy reference.
+
+    ``passive`` (k × r, bool) is the initial passive set and is updated in place.
+    Returns the scaled solution ``Z`` (before clipping and unscaling).
+    """
+    k, r = Rs.shape
     Z = np.zeros((k, r))
     Y = -Rs
     if passive.any():
@@ -195,13 +225,7 @@ def nnls_bpp(
         Fc = passive[:, cols] ^ exchange
         passive[:, cols] = Fc
         Z[:, cols], Y[:, cols] = _solve_passive(Gs, Rs[:, cols], Fc)
-
-    # Passive values within rounding of zero may be slightly negative.
-    np.maximum(Z, 0.0, out=Z)
-    X = Z * scale[:, None]
-    if vector:
-        X = X[:, 0]
-    return X.astype(out_dtype, copy=False)
+    return Z
 
 
 def _exchange_rule(
