@@ -50,6 +50,8 @@ SK_MAX_ITER = 200
 TARGETS = {"frobenius": {"small": 1.0, "large": 0.3}, "kullback-leibler": {"small": 0.5,
                                                                           "large": 0.25}}
 SK_SOLVER = {"frobenius": "cd", "kullback-leibler": "mu"}
+#: dnmf's solver for KL (``--kl-solver``): its default for beta_loss="kullback-leibler".
+KL_SOLVER = "mu"
 
 
 def load() -> float:
@@ -118,8 +120,7 @@ def dnmf_fit(V: np.ndarray, beta_loss: str, target: float, max_iter: int) -> dic
         return False
 
     params: dict[str, Any] = {"beta_loss": beta_loss}
-    if beta_loss == "frobenius":
-        params["solver"] = "hals"
+    params["solver"] = "hals" if beta_loss == "frobenius" else KL_SOLVER
     model = dnmf.NMF(K, init="nndsvda", max_iter=max_iter, tol=0.0, random_state=0,
                      callback=stop, scheduler="threads", **params)
     before = load()
@@ -198,9 +199,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="dnmf's iteration limit while it chases the target loss")
     parser.add_argument("--blas-threads", type=int, default=None,
                         help="BLAS threads for both libraries (default: their own choice)")
+    parser.add_argument("--kl-solver", default=KL_SOLVER,
+                        help=f"dnmf's solver for KL (default {KL_SOLVER!r})")
     parser.add_argument("--quick", action="store_true", help="the two small sizes only")
     parser.add_argument("--json", default=None, help="write the results here")
     args = parser.parse_args(argv)
+    globals()["KL_SOLVER"] = args.kl_solver
     sizes = QUICK_SIZES if args.quick else [s.strip() for s in args.sizes.split(",") if s]
     losses = [b.strip() for b in args.losses.split(",") if b.strip()]
     results = []
@@ -218,6 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"results": results, "blas_threads": args.blas_threads,
+                       "kl_solver": args.kl_solver,
                        "argv": sys.argv[1:]}, f, indent=1)
     return 0
 

@@ -166,10 +166,12 @@ class Progress:
     # --------------------------------------------------------------- update
     def update(self, state: Any) -> None:
         """Show the state after one iteration (a :class:`~dnmf._engine.FitState`)."""
+        if self.verbose <= 0:
+            return  # silent: not even the line is needed (small fits run ~1 ms/iteration)
         now = time.perf_counter()
         self._intervals.append(now - self._last_time)
         self._last_time = now
-        history = list(state.loss_history)
+        history = state.loss_history
         iteration = len(history) or int(state.iteration)
         self._iteration = iteration
         loss = history[-1] if history else math.nan

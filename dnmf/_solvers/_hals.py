@@ -68,6 +68,10 @@ class HALS(FrobeniusSolver):
         compiled: bool = False,
     ) -> np.ndarray:
         n, k = X.shape
+        max_sweeps = max(MIN_SWEEPS, int(1 + ALPHA * rho))
+        if compiled:
+            # The same sweeps, row by row in one compiled loop (scaling included).
+            return _kernels.hals_step(X, P, G, l1, l2, max_sweeps, DELTA, FLOOR, False)
         Gr = np.array(G, dtype=np.float64)
         if l2 > 0:
             Gr[np.diag_indices(k)] += l2
@@ -84,14 +88,6 @@ class HALS(FrobeniusSolver):
         Gs[np.diag_indices(k)] = 0.0
         X64 = np.asarray(X, dtype=np.float64)
         P64 = np.asarray(P, dtype=np.float64)
-        max_sweeps = max(MIN_SWEEPS, int(1 + ALPHA * rho))
-        if compiled:
-            # The same sweeps, row by row in one compiled loop (_kernels.hals_rows).
-            Xc = np.array(X64, dtype=np.float64, order="C")
-            Pc = np.subtract(P64, l1) if l1 > 0 else np.array(P64, dtype=np.float64)
-            Pc *= inv[np.newaxis, :]
-            _kernels.hals_rows(Xc, Pc, Gs, np.arange(k), max_sweeps, DELTA, FLOOR)
-            return Xc
         out = np.empty((n, k))
         # Rows are independent given P and G: sweep a block of rows that stays in
         # cache through all its sweeps, instead of streaming X k times per sweep. The

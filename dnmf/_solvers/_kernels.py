@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["TINY", "choice", "enabled", "hals_rows", "nnls_columns", "wh_at_csr"]
+__all__ = ["TINY", "choice", "enabled", "hals_step", "nnls_columns", "wh_at_csr"]
 
 #: Below this (n + m)·k the NumPy references run in ``auto`` mode.
 TINY = 1000
@@ -86,23 +86,25 @@ def _load() -> Any:
     return _compiled
 
 
-def hals_rows(X: np.ndarray, Ps: np.ndarray, Gs: np.ndarray, columns: np.ndarray,
-              max_sweeps: int, delta: float, floor: float = 0.0) -> None:
-    """HALS sweeps on the rows of ``X`` in place, each row with its own stopping rule.
+def hals_step(X: np.ndarray, P: np.ndarray, G: np.ndarray, l1: float, l2: float,
+              max_sweeps: int, delta: float, floor: float, skip_dead: bool) -> np.ndarray:
+    """HALS sweeps on the rows of ``X`` (n × k), each row with its own stopping rule.
 
-    ``X`` (n × k, float64, C order) is the factor, ``Ps`` (n × k) the right-hand
-    sides scaled by ``1/G[j, j]`` (L1 subtracted first), ``Gs`` (k × k) the Gram
-    scaled row-wise by ``1/G[j, j]`` with a zero diagonal, and ``columns`` the
-    components to update (those with ``G[j, j] > 0``). One sweep sets, for j in
-    ``columns``, ``X[i, j] = max(floor, Ps[i, j] − Σ_r Gs[j, r]·X[i, r])``. A row
-    sweeps again while its change (squared norm over a sweep) exceeds ``delta²``
-    times its first sweep's, at most ``max_sweeps`` times: the rule of
-    :func:`dnmf._solvers._hals._sweeps`, which is the reference.
+    ``P`` (n × k) holds the right-hand sides and ``G`` (k × k) the Gram. Scaled as the
+    reference does (:meth:`dnmf._solvers._hals.HALS.step`): one sweep sets, for each
+    component j with ``G[j, j] + l2 > 0``, ``X[i, j] = max(floor, (P[i, j] − l1)/d_j −
+    Σ_{r≠j} (G[j, r]/d_j)·X[i, r])``, ``d_j = G[j, j] + l2``; a component with
+    ``d_j ≤ 0`` is skipped (``skip_dead``) or set to ``floor``. A row sweeps again while
+    its change (squared norm over a sweep) exceeds ``delta²`` times its first sweep's,
+    at most ``max_sweeps`` times. Returns a new float64 array.
     """
     kernels = _load()
     assert kernels is not None
-    kernels.hals_rows(X, Ps, Gs, columns.astype(np.int64, copy=False), int(max_sweeps),
-                      float(delta) * float(delta), float(floor))
+    return kernels.hals_step(np.ascontiguousarray(X, dtype=np.float64),
+                             np.ascontiguousarray(P, dtype=np.float64),
+                             np.ascontiguousarray(G, dtype=np.float64), float(l1), float(l2),
+                             int(max_sweeps), float(delta) * float(delta), float(floor),
+                             bool(skip_dead))
 
 
 def wh_at_csr(indptr: np.ndarray, indices: np.ndarray, W: np.ndarray, Ht: np.ndarray,
