@@ -71,7 +71,7 @@ class HALS(FrobeniusSolver):
         max_sweeps = max(MIN_SWEEPS, int(1 + ALPHA * rho))
         if compiled:
             # The same sweeps, row by row in one compiled loop (scaling included).
-            return _kernels.hals_step(X, P, G, l1, l2, max_sweeps, DELTA, FLOOR, False)
+            return _kernels.hals_step(X, P, G, l1, l2, max_sweeps, DELTA, 0.0, True)
         Gr = np.array(G, dtype=np.float64)
         if l2 > 0:
             Gr[np.diag_indices(k)] += l2
