@@ -71,3 +71,32 @@ def _import_seconds() -> float:
 def test_import_dnmf_under_0_3_s():
     best = min(_import_seconds() for _ in range(3))
     assert best < 0.3, f"import dnmf took {best:.3f} s (best of 3)"
+
+
+def test_cli_help_loads_no_heavy_package():
+    loaded = _loaded_after(
+        "import sys\nsys.argv = ['dnmf', '--help']\nimport dnmf.cli\n"
+        "try:\n    dnmf.cli.main()\nexcept SystemExit as e:\n    assert e.code in (0, None)\n"
+    )
+    assert "typer" in loaded
+    heavy = {*HEAVY, "numpy"} - {"typer"}
+    assert not loaded & heavy, sorted(loaded & heavy)
+
+
+def _help_cpu_seconds() -> float:
+    """CPU time (user + system) of one ``python -m dnmf --help``, interpreter included.
+
+    CPU rather than wall time: on a machine shared with other jobs the wall time
+    measures the queue for a core, not what the command costs.
+    """
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    subprocess.run([sys.executable, "-m", "dnmf", "--help"], capture_output=True, check=True)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+
+
+def test_cli_help_under_0_3_s():
+    best = min(_help_cpu_seconds() for _ in range(3))
+    assert best < 0.3, f"dnmf --help took {best:.3f} s of CPU (best of 3)"

@@ -15,6 +15,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
+from . import _kernels
 from ._base import (
     EPSILON,
     Array,
@@ -25,7 +26,6 @@ from ._base import (
     solve_rows,
     t_dot,
 )
-from . import _kernels
 from ._frobenius import FrobeniusSolver
 
 __all__ = ["KLMultiplicative", "Multiplicative"]

@@ -28,7 +28,12 @@ def _show_warning(message: Any, category: type[Warning], filename: str, lineno: 
     sys.stderr.write(f"warning: {_one_line(str(message))}\n")
 
 
-def _quiet_logs(debug: bool) -> None:
+def _help_only(args: list[str]) -> bool:
+    """The command line only asks for help or the version (no command runs)."""
+    return not args or any(a in ("--help", "-h", "--version") for a in args)
+
+
+def _quiet_logs(debug: bool, dask_too: bool = True) -> None:
     import logging
 
     if debug:
@@ -43,6 +48,8 @@ def _quiet_logs(debug: bool) -> None:
         logging.getLogger(name).setLevel(level.upper())
     # Importing distributed sets its loggers from Dask's config (INFO by default):
     # quiet there too, unless the user's own config says otherwise.
+    if not dask_too:
+        return
     import dask
 
     dask.config.set({"distributed.logging": {
@@ -82,7 +89,8 @@ def run(argv: list[str]) -> int:
     debug = "--debug" in args[:cut] or os.environ.get("DNMF_DEBUG", "") not in ("", "0")
     args = [a for i, a in enumerate(args) if not (a == "--debug" and i < cut)]
     args, storage = _storage_options(args)
-    _quiet_logs(debug)
+    # Help and the version never reach Dask: they need not pay for importing it.
+    _quiet_logs(debug, dask_too=not _help_only(args[:cut]))
     saved_showwarning = warnings.showwarning
     if not debug:
         warnings.showwarning = _show_warning

@@ -8,9 +8,7 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from ..errors import (
     InvalidInputError,
@@ -18,6 +16,9 @@ from ..errors import (
     StoreError,
 )
 from ._output import _quote, _row_progress, _say
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 def _input_store_for(out: str) -> Path:
@@ -35,6 +36,8 @@ def _source_identity(src: str, **options: Any) -> dict[str, Any]:
 
 def _zarr_array_info(path: str) -> tuple[tuple[int, ...], np.dtype, int, bool]:
     """Shape, stored dtype, row chunk and whether it is a sparse (CSR) group."""
+    import numpy as np
+
     from .._source import as_source
     from ..io import engine_input
 
@@ -57,6 +60,8 @@ def _prepare_input(
     back on failure, since the run kept then still reads it; to delete once the new
     fit has committed).
     """
+    import numpy as np
+
     from .._convert import convert, detect_format, is_sparse_source, is_zarr
     from ..io import open_source
     from ..io._base import split_inner
@@ -189,6 +194,7 @@ def _refuse_foreign(out: str) -> None:
 
 
 def _write_array(W: Any, path: Path, attributes: dict[str, Any]) -> None:
+    import numpy as np
     import zarr
 
     from .._convert import default_chunk_rows

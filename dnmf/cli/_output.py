@@ -10,7 +10,6 @@ import shlex
 from collections.abc import Iterator
 from typing import Any
 
-import numpy as np
 import typer
 
 
@@ -97,6 +96,8 @@ def _fmt_duration(seconds: float) -> str:
 
 
 def _json_default(value: Any) -> Any:
+    import numpy as np
+
     if isinstance(value, np.generic):
         return value.item()
     if isinstance(value, np.ndarray):

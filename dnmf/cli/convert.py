@@ -6,7 +6,6 @@ import time
 from pathlib import Path
 from typing import Annotated
 
-import numpy as np
 import typer
 
 from ._app import _exit_code, app
@@ -58,6 +57,8 @@ def convert(
     instead, densified a block at a time. Negative, NaN and infinite values are refused with
     the position of the first one. DST appears only once it is complete.
     """
+    import numpy as np
+
     from .._convert import convert as run_convert
 
     started = time.perf_counter()

@@ -8,7 +8,6 @@ import warnings
 from pathlib import Path
 from typing import Annotated
 
-import numpy as np
 import typer
 
 from ..errors import (
@@ -39,6 +38,8 @@ def demo(
     the torso. Writes OUT/swimmer.zarr (the data), OUT/run.zarr (the run),
     OUT/basis.png and OUT/loss.png, replacing those of an earlier demo.
     """
+    import numpy as np
+
     import dnmf
 
     from .. import _plot

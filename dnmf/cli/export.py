@@ -9,7 +9,6 @@ from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any
 
-import numpy as np
 import typer
 
 from ..errors import DnmfError, InvalidParameterError, StoreError
@@ -129,6 +128,8 @@ def _export_one(data: Any, target: Path, ext: str,
 
     With ``labels`` (row names, column names), a CSV gets a header line and an index
     column, as ``pandas.DataFrame.to_csv`` writes them."""
+    import numpy as np
+
     tmp = target.with_name(f".{target.stem}.tmp-{os.getpid()}{target.suffix}")
     blocks: list[tuple[int, Any]]
     if hasattr(data, "dask"):

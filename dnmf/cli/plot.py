@@ -6,7 +6,6 @@ from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
-import numpy as np
 import typer
 
 from ..errors import (
@@ -50,6 +49,8 @@ def plot(
 ) -> None:
     """Draw the loss curve, the basis images and/or the top features of a run (needs
     matplotlib). Feature names label --top where the run's data had them."""
+    import numpy as np
+
     from .. import _plot
 
     if loss is None and basis is None and top is None:

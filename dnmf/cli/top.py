@@ -4,19 +4,23 @@ by name where the data had names."""
 from __future__ import annotations
 
 import json
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
-import numpy as np
 import typer
 
 from ._app import app
 from ._output import _result, _say
 from ._runs import _open_run
 
+if TYPE_CHECKING:
+    import numpy as np
+
 
 def top_features(H: np.ndarray, n: int) -> list[list[tuple[int, float]]]:
     """Per row of H: the ``n`` largest entries as (column, value), largest first; ties
     in column order (a stable sort, so the answer does not depend on the platform)."""
+    import numpy as np
+
     order = np.argsort(-H, axis=1, kind="stable")[:, :n]
     return [[(int(j), float(H[i, j])) for j in row] for i, row in enumerate(order)]
 
@@ -35,6 +39,8 @@ def top(
     a CSV header, DataFrame columns) where the run's input had them, else by column
     number. The weight is the entry of H; share is its fraction of the row's sum.
     """
+    import numpy as np
+
     from ..io._anndata import names_of_run
 
     r = _open_run(run)
