@@ -26,7 +26,6 @@ from .errors import (
     RunLockedError,
     StoreError,
 )
-from .io import open_source, to_anndata
 
 if TYPE_CHECKING:
     from ._estimator import NMF, non_negative_factorization
@@ -34,6 +33,7 @@ if TYPE_CHECKING:
     from ._online import MiniBatchNMF
     from ._rank import RankSelection, select_rank
     from ._runs import Run, open_run, resume
+    from .io import open_source, to_anndata
 
 __version__ = "0.1.0"
 
@@ -50,10 +50,17 @@ _LAZY: dict[str, str] = {
     # Rank selection (and its sweep stores), likewise when first used.
     "select_rank": "._rank",
     "RankSelection": "._rank",
+    # The reader layer (NumPy, SciPy, fsspec), when first used.
+    "open_source": ".io",
+    "to_anndata": ".io",
 }
+#: Subpackages reachable as attributes (``dnmf.io.write_csr_zarr``) without an import.
+_SUBMODULES = {"io", "testing"}
 
 
 def __getattr__(name: str) -> Any:
+    if name in _SUBMODULES:
+        return importlib.import_module(f".{name}", __name__)
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'dnmf' has no attribute {name!r}")
