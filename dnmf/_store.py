@@ -68,6 +68,8 @@ H_BUFFERS = ("H0", "H1")
 MANIFEST = "manifest.json"
 MANIFESTS = "manifests/"
 LOCK = "lock.json"
+#: Whoever takes over a dead holder's lock holds an flock on this file meanwhile.
+TAKEOVER = "lock.json.takeover"
 #: Suffix of the working directory behind a ``.zip`` run (zip files are not rewritable).
 ZIP_WORKDIR_SUFFIX = ".partial"
 #: How often a writer refreshes its lock, and when a lock from another host is stale.
@@ -92,7 +94,9 @@ def pause_point(point: str, iteration: int | None = None) -> None:
     ``DNMF_TEST_PAUSE_AT`` holds ``point`` or ``point@iteration`` items separated by
     commas; when one matches, the file named by ``DNMF_TEST_PAUSE_FILE`` (if any) is
     written and the thread sleeps, so a test can SIGKILL the process exactly there.
-    Unset (always, outside the crash tests) this costs one environment look-up.
+    With ``DNMF_TEST_PAUSE_SECONDS`` set it sleeps that long and goes on instead
+    (a forced interleaving: another process runs meanwhile). Unset (always, outside
+    the crash tests) this costs one environment look-up.
     """
     spec = os.environ.get("DNMF_TEST_PAUSE_AT")
     if not spec:
@@ -106,7 +110,7 @@ def pause_point(point: str, iteration: int | None = None) -> None:
             with open(marker + ".tmp", "w") as f:
                 f.write(f"{point}@{iteration}\n")
             os.replace(marker + ".tmp", marker)
-        time.sleep(3600)
+        time.sleep(float(os.environ.get("DNMF_TEST_PAUSE_SECONDS", "3600")))
 
 
 # ------------------------------------------------------------------ locations
@@ -408,12 +412,21 @@ class RunLock:
         if not info:
             # Unreadable: a writer killed while creating it; only a local one can be.
             return False
-        if info.get("host") == socket.gethostname():
+        try:
             pid = int(info.get("pid", -1))
+            heartbeat = float(info.get("heartbeat", 0.0))
+        except (TypeError, ValueError):
+            raise RunLockedError(
+                f"the lock {self.store.location.join(LOCK)!r} of the run is damaged (pid "
+                f"{info.get('pid')!r}, heartbeat {info.get('heartbeat')!r}), so whether its "
+                f"writer still runs cannot be told; if no process is writing the run, "
+                f"delete that file."
+            ) from None
+        if info.get("host") == socket.gethostname():
             if pid == os.getpid():
                 return info.get("token") != self.token
             return _pid_alive(pid, info.get("pid_start"))
-        age = time.time() - float(info.get("heartbeat", 0.0))
+        age = time.time() - heartbeat
         return age < STALE_SECONDS
 
     def acquire(self) -> RunLock:
@@ -424,18 +437,23 @@ class RunLock:
             if info is None:
                 continue
             if self._alive(info):
-                raise RunLockedError(
-                    f"the run at {str(self.store.location)!r} is being written by another "
-                    f"process: host {info.get('host')!r}, pid {info.get('pid')}, since "
-                    f"{info.get('started')}. Wait for it to finish, or stop it first; "
-                    f"if that process is gone, delete {self.store.location.join(LOCK)!r}."
+                raise self._locked(info)
+            # Take over under the takeover guard, after reading the lock again: a
+            # contender that read the same dead holder may have taken over meanwhile,
+            # and its live lock must not be removed.
+            with self.store.takeover_guard():
+                pause_point("lock:takeover")
+                if self.holder() != info:
+                    continue  # it changed (taken over, released): look again
+                logger.warning(
+                    "taking over the lock of the run at %s: its holder (host %s, pid %s, "
+                    "since %s) is no longer running",
+                    self.store.location, info.get("host"), info.get("pid"),
+                    info.get("started"),
                 )
-            logger.warning(
-                "taking over the lock of the run at %s: its holder (host %s, pid %s, "
-                "since %s) is no longer running",
-                self.store.location, info.get("host"), info.get("pid"), info.get("started"),
-            )
-            self.store.break_lock(info)
+                self.store.break_lock(info)
+                if self.store.create_exclusive(LOCK, self._payload()):
+                    break
         else:  # pragma: no cover - ten lost races in a row
             raise RunLockedError(f"could not take the lock of {str(self.store.location)!r}")
         self.held = True
@@ -443,6 +461,14 @@ class RunLock:
         self._thread = threading.Thread(target=self._beat, name="dnmf-lock", daemon=True)
         self._thread.start()
         return self
+
+    def _locked(self, info: dict[str, Any]) -> RunLockedError:
+        return RunLockedError(
+            f"the run at {str(self.store.location)!r} is being written by another "
+            f"process: host {info.get('host')!r}, pid {info.get('pid')}, since "
+            f"{info.get('started')}. Wait for it to finish, or stop it first; "
+            f"if that process is gone, delete {self.store.location.join(LOCK)!r}."
+        )
 
     def _beat(self) -> None:
         while not self._stop.wait(HEARTBEAT_SECONDS):
@@ -576,6 +602,40 @@ class RunStore:
         self.write_bytes(key, data)
         return self.read_bytes(key) == data
 
+    @contextlib.contextmanager
+    def takeover_guard(self, timeout: float = 60.0) -> Iterator[None]:
+        """Only one process at a time may take over a dead holder's lock.
+
+        Local directories: an ``flock`` on ``lock.json.takeover``, which the kernel
+        releases when its holder dies (so it is never stale). The file is never
+        removed while the run exists: a process holding the flock of a removed file
+        would not exclude one that made a new file. Object stores have no such
+        primitive: best effort (the lock's read-back there is the guard).
+        """
+        if not self.local:
+            yield
+            return
+        import fcntl
+
+        path = self._local_path(TAKEOVER)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            deadline = time.monotonic() + timeout
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise RunLockedError(
+                            f"another process has been taking over the lock of the run at "
+                            f"{str(self.location)!r} for over {timeout:.0f} s; try again."
+                        ) from None
+                    time.sleep(0.02)
+            yield
+        finally:
+            os.close(fd)
+
     def break_lock(self, info: dict[str, Any]) -> None:
         """Remove a dead holder's lock (only one of several contenders succeeds)."""
         if self.local:
@@ -663,7 +723,7 @@ class RunStore:
         forget(self.location)
         if self.local:
             for name in os.listdir(self.location.path):
-                if name == LOCK:
+                if name in (LOCK, TAKEOVER):
                     continue
                 path = os.path.join(self.location.path, name)
                 if os.path.isdir(path) and not os.path.islink(path):
@@ -672,7 +732,7 @@ class RunStore:
                     os.unlink(path)
             return
         for key in self.keys(""):
-            if key != LOCK:
+            if key not in (LOCK, TAKEOVER):
                 self.delete(key)
 
     def create(self, *, n: int, m: int, k: int, panel_rows: int, dtype: np.dtype) -> str:

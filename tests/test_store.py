@@ -277,6 +277,73 @@ def test_lock_heartbeat_refreshes(tmp_path, monkeypatch):
         assert json.loads(store.read_bytes(LOCK))["heartbeat"] > first
 
 
+_CONTENDER = """
+import os, sys, time
+from dnmf._store import RunLock, RunStore
+from dnmf.errors import RunLockedError
+lock = RunLock(RunStore.open(sys.argv[1]))
+while not os.path.exists(sys.argv[3]):  # imports done; wait for the go
+    time.sleep(0.005)
+try:
+    lock.acquire()
+except RunLockedError as exc:
+    print("refused:", exc, flush=True)
+    sys.exit(3)
+print("acquired", flush=True)
+time.sleep(float(sys.argv[2]))
+print("kept" if (lock.holder() or {}).get("token") == lock.token else "evicted", flush=True)
+lock.release()
+"""
+
+
+def test_lock_takeover_never_evicts_a_live_lock_forced_interleaving(tmp_path):
+    """Two processes find the same dead holder; one is descheduled inside the takeover.
+
+    A reads the dead lock and stops for 2 s just before removing it; meanwhile B
+    takes the lock over and holds it. Before the fix, A then removed B's live lock
+    and took its own: two writers. Now the takeover is guarded and A (or B) reads
+    the lock again under the guard: exactly one writer, the other is refused.
+    """
+    store, _ = _new_store(tmp_path)
+    dead = {"host": socket.gethostname(), "pid": _dead_pid(), "started": "then",
+            "heartbeat": time.time(), "token": "dead"}
+    store.write_bytes(LOCK, json.dumps(dead).encode())
+    marker = tmp_path / "paused"
+    env_a = dict(os.environ, DNMF_TEST_PAUSE_AT="lock:takeover",
+                 DNMF_TEST_PAUSE_SECONDS="2", DNMF_TEST_PAUSE_FILE=str(marker))
+    env_b = {k: v for k, v in os.environ.items() if not k.startswith("DNMF_TEST_PAUSE")}
+    run = str(tmp_path / "run")
+    go_a, go_b = tmp_path / "go-a", tmp_path / "go-b"
+    a, b = (subprocess.Popen([sys.executable, "-c", _CONTENDER, run, "3", str(go)], env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            for go, env in ((go_a, env_a), (go_b, env_b)))
+    go_a.touch()
+    deadline = time.monotonic() + 60
+    while not marker.exists():
+        assert a.poll() is None and time.monotonic() < deadline, a.stdout.read()
+        time.sleep(0.005)
+    go_b.touch()  # B runs while A is stopped inside its takeover
+    out_a, _ = a.communicate(timeout=60)
+    out_b, _ = b.communicate(timeout=60)
+    outs = [out_a, out_b]
+    assert sum("acquired" in o for o in outs) == 1, outs
+    assert sum(o.startswith("refused:") for o in outs) == 1, outs
+    assert not any("evicted" in o for o in outs), outs
+    assert "being written by another process" in next(o for o in outs if "refused" in o)
+    assert store.read_bytes(LOCK) is None
+
+
+def test_lock_with_a_damaged_pid_is_one_clear_error(tmp_path):
+    store, _ = _new_store(tmp_path)
+    info = {"host": socket.gethostname(), "pid": "abc", "started": "then",
+            "heartbeat": time.time(), "token": "x"}
+    store.write_bytes(LOCK, json.dumps(info).encode())
+    with pytest.raises(RunLockedError, match=r"lock\.json' of the run is damaged \(pid 'abc'") \
+            as exc:
+        RunLock(store).acquire()
+    assert "\n" not in str(exc.value) and "delete that file" in str(exc.value)
+
+
 # -------------------------------------------------------------------- test hook
 def test_pause_point_is_inert_unless_asked(tmp_path, monkeypatch):
     monkeypatch.delenv("DNMF_TEST_PAUSE_AT", raising=False)
