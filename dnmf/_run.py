@@ -28,8 +28,10 @@ from . import _engine
 from ._prepared import PreparedInput
 from ._source import equal_bounds
 from ._store import (
+    COMMITTED,
     H_BUFFERS,
     LOCK,
+    MANIFEST,
     W_BUFFERS,
     ZIP_WORKDIR_SUFFIX,
     Location,
@@ -158,6 +160,13 @@ class Checkpointer:
         self.committed_H: str | None = previous["H"]["array"] if previous else None
         self.committed_iteration = int(previous["iteration"]) if previous else -1
         self.last: Snapshot | None = None
+        self._pinned: dict[str, dict[str, Any]] = {}
+
+    def _metadata(self, name: str) -> dict[str, Any]:
+        """The pinned metadata of a buffer (read once: a buffer's metadata never changes)."""
+        if name not in self._pinned:
+            self._pinned[name] = self.store.array_metadata(name)
+        return self._pinned[name]
 
     def on_iteration(self, state: _engine.FitState) -> None:
         self.last = Snapshot.of(state)
@@ -189,6 +198,7 @@ class Checkpointer:
                 "checksums": [p.checksum for p in snap.W],
             },
             "H": {"array": H_buffer, "checksum": H_checksum},
+            "arrays": {name: self._metadata(name) for name in (snap.W[0].buffer, H_buffer)},
             "loss_history": snap.loss_history,
             "init_loss": snap.init_loss,
             "updated": now(),
@@ -527,6 +537,9 @@ def _fit(
     """Start, resume or read back the run in ``store``; return its final manifest."""
     loc = store.location
     if store.exists() and not store.is_run() and not store.is_empty_dir():
+        if not params["overwrite"] and any(
+                store.read_bytes(key) is not None for key in (MANIFEST, COMMITTED)):
+            store.read_manifest()  # a run whose group metadata was lost: say so
         if not params["overwrite"]:
             raise IncompatibleRunError(
                 f"out={loc.path!r} holds data that is not a dnmf run; refusing to touch "
@@ -642,6 +655,7 @@ def _restore(store: RunStore, manifest: dict[str, Any],
             f"the run at {str(store.location)!r} has {len(checksums)} W panels, but the "
             f"data is split into {len(keeper.bounds)}."
         )
+    store.verify_arrays(manifest)
     W = [store.panel(run_id, buffer, i, a, b, c)
          for i, ((a, b), c) in enumerate(zip(keeper.bounds, checksums))]
     H = store.read_H(run_id, manifest["H"]["array"], manifest["H"]["checksum"])

@@ -70,6 +70,7 @@ class Run:
         self.shape = (int(n), int(m))
         self.dtype = np.dtype(manifest["fingerprint"]["dtype"])
         self.bounds = recorded_bounds(self.params, int(n))
+        store.verify_arrays(manifest)
         self.H = store.read_H(self.run_id, manifest["H"]["array"], manifest["H"]["checksum"])
         self._panels = committed_panels(store, manifest)
         if verify:

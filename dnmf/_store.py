@@ -46,6 +46,7 @@ from ._source import load_panel
 from .errors import CorruptCheckpointError, RunLockedError, StoreError
 
 __all__ = [
+    "COMMITTED",
     "H_BUFFERS",
     "W_BUFFERS",
     "Location",
@@ -66,6 +67,13 @@ FORMAT = 1
 W_BUFFERS = ("W0", "W1", "W2")
 H_BUFFERS = ("H0", "H1")
 MANIFEST = "manifest.json"
+#: Written with the first commit: a run that has it but no manifest was damaged, not
+#: stopped before its first commit.
+COMMITTED = "committed.json"
+#: The fields of an array's ``zarr.json`` that say how its bytes are read; every
+#: manifest pins them for the arrays it points at.
+PINNED_METADATA = ("zarr_format", "node_type", "shape", "data_type", "chunk_grid",
+                   "chunk_key_encoding", "codecs", "fill_value")
 MANIFESTS = "manifests/"
 LOCK = "lock.json"
 #: Whoever takes over a dead holder's lock holds an flock on this file meanwhile.
@@ -764,9 +772,21 @@ class RunStore:
                    if self.read_bytes(f"{name}/zarr.json") is not None}
         h_cols = max(1, min(m, (64 * 2**20) // max(1, k * np.dtype(dtype).itemsize)))
         for name in W_BUFFERS + H_BUFFERS:
-            if name in present:
-                continue
             shape, chunks = ((n, k), (panel_rows, k)) if name[0] == "W" else ((k, m), (k, h_cols))
+            if name in present:
+                # A buffer the next passes write must be what the run made.
+                meta = self.array_metadata(name)
+                grid = (meta.get("chunk_grid") or {}).get("configuration", {})
+                if (meta["shape"] != list(shape) or meta["data_type"] != np.dtype(dtype).name
+                        or (name[0] == "W" and grid.get("chunk_shape") != list(chunks))):
+                    raise CorruptCheckpointError(
+                        f"checkpoint is corrupted: the array {self.location.join(name)!r} "
+                        f"has shape {meta['shape']}, dtype {meta['data_type']!r} and chunks "
+                        f"{grid.get('chunk_shape')}, but this run's {name} is {list(shape)} "
+                        f"{np.dtype(dtype).name!r} in chunks {list(chunks)}: its metadata was "
+                        f"changed. Restore it, or start over with overwrite=True."
+                    )
+                continue
             group.create_array(
                 name, shape=shape, chunks=chunks, dtype=dtype, compressors=None,
                 fill_value=0, attributes={"dnmf_run_id": run_id},
@@ -843,8 +863,24 @@ class RunStore:
         if not candidates:
             if errors:
                 raise errors[0]
+            if self.read_bytes(COMMITTED) is not None:
+                raise CorruptCheckpointError(
+                    f"checkpoint is damaged: the run at {str(self.location)!r} was committed "
+                    f"(it holds {COMMITTED}) but its manifest {self.location.join(MANIFEST)!r} "
+                    f"is missing (deleted or lost), so its state cannot be verified. Nothing "
+                    f"was changed: restore the manifest, or start over with overwrite=True."
+                )
             return None
         _, key, body = max(candidates, key=lambda c: c[0])
+        attrs = self.attributes()
+        if attrs is None or attrs.get("run_id") != body.get("run_id"):
+            what = "is missing or damaged" if attrs is None else (
+                f"names run {attrs.get('run_id')!r}, its manifest run {body.get('run_id')!r}")
+            raise CorruptCheckpointError(
+                f"checkpoint is damaged: the group metadata "
+                f"{self.location.join('zarr.json')!r} of the run {what}. Nothing was "
+                f"changed: restore that file, or start over with overwrite=True."
+            )
         for error in errors:
             self.skipped.append(str(error))
             logger.warning("passing over a damaged manifest: %s", error)
@@ -904,8 +940,62 @@ class RunStore:
                         self.delete(stale)
         finally:
             self._pending_iteration = None
+        if not self._marked:
+            if self.read_bytes(COMMITTED) is None:
+                self.write_bytes(COMMITTED, json.dumps({"run_id": body.get("run_id")}).encode(),
+                                 atomic=True)
+            self._marked = True
         pause_point("commit:done", body.get("iteration"))
         return key
+
+    _marked = False
+
+    # -------------------------------------------------------- array metadata
+    def array_metadata(self, name: str) -> dict[str, Any]:
+        """The pinned fields (:data:`PINNED_METADATA`) of array ``name``'s metadata.
+
+        A missing or unreadable ``zarr.json`` is a :class:`CorruptCheckpointError`
+        naming it.
+        """
+        key = f"{name}/zarr.json"
+        raw = self.read_bytes(key)
+        if raw is None:
+            raise CorruptCheckpointError(
+                f"checkpoint is damaged: the metadata {self.location.join(key)!r} of the "
+                f"array {name} is missing (the file or its directory was deleted). Restore "
+                f"it, or start over with overwrite=True."
+            )
+        try:
+            meta = json.loads(raw)
+            return {field: meta[field] for field in PINNED_METADATA}
+        except (ValueError, KeyError, TypeError) as exc:
+            raise CorruptCheckpointError(
+                f"checkpoint is damaged: the metadata {self.location.join(key)!r} of the "
+                f"array {name} is not readable Zarr metadata ({type(exc).__name__}: "
+                f"{exc}). Restore it, or start over with overwrite=True."
+            ) from None
+
+    def verify_arrays(self, manifest: dict[str, Any]) -> None:
+        """Check the metadata of the arrays ``manifest`` points at against its pins.
+
+        Checksums cover the bytes of the chunks; this covers how they are read (a
+        dtype changed to another of the same size would read the same bytes as
+        other numbers). Manifests written before the pins existed are not checked.
+        """
+        pinned = manifest.get("arrays")
+        if not isinstance(pinned, dict):
+            return
+        for name, want in sorted(pinned.items()):
+            have = self.array_metadata(name)
+            diffs = [f"{field} {have.get(field)!r} (now) vs {want.get(field)!r} (committed)"
+                     for field in PINNED_METADATA if have.get(field) != want.get(field)]
+            if diffs:
+                raise CorruptCheckpointError(
+                    f"checkpoint is corrupted: the metadata "
+                    f"{self.location.join(name + '/zarr.json')!r} was changed after the "
+                    f"commit: {'; '.join(diffs)}. Restore it, or start over with "
+                    f"overwrite=True."
+                )
 
     # --------------------------------------------------------------- zip files
     def pack(self, target: str, buffers: list[str]) -> None:

@@ -601,3 +601,101 @@ def test_all_zero_rows_and_all_zero_data_are_committed(tmp_path, solver):
     zero = dnmf.NMF(K, solver=solver, max_iter=3, random_state=0, out=str(tmp_path / "z.zarr"))
     assert np.all(np.asarray(zero.fit_transform(np.zeros((N, M)))) <= 1e-16)
     assert dnmf.open_run(str(tmp_path / "z.zarr")).complete
+
+
+# ------------------------------------------- damage the checksums do not cover
+def _small_run(path, **kw) -> str:
+    V = make_V(n=120, m=12)
+    model(out=path, max_iter=6, checkpoint_every=2, panel_rows=40, **kw).fit(V)
+    return str(path)
+
+
+def _W_meta(path) -> tuple[str, str]:
+    manifest = json.loads((path / "manifest.json").read_text())["manifest"]
+    return manifest["W"]["array"], str(path / manifest["W"]["array"] / "zarr.json")
+
+
+def test_a_changed_dtype_in_W_metadata_is_detected(tmp_path):
+    """float64 -> int64 keeps the chunks' bytes (and checksums): only the pin sees it."""
+    run = tmp_path / "run"
+    _small_run(run, )
+    _, meta_path = _W_meta(run)
+    meta = json.loads(open(meta_path).read())
+    assert meta["data_type"] == "float32"
+    meta["data_type"] = "int32"  # same item size: every chunk reads as many bytes
+    with open(meta_path, "w") as f:
+        json.dump(meta, f)
+    with pytest.raises(CorruptCheckpointError,
+                       match=r"W\d/zarr\.json' was changed after the commit: data_type "
+                             r"'int32' \(now\) vs 'float32' \(committed\)"):
+        dnmf.open_run(run)
+    with pytest.raises(CorruptCheckpointError, match="data_type 'int32'"):
+        dnmf.resume(run, X=make_V(n=120, m=12), max_iter=8)
+
+
+@pytest.mark.parametrize("damage", ["garbage", "metadata deleted", "buffer deleted"])
+def test_damaged_W_metadata_is_one_clear_error(tmp_path, damage):
+    import shutil
+
+    run = tmp_path / "run"
+    _small_run(run)
+    name, meta_path = _W_meta(run)
+    if damage == "garbage":
+        with open(meta_path, "wb") as f:
+            f.write(b"\x00{not json")
+        pattern = rf"metadata '.*{name}/zarr\.json' of the array {name} is not readable"
+    elif damage == "metadata deleted":
+        os.unlink(meta_path)
+        pattern = rf"metadata '.*{name}/zarr\.json' of the array {name} is missing"
+    else:
+        shutil.rmtree(run / name)
+        pattern = rf"metadata '.*{name}/zarr\.json' of the array {name} is missing"
+    for attempt in (lambda: dnmf.open_run(run),
+                    lambda: dnmf.resume(run, X=make_V(n=120, m=12), max_iter=8)):
+        with pytest.raises(CorruptCheckpointError, match=pattern) as exc:
+            attempt()
+        assert "\n" not in str(exc.value)
+
+
+def test_an_unreferenced_W_buffer_with_other_metadata_is_refused_before_writing(tmp_path):
+    run = tmp_path / "run"
+    _small_run(run)
+    name, _ = _W_meta(run)
+    other = next(b for b in ("W0", "W1", "W2") if b != name and (run / b).exists())
+    meta = json.loads((run / other / "zarr.json").read_text())
+    meta["shape"] = [meta["shape"][0] + 1, meta["shape"][1]]
+    (run / other / "zarr.json").write_text(json.dumps(meta))
+    with pytest.raises(CorruptCheckpointError, match=rf"array '.*{other}' has shape"):
+        dnmf.resume(run, X=make_V(n=120, m=12), max_iter=8)
+
+
+def test_a_missing_manifest_with_committed_buffers_is_damage_not_a_fresh_run(tmp_path):
+    run = tmp_path / "run"
+    _small_run(run)
+    before = _snapshot(run)
+    os.unlink(run / "manifest.json")
+    message = r"was committed .* but its manifest '.*manifest\.json' is missing"
+    with pytest.raises(CorruptCheckpointError, match=message):
+        dnmf.open_run(run)
+    # The same fit again (before: wiped 6 committed iterations and started over).
+    with pytest.raises(CorruptCheckpointError, match=message):
+        model(out=run, max_iter=6, checkpoint_every=2, panel_rows=40).fit(make_V(n=120, m=12))
+    after = _snapshot(run)
+    assert {k: v for k, v in before.items() if k != "manifest.json"} == \
+        {k: v for k, v in after.items() if k != "lock.json.takeover"}
+    # overwrite=True still discards it on purpose.
+    model(out=run, max_iter=2, panel_rows=40, overwrite=True).fit(make_V(n=120, m=12))
+    assert dnmf.open_run(run).iteration == 2
+
+
+def test_a_deleted_root_zarr_json_is_damage_for_every_command(tmp_path):
+    run = tmp_path / "run"
+    _small_run(run)
+    os.unlink(run / "zarr.json")
+    message = r"group metadata '.*zarr\.json' of the run is missing or damaged"
+    with pytest.raises(CorruptCheckpointError, match=message):
+        dnmf.open_run(run)
+    with pytest.raises(CorruptCheckpointError, match=message):
+        dnmf.resume(run, X=make_V(n=120, m=12), max_iter=8)
+    with pytest.raises(CorruptCheckpointError, match=message):
+        model(out=run, max_iter=6, checkpoint_every=2, panel_rows=40).fit(make_V(n=120, m=12))
