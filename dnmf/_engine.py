@@ -27,7 +27,7 @@ import numpy as np
 from . import _init
 from ._backend import Backend, Pending
 from ._solvers import PanelContext, Regularization, Solver, Stats, add_stats
-from ._source import PanelSource, load_panel
+from ._source import PanelSource, check_panel, load_panel, panel_start
 from .errors import ConvergenceWarning, InvalidInputError
 
 __all__ = [
@@ -321,6 +321,7 @@ def update_task(
 ) -> tuple[Any, Stats]:
     """The panel task: read V_i and W_i, update W_i, return it (or store it) and stats."""
     V = load_panel(v_ref)
+    check_panel(V, panel_start(v_ref) if sink is None else sink.start)
     W = load_panel(w_ref)
     W_new, stats = solver.update_panel(V, W, ctx, reg)
     if sink is not None:
@@ -346,7 +347,9 @@ def h_step(stats: Stats, solver: Solver, ctx: PanelContext, reg: Regularization,
 
 def loss_task(v_ref: Any, w_ref: Any, solver: Solver, ctx: PanelContext) -> tuple[None, Stats]:
     """Loss pieces at (W_i, H) for one panel (the extra pass KL needs at the end)."""
-    return None, solver.loss_pieces(load_panel(v_ref), load_panel(w_ref), ctx)
+    V = load_panel(v_ref)
+    check_panel(V, panel_start(v_ref))
+    return None, solver.loss_pieces(V, load_panel(w_ref), ctx)
 
 
 @dataclass

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from .errors import InvalidDtypeError, InvalidInputError, InvalidParameterError
+from .errors import InvalidDtypeError, InvalidInputError, InvalidParameterError, StoreError
 
 __all__ = [
     "DEFAULT_PANEL_BYTES",
@@ -67,8 +67,31 @@ class ZarrPanel:
     dtype: str
 
     def load(self) -> np.ndarray:
-        block = np.asarray(self.array[self.start : self.stop])
+        try:
+            block = np.asarray(self.array[self.start : self.stop])
+        except Exception as exc:
+            raise StoreError(
+                f"cannot read rows {self.start}-{self.stop - 1} of V: "
+                f"{_chunk_names(self.array, self.start, self.stop)} is damaged or truncated "
+                f"({type(exc).__name__}: {' '.join(str(exc).split())}). Restore it, or "
+                f"convert the data again."
+            ) from None
         return block.astype(self.dtype, copy=False)
+
+
+def _chunk_names(array: Any, start: int, stop: int) -> str:
+    """The storage chunk(s) of rows ``start:stop`` of a Zarr array, for messages."""
+    rows = int(array.chunks[0])
+    first, last = start // rows, -(-stop // rows)
+    store = getattr(array, "store", None)
+    root = str(getattr(store, "root", None) or getattr(store, "path", "") or "")
+    base = "/".join(p for p in (root.rstrip("/"), getattr(array, "path", "") or "") if p)
+    try:
+        key = array.metadata.encode_chunk_key((first,) + (0,) * (array.ndim - 1))
+    except Exception:  # zarr v2 metadata
+        key = ".".join([str(first)] + ["0"] * (array.ndim - 1))
+    name = f"chunk {base + '/' if base else ''}{key}"
+    return name if last - first <= 1 else f"{name} (or one of the {last - first - 1} after it)"
 
 
 @dataclass(frozen=True)
@@ -112,10 +135,19 @@ class CSRPanel:
     dtype: str
 
     def load(self) -> sp.csr_matrix:
-        ptr = np.asarray(self.indptr[self.start : self.stop + 1], dtype=np.int64)
-        lo, hi = int(ptr[0]), int(ptr[-1])
-        values = np.asarray(self.data[lo:hi]).astype(self.dtype, copy=False)
-        cols = np.asarray(self.indices[lo:hi])
+        try:
+            ptr = np.asarray(self.indptr[self.start : self.stop + 1], dtype=np.int64)
+            lo, hi = int(ptr[0]), int(ptr[-1])
+            values = np.asarray(self.data[lo:hi]).astype(self.dtype, copy=False)
+            cols = np.asarray(self.indices[lo:hi])
+        except Exception as exc:
+            where = str(getattr(getattr(self.data, "store", None), "root", "") or "")
+            raise StoreError(
+                f"cannot read rows {self.start}-{self.stop - 1} of the CSR group {where!r}: "
+                f"a chunk of its indptr, indices or data is damaged or truncated "
+                f"({type(exc).__name__}: {' '.join(str(exc).split())}). Restore it, or "
+                f"convert the data again."
+            ) from None
         if cols.size and (int(cols.min()) < 0 or int(cols.max()) >= self.n_cols):
             bad = int(np.argmax((cols < 0) | (cols >= self.n_cols)))
             row = self.start + int(np.searchsorted(ptr, lo + bad, side="right")) - 1
@@ -353,6 +385,63 @@ def snap_bounds(bounds: list[tuple[int, int]]) -> tuple[list[tuple[int, int]], i
         unit *= 2
     edges = sorted({0, n, *(min(n, round(a / unit) * unit) for a, _ in bounds[1:])})
     return [(a, b) for a, b in itertools.pairwise(edges) if b > a], unit
+
+
+def check_panel(V: Any, start: int | None, *, allow_nan: bool = False) -> None:
+    """Refuse a panel read in a pass that holds ±inf, negative values or (unless
+    ``allow_nan``: entries declared missing) NaN.
+
+    Every pass reads all of V, so this check costs no I/O: two reductions over values
+    already in memory (the stored values of a sparse panel). Data changed or damaged
+    after the run's validation pass (or since the run was started, for a resume,
+    which skips that pass) then stops the pass at this panel, with the position of
+    its first bad entry, before anything of the pass is kept. ``start`` is the
+    panel's first row in V (None if unknown: the position is then within the panel).
+    """
+    values = V.data if sp.issparse(V) else V
+    if values.size == 0:
+        return
+    if allow_nan:
+        lo, hi = np.fmin.reduce(values, axis=None), np.fmax.reduce(values, axis=None)
+        if (lo >= 0 or lo != lo) and hi != np.inf:  # all NaN: lo and hi are NaN
+            return
+    else:
+        lo, hi = values.min(), values.max()
+        if lo >= 0 and hi < np.inf:  # NaN fails both comparisons
+            return
+    raise _bad_panel(V, start, allow_nan)
+
+
+def _bad_panel(V: Any, start: int | None, allow_nan: bool) -> InvalidInputError:
+    csr = V.tocsr() if sp.issparse(V) else None
+    values = csr.data if csr is not None else np.asarray(V).ravel()
+    bad = (np.isinf(values) if allow_nan else ~np.isfinite(values)) | (values < 0)
+    flat = int(np.argmax(bad))
+    value = values[flat]
+    if csr is not None:
+        row = int(np.searchsorted(csr.indptr, flat, side="right")) - 1
+        col = int(csr.indices[flat])
+    else:
+        row, col = divmod(flat, V.shape[1])
+    what = "NaN" if value != value else "infinity" if np.isinf(value) else "a negative value"
+    rows = V.shape[0]
+    if start is None:
+        where = f"row {row} (of a panel of {rows} rows), column {col}"
+    else:
+        where = (f"row {start + row}, column {col} (in the panel of rows {start}-"
+                 f"{start + rows - 1})")
+    return InvalidInputError(
+        f"X changed or was damaged after it was checked: {where} holds {what} "
+        f"({int(np.count_nonzero(bad))} bad entries in that panel). The pass stopped there "
+        f"and nothing of it was kept; restore the data (a run with out= then continues "
+        f"from its last commit with dnmf resume)."
+    )
+
+
+def panel_start(ref: Any) -> int | None:
+    """The first row in V of a panel reference, if it knows it."""
+    start = getattr(ref, "start", None)
+    return int(start) if isinstance(start, int | np.integer) else None
 
 
 def load_panel(ref: Any) -> Any:

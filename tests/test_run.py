@@ -699,3 +699,48 @@ def test_a_deleted_root_zarr_json_is_damage_for_every_command(tmp_path):
         dnmf.resume(run, X=make_V(n=120, m=12), max_iter=8)
     with pytest.raises(CorruptCheckpointError, match=message):
         model(out=run, max_iter=6, checkpoint_every=2, panel_rows=40).fit(make_V(n=120, m=12))
+
+
+# ------------------------------------------- V damaged outside the fingerprint
+def _run_on_zarr(tmp_path):
+    from dnmf._store import sample_panels
+
+    V = make_V(n=1000, m=12)
+    data = write_zarr(tmp_path / "V.zarr", V, chunk_rows=50)
+    run = tmp_path / "run"
+    model(out=run, max_iter=4, checkpoint_every=2, panel_rows=50).fit(data)
+    panel = next(i for i in range(20) if i not in sample_panels(20, V.shape))
+    return data, run, panel
+
+
+@pytest.mark.parametrize("bad, what", [(np.nan, "NaN"), (-1.0, "a negative value"),
+                                       (np.inf, "infinity")])
+def test_bad_values_written_into_an_unsampled_panel_stop_the_pass(tmp_path, bad, what):
+    data, run, panel = _run_on_zarr(tmp_path)
+    row = panel * 50 + 7
+    zarr.open_array(data, mode="r+")[row, 3] = bad
+    before = dnmf.open_run(run)
+    with pytest.raises(InvalidInputError) as exc:
+        dnmf.resume(run, max_iter=8)
+    message = str(exc.value)
+    assert f"row {row}, column 3 (in the panel of rows {panel * 50}-{panel * 50 + 49}) " \
+           f"holds {what}" in message, message
+    assert "nothing of it was kept" in message and "\n" not in message
+    after = dnmf.open_run(run)
+    assert (after.iteration, after.loss_history) == (before.iteration, before.loss_history)
+    assert np.isfinite(after.loss_history).all()
+
+
+def test_a_truncated_chunk_of_V_is_a_store_error_naming_it(tmp_path):
+    from dnmf import StoreError
+
+    data, run, panel = _run_on_zarr(tmp_path)
+    chunk = os.path.join(data, "c", str(panel), "0")
+    with open(chunk, "r+b") as f:
+        f.truncate(os.path.getsize(chunk) // 2)
+    with pytest.raises(StoreError) as exc:
+        dnmf.resume(run, max_iter=8)
+    message = str(exc.value)
+    assert f"cannot read rows {panel * 50}-{panel * 50 + 49} of V: chunk " in message
+    assert f"V.zarr/c/{panel}/0 is damaged or truncated" in message and "\n" not in message
+    assert dnmf.open_run(run).iteration == 4
