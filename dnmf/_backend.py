@@ -47,6 +47,10 @@ _CONTROLLER: Any = None
 
 #: Seconds a cluster's worker list is reused for placement before it is asked again.
 WORKERS_TTL = 5.0
+#: Seconds a cluster may have no worker at all before work waiting on it is given up.
+NO_WORKERS_SECONDS = float(os.environ.get("DNMF_NO_WORKERS_SECONDS", "60"))
+#: How often waiting work looks at the cluster (one small round trip to the scheduler).
+WATCH_SECONDS = 2.0
 
 
 _CORES = os.cpu_count() or 1
@@ -259,6 +263,38 @@ def _cluster_guard(address: str | None) -> Iterator[None]:
         ) from None
 
 
+def _watched(client: Any, address: str | None, wait: Callable[[float], Any]) -> Any:
+    """``wait(timeout)`` until it returns, giving up if the cluster stays without workers.
+
+    Dask waits for workers forever; a fit whose workers are all gone (killed, their
+    nannies too, or a batch allocation ended) would hang without a word. Every
+    :data:`WATCH_SECONDS` this asks the scheduler how many workers it has, and after
+    :data:`NO_WORKERS_SECONDS` without any raises :class:`ClusterLostError` (a fit with
+    ``out=`` then resumes from its last commit).
+    """
+    from .errors import ClusterLostError
+
+    alone_since: float | None = None
+    with _cluster_guard(address):
+        while True:
+            try:
+                return wait(WATCH_SECONDS)
+            except TimeoutError:
+                pass
+            if client.nthreads():
+                alone_since = None
+                continue
+            alone_since = alone_since or time.monotonic()
+            if time.monotonic() - alone_since >= NO_WORKERS_SECONDS:
+                raise ClusterLostError(
+                    f"the Dask cluster at {address} has had no workers for "
+                    f"{NO_WORKERS_SECONDS:.0f} s (all stopped or killed), so the work cannot "
+                    f"go on. A fit with out= resumes from its last checkpoint once workers "
+                    f"are back (dnmf.resume(out), or 'dnmf resume OUT').",
+                    address=address or "?", reason="no workers",
+                )
+
+
 class Pending:
     """A submitted pass: its outputs (handles) now, its result when it is done.
 
@@ -271,8 +307,9 @@ class Pending:
 
     def __init__(self, outputs: list[Any], *, future: Any = None, value: Any = None,
                  shared: Any = None, futures: Sequence[Any] = (),
-                 address: str | None = None) -> None:
+                 address: str | None = None, client: Any = None) -> None:
         self.outputs = outputs
+        self._client = client
         self._address = address
         self._future = future
         self._value = value
@@ -281,8 +318,9 @@ class Pending:
 
     def result(self) -> Any:
         if self._future is not None:
-            with _cluster_guard(self._address):
-                self._value = self._future.result()
+            future = self._future
+            self._value = _watched(self._client, self._address,
+                                   lambda timeout: future.result(timeout=timeout))
             self._future = None
         return self._value
 
@@ -327,6 +365,28 @@ def _block(task: Callable[..., tuple[Any, Any]], combine: Callable[[Any, Any], A
     return (tuple(outputs), total) if keep else total
 
 
+_PLUGGED: set[str] = set()
+
+
+def _install_plugin(client: Any) -> None:
+    """Keep placement loose on the scheduler even when all workers die at once
+    (:mod:`dnmf._scheduler_plugin`); once per scheduler and process."""
+    import logging
+
+    address = str(getattr(client.scheduler, "address", ""))
+    if address in _PLUGGED:
+        return
+    try:
+        from ._scheduler_plugin import install
+
+        install(client)
+        _PLUGGED.add(address)
+    except Exception as exc:  # a scheduler that refuses plugins still runs fits
+        logging.getLogger("dnmf").warning(
+            "could not register dnmf's placement plugin on the scheduler at %s (%s): a "
+            "fit may stall if every worker dies at once", address, exc)
+
+
 class Backend:
     """Dask's threads scheduler in this process (``client=None``) or a Client."""
 
@@ -337,6 +397,7 @@ class Backend:
         self.address: str | None = None
         if client is not None:
             self.address = str(getattr(client.scheduler, "address", None) or "?")
+            _install_plugin(client)
             info = client.scheduler_info()
             workers = info.get("workers", {})
             self.n_threads = max(1, sum(w.get("nthreads", 1) for w in workers.values()))
@@ -514,8 +575,7 @@ class Backend:
             elif _is_future(base):
                 futures.setdefault(base.key, base)
         keys = list(futures)
-        with _cluster_guard(self.address):
-            values = dict(zip(keys, self.client.gather([futures[key] for key in keys])))
+        values = dict(zip(keys, self._gather([futures[key] for key in keys])))
         out = []
         for h in handles:
             if isinstance(h, _Slot):
@@ -624,7 +684,7 @@ class Backend:
             for i in range(b - a)
         ]
         return Pending(outputs, future=futures[-1], shared=shared_future, futures=futures,
-                       address=self.address)
+                       address=self.address, client=self.client)
 
     def _local_pass(
         self,
@@ -687,7 +747,18 @@ class Backend:
         bundle = self.share(shared)
         parts = [self._delayed_call(task, args, bundle) for args in per_panel]
         with _cluster_guard(self.address):
-            return list(self.client.gather(self.client.compute(parts)))
+            futures = self.client.compute(parts)
+        return list(self._gather(futures))
+
+    def _gather(self, futures: list[Any]) -> list[Any]:
+        """The results of ``futures``, watching that the cluster still has workers."""
+        from distributed import wait
+
+        def done(timeout: float) -> list[Any]:
+            wait(futures, timeout=timeout)
+            return self.client.gather(futures)
+
+        return _watched(self.client, self.address, done)
 
     def map_keep(
         self,

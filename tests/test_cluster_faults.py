@@ -368,3 +368,101 @@ def test_sigkill_of_the_scheduler_stops_the_fit_cleanly_then_resume(V_path, tmp_
     # threads scheduler's with two): rounding differs in the last bits, and the
     # losses of the middle iterations agree to a few 1e-10.
     np.testing.assert_allclose(run.loss_history, want.loss_history_, rtol=1e-9)
+
+
+# --------------------------------------------------------------------------- #
+# 7. every worker dies at once (issue 16, defect 3)
+# --------------------------------------------------------------------------- #
+@pytest.mark.slow
+@pytest.mark.parametrize("store", [True, False], ids=["W-in-store", "W-in-worker-memory"])
+def test_sigkill_of_every_worker_at_once_finishes_with_the_same_answer(
+        client, V_path, reference, tmp_path, store):
+    """Both workers SIGKILLed together; their nannies restart them within a second.
+
+    Before, a task placed on a dead worker stayed 'no-worker' for ever (the scheduler
+    offers a joining worker only tasks whose restrictions it meets, loose or not):
+    the fit hung with no output. The scheduler plugin frees such tasks.
+    """
+    victims = sorted(_worker_pids(client).values())
+    killed = threading.Event()
+
+    def kill_all(iteration, loss):
+        if iteration == 3:
+            def kill():
+                for pid in victims:
+                    os.kill(pid, signal.SIGKILL)
+                killed.set()
+
+            threading.Timer(0.005, kill).start()
+        if iteration == 5:
+            assert killed.wait(5)
+        time.sleep(0.02)
+
+    out = str(tmp_path / "run.zarr") if store else None
+    result: dict = {}
+
+    def fit():
+        try:
+            result["got"] = _fit(V_path, client, out=out, checkpoint_every=2, callback=kill_all)
+        except BaseException as exc:  # reported below
+            result["error"] = exc
+
+    thread = threading.Thread(target=fit, daemon=True)
+    thread.start()
+    thread.join(180)
+    assert not thread.is_alive(), "the fit hangs after every worker was killed"
+    assert "error" not in result, result.get("error")
+    assert killed.is_set()
+    _assert_same(result["got"], reference)
+    client.wait_for_workers(2, timeout=60)
+    assert not set(victims) & set(_worker_pids(client).values())
+
+
+@pytest.mark.slow
+def test_a_cluster_left_without_workers_ends_the_fit_with_a_clear_error(
+        V_path, reference, tmp_path, monkeypatch):
+    """Workers gone for good (no nanny): a bounded wait, then ClusterLostError; the
+    committed iteration is intact and resumes to the uninterrupted answer."""
+    import dnmf._backend as backend
+
+    monkeypatch.setattr(backend, "NO_WORKERS_SECONDS", 4.0)
+    sched_file = tmp_path / "scheduler.json"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+    scheduler = subprocess.Popen(
+        [sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1",
+         "--port", "0", "--dashboard-address", ":0", "--scheduler-file", str(sched_file)],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    worker = None
+    try:
+        deadline = time.monotonic() + 60
+        while not sched_file.exists():
+            assert time.monotonic() < deadline and scheduler.poll() is None
+            time.sleep(0.1)
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "distributed.cli.dask_worker", "--scheduler-file",
+             str(sched_file), "--no-nanny", "--nthreads", "1", "--host", "127.0.0.1"],
+            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        with distributed.Client(scheduler_file=str(sched_file), timeout="20s") as c:
+            c.wait_for_workers(1, timeout=60)
+
+            def kill_worker(iteration, loss):
+                if iteration == 4:
+                    os.kill(worker.pid, signal.SIGKILL)
+
+            out = str(tmp_path / "run.zarr")
+            t0 = time.monotonic()
+            with pytest.raises(dnmf.ClusterLostError,
+                               match=r"has had no workers for 4 s .* resumes from its last "
+                                     r"checkpoint") as exc:
+                _fit(V_path, c, out=out, checkpoint_every=2, callback=kill_worker)
+            assert time.monotonic() - t0 < 120
+            assert exc.value.reason == "no workers"
+    finally:
+        for proc in (worker, scheduler):
+            if proc is not None:
+                proc.kill()
+                proc.wait()
+    assert dnmf.open_run(out).iteration == 4
+    run = dnmf.resume(out, scheduler="threads")
+    np.testing.assert_allclose(np.asarray(run.W), reference[0], rtol=1e-10, atol=0)
+    np.testing.assert_allclose(run.loss_history, reference[2], rtol=1e-10, atol=0)
