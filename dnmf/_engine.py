@@ -376,7 +376,9 @@ def _converged(history: list[float], init_loss: float | None, tol: float) -> boo
     current = history[-1]
     if previous <= 0.0:
         return True
-    return (previous - current) / previous < tol
+    # tol=0 means "run max_iter iterations": a loss that rose (a negative decrease)
+    # must not pass for convergence there.
+    return tol > 0 and (previous - current) / previous < tol
 
 
 def iterate(

@@ -24,6 +24,7 @@ from ._validation import (
     check_beta_data,
     check_custom_factor,
     check_params,
+    check_rank_memory,
     regularization,
     resolve_init,
     resolve_seed,
@@ -292,6 +293,7 @@ class NMF:
         check_beta_data(params["beta_loss"], prep.summary.size, prep.summary.nnz)
         n, m = source.shape
         k = self._resolve_k(params, W, H, m)
+        check_rank_memory(k, n, m, w_in_memory=True)
         init = resolve_init(params["init"], k, n, m)
         seed = resolve_seed(params["random_state"])
         if init == "custom":

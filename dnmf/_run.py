@@ -418,7 +418,8 @@ def _plan(est: Estimator, X: Any, W: Any, H: Any, params: dict[str, Any],
           manifest: dict[str, Any] | None) -> _Plan:
     """Resolve V, its panels, k, init and the seed; "as recorded" where left open."""
     from ._store import checksum
-    from ._validation import check_custom_factor, resolve_init, resolve_seed
+    from ._validation import (check_custom_factor, check_rank_memory, resolve_init,
+                              resolve_seed)
 
     recorded = manifest["params"] if manifest else None
     panel_rows, layout = params["panel_rows"], None
@@ -435,6 +436,7 @@ def _plan(est: Estimator, X: Any, W: Any, H: Any, params: dict[str, Any],
         k = int(recorded["n_components"])
     else:
         k = est._resolve_k(params, W, H, m)
+    check_rank_memory(k, n, m, w_in_memory=False)
     init = resolve_init(params["init"], k, n, m)
     if recorded and params["random_state"] is None:
         seed = int(recorded["random_state"])

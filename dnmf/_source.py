@@ -107,7 +107,9 @@ class SlicePanel:
         block = self.data[self.start : self.stop]
         if sp.issparse(block):
             return block.astype(self.dtype, copy=False)
-        return np.asarray(block).astype(self.dtype, copy=False)
+        # C order whatever the input's: BLAS sums a Fortran-ordered panel in another
+        # order, and a fit must not depend on the memory layout of its data.
+        return np.ascontiguousarray(np.asarray(block), dtype=self.dtype)
 
 
 #: The attribute values that mark a Zarr group as a CSR matrix (AnnData's encoding).
@@ -618,6 +620,13 @@ def as_source(X: Any) -> PanelSource:
     elif module.startswith("dask"):
         kind = "dask"
         row_chunk = None
+        if any(math.isnan(c) for axis in X.chunks for c in axis):
+            raise InvalidInputError(
+                f"X is a Dask array with unknown chunk sizes (shape {X.shape}), as after "
+                f"boolean indexing or from a DataFrame's .values: NMF needs its shape to "
+                f"cut panels. Call X.compute_chunk_sizes() first (or build it with "
+                f"to_dask_array(lengths=True))."
+            )
     elif sp.issparse(X):
         kind = "sparse"
         row_chunk = None

@@ -242,3 +242,31 @@ def check_beta_data(beta_loss: str | float, size: int, nnz: int) -> None:
             f"add small values to X, or use a positive beta_loss. (beta_loss="
             f"{beta_loss!r}; X has {size - nnz} zero entries of {size}.)"
         )
+
+
+def _fmt_gib(n: float) -> str:
+    return f"{n / 2**30:.1f} GiB"
+
+
+def check_rank_memory(k: int, n: int, m: int, *, w_in_memory: bool) -> None:
+    """Refuse, before anything is allocated, a rank whose factors cannot fit in memory.
+
+    The driver holds H (k × m) and its statistics, about five k × m and three k × k
+    float64 arrays; with W in memory (no ``out=``) also W (n × k) and its update.
+    ``n_components=10**9`` would otherwise fail deep in NumPy with a MemoryError.
+    """
+    need = 8 * (5 * k * m + 3 * k * k + (2 * n * k if w_in_memory else 0))
+    try:
+        import psutil
+
+        total = int(psutil.virtual_memory().total)
+    except Exception:  # pragma: no cover - psutil is a dependency
+        return
+    if need > total:
+        where = "H (k × m), its Gram (k × k) and their statistics" + (
+            ", and W (n × k)" if w_in_memory else "")
+        raise InvalidParameterError(
+            f"n_components={k} needs about {_fmt_gib(need)} of memory for {where}, more "
+            f"than this machine has ({_fmt_gib(total)}); choose a smaller n_components "
+            f"(usually well below min(n_samples, n_features) = {min(n, m)})."
+        )

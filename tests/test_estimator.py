@@ -508,3 +508,49 @@ def test_cluster_stops_where_threads_stop_and_drops_the_queued_pass(
     while _update_tasks_on(distributed_client) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert _update_tasks_on(distributed_client) == 0
+
+
+# ------------------------------------------------ issue 16: small reliability items
+def test_fortran_ordered_input_gives_the_same_fit_bit_for_bit():
+    rng = np.random.default_rng(5)
+    V = rng.random((300, 40))
+    kw = dict(n_components=5, random_state=0, max_iter=30, tol=0.0, scheduler="threads")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", dnmf.ConvergenceWarning)
+        c = dnmf.NMF(**kw)
+        W_c = c.fit_transform(V)
+        f = dnmf.NMF(**kw)
+        W_f = f.fit_transform(np.asfortranarray(V))
+    np.testing.assert_array_equal(W_f, W_c)
+    np.testing.assert_array_equal(f.components_, c.components_)
+    assert f.loss_history_ == c.loss_history_
+
+
+def test_a_loss_increase_is_never_convergence_at_tol_zero():
+    from dnmf._engine import _converged
+
+    assert not _converged([10.0, 11.0], None, 0.0)
+    assert not _converged([11.0], 10.0, 0.0)
+    assert _converged([10.0, 11.0], None, 1e-4)  # tol > 0: stop as before
+    assert _converged([10.0, 0.0], None, 0.0) is False
+    assert _converged([0.0, 0.0], None, 0.0)  # an exact fit stays converged
+
+
+def test_a_rank_too_large_for_memory_is_refused_before_allocating():
+    V = np.random.default_rng(0).random((50, 8))
+    for out in (None, "memory://dnmf-rank-too-big"):
+        with pytest.raises(dnmf.InvalidParameterError,
+                           match=r"n_components=1000000000 needs about [\d.]+ GiB of memory "
+                                 r"for H \(k × m\).*more than this machine has") as exc:
+            dnmf.NMF(1_000_000_000, out=out, scheduler="threads").fit(V)
+        assert "\n" not in str(exc.value)
+
+
+def test_a_dask_array_with_unknown_chunks_is_one_clear_error():
+    da = pytest.importorskip("dask.array")
+    V = np.random.default_rng(0).random((60, 5))
+    X = da.from_array(V, chunks=20)
+    X = X[X[:, 0] > 0.5]
+    with pytest.raises(dnmf.InvalidInputError, match=r"unknown chunk sizes .* "
+                                                      r"X\.compute_chunk_sizes\(\)"):
+        dnmf.NMF(2, scheduler="threads").fit(X)
