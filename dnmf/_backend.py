@@ -752,10 +752,11 @@ class Backend:
 
     def _gather(self, futures: list[Any]) -> list[Any]:
         """The results of ``futures``, watching that the cluster still has workers."""
-        from distributed import wait
+        from distributed.client import _wait
 
         def done(timeout: float) -> list[Any]:
-            wait(futures, timeout=timeout)
+            # distributed.wait would look for a default client; this one may not be.
+            self.client.sync(_wait, futures, timeout=timeout)
             return self.client.gather(futures)
 
         return _watched(self.client, self.address, done)
