@@ -18,7 +18,10 @@ nothing about NMF.
 
 from __future__ import annotations
 
+import errno
+import logging
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -30,6 +33,8 @@ import numpy as np
 
 from .errors import InvalidInputError, InvalidParameterError, StoreError
 from .io._blocks import Reader, check_block
+
+logger = logging.getLogger("dnmf")
 
 __all__ = [
     "CHUNK_BYTES",
@@ -142,6 +147,52 @@ def _output_dtype(dtype: str | None, source: np.dtype) -> np.dtype:
 
 def _temporary_name(dst: Path, tag: str) -> Path:
     return dst.with_name(f".{dst.name}.{tag}-{os.getpid()}")
+
+
+_TEMPORARY = re.compile(r"^\.(?P<name>.+)\.(?P<tag>tmp|transpose|old|replaced)-(?P<pid>\d+)$")
+
+
+def remove_dead_temporaries(dst: Path) -> list[str]:
+    """Clean what writers of ``dst`` killed mid-way left beside it; say what was done.
+
+    A conversion writes ``.DST.tmp-PID`` (and ``.DST.transpose-PID``) and moves an old
+    ``DST`` to ``.DST.old-PID`` just before the new one takes its place. For a PID
+    that no longer runs, the first two are removed; an old copy is put back if
+    ``DST`` is missing (the kill fell between the two renames), else removed.
+    """
+    from ._store import _pid_alive
+
+    done: list[str] = []
+    parent = dst.parent if str(dst.parent) else Path(".")
+    try:
+        names = os.listdir(parent)
+    except OSError:
+        return done
+    for name in sorted(names):
+        found = _TEMPORARY.match(name)
+        if not found or found["name"] != dst.name or found["tag"] == "replaced":
+            continue
+        if _pid_alive(int(found["pid"]), None):
+            continue
+        path = parent / name
+        if found["tag"] == "old" and not dst.exists():
+            os.replace(path, dst)
+            done.append(f"put back {dst} (a conversion killed while replacing it)")
+        else:
+            _remove(path)
+            done.append(f"removed {path} (left by process {found['pid']}, which is gone)")
+    return done
+
+
+def _disk_full(exc: OSError, dst: Path, tmp: Path) -> StoreError:
+    """The message for an OSError while writing ``tmp`` (ENOSPC / EDQUOT named)."""
+    full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    what = "the disk is full" if full else (exc.strerror or str(exc))
+    return StoreError(
+        f"cannot write {dst}: {what} ({exc.strerror or exc}) while writing "
+        f"{exc.filename or tmp}; nothing was written at {dst}"
+        + ("; free some space or choose another place." if full else ".")
+    )
 
 
 def _remove(path: Path) -> None:
@@ -288,6 +339,8 @@ def convert(
         }
         tmp = _temporary_name(dst_path, "tmp")
         scratch = _temporary_name(dst_path, "transpose")
+        for line in remove_dead_temporaries(dst_path):
+            logger.warning("%s", line)
         try:
             _remove(tmp)
             if sparse:
@@ -302,6 +355,11 @@ def convert(
             else:
                 written = _write_rows(reader, tmp, rows, out_dtype, attrs, on_rows)
             _replace(tmp, dst_path)
+        except OSError as exc:
+            _remove(tmp)
+            if isinstance(exc, StoreError):
+                raise
+            raise _disk_full(exc, dst_path, tmp) from None
         except BaseException:
             _remove(tmp)
             raise

@@ -23,3 +23,31 @@ def distributed_client():
     yield client
     client.close()
     cluster.close()
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """``small_disk(size)``: a real tmpfs of that size mounted in tmp_path (a full disk).
+
+    Needs root (CAP_SYS_ADMIN); skipped, with the reason, where mounting is refused.
+    """
+    import os
+    import subprocess
+
+    mounted = []
+
+    def mount(size: str = "1m", name: str = "disk"):
+        path = tmp_path / name
+        path.mkdir()
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs",
+                               str(path)], capture_output=True, text=True)
+        if done.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs for a full disk here (not root?): "
+                        f"{done.stderr.strip() or done.returncode}")
+        mounted.append(path)
+        return path
+
+    yield mount
+    for path in mounted:
+        subprocess.run(["umount", "-l", str(path)], capture_output=True)
+        os.sync()

@@ -305,3 +305,52 @@ def test_csr_zarr_groups_are_read_by_row_slices(tmp_path):
         np.testing.assert_array_equal(zarr.open_array(str(dst))[:], S.toarray())
     with open_reader(str(tmp_path / "csr.zarr")) as reader:
         assert reader.streaming and reader.read(10, 20).shape == (10, 9)
+
+
+# ------------------------------------------------------ full disk, dead writers
+def test_convert_on_a_full_disk_is_one_line_naming_the_path_and_leaves_nothing(
+        tmp_path, small_disk):
+    import subprocess
+    import sys
+
+    src = tmp_path / "V.npy"
+    np.save(src, np.random.default_rng(0).random((4000, 100)))  # 3.2 MB
+    disk = small_disk("1m")
+    for _ in range(2):  # the adversarial suite repeats it more
+        done = subprocess.run([sys.executable, "-m", "dnmf", "convert", str(src),
+                               str(disk / "V.zarr")], capture_output=True, text=True,
+                              timeout=120)
+        assert done.returncode == 1
+        lines = done.stderr.strip().splitlines()
+        assert len(lines) == 1, done.stderr
+        assert lines[0].startswith(f"error: cannot write {disk / 'V.zarr'}: the disk is full")
+        assert "Task was destroyed" not in done.stderr and "Traceback" not in done.stderr
+        assert sorted(os.listdir(disk)) == []
+
+
+def test_temporaries_of_a_dead_convert_are_removed_by_the_next(tmp_path):
+    import subprocess
+    import sys
+
+    from dnmf._convert import remove_dead_temporaries
+
+    src = tmp_path / "V.npy"
+    np.save(src, np.random.default_rng(0).random((50, 4)))
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    alive = os.getpid()
+    for tag, pid in (("tmp", dead.pid), ("transpose", dead.pid), ("tmp", alive)):
+        (tmp_path / f".V.zarr.{tag}-{pid}").mkdir()
+        (tmp_path / f".V.zarr.{tag}-{pid}" / "chunk").write_bytes(b"x" * 1000)
+    done = subprocess.run([sys.executable, "-m", "dnmf", "convert", str(src),
+                           str(tmp_path / "V.zarr")], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert f".V.zarr.tmp-{dead.pid} (left by process {dead.pid}, which is gone)" in done.stderr
+    left = sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".V.zarr"))
+    assert left == [f".V.zarr.tmp-{alive}"]  # a live writer's is never touched
+    # A kill between the two renames of a replacement: the old array comes back.
+    os.replace(tmp_path / "V.zarr", tmp_path / f".V.zarr.old-{dead.pid}")
+    assert remove_dead_temporaries(tmp_path / "V.zarr") == [
+        f"put back {tmp_path / 'V.zarr'} (a conversion killed while replacing it)"]
+    assert (tmp_path / "V.zarr" / "zarr.json").exists()
