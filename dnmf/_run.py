@@ -362,13 +362,39 @@ def fit_to_store(est: Estimator, X: Any, W: Any, H: Any, params: dict[str, Any])
     if not params["overwrite"] and os.path.exists(loc.path) and not RunStore(work).exists():
         RunStore.unpack(loc.path, work.path)
     store = RunStore(work)
+    failures: list[Exception] = []
+    packer = _packer(loc.path)
+
+    def pack(store: RunStore, manifest: dict[str, Any] | None) -> None:
+        try:
+            packer(store, manifest)
+        except Exception as exc:
+            failures.append(exc)
+            raise
+
     try:
-        manifest = _fit(store, est, X, W, H, params, source_location,
-                        on_exit=_packer(loc.path))
+        manifest = _fit(store, est, X, W, H, params, source_location, on_exit=pack)
     finally:
         _remove_if_empty(work.path)  # only if packing emptied it
+    if failures:
+        raise _pack_failed(loc.path, work.path, manifest, failures[0])
     store = RunStore(loc)
     return lazy_W(store, manifest, committed_panels(store, manifest))
+
+
+def _pack_failed(target: str, work: str, manifest: dict[str, Any],
+                 exc: Exception) -> StoreError:
+    """Packing the zip failed (a full disk): nothing is lost, the run is in ``work``."""
+    import errno
+
+    full = isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    why = "the disk is full" if full else f"{type(exc).__name__}: {exc}"
+    state = "complete" if manifest.get("complete") else "in progress"
+    return StoreError(
+        f"cannot write {target}: {why} while packing the run. Nothing was lost: the run "
+        f"({state}, iteration {manifest['iteration']}) is kept in {work}. Free some space, "
+        f"then 'dnmf resume {target}' (dnmf.resume) packs it without fitting again."
+    )
 
 
 def _packer(target: str) -> Callable[[RunStore, dict[str, Any] | None], None]:

@@ -1004,7 +1004,8 @@ class RunStore:
         from zarr.core.buffer import cpu
 
         keep = {"zarr.json", MANIFEST}
-        tmp = f"{target}.tmp-{uuid.uuid4().hex[:8]}"
+        tmp = f"{target}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        remove_dead_temporaries(target)
         archive = zs.ZipStore(tmp, mode="w")
         try:
             for directory, _, files in os.walk(self.location.path):
@@ -1018,15 +1019,16 @@ class RunStore:
                         continue
                     with open(os.path.join(directory, file), "rb") as f:
                         _sync(archive.set(key, cpu.Buffer.from_bytes(f.read())))
-        except BaseException:
             archive.close()
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp, target)
+        except BaseException:
+            with contextlib.suppress(Exception):  # closing may fail too (a full disk)
+                archive.close()
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
             raise
-        archive.close()
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
         forget(Location("zip", target))
 
     @staticmethod
@@ -1038,6 +1040,22 @@ class RunStore:
         with zipfile.ZipFile(source) as archive:
             archive.extractall(tmp)
         os.replace(tmp, directory)
+
+
+def remove_dead_temporaries(target: str) -> list[str]:
+    """Remove ``TARGET.tmp-PID-*`` zip files that writers which are gone left."""
+    directory, name = os.path.split(target)
+    removed = []
+    with contextlib.suppress(OSError):
+        for entry in os.listdir(directory or "."):
+            head, _, rest = entry.partition(f"{name}.tmp-")
+            pid = rest.split("-", 1)[0]
+            if head or not pid.isdigit() or _pid_alive(int(pid), None):
+                continue
+            with contextlib.suppress(OSError):
+                os.unlink(os.path.join(directory, entry))
+                removed.append(entry)
+    return removed
 
 
 def _body_checksum(body: dict[str, Any]) -> str:

@@ -744,3 +744,34 @@ def test_a_truncated_chunk_of_V_is_a_store_error_naming_it(tmp_path):
     assert f"cannot read rows {panel * 50}-{panel * 50 + 49} of V: chunk " in message
     assert f"V.zarr/c/{panel}/0 is damaged or truncated" in message and "\n" not in message
     assert dnmf.open_run(run).iteration == 4
+
+
+# ------------------------------------------------------------ zip on a full disk
+def test_zip_output_on_a_full_disk_keeps_the_run_and_resume_packs_it(tmp_path, small_disk):
+    disk = small_disk("2m")
+    target = disk / "run.zip"
+    filler = disk / "filler"
+    V = make_V(n=2000, m=100)
+
+    def fill(iteration, loss):  # just before the last commit: leave ~24 KiB
+        if iteration == 5:
+            st = os.statvfs(disk)
+            with open(filler, "wb") as f:
+                f.write(b"\0" * max(0, st.f_bavail * st.f_frsize - 24 * 1024))
+
+    with pytest.raises(StoreError) as exc:
+        model(out=target, max_iter=5, checkpoint_every=5, panel_rows=500,
+              callback=fill).fit(V)
+    message = str(exc.value)
+    assert message.startswith(f"cannot write {target}: the disk is full while packing the "
+                              f"run. Nothing was lost: the run (complete, iteration 5) is "
+                              f"kept in {target}.partial."), message
+    assert "dnmf resume" in message and "\n" not in message
+    assert not [p for p in os.listdir(disk) if ".tmp-" in p]
+    assert not target.exists()
+    assert dnmf.open_run(target).iteration == 5  # read from the work directory
+    filler.unlink()
+    run = dnmf.resume(target, X=V)
+    assert target.exists() and not (disk / "run.zip.partial").exists()
+    assert run.iteration == 5 and run.complete
+    np.testing.assert_array_equal(dnmf.open_run(target).H, run.H)
