@@ -52,7 +52,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Estimator", "StoreKeeper", "committed_panels", "fit_to_store", "lazy_W",
-    "recorded_bounds",
+    "recorded_bounds", "recover_replaced",
 ]
 
 
@@ -695,6 +695,96 @@ def _restore(store: RunStore, manifest: dict[str, Any],
         converged=bool(manifest.get("converged")),
         stopped_by_callback=bool(manifest.get("stopped_by_callback")),
     )
+
+
+# ------------------------------------------------ a replacement killed mid-way
+def recover_replaced(out: Any, input_path: Any = None) -> list[str]:
+    """Finish or undo what a ``dnmf fit --overwrite`` killed mid-way left beside ``out``.
+
+    The command moves the run it replaces to ``.RUN.replaced-PID`` (and a converted
+    input it replaces to ``.INPUT.replaced-PID``) until the new run commits, and puts
+    them back if it fails. Killed (SIGKILL, a crash), it can do neither. For each
+    such copy whose process is gone: if the run at ``out`` has committed (the new one
+    won) the copy is removed; otherwise the new run's debris is removed and the old
+    run (and its input) put back. Nothing is done while a live process holds the
+    run's lock. Returns one line per action, to tell the user.
+    """
+    from ._store import _pid_alive
+
+    loc = as_location(out)
+    if loc.kind != "local":
+        return []
+    path = loc.path
+    if RunStore(loc).exists() and _live_writer(RunStore(loc)):
+        return []
+    done: list[str] = []
+    restored: bool | None = None
+    for aside, pid in _asides(path):
+        if _pid_alive(pid, None):
+            continue
+        if _committed(path):
+            shutil.rmtree(aside, ignore_errors=True)
+            restored = False
+            done.append(f"finished replacing the run at {path}: the new run of "
+                        f"'dnmf fit --overwrite' (process {pid}, which is gone) had "
+                        f"committed; removed the old run kept at {aside}")
+        else:
+            shutil.rmtree(path, ignore_errors=True)
+            os.replace(aside, path)
+            restored = True
+            done.append(f"put back the run at {path}: 'dnmf fit --overwrite' (process "
+                        f"{pid}, which is gone) was stopped before its new run committed")
+    if input_path is not None and "://" not in os.fspath(input_path):
+        target = os.path.abspath(os.fspath(input_path))
+        for aside, pid in _asides(target):
+            if _pid_alive(pid, None):
+                continue
+            if restored is False or (restored is None and _committed(path)
+                                     and _reads(path, target)):
+                shutil.rmtree(aside, ignore_errors=True)
+                done.append(f"removed the replaced conversion {aside}")
+            else:
+                shutil.rmtree(target, ignore_errors=True)
+                os.replace(aside, target)
+                done.append(f"put back the converted input {target} of that run")
+    return done
+
+
+def _asides(path: str) -> list[tuple[str, int]]:
+    import re
+
+    parent, name = os.path.split(path.rstrip("/"))
+    pattern = re.compile(rf"\.{re.escape(name)}\.replaced-(\d+)")
+    try:
+        entries = sorted(os.listdir(parent or "."))
+    except OSError:
+        return []
+    return [(os.path.join(parent, e), int(found[1])) for e in entries
+            if (found := pattern.fullmatch(e))]
+
+
+def _committed(path: str) -> bool:
+    return any(os.path.exists(os.path.join(path, key)) for key in (MANIFEST, COMMITTED))
+
+
+def _reads(path: str, target: str) -> bool:
+    """The committed run at ``path`` reads its V from ``target``."""
+    try:
+        manifest = RunStore(as_location(path)).read_manifest() or {}
+    except StoreError:
+        return False
+    return (manifest.get("source") or {}).get("location") == target
+
+
+def _live_writer(store: RunStore) -> bool:
+    from ._store import RunLock
+
+    lock = RunLock(store)
+    try:
+        info = lock.holder()
+        return bool(info) and lock._alive(info)
+    except Exception:
+        return True  # a damaged lock: leave everything as it is
 
 
 # ------------------------------------------------------------------ reading

@@ -775,3 +775,49 @@ def test_zip_output_on_a_full_disk_keeps_the_run_and_resume_packs_it(tmp_path, s
     assert target.exists() and not (disk / "run.zip.partial").exists()
     assert run.iteration == 5 and run.complete
     np.testing.assert_array_equal(dnmf.open_run(target).H, run.H)
+
+
+# ------------------------------------------- fit --overwrite killed mid-way
+def _cli(*args, cwd, env=None):
+    return subprocess.run([sys.executable, "-m", "dnmf", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def _kill_cli_at(args, point, cwd, marker):
+    env = dict(os.environ, DNMF_TEST_PAUSE_AT=point, DNMF_TEST_PAUSE_FILE=str(marker))
+    proc = subprocess.Popen([sys.executable, "-m", "dnmf", *args], cwd=cwd, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 300
+    try:
+        while not marker.exists():
+            assert proc.poll() is None, proc.stdout.read()
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+    finally:
+        proc.kill()
+        proc.wait()
+    return proc.pid
+
+
+def test_fit_overwrite_killed_before_its_first_commit_puts_the_old_run_back(tmp_path):
+    from dnmf._run import recover_replaced
+
+    np.save(tmp_path / "a.npy", make_V(0, n=200, m=20))
+    np.save(tmp_path / "b.npy", make_V(1, n=200, m=20))
+    done = _cli("fit", "a.npy", "--rank", "3", "--out", "run.zarr", "--max-iter", "4",
+                "--seed", "1", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    before = _snapshot(tmp_path / "run.zarr")
+    before_input = _snapshot(tmp_path / "run.input.zarr")
+    pid = _kill_cli_at(["fit", "b.npy", "--rank", "3", "--out", "run.zarr", "--overwrite",
+                        "--seed", "2"], "sink@0", tmp_path, tmp_path / "paused")
+    assert (tmp_path / f".run.zarr.replaced-{pid}").exists()  # what the kill left
+    lines = recover_replaced(tmp_path / "run.zarr", tmp_path / "run.input.zarr")
+    assert lines == [
+        f"put back the run at {tmp_path / 'run.zarr'}: 'dnmf fit --overwrite' (process "
+        f"{pid}, which is gone) was stopped before its new run committed",
+        f"put back the converted input {tmp_path / 'run.input.zarr'} of that run"]
+    assert _snapshot(tmp_path / "run.zarr") == before
+    assert _snapshot(tmp_path / "run.input.zarr") == before_input
+    assert not [p for p in os.listdir(tmp_path) if ".replaced-" in p]
+    assert recover_replaced(tmp_path / "run.zarr", tmp_path / "run.input.zarr") == []
