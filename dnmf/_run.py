@@ -198,7 +198,8 @@ class Checkpointer:
                 "checksums": [p.checksum for p in snap.W],
             },
             "H": {"array": H_buffer, "checksum": H_checksum},
-            "arrays": {name: self._metadata(name) for name in (snap.W[0].buffer, H_buffer)},
+            "array_metadata": {name: self._metadata(name)
+                               for name in (snap.W[0].buffer, H_buffer)},
             "loss_history": snap.loss_history,
             "init_loss": snap.init_loss,
             "updated": now(),

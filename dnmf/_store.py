@@ -982,7 +982,7 @@ class RunStore:
         dtype changed to another of the same size would read the same bytes as
         other numbers). Manifests written before the pins existed are not checked.
         """
-        pinned = manifest.get("arrays")
+        pinned = manifest.get("array_metadata")
         if not isinstance(pinned, dict):
             return
         for name, want in sorted(pinned.items()):
