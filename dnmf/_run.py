@@ -13,6 +13,7 @@ uninterrupted one bit for bit.
 from __future__ import annotations
 
 import contextlib
+import errno
 import itertools
 import logging
 import os
@@ -618,10 +619,29 @@ def _fit_locked(
                              final)
             est._set_fitted(state, plan.k, plan.prep.source.shape[1])
             return final
+        except OSError as exc:
+            if isinstance(exc, StoreError) or exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            raise _run_disk_full(store, exc) from None
         finally:
             if on_exit is not None:
                 with contextlib.suppress(Exception):
                     on_exit(store, store.read_manifest() if store.is_run() else None)
+
+
+def _run_disk_full(store: RunStore, exc: OSError) -> StoreError:
+    """A full disk while writing the run: where, what is kept, and how to go on."""
+    try:
+        manifest = store.read_manifest()
+    except StoreError:
+        manifest = None
+    kept = (f"iteration {manifest['iteration']} is committed and intact" if manifest
+            else "nothing was committed yet")
+    return StoreError(
+        f"cannot write the run at {store.location}: the disk is full ({exc.strerror}: "
+        f"{exc.filename or store.location}); {kept}. Free some space, then continue with "
+        f"dnmf resume {store.location} (dnmf.resume)."
+    )
 
 
 def _iterate(prep: PreparedInput, solver: Any, reg: Any, state: _engine.FitState,

@@ -821,3 +821,17 @@ def test_fit_overwrite_killed_before_its_first_commit_puts_the_old_run_back(tmp_
     assert _snapshot(tmp_path / "run.input.zarr") == before_input
     assert not [p for p in os.listdir(tmp_path) if ".replaced-" in p]
     assert recover_replaced(tmp_path / "run.zarr", tmp_path / "run.input.zarr") == []
+
+
+def test_a_full_disk_during_a_fit_names_the_run_and_dnmf_resume(tmp_path, small_disk):
+    disk = small_disk("1m")
+    V = make_V(n=20000, m=10, dtype=np.float64)  # each W buffer: 625 KiB
+    out = disk / "run"
+    with pytest.raises(StoreError) as exc:
+        model(out=out, max_iter=4, checkpoint_every=1, panel_rows=5000).fit(V)
+    message = str(exc.value)
+    assert message.startswith(f"cannot write the run at {out}: the disk is full "
+                              f"(No space left on device: "), message
+    assert "iteration 0 is committed and intact" in message
+    assert f"dnmf resume {out}" in message and "\n" not in message
+    assert dnmf.open_run(out).iteration == 0
