@@ -470,6 +470,13 @@ class RunLock:
         self._thread.start()
         return self
 
+    def reclaim(self) -> None:
+        """Write this lock again where it was: its directory was moved away (the old
+        run of ``fit --overwrite``, kept aside until the new one commits)."""
+        if not self.store.create_exclusive(LOCK, self._payload()):
+            info = self.holder() or {}
+            raise self._locked(info)
+
     def _locked(self, info: dict[str, Any]) -> RunLockedError:
         return RunLockedError(
             f"the run at {str(self.store.location)!r} is being written by another "
@@ -1105,11 +1112,34 @@ def fingerprint_panels(
     return {"panels": chosen, "checksum": "sha256:" + combined}
 
 
+_HELD = threading.local()
+
+
+def held_lock(store_or_location: Any) -> RunLock | None:
+    """The lock this thread holds on a run store through :func:`locked`, if any."""
+    loc = getattr(store_or_location, "location", store_or_location)
+    lock = getattr(_HELD, "locks", {}).get(as_location(loc).key)
+    return lock if lock is not None and lock.held else None
+
+
 @contextlib.contextmanager
 def locked(store: RunStore) -> Iterator[RunLock]:
+    """Hold the store's write lock; re-entrant within a thread.
+
+    The command line takes a run's lock before it converts the run's input and keeps
+    it through the fit, whose own ``locked`` then finds it held: two commands on one
+    run cannot both convert (and one delete what the other reads).
+    """
+    held = held_lock(store)
+    if held is not None:
+        yield held
+        return
+    locks = _HELD.__dict__.setdefault("locks", {})
     lock = RunLock(store)
     lock.acquire()
+    locks[store.location.key] = lock
     try:
         yield lock
     finally:
+        locks.pop(store.location.key, None)
         lock.release()

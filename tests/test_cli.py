@@ -663,3 +663,58 @@ def test_fit_and_resume_on_a_running_scheduler(tmp_path, distributed_client):
                        str(scheduler_file), cwd=tmp_path))
     assert "fit: iteration 8/8" in proc.stderr
     assert dnmf.open_run(str(tmp_path / "run.zarr")).iteration == 8
+
+
+# ------------------------------------------------ issue 16: concurrency and debris
+def test_two_fits_of_one_run_started_together_one_is_refused_and_the_other_is_right(tmp_path):
+    """Both used to convert; the loser of the lock then deleted RUN.input.zarr while
+    the winner read it: exit 0, "converged", loss 9e-56. Now the run's lock is taken
+    before the conversion: the second is refused at once with one line."""
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "V.npy", rng.random((3000, 6)) @ rng.random((6, 200)))
+    args = ["fit", "V.npy", "--rank", "6", "--seed", "3", "--max-iter", "30", "--tol", "0"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    procs = []
+    for _ in range(2):
+        procs.append(subprocess.Popen([sys.executable, "-m", "dnmf", *args, "--out",
+                                       "run.zarr"], cwd=tmp_path, env=env, text=True,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+        time.sleep(0.3)
+    results = [(p.wait(timeout=TIMEOUT), *p.communicate()) for p in procs]
+    codes = sorted(r[0] for r in results)
+    assert codes == [0, 1], results
+    loser = next(r for r in results if r[0] == 1)
+    lines = loser[2].strip().splitlines()
+    assert len(lines) == 1 and "is being written by another process" in lines[0], loser
+    solo = run_dnmf(*args, "--out", "solo.zarr", cwd=tmp_path)
+    assert solo.returncode == 0, solo.stderr
+    got, want = dnmf.open_run(str(tmp_path / "run.zarr")), dnmf.open_run(str(tmp_path / "solo.zarr"))
+    assert got.loss_history == want.loss_history and got.loss_history[-1] > 1.0
+    np.testing.assert_array_equal(got.H, want.H)
+
+
+@pytest.mark.heavy
+def test_info_puts_back_the_run_of_a_killed_fit_overwrite_and_says_so(tmp_path):
+    np.save(tmp_path / "a.npy", planted(200, 20, 3, seed=0)[0])
+    np.save(tmp_path / "b.npy", planted(200, 20, 3, seed=1)[0])
+    done = run_dnmf("fit", "a.npy", "--rank", "3", "--out", "run.zarr", "--max-iter", "4",
+                    "--seed", "1", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    marker = tmp_path / "paused"
+    env = {**os.environ, "DNMF_TEST_PAUSE_AT": "sink@0", "DNMF_TEST_PAUSE_FILE": str(marker)}
+    proc = subprocess.Popen([sys.executable, "-m", "dnmf", "fit", "b.npy", "--rank", "3",
+                             "--out", "run.zarr", "--overwrite"], cwd=tmp_path, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + TIMEOUT
+    while not marker.exists():
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.02)
+    proc.kill()
+    proc.wait()
+    assert not (tmp_path / "run.zarr" / "manifest.json").exists()  # the new run, hidden old
+    info = run_dnmf("info", "run.zarr", "--json", cwd=tmp_path)
+    assert info.returncode == 0, info.stderr
+    assert (f"put back the run at {tmp_path / 'run.zarr'}: 'dnmf fit --overwrite' (process "
+            f"{proc.pid}, which is gone) was stopped before its new run committed") in info.stderr
+    assert json.loads(info.stdout)["iteration"] == 4
+    assert not [p for p in os.listdir(tmp_path) if ".replaced-" in p]

@@ -418,7 +418,7 @@ def test_sigkill_of_every_worker_at_once_finishes_with_the_same_answer(
     assert not set(victims) & set(_worker_pids(client).values())
 
 
-@pytest.mark.slow
+@pytest.mark.heavy
 def test_a_cluster_left_without_workers_ends_the_fit_with_a_clear_error(
         V_path, reference, tmp_path, monkeypatch):
     """Workers gone for good (no nanny): a bounded wait, then ClusterLostError; the

@@ -799,6 +799,7 @@ def _kill_cli_at(args, point, cwd, marker):
     return proc.pid
 
 
+@pytest.mark.slow
 def test_fit_overwrite_killed_before_its_first_commit_puts_the_old_run_back(tmp_path):
     from dnmf._run import recover_replaced
 

@@ -43,7 +43,11 @@ def _quiet_logs(debug: bool, dask_too: bool = True) -> None:
     # A lost scheduler is reported as dnmf's own error, with how to continue; the
     # client's log of its failed reconnection would only repeat it.
     levels = {"distributed": "error", "distributed.client": "critical",
-              "tornado": "critical", "bokeh": "error", "asyncio": "error"}
+              "tornado": "critical", "bokeh": "error",
+              # zarr's writes run as asyncio tasks: when one fails (a full disk) the
+              # others are dropped with "Task was destroyed but it is pending!" noise
+              # after the error has been reported on one line.
+              "asyncio": "critical"}
     for name, level in levels.items():
         logging.getLogger(name).setLevel(level.upper())
     # Importing distributed sets its loggers from Dask's config (INFO by default):

@@ -22,14 +22,45 @@ from ..errors import (
     StoreError,
 )
 from ._app import Terminated, _exit_code
-from ._output import _fmt_duration, _quote, _result, _say
+from ._output import _absolute, _fmt_duration, _quote, _result, _say
+
+
+def _recover(path: str) -> None:
+    """Put back (or finish) what a killed ``fit --overwrite`` left beside the run, and
+    say so; remove the temporaries of zip packs that died."""
+    if "://" in path:
+        return
+    from .._run import recover_replaced
+    from ._inputs import _input_store_for
+
+    for line in recover_replaced(_absolute(path), _absolute(str(_input_store_for(path)))):
+        _say(line)
+
+
+@contextlib.contextmanager
+def _holding(out: str) -> Iterator[None]:
+    """The run's lock for a whole command (its input's conversion, then the fit).
+
+    A second command on the same run is refused here with one line, before it
+    converts anything. Local run directories only (a zip's work directory and URLs
+    are locked by the fit itself).
+    """
+    if "://" in out or out.endswith(".zip"):
+        yield
+        return
+    from .._store import RunStore, as_location, locked
+
+    with locked(RunStore(as_location(_absolute(out)))):
+        yield
 
 
 def _open_run(path: str, *, verify: bool = False) -> Any:
     from .._runs import open_run
 
     if "://" not in path:
-        if not os.path.exists(path):
+        _recover(path)
+        partial = path.endswith(".zip") and os.path.isdir(path + ".partial")
+        if not os.path.exists(path) and not partial:
             raise StoreError(f"{path} does not exist.")
         if os.path.isfile(path) and not path.endswith(".zip"):
             raise StoreError(f"{path} is a file, not a dnmf run.")
@@ -87,17 +118,22 @@ def _replacing(out: str, overwrite: bool,
         yield overwrite
         return
     holder = _lock_holder(out)
-    if holder:
+    if holder and holder.get("pid") != os.getpid():
         from ..errors import RunLockedError
 
         raise RunLockedError(
             f"{out} is being written by another process (host {holder.get('host')}, pid "
             f"{holder.get('pid')}); stop it before replacing the run."
         )
+    from .._store import held_lock
+
     aside = path.with_name(f".{path.name}.replaced-{os.getpid()}")
     os.replace(path, aside)
     committed = False
     try:
+        lock = held_lock(_absolute(out))
+        if lock is not None:
+            lock.reclaim()  # the lock moved aside with the old run: take it here again
         yield False
         committed = True
     except (KeyboardInterrupt, typer.Exit):
@@ -139,7 +175,13 @@ def _interrupted(out: str, sched: str, exc: BaseException) -> typer.Exit:
 
 def _lost(out: str, sched: str, exc: ClusterLostError) -> ClusterLostError:
     """The scheduler went away mid-fit: the error, with how to continue the run."""
-    what = f"lost the Dask scheduler at {exc.address} ({exc.reason})"
+    if exc.reason == "no workers":
+        from .._backend import NO_WORKERS_SECONDS
+
+        what = (f"the Dask cluster at {exc.address} has had no workers for "
+                f"{NO_WORKERS_SECONDS:.0f} s")
+    else:
+        what = f"lost the Dask scheduler at {exc.address} ({exc.reason})"
     try:
         run = _open_run(out)
     except DnmfError:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 import shutil
 import time
 import warnings
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -30,7 +32,15 @@ from ._options import (
     reading_options,
 )
 from ._output import _absolute, _say
-from ._runs import _has_commit, _interrupted, _lost, _replacing, _report_fit
+from ._runs import (
+    _has_commit,
+    _holding,
+    _interrupted,
+    _lost,
+    _recover,
+    _replacing,
+    _report_fit,
+)
 from ._scheduler import (
     PanelSizeOpt,
     SchedulerFileOpt,
@@ -133,8 +143,6 @@ def fit(
     A non-Zarr INPUT is first converted to OUT's name with .input.zarr, kept next to
     the run so that 'dnmf resume' can read it.
     """
-    import dnmf
-
     started = time.perf_counter()
     _check_scheduler(scheduler, scheduler_file)
     if online and solver is not None:
@@ -155,6 +163,29 @@ def fit(
     out_existed = "://" in out or Path(out).exists()
     if "://" not in out:
         _make_parent(out)
+    _recover(out)
+    try:
+        with _holding(out):
+            _fit_holding(input, out, rank, solver, loss_name, init, max_iter, tol, seed,
+                         alpha_w, alpha_h, l1_ratio, checkpoint_every, scheduler,
+                         scheduler_file, dtype, chunk_rows, dataset, transpose, cache,
+                         panel_bytes, overwrite, dense, out_existed, sched)
+    finally:
+        if not out_existed and "://" not in out:
+            with contextlib.suppress(OSError):
+                os.rmdir(out)  # only if empty: a fit stopped before its first commit
+    _report_fit(out, started, sched)
+
+
+def _fit_holding(input: str, out: str, rank: int, solver: Any, loss_name: str, init: Any,
+                 max_iter: int, tol: float, seed: int | None, alpha_w: float, alpha_h: Any,
+                 l1_ratio: float, checkpoint_every: int, scheduler: Any, scheduler_file: Any,
+                 dtype: Any, chunk_rows: int | None, dataset: str | None, transpose: bool,
+                 cache: bool, panel_bytes: int | None, overwrite: bool, dense: bool,
+                 out_existed: bool, sched: str) -> None:
+    """The conversion and the fit, under the run's lock (see :func:`_holding`)."""
+    import dnmf
+
     try:
         path, created, aside = _prepare_input(
             input, out, dtype=dtype.value if dtype else None, chunk_rows=chunk_rows,
@@ -221,7 +252,6 @@ def fit(
                 shutil.rmtree(aside, ignore_errors=True)
             else:
                 _put_back(Path(path), aside)
-    _report_fit(out, started, sched)
 
 
 
