@@ -572,6 +572,12 @@ def _open_zarr(path: str) -> Any:
     except InvalidInputError:
         raise
     except Exception as exc:  # zarr raises several types for "not an array here"
+        if type(exc).__name__ in ("EndpointConnectionError", "ConnectTimeoutError",
+                                  "ClientConnectorError", "ServerTimeoutError"):
+            raise StoreError(
+                f"cannot reach {path!r} ({type(exc).__name__}: {exc}). Check the endpoint "
+                f"(AWS_ENDPOINT_URL), the credentials and the network."
+            ) from None
         raise InvalidInputError(
             f"cannot open {path!r} as a Zarr array ({type(exc).__name__}: {exc}). "
             f"Give the path of a Zarr array (not a group), e.g. 'data.zarr' or "

@@ -718,3 +718,25 @@ def test_info_puts_back_the_run_of_a_killed_fit_overwrite_and_says_so(tmp_path):
             f"{proc.pid}, which is gone) was stopped before its new run committed") in info.stderr
     assert json.loads(info.stdout)["iteration"] == 4
     assert not [p for p in os.listdir(tmp_path) if ".replaced-" in p]
+
+
+@pytest.mark.heavy
+def test_an_unreachable_object_store_is_one_clear_line(tmp_path, capsys, monkeypatch):
+    pytest.importorskip("s3fs")
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    for key, value in {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "x",
+                       "AWS_SECRET_ACCESS_KEY": "x", "AWS_MAX_ATTEMPTS": "1"}.items():
+        monkeypatch.setenv(key, value)
+    done = run_here("info", "s3://dnmf-nowhere/run", cwd=tmp_path, capsys=capsys,
+                    monkeypatch=monkeypatch)
+    assert_user_error(done, 1, rf"cannot reach s3://dnmf-nowhere/run \(endpoint "
+                               rf"http://127\.0\.0\.1:{port}\): EndpointConnectionError")
+    np.save(tmp_path / "V.npy", np.ones((4, 3)))
+    done = run_here("fit", "s3://dnmf-nowhere/V.zarr", "--rank", "1", "--out", "r.zarr",
+                    cwd=tmp_path, capsys=capsys, monkeypatch=monkeypatch)
+    assert_user_error(done, 1, r"cannot reach 's3://dnmf-nowhere/V\.zarr' "
+                               r"\(EndpointConnectionError")

@@ -165,6 +165,28 @@ def _apply_storage_options(options: dict[str, Any], args: list[str]) -> dict[str
     return saved
 
 
+def _unreachable(exc: BaseException, args: list[str]) -> str | None:
+    """The one line for an object store (or other URL) that cannot be reached."""
+    chain = [exc]
+    while chain[-1].__cause__ is not None or chain[-1].__context__ is not None:
+        nxt = chain[-1].__cause__ or chain[-1].__context__
+        if nxt in chain or len(chain) > 8:
+            break
+        chain.append(nxt)
+    names = {type(e).__name__ for e in chain}
+    network = {"EndpointConnectionError", "ConnectTimeoutError", "ConnectionClosedError",
+               "ClientConnectorError", "ServerTimeoutError", "ReadTimeoutError",
+               "ConnectionRefusedError", "NoCredentialsError"}
+    if not names & network:
+        return None
+    urls = [a for a in args if "://" in a]
+    what = ", ".join(urls) if urls else "the object store"
+    endpoint = os.environ.get("AWS_ENDPOINT_URL") or os.environ.get("FSSPEC_S3_ENDPOINT_URL")
+    at = f" (endpoint {endpoint})" if endpoint else ""
+    return (f"cannot reach {what}{at}: {type(exc).__name__}: {_one_line(str(exc))}. Check "
+            f"the endpoint, the credentials and the network.")
+
+
 def _fail(message: str) -> None:
     sys.stderr.write(f"error: {message}\n")
 
@@ -199,12 +221,20 @@ def _dispatch(args: list[str], debug: bool) -> int:
     except OSError as exc:
         if debug:
             raise
+        unreachable = _unreachable(exc, args)
+        if unreachable:
+            _fail(unreachable)
+            return EXIT_ERROR
         where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
         _fail(f"{exc.strerror or exc}{where}")
         return EXIT_ERROR
     except Exception as exc:
         if debug:
             raise
+        unreachable = _unreachable(exc, args)
+        if unreachable:
+            _fail(unreachable)
+            return EXIT_ERROR
         _fail(f"unexpected {type(exc).__name__}: {_one_line(str(exc))} (this is a bug in "
               f"dnmf: run again with --debug for the traceback and report it)")
         return EXIT_ERROR
