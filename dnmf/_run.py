@@ -384,6 +384,28 @@ def fit_to_store(est: Estimator, X: Any, W: Any, H: Any, params: dict[str, Any])
     return lazy_W(store, manifest, committed_panels(store, manifest))
 
 
+def repack(target: str) -> bool:
+    """Pack the run kept in ``TARGET.partial`` (a pack that failed) into ``TARGET``.
+
+    Needs no data: the run is complete or not, it is packed as committed. Returns
+    False when there is nothing to pack.
+    """
+    work = Location("local", os.path.abspath(target) + ZIP_WORKDIR_SUFFIX)
+    store = RunStore(work)
+    if not store.exists():
+        return False
+    with locked(store):
+        manifest = store.read_manifest()
+        if manifest is None:
+            return False
+        try:
+            _packer(os.path.abspath(target))(store, manifest)
+        except OSError as exc:
+            raise _pack_failed(target, work.path, manifest, exc) from None
+    _remove_if_empty(work.path)
+    return True
+
+
 def _pack_failed(target: str, work: str, manifest: dict[str, Any],
                  exc: Exception) -> StoreError:
     """Packing the zip failed (a full disk): nothing is lost, the run is in ``work``."""

@@ -770,11 +770,17 @@ def test_zip_output_on_a_full_disk_keeps_the_run_and_resume_packs_it(tmp_path, s
     assert not [p for p in os.listdir(disk) if ".tmp-" in p]
     assert not target.exists()
     assert dnmf.open_run(target).iteration == 5  # read from the work directory
+    info = _cli("info", str(target), "--json", cwd=tmp_path)  # was: run.zip does not exist
+    assert info.returncode == 0 and json.loads(info.stdout)["iteration"] == 5, info.stderr
+    H = dnmf.open_run(target).H
     filler.unlink()
-    run = dnmf.resume(target, X=V)
+    done = _cli("resume", str(target), cwd=tmp_path)  # packs; no data needed
+    assert done.returncode == 0, done.stderr
+    assert f"packed {target} from {target}.partial" in done.stdout
     assert target.exists() and not (disk / "run.zip.partial").exists()
+    run = dnmf.open_run(target)
     assert run.iteration == 5 and run.complete
-    np.testing.assert_array_equal(dnmf.open_run(target).H, run.H)
+    np.testing.assert_array_equal(run.H, H)
 
 
 # ------------------------------------------- fit --overwrite killed mid-way

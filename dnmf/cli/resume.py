@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 import warnings
 from typing import Annotated
@@ -42,6 +43,13 @@ def resume(
     _check_scheduler(scheduler, scheduler_file)
     sched = _scheduler_args(scheduler, scheduler_file)
     before = _open_run(run)
+    unpacked = run.endswith(".zip") and os.path.isdir(run + ".partial")
+    if unpacked and before.complete and (max_iter is None or max_iter <= before.iteration):
+        from .._run import repack
+
+        repack(_absolute(run))  # a pack that failed (a full disk): only the zip is missing
+        _result(f"packed {run} from {run}.partial (the run was complete; nothing refitted).")
+        return
     if before.complete and (max_iter is None or max_iter <= before.iteration
                             or before.stop_reason != "max_iter"):
         why = ("it converged" if before.stop_reason == "converged"
