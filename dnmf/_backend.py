@@ -295,6 +295,19 @@ def _watched(client: Any, address: str | None, wait: Callable[[float], Any]) -> 
                 )
 
 
+def _result(client: Any, future: Any, timeout: float) -> Any:
+    """``future.result()`` once done, or TimeoutError after ``timeout`` seconds.
+
+    The wait runs as a coroutine with its own timeout (``Future.result(timeout=)``
+    goes through ``sync``'s callback timeout, which in distributed 2026.8 can fail
+    with an UnboundLocalError when it fires).
+    """
+    from distributed.client import _wait
+
+    client.sync(_wait, [future], timeout=timeout)
+    return future.result()
+
+
 class Pending:
     """A submitted pass: its outputs (handles) now, its result when it is done.
 
@@ -320,7 +333,7 @@ class Pending:
         if self._future is not None:
             future = self._future
             self._value = _watched(self._client, self._address,
-                                   lambda timeout: future.result(timeout=timeout))
+                                   lambda timeout: _result(self._client, future, timeout))
             self._future = None
         return self._value
 
