@@ -468,8 +468,7 @@ def _plan(est: Estimator, X: Any, W: Any, H: Any, params: dict[str, Any],
           manifest: dict[str, Any] | None) -> _Plan:
     """Resolve V, its panels, k, init and the seed; "as recorded" where left open."""
     from ._store import checksum
-    from ._validation import (check_custom_factor, check_rank_memory, resolve_init,
-                              resolve_seed)
+    from ._validation import check_custom_factor, check_rank_memory, resolve_init, resolve_seed
 
     recorded = manifest["params"] if manifest else None
     panel_rows, layout = params["panel_rows"], None

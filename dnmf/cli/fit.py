@@ -166,15 +166,19 @@ def fit(
     _recover(out)
     try:
         with _holding(out):
-            _fit_holding(input, out, rank, solver, loss_name, init, max_iter, tol, seed,
-                         alpha_w, alpha_h, l1_ratio, checkpoint_every, scheduler,
-                         scheduler_file, dtype, chunk_rows, dataset, transpose, cache,
-                         panel_bytes, overwrite, dense, out_existed, sched)
+            report = _fit_holding(
+                input, out, rank, solver, loss_name, init, max_iter, tol, seed, alpha_w,
+                alpha_h, l1_ratio, checkpoint_every, scheduler, scheduler_file, dtype,
+                chunk_rows, dataset, transpose, cache, panel_bytes, overwrite, dense,
+                out_existed, sched, reading_options(layer, raw, index_col),
+                online=online, batch_size=batch_size, forget_factor=forget_factor,
+                fresh_restarts=fresh_restarts, started=started)
     finally:
         if not out_existed and "://" not in out:
             with contextlib.suppress(OSError):
                 os.rmdir(out)  # only if empty: a fit stopped before its first commit
-    _report_fit(out, started, sched)
+    if report:
+        _report_fit(out, started, sched)
 
 
 def _fit_holding(input: str, out: str, rank: int, solver: Any, loss_name: str, init: Any,
@@ -182,7 +186,9 @@ def _fit_holding(input: str, out: str, rank: int, solver: Any, loss_name: str, i
                  l1_ratio: float, checkpoint_every: int, scheduler: Any, scheduler_file: Any,
                  dtype: Any, chunk_rows: int | None, dataset: str | None, transpose: bool,
                  cache: bool, panel_bytes: int | None, overwrite: bool, dense: bool,
-                 out_existed: bool, sched: str) -> None:
+                 out_existed: bool, sched: str, reading: Any = None, *, online: bool = False,
+                 batch_size: int = 1024, forget_factor: float = 0.7,
+                 fresh_restarts: bool = False, started: float = 0.0) -> bool:
     """The conversion and the fit, under the run's lock (see :func:`_holding`)."""
     import dnmf
 
@@ -190,7 +196,7 @@ def _fit_holding(input: str, out: str, rank: int, solver: Any, loss_name: str, i
         path, created, aside = _prepare_input(
             input, out, dtype=dtype.value if dtype else None, chunk_rows=chunk_rows,
             transpose=transpose, dataset=dataset, overwrite=overwrite, dense=dense,
-            reading=reading_options(layer, raw, index_col),
+            reading=reading,
         )
     except KeyboardInterrupt as exc:
         _say(f"interrupted while converting {input}: nothing was written.")
@@ -207,7 +213,7 @@ def _fit_holding(input: str, out: str, rank: int, solver: Any, loss_name: str, i
                     fresh_restarts=fresh_restarts, every=checkpoint_every,
                     overwrite=overwrite, started=started,
                 )
-            return
+            return False
         with _scheduler(scheduler, scheduler_file) as client, \
                 _replacing(out, overwrite, replaced) as ow:
             est = dnmf.NMF(
@@ -252,6 +258,7 @@ def _fit_holding(input: str, out: str, rank: int, solver: Any, loss_name: str, i
                 shutil.rmtree(aside, ignore_errors=True)
             else:
                 _put_back(Path(path), aside)
+    return True
 
 
 
