@@ -53,6 +53,8 @@ class DataSummary:
     total: float
     size: int
     nnz: int
+    #: entries a hold-out excludes from the fit (0 without one)
+    n_heldout: int = 0
 
     @property
     def mean(self) -> float:
@@ -117,7 +119,8 @@ def scan(backend: Backend, source: PanelSource, refs: list[Any], bounds: list[tu
         raise InvalidInputError(
             f"Input X contains NaN or infinity: {n_nonfinite} entries are NaN or inf "
             f"(the first at row {r}, column {c}). NMF needs finite values: impute or "
-            f"drop them first."
+            f"drop them first, or, if NaN marks missing entries, pass missing='nan' to "
+            f"fit on the observed entries only."
         )
     n_negative = sum(p["n_negative"] for p in parts)
     if n_negative:
@@ -330,19 +333,27 @@ def update_task(
 
 
 def h_step(stats: Stats, solver: Solver, ctx: PanelContext, reg: Regularization, *,
-           norm_sq: float) -> tuple[PanelContext, tuple[float, float | None, np.ndarray]]:
+           norm_sq: float
+           ) -> tuple[PanelContext, tuple[float, float | None, np.ndarray, float | None]]:
     """After a pass: the losses, H from the summed stats, and the next pass's context.
 
     Runs where the sum is (a worker, on a cluster). The context goes on to the next
     pass; only the two losses and the new H come back to the driver.
     """
     loss_before = solver.loss_before(stats, ctx, norm_sq)
+    heldout = _heldout(solver, stats)
     H_new = solver.update_H(ctx.H.astype(np.float64), stats, ctx, reg)
     loss_after = solver.loss_after(stats, H_new, norm_sq)
     # The context holds H_new itself when the dtypes agree: the task's result then
     # carries H once, to the driver and to the workers of the next pass.
     next_ctx = _context(H_new.astype(ctx.H.dtype, copy=False), ctx.shape, ctx.nnz)
-    return next_ctx, (loss_before, loss_after, H_new)
+    return next_ctx, (loss_before, loss_after, H_new, heldout)
+
+
+def _heldout(solver: Solver, stats: Stats) -> float | None:
+    """The held-out loss at the pass's starting (W, H), for masked solvers with a hold-out."""
+    method = getattr(solver, "heldout_before", None)
+    return method(stats) if method is not None else None
 
 
 def loss_task(v_ref: Any, w_ref: Any, solver: Solver, ctx: PanelContext) -> tuple[None, Stats]:
@@ -361,6 +372,8 @@ class FitState:
     iteration: int = 0
     loss_history: list[float] = field(default_factory=list)
     init_loss: float | None = None
+    #: loss over the held-out entries at the (W, H) of the last recorded loss
+    heldout_loss: float | None = None
     converged: bool = False
     stopped_by_callback: bool = False
     done: bool = False
@@ -454,6 +467,7 @@ def iterate(
                 # ``ctx`` may be a handle on a cluster; the loss needs the values here.
                 loss = solver.loss_before(pieces, context_for(state.H, source), norm_sq)
                 if len(state.loss_history) < state.iteration:
+                    state.heldout_loss = _heldout(solver, pieces)
                     record(loss)
                 break
             pending, sinks = queued or submit(state.W, ctx, state.iteration)
@@ -463,12 +477,13 @@ def iterate(
                 queued = submit(next_W, pending.part(), state.iteration + 1)
             else:
                 next_W = None
-            loss_before, loss_after, H_new = pending.result()
+            loss_before, loss_after, H_new, heldout = pending.result()
             if state.iteration == 0 and state.init_loss is None:
                 state.init_loss = loss_before
             if lagged and len(state.loss_history) < state.iteration:
                 # Pass t measured iteration t - 1: record it, and stop before committing
                 # to this pass's W if that loss says so.
+                state.heldout_loss = heldout
                 if record(loss_before):
                     break
             state.W = next_W if next_W is not None else keeper.handles(pending.outputs, sinks)

@@ -16,9 +16,10 @@ from typing import Any
 
 import numpy as np
 
-from . import _engine
+from . import _engine, _mask
 from ._prepared import PreparedInput
 from ._solvers import Regularization, Solver, get_solver
+from ._solvers._masked import get_masked_solver
 from ._source import as_source
 from ._validation import (
     check_beta_data,
@@ -29,7 +30,7 @@ from ._validation import (
     resolve_init,
     resolve_seed,
 )
-from .errors import InvalidInputError, NotFittedError
+from .errors import InvalidInputError, InvalidParameterError, NotFittedError
 from .io import engine_input
 
 __all__ = ["NMF", "non_negative_factorization"]
@@ -122,6 +123,11 @@ class NMF:
         threads scheduler, in the workers' memory on a cluster), so later
         iterations do not read V from storage again. Only for a V that fits in the
         memory available; for NumPy and SciPy input it changes nothing.
+    missing : {None, "nan", "unstored"}, default=None
+        Which entries of X are missing (unobserved): None, none (NaN is an error);
+        "nan", the NaN entries of a dense X; "unstored", every entry a sparse X does
+        not store (the recommender setting). The loss and every update then use the
+        observed entries only; see also ``fit(X, mask=...)`` and docs/missing.md.
 
     Attributes
     ----------
@@ -137,6 +143,11 @@ class NMF:
         The loss (½‖X − WH‖², or the β-divergence, as scikit-learn's
         ``_beta_divergence``) after each iteration.
     n_features_in_ : int
+    heldout_loss_ : float
+        After ``fit(X, mask=SpeckledHoldout(...))``: the loss (same ``beta_loss``, ½‖·‖²
+        for Frobenius) over the held-out observed entries at the final W, H.
+    n_heldout_ : int
+        The number of those entries.
 
     References
     ----------
@@ -177,6 +188,7 @@ class NMF:
         checkpoint_every: int = 10,
         overwrite: bool = False,
         cache: bool = False,
+        missing: str | None = None,
     ) -> None:
         self.n_components = n_components
         self.solver = solver
@@ -197,6 +209,7 @@ class NMF:
         self.checkpoint_every = checkpoint_every
         self.overwrite = overwrite
         self.cache = cache
+        self.missing = missing
 
     # ------------------------------------------------------------ parameters
     @classmethod
@@ -252,19 +265,38 @@ class NMF:
     def _checked(self) -> dict[str, Any]:
         return check_params(self.get_params())
 
-    def _solver(self, params: dict[str, Any]) -> Solver:
+    @staticmethod
+    def _check_masked(params: dict[str, Any], mask: Any) -> None:
+        """Missing values are fitted by the Frobenius and KL kernels (mu, hals, als)."""
+        if params["missing"] is None and mask is None:
+            return
+        loss, solver = params["beta_loss"], params["solver"]
+        if loss not in ("frobenius", "kullback-leibler") or solver not in ("mu", "hals", "als"):
+            raise InvalidParameterError(
+                f"missing values (missing={params['missing']!r}, mask=...) are fitted with "
+                f"beta_loss='frobenius' (solver 'hals', 'mu' or 'als') or "
+                f"'kullback-leibler' (solver 'mu'), not beta_loss={loss!r} with "
+                f"solver={solver!r}."
+            )
+
+    def _solver(self, params: dict[str, Any], masked: bool = False,
+                observed: float = 1.0) -> Solver:
+        if masked:
+            return get_masked_solver(params["solver"], params["beta_loss"], observed)
         return get_solver(params["solver"], params["beta_loss"])
 
     def _reg(self, params: dict[str, Any], n: int, m: int) -> Regularization:
         return regularization(params["alpha_W"], params["alpha_H"], params["l1_ratio"], n, m)
 
     # ------------------------------------------------------------------ fit
-    def fit(self, X: Any, y: Any = None, W: Any = None, H: Any = None) -> NMF:
+    def fit(self, X: Any, y: Any = None, W: Any = None, H: Any = None, *,
+            mask: Any = None) -> NMF:
         """Learn the factorization of ``X``; see :meth:`fit_transform`."""
-        self.fit_transform(X, y, W=W, H=H)
+        self.fit_transform(X, y, W=W, H=H, mask=mask)
         return self
 
-    def fit_transform(self, X: Any, y: Any = None, W: Any = None, H: Any = None) -> Any:
+    def fit_transform(self, X: Any, y: Any = None, W: Any = None, H: Any = None, *,
+                      mask: Any = None) -> Any:
         """Learn the factorization of ``X`` and return W.
 
         Parameters
@@ -276,6 +308,10 @@ class NMF:
             Start for W with ``init="custom"``.
         H : array-like of shape (n_components, n_features), optional
             Start for H with ``init="custom"``.
+        mask : array-like of bool of shape (n_samples, n_features), or SpeckledHoldout
+            True where an entry is observed (NumPy, Dask or Zarr, read with X's
+            panels; combined with ``missing``). A :class:`dnmf.SpeckledHoldout` fits
+            on the entries it does not hold out and sets ``heldout_loss_``.
 
         Returns
         -------
@@ -283,12 +319,14 @@ class NMF:
             and Zarr input, or with ``out`` set (read from the run store).
         """
         params = self._checked()
+        self._check_masked(params, mask)
         if params["out"] is not None:
             from ._run import fit_to_store
 
-            return fit_to_store(self, X, W, H, params)
+            return fit_to_store(self, X, W, H, params, mask=mask)
         prep = PreparedInput(X, params["scheduler"], params["panel_rows"],
-                         panel_bytes=params["panel_bytes"], cache=params["cache"])
+                         panel_bytes=params["panel_bytes"], cache=params["cache"],
+                         missing=params["missing"], mask=mask)
         source = prep.source
         check_beta_data(params["beta_loss"], prep.summary.size, prep.summary.nnz)
         n, m = source.shape
@@ -302,10 +340,11 @@ class NMF:
             W_handles = prep.split_rows(W0)
         else:
             W_handles, H0 = _engine.initialize(
-                prep.backend, source, prep.refs, prep.bounds,
+                prep.backend, source, prep.init_refs, prep.bounds,
                 init=init, k=k, seed=seed, summary=prep.summary,
             )
-        solver = self._solver(params)
+        solver = self._solver(params, masked=prep.spec is not None,
+                              observed=prep.observed_share)
         state = _engine.FitState(W=W_handles, H=H0)
         from ._progress import Progress
 
@@ -316,7 +355,7 @@ class NMF:
                 norm_sq=prep.summary.norm_sq, callback=params["callback"],
                 progress=progress.update,
             )
-        self._set_fitted(state, k, m)
+        self._set_fitted(state, k, m, prep)
         return prep.assemble(state.W, k)
 
     def _resolve_k(self, params: dict[str, Any], W: Any, H: Any, m: int) -> int:
@@ -330,7 +369,8 @@ class NMF:
                 return int(np.shape(W)[1])
         return m
 
-    def _set_fitted(self, state: _engine.FitState, k: int, m: int) -> None:
+    def _set_fitted(self, state: _engine.FitState, k: int, m: int,
+                    prep: PreparedInput | None = None) -> None:
         self.components_ = np.asarray(state.H)
         self.n_components_ = k
         self.n_iter_ = state.iteration
@@ -338,6 +378,12 @@ class NMF:
         last = state.loss_history[-1] if state.loss_history else state.init_loss or 0.0
         self.reconstruction_err_ = math.sqrt(2.0 * max(last, 0.0))
         self.n_features_in_ = m
+        for name in ("heldout_loss_", "n_heldout_"):
+            self.__dict__.pop(name, None)
+        if prep is not None and prep.spec is not None and prep.spec.holdout is not None:
+            self.n_heldout_ = int(prep.summary.n_heldout)
+            self.heldout_loss_ = (float(state.heldout_loss) if state.heldout_loss is not None
+                                  else float("nan"))
 
     # ------------------------------------------------------------ transform
     def _check_fitted(self) -> None:
@@ -347,28 +393,37 @@ class NMF:
                 f"appropriate arguments before using this estimator."
             )
 
-    def transform(self, X: Any) -> Any:
+    def transform(self, X: Any, *, mask: Any = None) -> Any:
         """W for new rows ``X`` with H (``components_``) fixed.
 
         Each row is solved independently, so the answer for a row does not depend on
-        the other rows passed with it.
+        the other rows passed with it. With ``missing`` set, or a boolean ``mask``
+        (True = observed), each row is solved on its observed entries only.
         """
         self._check_fitted()
         params = self._checked()
+        self._check_masked(params, mask)
         source = as_source(engine_input(X))
         if source.shape[1] != self.n_features_in_:
             raise InvalidInputError(
                 f"X has {source.shape[1]} features, but {type(self).__name__} is "
                 f"expecting {self.n_features_in_} features as input."
             )
+        if isinstance(mask, _mask.SpeckledHoldout):
+            raise InvalidInputError(
+                "transform takes a boolean mask (True = observed), not a SpeckledHoldout: "
+                "a hold-out is for fitting. Pass mask=None or a boolean array."
+            )
         prep = PreparedInput(source, params["scheduler"], params["panel_rows"],
-                         panel_bytes=params["panel_bytes"])
+                         panel_bytes=params["panel_bytes"], missing=params["missing"],
+                         mask=mask, fitting=False)
         check_beta_data(params["beta_loss"], prep.summary.size, prep.summary.nnz)
         n, m = prep.source.shape
         k = self.n_components_
         start = math.sqrt(prep.summary.mean / k) if params["solver"] in ("mu", "amu") else 0.0
         handles = _engine.transform(
-            prep.backend, prep.source, prep.refs, prep.bounds, self._solver(params),
+            prep.backend, prep.source, prep.refs, prep.bounds,
+            self._solver(params, masked=prep.spec is not None),
             self._reg(params, n, m), self.components_,
             start_value=start, max_iter=params["max_iter"], tol=params["tol"],
         )

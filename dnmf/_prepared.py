@@ -10,10 +10,15 @@ from typing import Any
 
 import numpy as np
 
-from . import _engine
+from . import _engine, _mask
 from ._backend import Backend, get_backend
+<<<<<<< HEAD
 from ._source import MIN_SPLIT_BYTES, PanelSource, as_source, load_panel, snap_bounds
 from .io import engine_input
+=======
+from ._mask import mask_refs, observed_refs, prepare_mask
+from ._source import PanelSource, as_source, load_panel, snap_bounds
+>>>>>>> 7ba4555 (Masked fits: NMF(missing='nan'|'unstored'), fit(X, mask=array|SpeckledHoldout), heldout_loss_/n_heldout_; masked MU/HALS/ALS/KL kernels (_solvers/_masked.py: per-row and per-column Grams from one product of the pattern, majorize-minimize HALS above 70 % observed, exact per-row NNLS); mask reading, checks and scan (_mask.py); run stores record missing=/mask/hold-out identity, resume bit for bit; tests; bench_masked.py; docs/missing.md)
 
 __all__ = ["PreparedInput"]
 
@@ -32,8 +37,25 @@ class PreparedInput:
         regular: bool = False,
         cache: bool = False,
         scan: bool = True,
+        missing: str | None = None,
+        mask: Any = None,
+        fitting: bool = True,
     ) -> None:
+<<<<<<< HEAD
         self.source: PanelSource = as_source(engine_input(X))
+=======
+        self.source: PanelSource = as_source(X)
+        #: how a masked fit observes V (None: every entry, the unmasked kernels)
+        self.spec, mask_array = prepare_mask(self.source, mask, missing)
+        self.mask_array = mask_array
+        self.fitting = fitting
+        if mask_array is not None and self.source.row_chunk is None and self.source.kind != "dask":
+            # panels of an in-memory X follow a chunked mask's rows
+            chunks = getattr(mask_array, "chunks", None)
+            if chunks is not None:
+                self.source.row_chunk = int(chunks[0] if isinstance(chunks[0], int)
+                                            else chunks[0][0])
+>>>>>>> 7ba4555 (Masked fits: NMF(missing='nan'|'unstored'), fit(X, mask=array|SpeckledHoldout), heldout_loss_/n_heldout_; masked MU/HALS/ALS/KL kernels (_solvers/_masked.py: per-row and per-column Grams from one product of the pattern, majorize-minimize HALS above 70 % observed, exact per-row NNLS); mask reading, checks and scan (_mask.py); run stores record missing=/mask/hold-out identity, resume bit for bit; tests; bench_masked.py; docs/missing.md)
         self.backend: Backend = get_backend(scheduler)
         if layout is not None and layout[0][-1][1] == self.source.shape[0]:
             # A run's own panels and W chunk height, as it recorded them.
@@ -58,22 +80,49 @@ class PreparedInput:
         elif self.backend.distributed and self.source.kind in ("sparse", "zarr-csr"):
             self.backend.check_memory(self._sparse_panel_bytes(), "sparse panel")
         refs = self.source.panel_refs(self.bounds)
+        #: what the scan reads: V's references and the mask's, panel by panel
+        self.raw_refs = refs
+        self.mask_refs = mask_refs(mask_array, self.bounds)
+        #: references for initialisation (V with 0 where not observed)
+        self.init_refs = refs
+        if self.spec is not None:
+            refs, self.init_refs = observed_refs(refs, self.mask_refs, self.spec, self.bounds)
         if self.backend.distributed and self.source.kind in ("numpy", "sparse"):
             # In-memory data goes to the workers once, not once per iteration.
             refs = self.backend.scatter_panels([ref.load() for ref in refs])
+            if self.spec is not None:
+                self.init_refs = _mask.values_refs(refs)
         elif cache and self.source.kind in ("zarr", "zarr-csr", "dask"):
             # cache=True: read each panel once; later passes use the copy in memory
             # (this process, or the workers' memory on a cluster).
             refs = self.backend.map_keep(load_panel, [(ref,) for ref in refs])
         self.refs = refs
+<<<<<<< HEAD
         # Small data (one panel's worth): one BLAS thread for the whole fit.
         n, m = self.source.shape
         entries = self.source.nnz if self.source.kind in ("sparse", "zarr-csr") else n * m
         self.backend.small = (not self.backend.distributed
                               and entries * self.source.dtype.itemsize < MIN_SPLIT_BYTES)
+=======
+        if self.spec is None:
+            self.init_refs = refs  # scattered or cached as the passes' are
+>>>>>>> 7ba4555 (Masked fits: NMF(missing='nan'|'unstored'), fit(X, mask=array|SpeckledHoldout), heldout_loss_/n_heldout_; masked MU/HALS/ALS/KL kernels (_solvers/_masked.py: per-row and per-column Grams from one product of the pattern, majorize-minimize HALS above 70 % observed, exact per-row NNLS); mask reading, checks and scan (_mask.py); run stores record missing=/mask/hold-out identity, resume bit for bit; tests; bench_masked.py; docs/missing.md)
         self.summary: _engine.DataSummary
         if scan:
-            self.summary = _engine.scan(self.backend, self.source, self.refs, self.bounds)
+            self.summary = self.scan()
+
+    def scan(self) -> _engine.DataSummary:
+        """Read V (and the mask) once to validate it; its summary."""
+        if self.spec is None:
+            return _engine.scan(self.backend, self.source, self.refs, self.bounds)
+        return _mask.scan(self.backend, self.source, self.raw_refs, self.mask_refs,
+                          self.spec, self.bounds, require_missing=self.fitting)
+
+    @property
+    def observed_share(self) -> float:
+        """The share of V's entries a masked fit uses (1 when unmasked)."""
+        n, m = self.source.shape
+        return self.summary.size / (n * m) if self.spec is not None else 1.0
 
     def _sparse_panel_bytes(self) -> int:
         """The largest panel of a sparse V in memory, by its stored entries.

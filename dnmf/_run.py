@@ -62,11 +62,13 @@ class Estimator(Protocol):
 
     def _resolve_k(self, params: dict[str, Any], W: Any, H: Any, m: int) -> int: ...
 
-    def _solver(self, params: dict[str, Any]) -> Solver: ...
+    def _solver(self, params: dict[str, Any], masked: bool = False,
+                observed: float = 1.0) -> Solver: ...
 
     def _reg(self, params: dict[str, Any], n: int, m: int) -> Regularization: ...
 
-    def _set_fitted(self, state: _engine.FitState, k: int, m: int) -> None: ...
+    def _set_fitted(self, state: _engine.FitState, k: int, m: int,
+                    prep: PreparedInput | None = None) -> None: ...
 
 
 logger = logging.getLogger("dnmf")
@@ -141,11 +143,13 @@ class Snapshot:
     init_loss: float | None
     converged: bool
     stopped_by_callback: bool
+    heldout_loss: float | None = None
 
     @classmethod
     def of(cls, state: _engine.FitState) -> Snapshot:
         return cls(state.iteration, list(state.W), state.H, list(state.loss_history),
-                   state.init_loss, state.converged, state.stopped_by_callback)
+                   state.init_loss, state.converged, state.stopped_by_callback,
+                   state.heldout_loss)
 
 
 class Checkpointer:
@@ -203,6 +207,7 @@ class Checkpointer:
                                for name in (snap.W[0].buffer, H_buffer)},
             "loss_history": snap.loss_history,
             "init_loss": snap.init_loss,
+            **({"heldout_loss": snap.heldout_loss} if snap.heldout_loss is not None else {}),
             "updated": now(),
         }
         body["_key"] = self.store.commit(body)
@@ -273,6 +278,7 @@ def _recorded_params(params: dict[str, Any], k: int, init: str, seed: int,
         "checkpoint_every": int(params["checkpoint_every"]),
         "cache": bool(params["cache"]),
         **({"panel_starts": starts} if irregular else {}),
+        **({"missing": params["missing"]} if params.get("missing") is not None else {}),
     }
 
 
@@ -350,8 +356,10 @@ def _verify_task(panel: StoredPanel) -> None:
     panel.load()
 
 
-def fit_to_store(est: Estimator, X: Any, W: Any, H: Any, params: dict[str, Any]) -> Any:
+def fit_to_store(est: Estimator, X: Any, W: Any, H: Any, params: dict[str, Any], *,
+                 mask: Any = None) -> Any:
     """``est.fit_transform(X, W=W, H=H)`` with ``out`` set; returns W as a Dask array."""
+    params = {**params, "_mask": mask}
     loc = as_location(params["out"])
     source_location = _source_location(X)
     _check_not_input(loc, source_location)
@@ -457,6 +465,8 @@ class _Plan:
     fingerprint: dict[str, Any]
     W0: np.ndarray | None = None
     H0: np.ndarray | None = None
+    #: the mask= the fit was given (array or SpeckledHoldout), for the run's header
+    params_mask: Any = None
 
     @property
     def panel_rows(self) -> int:
@@ -479,7 +489,8 @@ def _plan(est: Estimator, X: Any, W: Any, H: Any, params: dict[str, Any],
         layout = (recorded_bounds(recorded, int(manifest["fingerprint"]["shape"][0])),
                   panel_rows)
     prep = PreparedInput(X, params["scheduler"], panel_rows, panel_bytes=params["panel_bytes"],
-                     layout=layout, regular=True, cache=params["cache"], scan=False)
+                         layout=layout, regular=True, cache=params["cache"], scan=False,
+                         missing=params.get("missing"), mask=params.get("_mask"))
     n, m = prep.source.shape
     if recorded and params["n_components"] == "auto":
         k = int(recorded["n_components"])
@@ -492,6 +503,7 @@ def _plan(est: Estimator, X: Any, W: Any, H: Any, params: dict[str, Any],
     else:
         seed = resolve_seed(params["random_state"])
     plan = _Plan(prep, k, init, seed, {}, {})
+    plan.params_mask = params.get("_mask")
     plan.params = _recorded_params(params, k, init, seed, prep.unit, prep.bounds)
     custom: dict[str, Any] = {}
     if init == "custom" and (W is not None or H is not None or not manifest):
@@ -502,8 +514,32 @@ def _plan(est: Estimator, X: Any, W: Any, H: Any, params: dict[str, Any],
     fp_bounds = prep.bounds
     if recorded and manifest and manifest["fingerprint"]["shape"] == [n, m]:
         fp_bounds = recorded_bounds(recorded, n)
-    plan.fingerprint = {**_fingerprint(prep, fp_bounds), **custom}
+    plan.fingerprint = {**_fingerprint(prep, fp_bounds), **custom,
+                        **_mask_fingerprint(prep, fp_bounds)}
     return plan
+
+
+def _mask_fingerprint(prep: PreparedInput, bounds: list[tuple[int, int]]) -> dict[str, Any]:
+    """What identifies a masked fit's observed entries: missing=, the mask, the hold-out.
+
+    An explicit mask is hashed like V (the same sampled panels), so a resume with
+    another mask is refused.
+    """
+    from ._mask import mask_refs
+
+    spec = prep.spec
+    if spec is None:
+        return {}
+    sample = None
+    if spec.explicit:
+        refs = mask_refs(prep.mask_array, bounds)
+        if isinstance(prep.mask_array, np.ndarray):
+            def run_map(task: Callable[..., str], per_panel: list[tuple[Any, ...]]) -> list[str]:
+                return [task(*args) for args in per_panel]
+        else:
+            run_map = prep.backend.map
+        sample = fingerprint_panels(run_map, refs, prep.source.shape)
+    return {"observed": spec.identity(sample)}
 
 
 def _check_compatible(loc: Location, manifest: dict[str, Any], plan: _Plan) -> None:
@@ -549,7 +585,7 @@ def _start(store: RunStore, plan: _Plan, every: int, source_location: str | None
     prep = plan.prep
     source = prep.source
     n, m = source.shape
-    prep.summary = _engine.scan(prep.backend, source, prep.refs, prep.bounds)
+    prep.summary = prep.scan()
     check_beta_data(plan.params["beta_loss"], prep.summary.size, prep.summary.nnz)
     if store.is_run():
         store.wipe()  # a run killed before its first commit: nothing to keep
@@ -559,7 +595,7 @@ def _start(store: RunStore, plan: _Plan, every: int, source_location: str | None
         W_handles, H0 = keeper.write_local(plan.W0), plan.H0
     else:
         W_handles, H0 = _engine.initialize(
-            prep.backend, source, prep.refs, prep.bounds, init=plan.init, k=plan.k,
+            prep.backend, source, prep.init_refs, prep.bounds, init=plan.init, k=plan.k,
             seed=plan.seed, summary=prep.summary, keeper=keeper,
         )
     summary = prep.summary
@@ -567,8 +603,12 @@ def _start(store: RunStore, plan: _Plan, every: int, source_location: str | None
         "run_id": run_id,
         "created": now(),
         "summary": {"norm_sq": summary.norm_sq, "total": summary.total,
-                    "size": summary.size, "nnz": summary.nnz},
-        "source": {"kind": source.kind, "location": source_location},
+                    "size": summary.size, "nnz": summary.nnz,
+                    **({"n_heldout": summary.n_heldout} if summary.n_heldout else {})},
+        "source": {"kind": source.kind, "location": source_location,
+                   **({"mask_location": _source_location(plan.params_mask)}
+                      if plan.params_mask is not None
+                      and _source_location(plan.params_mask) else {})},
         "rng": {"seed": plan.seed, "streams": "default_rng([seed, stream, row block])"},
         "dnmf_version": __version__,
     }
@@ -635,10 +675,13 @@ def _fit_locked(
             header = {**header, "params": plan.params, "fingerprint": plan.fingerprint}
             ckpt = Checkpointer(store, keeper, every, header, manifest)
             final = manifest or ckpt.commit(Snapshot.of(state))
-            final = _iterate(plan.prep, est._solver(params),
+            final = _iterate(plan.prep, est._solver(params, masked=plan.prep.spec is not None,
+                                                    observed=plan.prep.observed_share),
                              est._reg(params, *plan.prep.source.shape), state, ckpt, params,
                              final)
-            est._set_fitted(state, plan.k, plan.prep.source.shape[1])
+            if final.get("heldout_loss") is not None and state.heldout_loss is None:
+                state.heldout_loss = float(final["heldout_loss"])
+            est._set_fitted(state, plan.k, plan.prep.source.shape[1], plan.prep)
             return final
         except OSError as exc:
             if isinstance(exc, StoreError) or exc.errno not in (errno.ENOSPC, errno.EDQUOT):
@@ -736,6 +779,7 @@ def _restore(store: RunStore, manifest: dict[str, Any],
         init_loss=None if manifest["init_loss"] is None else float(manifest["init_loss"]),
         converged=bool(manifest.get("converged")),
         stopped_by_callback=bool(manifest.get("stopped_by_callback")),
+        heldout_loss=manifest.get("heldout_loss"),
     )
 
 

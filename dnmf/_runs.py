@@ -90,10 +90,14 @@ class Run:
             alpha_W=p["alpha_W"], alpha_H=p["alpha_H"], l1_ratio=p["l1_ratio"],
             panel_rows=None if "panel_starts" in p else p["panel_rows"], out=self.out,
             checkpoint_every=p["checkpoint_every"], cache=p["cache"],
+            missing=p.get("missing"),
         )
         state = _engine.FitState(W=[], H=self.H, iteration=self.iteration,
                                  loss_history=list(self.loss_history), init_loss=self.init_loss)
         est._set_fitted(state, int(p["n_components"]), self.shape[1])
+        if self.manifest.get("heldout_loss") is not None:
+            est.heldout_loss_ = float(self.manifest["heldout_loss"])
+            est.n_heldout_ = int(self.manifest["summary"].get("n_heldout", 0))
         return est
 
     def __repr__(self) -> str:
@@ -183,6 +187,7 @@ def resume(
     scheduler: Any = None,
     verbose: int = 0,
     callback: Callable[[int, float], Any] | None = None,
+    mask: Any = None,
 ) -> Run:
     """Continue the run at ``path`` until it is complete; return its final state.
 
@@ -198,6 +203,10 @@ def resume(
         A new iteration limit (to extend a finished run); by default the run's own.
     scheduler, verbose, callback
         As for :class:`~dnmf.NMF`.
+    mask : boolean array or SpeckledHoldout, optional
+        The ``mask`` the run was fitted with. A hold-out, and a Zarr mask on disk, are
+        found from the run by default; an in-memory mask must be passed. Checked
+        against the run's record either way.
 
     Returns
     -------
@@ -211,10 +220,35 @@ def resume(
                 f"the run at {run.path!r} was fitted on an in-memory array, so its data "
                 f"cannot be reopened from the run: pass it, dnmf.resume(path, X=...)."
             )
+    if mask is None:
+        mask = _recorded_mask(run)
     est = run.to_estimator()
     est.set_params(
         out=path, max_iter=max_iter if max_iter is not None else run.params["max_iter"],
         scheduler=scheduler, verbose=verbose, callback=callback, overwrite=False,
     )
-    est.fit(X)
+    est.fit(X, mask=mask)
     return open_run(path, verify=False)
+
+
+def _recorded_mask(run: Run) -> Any:
+    """The hold-out, or the Zarr mask on disk, a masked run was fitted with (else None)."""
+    observed = run.fingerprint.get("observed")
+    if observed is None:
+        return None
+    if observed.get("holdout") is not None:
+        from ._mask import SpeckledHoldout
+
+        h = observed["holdout"]
+        return SpeckledHoldout(h["fraction"], h["seed"])
+    if observed.get("mask") is None:
+        return None
+    location = run.source.get("mask_location")
+    if location is None:
+        raise InvalidInputError(
+            f"the run at {run.path!r} was fitted with an in-memory mask, so it cannot be "
+            f"reopened from the run: pass it, dnmf.resume(path, mask=...)."
+        )
+    import zarr
+
+    return zarr.open_array(location, mode="r")
