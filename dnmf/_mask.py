@@ -227,7 +227,11 @@ def observe(V: Any, mask: Any, spec: MaskSpec, start: int) -> Any:
                         V.indices[held].astype(np.int64), V.data[held])
     V = V.toarray() if sp.issparse(V) else np.asarray(V)
     n = V.shape[0]
-    observed = np.ones(V.shape, dtype=bool) if spec.missing != "nan" else ~np.isnan(V)
+    if spec.missing == "nan":
+        observed = np.isnan(V)
+        np.logical_not(observed, out=observed)
+    else:
+        observed = np.ones(V.shape, dtype=bool)
     if mask is not None:
         observed &= np.asarray(mask, dtype=bool)
     if spec.holdout is not None:
@@ -237,6 +241,9 @@ def observe(V: Any, mask: Any, spec: MaskSpec, start: int) -> Any:
         hr, hc = np.nonzero(held)
         values = np.where(observed, V, 0).astype(V.dtype, copy=False)
         return Observed(values, observed, hr.astype(np.int64), hc.astype(np.int64), V[hr, hc])
+    if spec.missing == "nan" and mask is None:
+        # exactly the NaN entries are unobserved (±inf at observed ones is refused by the scan)
+        return Observed(np.nan_to_num(V, nan=0.0, posinf=np.inf, neginf=-np.inf), observed)
     values = np.where(observed, V, 0).astype(V.dtype, copy=False)
     return Observed(values, observed)
 
