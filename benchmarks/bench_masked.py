@@ -13,6 +13,7 @@ Usage::
 
     python benchmarks/bench_masked.py                    # 20000 × 2000, 10 % missing
     python benchmarks/bench_masked.py --n 5000 --rounds 2 --json out.json
+    python benchmarks/bench_masked.py --quick             # 3000 × 500, for run_all
 """
 
 from __future__ import annotations
@@ -67,8 +68,12 @@ def main() -> None:
     parser.add_argument("--iters", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--quick", action="store_true",
+                        help="a small run (3000 × 500, 2 rounds of 4 iterations)")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
+    if args.quick:
+        args.n, args.m, args.rounds, args.iters = 3000, 500, 2, 4
 
     V, X = make(args.n, args.m, args.k, args.missing)
     rounds = []

@@ -227,6 +227,14 @@ def observe(V: Any, mask: Any, spec: MaskSpec, start: int) -> Any:
                         V.indices[held].astype(np.int64), V.data[held])
     V = V.toarray() if sp.issparse(V) else np.asarray(V)
     n = V.shape[0]
+    if spec.missing == "nan" and mask is None and spec.holdout is None:
+        # exactly the NaN entries are unobserved: their flat indices come with the panel
+        nan = np.isnan(V)
+        missing = np.flatnonzero(nan.ravel())
+        np.logical_not(nan, out=nan)
+        obs = Observed(np.where(nan, V, 0).astype(V.dtype, copy=False), nan)
+        obs.__dict__["_missing"] = missing
+        return obs
     if spec.missing == "nan":
         observed = np.isnan(V)
         np.logical_not(observed, out=observed)
@@ -241,9 +249,6 @@ def observe(V: Any, mask: Any, spec: MaskSpec, start: int) -> Any:
         hr, hc = np.nonzero(held)
         values = np.where(observed, V, 0).astype(V.dtype, copy=False)
         return Observed(values, observed, hr.astype(np.int64), hc.astype(np.int64), V[hr, hc])
-    if spec.missing == "nan" and mask is None:
-        # exactly the NaN entries are unobserved (±inf at observed ones is refused by the scan)
-        return Observed(np.nan_to_num(V, nan=0.0, posinf=np.inf, neginf=-np.inf), observed)
     values = np.where(observed, V, 0).astype(V.dtype, copy=False)
     return Observed(values, observed)
 
