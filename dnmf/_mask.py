@@ -229,12 +229,9 @@ def observe(V: Any, mask: Any, spec: MaskSpec, start: int) -> Any:
     n = V.shape[0]
     if spec.missing == "nan" and mask is None and spec.holdout is None:
         # exactly the NaN entries are unobserved: their flat indices come with the panel
-        nan = np.isnan(V)
-        missing = np.flatnonzero(nan.ravel())
-        np.logical_not(nan, out=nan)
-        obs = Observed(np.where(nan, V, 0).astype(V.dtype, copy=False), nan)
-        obs.__dict__["_missing"] = missing
-        return obs
+        from ._solvers._masked import NaNObserved
+
+        return NaNObserved(V, np.flatnonzero(np.isnan(V).ravel()))
     if spec.missing == "nan":
         observed = np.isnan(V)
         np.logical_not(observed, out=observed)

@@ -81,6 +81,15 @@ class Observed:
     held_cols: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     held_values: np.ndarray = field(default_factory=lambda: np.zeros(0))
 
+    @property
+    def stored_only(self) -> bool:
+        """True when the observed entries are exactly the stored ones of a CSR panel."""
+        return self.mask is None
+
+    def completion_base(self) -> np.ndarray:
+        """A fresh C-ordered copy of the panel whose unobserved entries may be overwritten."""
+        return np.array(self.values, order="C")
+
     def norm_sq(self) -> float:
         """Σ of the squared fitting values (float64), made once per panel."""
         cached = self.__dict__.get("_norm_sq")
@@ -120,6 +129,46 @@ class Observed:
         WH = W @ H
         WH *= self.mask
         return WH
+
+
+class NaNObserved(Observed):
+    """A dense panel whose NaN entries (exactly) are the unobserved ones.
+
+    Keeps the panel as read, with the flat indices of its NaN entries; the zero-filled
+    values and the boolean mask are made only if a kernel asks for them (majorized HALS
+    needs neither: it copies the panel once and overwrites the NaN entries).
+    """
+
+    def __init__(self, raw: np.ndarray, missing_index: np.ndarray) -> None:
+        self.raw = raw
+        self.__dict__["_missing"] = missing_index
+        self._values: np.ndarray | None = None
+        self._mask: np.ndarray | None = None
+        self.held_rows = np.zeros(0, np.int64)
+        self.held_cols = np.zeros(0, np.int64)
+        self.held_values = np.zeros(0)
+
+    @property  # type: ignore[override]
+    def mask(self) -> np.ndarray:
+        if self._mask is None:
+            self._mask = ~np.isnan(self.raw)
+        return self._mask
+
+    @property  # type: ignore[override]
+    def values(self) -> np.ndarray:
+        if self._values is None:
+            self._values = np.where(self.mask, self.raw, 0).astype(self.raw.dtype, copy=False)
+        return self._values
+
+    @property
+    def stored_only(self) -> bool:
+        return False
+
+    def completion_base(self) -> np.ndarray:
+        return np.array(self.raw, order="C")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (NaNObserved, (self.raw, self.__dict__["_missing"]))
 
 
 def _wh_stored(W: np.ndarray, H: np.ndarray, V: sp.csr_matrix) -> np.ndarray:
@@ -422,7 +471,7 @@ class MaskedHALS(_MaskedFrobenius):
 
     def update_panel(self, V: Observed, W: np.ndarray, ctx: PanelContext,
                      reg: Regularization) -> tuple[np.ndarray, Stats]:
-        if not self.majorize or V.mask is None:
+        if not self.majorize or V.stored_only:
             return super().update_panel(V, W, ctx, reg)
         from ._hals import HALS
 
@@ -457,7 +506,7 @@ class MaskedHALS(_MaskedFrobenius):
         return np.ascontiguousarray(Ht.T)
 
     def loss_pieces(self, V: Observed, W: np.ndarray, ctx: PanelContext) -> Stats:
-        if not self.majorize or V.mask is None:
+        if not self.majorize or V.stored_only:
             return super().loss_pieces(V, W, ctx)
         W64 = W.astype(np.float64)
         filled = _completed(V, W64, ctx.H)
@@ -480,7 +529,7 @@ def _completed(V: Observed, W: np.ndarray, H: np.ndarray) -> np.ndarray:
     a masked ``copyto`` over the whole panel costs several times more.
     """
     WH = W @ np.asarray(H, dtype=np.float64)
-    filled = np.array(V.values, order="C")
+    filled = V.completion_base()
     idx = V.missing_index()
     filled.ravel()[idx] = WH.ravel()[idx]
     return filled
@@ -490,10 +539,10 @@ def _completed_sq(V: Observed, filled: np.ndarray, P: np.ndarray, W: np.ndarray,
                   gram: np.ndarray) -> float:
     """Σ_obs (v − wh)² = ‖filled − W·H‖² (0 at the filled entries), without forming it.
 
-    ‖filled‖² is the panel's (cached) ‖M∘V‖² plus the squares of the filled entries.
     """
-    imputed = filled.ravel()[V.missing_index()].astype(np.float64)
-    norm_sq = V.norm_sq() + float(np.dot(imputed, imputed))
+    f = filled.ravel()
+    norm_sq = float(np.dot(f, f) if f.dtype == np.float64
+                    else np.einsum("i,i->", f, f, dtype=np.float64))
     value = norm_sq - 2.0 * float(np.vdot(P, W)) + float(np.vdot(W.T @ W, gram))
     return max(value, 0.0)
 
