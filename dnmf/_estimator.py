@@ -258,7 +258,8 @@ class NMF:
             estimator_type=None,
             target_tags=TargetTags(required=False),
             transformer_tags=TransformerTags(preserves_dtype=["float64", "float32"]),
-            input_tags=InputTags(positive_only=True, sparse=True, two_d_array=True),
+            input_tags=InputTags(positive_only=True, sparse=True, two_d_array=True,
+                                 allow_nan=self.missing == "nan"),
             requires_fit=True,
         )
 
