@@ -299,7 +299,7 @@ def test_bad_masks_each_one_clear_error(tmp_path):
         dnmf.NMF(3, missing="nan").fit(sp.csr_matrix(V))
     with pytest.raises(InvalidParameterError, match="'missing' parameter of NMF must be"):
         dnmf.NMF(3, missing="zero").fit(V)
-    with pytest.raises(InvalidParameterError, match="missing values .* are fitted with"):
+    with pytest.raises(InvalidParameterError, match=r"missing values .* are fitted with"):
         dnmf.NMF(3, solver="mu", beta_loss=0.5, missing="nan").fit(np.where(missing, np.nan, V))
     with pytest.raises(InvalidInputError, match="SciPy sparse matrix"):
         model.fit(V, mask=sp.csr_matrix(~missing))
