@@ -12,13 +12,9 @@ import numpy as np
 
 from . import _engine, _mask
 from ._backend import Backend, get_backend
-<<<<<<< HEAD
+from ._mask import mask_refs, observed_refs, prepare_mask
 from ._source import MIN_SPLIT_BYTES, PanelSource, as_source, load_panel, snap_bounds
 from .io import engine_input
-=======
-from ._mask import mask_refs, observed_refs, prepare_mask
-from ._source import PanelSource, as_source, load_panel, snap_bounds
->>>>>>> 7ba4555 (Masked fits: NMF(missing='nan'|'unstored'), fit(X, mask=array|SpeckledHoldout), heldout_loss_/n_heldout_; masked MU/HALS/ALS/KL kernels (_solvers/_masked.py: per-row and per-column Grams from one product of the pattern, majorize-minimize HALS above 70 % observed, exact per-row NNLS); mask reading, checks and scan (_mask.py); run stores record missing=/mask/hold-out identity, resume bit for bit; tests; bench_masked.py; docs/missing.md)
 
 __all__ = ["PreparedInput"]
 
@@ -41,10 +37,7 @@ class PreparedInput:
         mask: Any = None,
         fitting: bool = True,
     ) -> None:
-<<<<<<< HEAD
         self.source: PanelSource = as_source(engine_input(X))
-=======
-        self.source: PanelSource = as_source(X)
         #: how a masked fit observes V (None: every entry, the unmasked kernels)
         self.spec, mask_array = prepare_mask(self.source, mask, missing)
         self.mask_array = mask_array
@@ -55,7 +48,6 @@ class PreparedInput:
             if chunks is not None:
                 self.source.row_chunk = int(chunks[0] if isinstance(chunks[0], int)
                                             else chunks[0][0])
->>>>>>> 7ba4555 (Masked fits: NMF(missing='nan'|'unstored'), fit(X, mask=array|SpeckledHoldout), heldout_loss_/n_heldout_; masked MU/HALS/ALS/KL kernels (_solvers/_masked.py: per-row and per-column Grams from one product of the pattern, majorize-minimize HALS above 70 % observed, exact per-row NNLS); mask reading, checks and scan (_mask.py); run stores record missing=/mask/hold-out identity, resume bit for bit; tests; bench_masked.py; docs/missing.md)
         self.backend: Backend = get_backend(scheduler)
         if layout is not None and layout[0][-1][1] == self.source.shape[0]:
             # A run's own panels and W chunk height, as it recorded them.
@@ -97,16 +89,13 @@ class PreparedInput:
             # (this process, or the workers' memory on a cluster).
             refs = self.backend.map_keep(load_panel, [(ref,) for ref in refs])
         self.refs = refs
-<<<<<<< HEAD
         # Small data (one panel's worth): one BLAS thread for the whole fit.
         n, m = self.source.shape
         entries = self.source.nnz if self.source.kind in ("sparse", "zarr-csr") else n * m
         self.backend.small = (not self.backend.distributed
                               and entries * self.source.dtype.itemsize < MIN_SPLIT_BYTES)
-=======
         if self.spec is None:
             self.init_refs = refs  # scattered or cached as the passes' are
->>>>>>> 7ba4555 (Masked fits: NMF(missing='nan'|'unstored'), fit(X, mask=array|SpeckledHoldout), heldout_loss_/n_heldout_; masked MU/HALS/ALS/KL kernels (_solvers/_masked.py: per-row and per-column Grams from one product of the pattern, majorize-minimize HALS above 70 % observed, exact per-row NNLS); mask reading, checks and scan (_mask.py); run stores record missing=/mask/hold-out identity, resume bit for bit; tests; bench_masked.py; docs/missing.md)
         self.summary: _engine.DataSummary
         if scan:
             self.summary = self.scan()
