@@ -400,6 +400,8 @@ def check_panel(V: Any, start: int | None, *, allow_nan: bool = False) -> None:
     its first bad entry, before anything of the pass is kept. ``start`` is the
     panel's first row in V (None if unknown: the position is then within the panel).
     """
+    if hasattr(V, "checked_values"):  # a masked panel: the values the fit uses
+        V, allow_nan = V.checked_values()
     values = V.data if sp.issparse(V) else V
     if values.size == 0:
         return

@@ -86,6 +86,10 @@ class Observed:
         """True when the observed entries are exactly the stored ones of a CSR panel."""
         return self.mask is None
 
+    def checked_values(self) -> tuple[Any, bool]:
+        """What a pass checks (``_source.check_panel``): the values used, NaN not allowed."""
+        return self.values, False
+
     def completion_base(self) -> np.ndarray:
         """A fresh C-ordered copy of the panel whose unobserved entries may be overwritten."""
         return np.array(self.values, order="C")
@@ -163,6 +167,9 @@ class NaNObserved(Observed):
     @property
     def stored_only(self) -> bool:
         return False
+
+    def checked_values(self) -> tuple[Any, bool]:
+        return self.raw, True  # NaN is what is missing here
 
     def completion_base(self) -> np.ndarray:
         return np.array(self.raw, order="C")
