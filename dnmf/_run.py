@@ -817,6 +817,7 @@ def recover_replaced(out: Any, input_path: Any = None) -> list[str]:
         else:
             shutil.rmtree(path, ignore_errors=True)
             os.replace(aside, path)
+            _drop_lock_of(path, pid)  # it moved aside with the run it held
             restored = True
             done.append(f"put back the run at {path}: 'dnmf fit --overwrite' (process "
                         f"{pid}, which is gone) was stopped before its new run committed")
@@ -834,6 +835,20 @@ def recover_replaced(out: Any, input_path: Any = None) -> list[str]:
                 os.replace(aside, target)
                 done.append(f"put back the converted input {target} of that run")
     return done
+
+
+def _drop_lock_of(path: str, pid: int) -> None:
+    """Remove the lock at ``path`` if the (gone) process ``pid`` held it."""
+    import json
+
+    lock = os.path.join(path, LOCK)
+    try:
+        with open(lock) as f:
+            holder = json.load(f)
+        if isinstance(holder, dict) and holder.get("pid") == pid:
+            os.unlink(lock)
+    except (OSError, ValueError):
+        pass
 
 
 def _asides(path: str) -> list[tuple[str, int]]:
