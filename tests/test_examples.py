@@ -45,6 +45,24 @@ def test_choose_rank(tmp_path):
     assert result["elbow"] == result["planted_k"]
 
 
+def test_choose_k_digits(tmp_path):
+    result = _load("choose_k_digits").main(tmp_path, scale=0.1)
+    _check_png(result["png"])
+    assert result["ks"][0] <= min(result["k_cv"], result["k_consensus"])
+    assert max(result["k_cv"], result["k_consensus"]) <= result["ks"][-1]
+    # At the k cross-validation chooses, the held-out pixels are predicted at least
+    # 30 % better than with 2 components; the consensus factors reconstruct the digits.
+    assert result["cv_gain"] > 0.3
+    assert result["relative_error"] < 0.6
+    chosen = result["consensus"].summary.set_index("k").loc[result["k_consensus"]]
+    assert chosen["stability"] >= 0.8 or result["k_consensus"] == int(
+        result["consensus"].summary.set_index("k")["stability"].idxmax())
+    # A second run reads both sweeps back from their stores: the same choices.
+    again = _load("choose_k_digits").main(tmp_path, scale=0.1)
+    assert (again["k_cv"], again["k_consensus"]) == (result["k_cv"], result["k_consensus"])
+    assert again["cv"].rows == result["cv"].rows
+
+
 def test_spectrogram_separation(tmp_path):
     result = _load("spectrogram_separation").main(tmp_path, scale=0.1)
     _check_png(result["png"])

@@ -126,6 +126,32 @@ def test_consensus_finds_planted_rank_4(kind, loss):
     assert rel < 0.3
 
 
+@pytest.mark.parametrize(("kind", "loss"), [("dense", "frobenius"), ("sparse", "kl")])
+def test_cv_finds_planted_rank_4(kind, loss, tmp_path):
+    V, _, _ = planted_rank(120, 60, 4, seed=4, kind=kind, loss=loss)
+    res = dnmf.select_rank(V, range(2, 7), method="cv", n_replicates=3, max_iter=100,
+                           tol=1e-5, out=tmp_path / "cv", **_loss_params(loss))
+    assert res.k == 4, res.summary.to_string()
+    assert res.rule == "1se"
+    table = res.table
+    assert list(table.columns) == ["k", "replicate", "seed", "test_error", "n_heldout", "loss",
+                                   "iterations", "time"]
+    # Replicate r holds out the same entries for every k: about 5 % of them.
+    per_replicate = table.groupby("replicate")["n_heldout"].nunique()
+    assert (per_replicate == 1).all()
+    expected, sd = 0.05 * V.shape[0] * V.shape[1], np.sqrt(0.05 * 0.95 * V.shape[0] * V.shape[1])
+    assert np.all(np.abs(table["n_heldout"] - expected) < 5 * sd)
+    summary = res.summary.set_index("k")
+    # Below k* the held-out entries are predicted much worse; at k* about the noise.
+    assert summary.loc[3, "test_error"] > 2 * summary.loc[4, "test_error"]
+    # Another rule on the same sweep store: read from its table, nothing refitted.
+    by_min = dnmf.select_rank(V, range(2, 7), method="cv", n_replicates=3, max_iter=100,
+                              tol=1e-5, rule="min", out=tmp_path / "cv", **_loss_params(loss))
+    assert by_min.rows == res.rows
+    assert by_min.k == int(summary["test_error"].idxmin())
+    assert by_min.k >= res.k
+
+
 # ------------------------------------------------------------ sweep stores
 def test_sweep_store_continues_without_refitting(tmp_path):
     V, _, _ = planted_rank(60, 30, 3, seed=5)
@@ -288,3 +314,12 @@ def test_consensus_full_grid(k_star, kind, loss):
                            max_iter=300, tol=1e-5, **_loss_params(loss))
     assert res.k == k_star, res.summary.to_string()
 
+@pytest.mark.heavy
+@pytest.mark.parametrize("k_star", [4, 8, 12])
+@pytest.mark.parametrize(("kind", "loss"), [("dense", "frobenius"), ("sparse", "frobenius"),
+                                            ("dense", "kl"), ("sparse", "kl")])
+def test_cv_full_grid(k_star, kind, loss):
+    V, _, _ = planted_rank(300, 150, k_star, seed=k_star, kind=kind, loss=loss)
+    res = dnmf.select_rank(V, range(2, 21), method="cv", n_replicates=3,
+                           max_iter=300, tol=1e-5, **_loss_params(loss))
+    assert res.k == k_star, res.summary.to_string()
