@@ -224,7 +224,7 @@ def trajectory(V: str, args: argparse.Namespace, work: Path) -> tuple[str, list[
             saved[f"H{t}"] = ctx.H
         results = [solver.update_panel(P, Wi, ctx, reg) for P, Wi in zip(panels, Ws)]
         Ws = [r[0] for r in results]
-        ctx, (_, loss, _) = h_step(pairwise_tree([r[1] for r in results], add_stats), solver,
+        ctx, (_, loss, *_) = h_step(pairwise_tree([r[1] for r in results], add_stats), solver,
                                    ctx, reg, norm_sq=norm_sq)
         losses.append(float(loss))
     path = str(work / "trajectory.npz")
