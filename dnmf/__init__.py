@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from ._mask import SpeckledHoldout
     from ._online import MiniBatchNMF
     from ._rank import RankSelection, select_rank
-    from ._runs import Run, open_run, resume
+    from ._runs import OnlineRun, Run, open_run, resume
     from .io import open_source, to_anndata
 
 __version__ = "0.1.0"
@@ -42,6 +42,7 @@ _LAZY: dict[str, str] = {
     "NMF": "._estimator",
     "non_negative_factorization": "._estimator",
     "Run": "._runs",
+    "OnlineRun": "._runs",
     "open_run": "._runs",
     "resume": "._runs",
     "SpeckledHoldout": "._mask",
@@ -85,6 +86,7 @@ __all__ = [
     "MiniBatchNMF",
     "NotFittedError",
     "RankSelection",
+    "OnlineRun",
     "Run",
     "RunLockedError",
     "SpeckledHoldout",

@@ -63,6 +63,7 @@ ONLINE_CONSTRAINTS: dict[str, tuple[Any, str]] = {
                            "None or a positive int"),
     "checkpoint_every": (lambda v: v is None or (_is_int(v) and v >= 1),
                          "None (once per pass over the data) or a positive number of steps"),
+    "in_flight": (lambda v: _is_int(v) and v >= 1, "a positive int"),
 }
 
 
@@ -213,6 +214,11 @@ class MiniBatchNMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
         over X. ``partial_fit`` with ``out`` commits after every call.
     overwrite : bool, default=False
         With ``out``: discard whatever is there and start afresh.
+    in_flight : int, default=4
+        On a Dask cluster: batches sent to the workers at once (a round), all against
+        the same H, folded into H in batch order. The result depends on ``in_flight``
+        only, never on the number of workers or threads (set it to at least the
+        cluster's worker threads to keep them busy). Not used without a cluster.
 
     Attributes
     ----------
@@ -269,6 +275,7 @@ class MiniBatchNMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
         out: Any = None,
         checkpoint_every: int | None = None,
         overwrite: bool = False,
+        in_flight: int = 4,
     ) -> None:
         self.n_components = n_components
         self.init = init
@@ -290,6 +297,7 @@ class MiniBatchNMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
         self.out = out
         self.checkpoint_every = checkpoint_every
         self.overwrite = overwrite
+        self.in_flight = in_flight
 
     def __sklearn_tags__(self) -> Any:
         tags = super().__sklearn_tags__()
@@ -465,26 +473,34 @@ class MiniBatchNMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
                 "Please add small values to X, or use a positive beta_loss."
             )
         batches = _Batches(source, X_mem)
+
+        def finish(state: dict[str, Any]) -> dict[str, Any]:
+            W_out, H_out, n_iter, n_steps = self._finish(batches, n, m, state)
+            return {"W": W_out, "n_iter": n_iter, "n_steps": n_steps,
+                    "reconstruction_err": self._full_error(batches, n, W_out, H_out)}
+
         try:
             if self.out is not None:
                 from ._online_run import fit_online_to_store
 
-                state = fit_online_to_store(self, source, X_mem, prep, batches, W, H)
+                state, result = fit_online_to_store(self, X, source, X_mem, prep, batches,
+                                                    W, H, finish)
             else:
                 W0, H0 = self._start(source, X_mem, W, H, prep)
                 state = self._new_state(H0, W0)
                 self._run(batches, n, m, state, backend=prep.backend)
-            W_out, H_out, n_iter, n_steps = self._finish(batches, n, m, state)
-            self._components_numerator = state["A"]
-            self._components_denominator = state["B"]
-            self.reconstruction_err_ = self._full_error(batches, n, W_out, H_out)
+                result = finish(state)
         finally:
             batches.close()
+        self._components_numerator = state["A"]
+        self._components_denominator = state["B"]
+        self.reconstruction_err_ = float(result["reconstruction_err"])
+        H_out = state["H"]
         self.n_components_ = H_out.shape[0]
         self.components_ = H_out
-        self.n_iter_ = n_iter
-        self.n_steps_ = n_steps
-        return W_out
+        self.n_iter_ = int(result["n_iter"])
+        self.n_steps_ = int(result["n_steps"])
+        return result["W"]
 
     def _new_state(self, H0: np.ndarray, W0: np.ndarray | None) -> dict[str, Any]:
         return {
@@ -526,43 +542,51 @@ class MiniBatchNMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
     def _run_cluster(self, backend: Any, source: PanelSource, memory: Any,
                      bounds: list[tuple[int, int]], n_steps: int, n: int, m: int,
                      state: dict[str, Any], on_step: Any) -> None:
-        """The steps on a Dask cluster: one batch per worker thread in flight.
+        """The steps on a Dask cluster: rounds of ``in_flight`` batches.
 
-        A round sends the next P batches (P = the cluster's worker threads) to the
-        workers at once, all against the same H; each worker reads its rows from the
-        source and returns its W rows and H-update terms, which the driver folds into
-        H's running sums one after the other in batch order (so the answer does not
-        depend on which worker finished first). The stopping rules are checked after
-        every fold. Later batches of a round see an H up to P − 1 steps old: a
-        different path from the one-process fit, chosen because it reached a given
-        loss sooner than splitting each batch across the workers (bench_online_cluster.py;
+        Round r is steps r·P … (r+1)·P − 1 (P = ``in_flight``, counted from the first
+        step, so a resumed fit cuts the same rounds): its batches go to the workers at
+        once, all against the same H; each worker reads its rows from the source and
+        returns its W rows and H-update terms, which the driver folds into H's running
+        sums one after the other in batch order. Neither which worker finished first
+        nor how many workers or threads there are changes the answer. The stopping
+        rules are checked after every fold; the state (and any commit) changes only at
+        the end of a round. Later batches of a round see an H up to P − 1 steps old: a
+        different path from the one-process fit, chosen because it reached a given loss
+        sooner than splitting each batch across the workers (bench_online_cluster.py;
         docs/online.md).
         """
         W = state["W"]
-        H_prev = state["H"]
-        i = state["step"]
-        P = max(1, backend.n_threads)
+        P = int(self.in_flight)
         l1_W, _, l2_W, _ = self._reg(1, m)  # W's penalties do not scale with the rows
         shared = (self._beta_loss, self._gamma, l1_W, l2_W, bool(self.fresh_restarts),
                   self.fresh_restarts_max_iter, self.tol)
-        while i < n_steps and not state["stopped"]:
-            H = state["H"]
-            todo = [bounds[j % len(bounds)] for j in range(i, min(i + P, n_steps))]
+        while state["step"] < n_steps and not state["stopped"]:
+            i = state["step"]
+            H = H_prev = state["H"]
+            end = min((i // P + 1) * P, n_steps)
+            todo = [bounds[j % len(bounds)] for j in range(i, end)]
             refs = _task_refs(source, memory, todo)
             parts = backend.map(batch_terms, [(ref, W[x:y], H) for ref, (x, y) in
                                               zip(refs, todo)], shared)
-            A, B = state["A"], state["B"]
+            # fold into a copy: an interruption leaves the state of the last round
+            new = {key: state[key] for key in ("H", "A", "B", "ewa_cost", "ewa_cost_min",
+                                               "no_improvement", "stopped")}
+            rows = []
             for (x, y), part in zip(todo, parts):  # folded in batch order
-                W[x:y] = part[0]
+                rows.append((x, y, part[0]))
                 _, cost, H_new, A, B = self._fold(part[0], part[1], part[2], part[3], H,
-                                                  A, B, y - x, m)
-                state.update(H=H_new, A=A, B=B)
-                state["stopped"] = self._converged(y - x, cost, H_new, H_prev, n, i,
-                                                   n_steps, state)
+                                                  new["A"], new["B"], y - x, m)
+                new.update(H=H_new, A=A, B=B)
+                new["stopped"] = self._converged(y - x, cost, H_new, H_prev, n, i,
+                                                 n_steps, new)
                 H_prev = H_new
                 i += 1
-                if state["stopped"]:
+                if new["stopped"]:
                     break
+            for x, y, W_b in rows:
+                W[x:y] = W_b
+            state.update(new)
             state["step"] = i
             if on_step is not None:
                 on_step(state)

@@ -114,21 +114,32 @@ class _Committer:
         self.header = header
         self.manifest = manifest
         self.sequence = int(manifest["sequence"]) if manifest else 0
+        #: (step, smoothed batch cost) at every commit: what ``dnmf plot --loss`` draws
+        self.history: list[list[Any]] = [list(x) for x in (manifest or {}).get("history", [])]
 
-    def commit(self, state: dict[str, Any], *, complete: bool = False) -> dict[str, Any]:
+    def commit(self, state: dict[str, Any], *, complete: bool = False,
+               result: dict[str, Any] | None = None) -> dict[str, Any]:
         arrays = {"H": state["H"], "A": state["A"], "B": state["B"]}
         if state.get("W") is not None:
             arrays["W"] = state["W"]
         written = _write(self.store, self.run_id, self.manifest, arrays)
         pause_point("online:written", int(state["step"]))
         self.sequence += 1
+        step = int(state["step"])
+        cost = state.get("ewa_cost")
+        if cost is not None and (not self.history or self.history[-1][0] != step):
+            self.history.append([step, float(cost)])
         body = {
             **self.header,
             "sequence": self.sequence,
-            "iteration": int(state["step"]),
+            "iteration": step,
             "committed": now(),
             "complete": bool(complete),
             "arrays": written,
+            "array_metadata": {entry["array"]: self.store.array_metadata(entry["array"])
+                               for entry in written.values()},
+            "history": list(self.history),
+            **({"result": result} if result is not None else {}),
             "online": {
                 "step": int(state["step"]),
                 "ewa_cost": state.get("ewa_cost"),
@@ -182,17 +193,20 @@ def _restore_state(store: RunStore, manifest: dict[str, Any], with_W: bool) -> d
     return state
 
 
-def fit_online_to_store(est: Any, source: Any, X_mem: Any, prep: Any, batches: Any,
-                        W: Any, H: Any) -> dict[str, Any]:
-    """``est``'s fit with its state committed to ``est.out``; the final state.
+def fit_online_to_store(est: Any, X: Any, source: Any, X_mem: Any, prep: Any, batches: Any,
+                        W: Any, H: Any, finish: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``est``'s fit with its state committed to ``est.out``: (final state, result).
 
     A compatible unfinished run there is resumed from its last commit; a complete one
-    is read back without computing.
+    is read back without computing. ``finish(state)`` makes the result of a fit (the
+    final W, ``n_iter``, ``reconstruction_err``), committed with the last state.
     """
     from . import __version__
-    from ._run import _fingerprint
+    from ._run import _check_not_input, _fingerprint, _source_location
 
     store = _store_for(est)
+    location = _source_location(X)
+    _check_not_input(store.location, location)
     n, m = source.shape
     every = est.checkpoint_every
     made_here = store.local and not os.path.exists(store.location.path)
@@ -208,17 +222,24 @@ def fit_online_to_store(est: Any, source: Any, X_mem: Any, prep: Any, batches: A
             if every is None:
                 every = len(bounds)
             if manifest is not None:
+                store.verify_arrays(manifest)
                 _check(store, manifest, "online", params, fingerprint)
                 state = _restore_state(store, manifest, with_W=True)
                 est._n_components = int(state["H"].shape[0])
                 est._seed = int(manifest["rng"]["seed"])
+                # the parameters that may differ (max_iter, ...) are this fit's from now on
                 committer = _Committer(store, manifest["run_id"],
-                                       {k: manifest[k] for k in _HEADER}, manifest)
+                                       {**_header(manifest), "params": params}, manifest)
                 logger.info("resuming the online run at %s from step %d", store.location,
                             state["step"])
                 if manifest["complete"] and (state["stopped"] or
                                              state["step"] >= est._plan(n)[1]):
-                    return state  # finished: read back, nothing to compute
+                    result = manifest.get("result")
+                    if result is None:  # committed before results were recorded
+                        result = finish(state)
+                    else:
+                        result = {**result, "W": state["W"]}
+                    return state, result  # finished: read back, nothing to compute
                 # else a larger max_iter continues a run its max_iter stopped
             else:
                 if store.is_run():
@@ -231,6 +252,7 @@ def fit_online_to_store(est: Any, source: Any, X_mem: Any, prep: Any, batches: A
                 header = {
                     "run_id": run_id, "created": now(), "kind": "online",
                     "params": params, "fingerprint": fingerprint,
+                    "source": {"kind": source.kind, "location": location},
                     "rng": {"seed": getattr(est, "_seed", None),
                             "draws_after_start": 0},
                     "dnmf_version": __version__,
@@ -248,15 +270,23 @@ def fit_online_to_store(est: Any, source: Any, X_mem: Any, prep: Any, batches: A
             except KeyboardInterrupt:
                 committer.commit(state)
                 raise
-            committer.commit(state, complete=True)
-            return state
+            result = finish(state)
+            final = {**state, "W": result["W"]}
+            committer.commit(final, complete=True, result={
+                key: value for key, value in result.items() if key != "W"})
+            return final, result
     finally:
         if made_here:
             with contextlib.suppress(OSError):
                 os.rmdir(store.location.path)
 
 
-_HEADER = ("run_id", "created", "kind", "params", "fingerprint", "rng", "dnmf_version")
+_HEADER = ("run_id", "created", "kind", "params", "fingerprint", "source", "rng",
+           "dnmf_version")
+
+
+def _header(manifest: dict[str, Any]) -> dict[str, Any]:
+    return {k: manifest[k] for k in _HEADER if k in manifest}
 
 
 # -------------------------------------------------------------- partial_fit
@@ -279,8 +309,7 @@ def open_stream(est: Any, m: int, dtype: np.dtype) -> np.ndarray | None:
     est._components_numerator = state["A"]
     est._components_denominator = state["B"]
     est.n_steps_ = state["step"]
-    est._stream = _Committer(store, manifest["run_id"], {k: manifest[k] for k in _HEADER},
-                             manifest)
+    est._stream = _Committer(store, manifest["run_id"], _header(manifest), manifest)
     logger.info("continuing the stream at %s after %d batches", store.location, state["step"])
     return state["H"]
 
@@ -310,6 +339,12 @@ def commit_stream(est: Any) -> None:
             }
             committer = est._stream = _Committer(store, run_id, header, None)
         committer.commit(state)
+
+
+def read_state(store: RunStore, manifest: dict[str, Any]) -> dict[str, Any]:
+    """The committed state (H, A, B, W or None, step, stopping rule), every array
+    checked against its checksum."""
+    return _restore_state(store, manifest, with_W="W" in manifest["arrays"])
 
 
 def read_stored_H(out: Any) -> np.ndarray:

@@ -92,21 +92,23 @@ def _grid(k: int, columns: int | None) -> tuple[int, int]:
     return math.ceil(k / cols), cols
 
 
-def loss_figure(history: list[float], *, title: str = "") -> Any:
-    """The loss per iteration on a log scale."""
+def loss_figure(history: list[float], *, title: str = "", steps: list[int] | None = None,
+                xlabel: str = "iteration", ylabel: str = "loss") -> Any:
+    """The loss per iteration (or at ``steps``) on a log scale."""
     require_matplotlib()
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(6, 4), layout="constrained")
     ax = fig.add_subplot()
-    iterations = np.arange(1, len(history) + 1)
+    iterations = (np.arange(1, len(history) + 1) if steps is None
+                  else np.asarray(steps, dtype=np.int64))
     values = np.asarray(history, dtype=np.float64)
     positive = values > 0
     ax.plot(iterations[positive], values[positive], marker="." if len(history) < 50 else None)
     if positive.any():
         ax.set_yscale("log")
-    ax.set_xlabel("iteration")
-    ax.set_ylabel("loss")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     ax.grid(True, which="both", alpha=0.3)
     if title:
         ax.set_title(title)

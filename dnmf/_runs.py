@@ -17,9 +17,14 @@ from . import _engine
 from ._estimator import NMF
 from ._run import committed_panels, lazy_W, recorded_bounds
 from ._store import ZIP_WORKDIR_SUFFIX, Location, RunStore, as_location
-from .errors import IncompatibleRunError, InvalidInputError, StoreError
+from .errors import (
+    IncompatibleRunError,
+    InvalidInputError,
+    InvalidParameterError,
+    StoreError,
+)
 
-__all__ = ["Run", "open_run", "resume"]
+__all__ = ["OnlineRun", "Run", "open_run", "resume"]
 
 
 class Run:
@@ -117,7 +122,7 @@ def _reading_location(path: Any) -> Location:
     return loc
 
 
-def open_run(path: Any, *, verify: bool = True) -> Run:
+def open_run(path: Any, *, verify: bool = True) -> Run | OnlineRun:
     """Open the last committed state of the run at ``path``.
 
     Parameters
@@ -130,7 +135,9 @@ def open_run(path: Any, *, verify: bool = True) -> Run:
 
     Returns
     -------
-    Run
+    Run or OnlineRun
+        An :class:`OnlineRun` for a run of :class:`dnmf.MiniBatchNMF` (``dnmf fit
+        --online``; every array of its commit is checked against its checksum).
 
     Raises
     ------
@@ -160,14 +167,10 @@ def open_run(path: Any, *, verify: bool = True) -> Run:
                 f"{str(store.location)!r} has no committed state: not a dnmf run, or its "
                 f"fit was stopped before the first commit."
             )
-        if str(manifest.get("kind", "")).startswith("online"):
-            raise IncompatibleRunError(
-                f"{str(store.location)!r} holds an online run (dnmf.MiniBatchNMF, "
-                f"'dnmf fit --online'), which open_run, resume and 'dnmf info' do not "
-                f"read. Fit again with the same out to continue or read it back."
-            )
         try:
             out = os.fspath(path) if isinstance(path, os.PathLike) else path
+            if str(manifest.get("kind", "")).startswith("online"):
+                return OnlineRun(store, manifest, out=out)
             return Run(store, manifest, verify=verify, out=out)
         except StoreError as exc:
             # A writer may have committed twice since the manifest was read.
@@ -213,6 +216,11 @@ def resume(
     Run
     """
     run = open_run(path, verify=False)
+    if isinstance(run, OnlineRun):
+        if mask is not None:
+            raise InvalidParameterError("mask= does not apply to an online run.")
+        return _resume_online(run, path, X, max_iter=max_iter, scheduler=scheduler,
+                              verbose=verbose)
     if X is None:
         X = run.source.get("location")
         if X is None:
@@ -252,3 +260,135 @@ def _recorded_mask(run: Run) -> Any:
     import zarr
 
     return zarr.open_array(location, mode="r")
+
+
+class OnlineRun:
+    """A committed snapshot of an online run (:class:`dnmf.MiniBatchNMF` with ``out``,
+    ``dnmf fit --online``), as :func:`open_run` reads it.
+
+    Attributes
+    ----------
+    kind : {"online", "online-stream"}
+        A ``fit`` over a whole V, or a stream of ``partial_fit`` calls.
+    W : ndarray of shape (n_samples, n_components) or None
+        The W rows of the last commit (of a complete fit: the fit's W); None for a
+        stream, which keeps no W.
+    H : ndarray of shape (n_components, n_features)
+    A, B : ndarray of shape (n_components, n_features)
+        The running numerator and denominator of H's update.
+    n_steps : int
+        Batches processed (also ``iteration``).
+    n_iter : int or None
+        Passes over V started (None for a stream).
+    loss_history : list of float
+        The smoothed batch cost (scikit-learn's ``ewa_cost``) at every commit, at
+        steps ``history_steps``.
+    reconstruction_err : float or None
+        ``sqrt(2 · D_β(V ‖ WH))`` over all of V, once the fit is complete.
+    params : dict
+        The estimator's parameters (``random_state`` is the seed actually used).
+    complete : bool
+    stop_reason : {"converged", "max_iter"} or None
+    fingerprint, source, shape, dtype, path, created, updated, dnmf_version
+        As for :class:`Run` (a stream's ``shape`` is ``(0, n_features)``).
+    """
+
+    def __init__(self, store: RunStore, manifest: dict[str, Any], *, out: Any = None) -> None:
+        from ._online_run import read_state
+
+        self.store = store
+        self.manifest = manifest
+        self.path = str(store.location)
+        self.out = out if out is not None else self.path
+        self.kind = str(manifest["kind"])
+        self.run_id: str = manifest["run_id"]
+        store.verify_arrays(manifest)
+        state = read_state(store, manifest)
+        self.H, self.A, self.B, self.W = state["H"], state["A"], state["B"], state["W"]
+        self.n_steps = self.iteration = int(state["step"])
+        self.state = state
+        history = manifest.get("history") or []
+        self.history_steps = [int(step) for step, _ in history]
+        self.loss_history = [float(cost) for _, cost in history]
+        self.init_loss = None
+        result = manifest.get("result") or {}
+        self.reconstruction_err = result.get("reconstruction_err")
+        self.params = dict(manifest["params"])
+        seed = (manifest.get("rng") or {}).get("seed")
+        if seed is not None:
+            self.params["random_state"] = int(seed)
+        self.complete = bool(manifest["complete"])
+        self.fingerprint = manifest.get("fingerprint") or {}
+        self.source = manifest.get("source") or {}
+        self.dnmf_version = manifest.get("dnmf_version")
+        self.created = manifest.get("created")
+        self.updated = manifest.get("committed")
+        m = int(self.H.shape[1])
+        if self.fingerprint.get("shape"):
+            n, m = (int(x) for x in self.fingerprint["shape"])
+            self.dtype = np.dtype(self.fingerprint["dtype"])
+        else:
+            n, self.dtype = 0, np.dtype(self.H.dtype)
+        self.shape = (n, m)
+        self.n_batches = (-(-n // min(int(self.params["batch_size"]), n))) if n else None
+        self.n_iter = (-(-self.n_steps // self.n_batches)) if self.n_batches else None
+        self.max_steps = (int(self.params["max_iter"]) * self.n_batches
+                          if self.n_batches else None)
+        if not self.complete:
+            self.stop_reason = None
+        elif state["stopped"]:
+            self.stop_reason = "converged"
+        else:
+            self.stop_reason = "max_iter"
+
+    def to_estimator(self) -> Any:
+        """A fitted :class:`~dnmf.MiniBatchNMF` with this run's parameters and state."""
+        from ._online import MiniBatchNMF
+
+        names = MiniBatchNMF._get_param_names()
+        est = MiniBatchNMF(**{k: v for k, v in self.params.items() if k in names})
+        est.set_params(out=self.out)
+        n, m = self.shape
+        est._check_params(max(n, 1), m)
+        est.components_ = self.H
+        est.n_components_ = int(self.H.shape[0])
+        est.n_features_in_ = m
+        est._components_numerator = self.A
+        est._components_denominator = self.B
+        est.n_steps_ = self.n_steps
+        if self.n_iter is not None:
+            est.n_iter_ = self.n_iter
+        if self.reconstruction_err is not None:
+            est.reconstruction_err_ = float(self.reconstruction_err)
+        return est
+
+    def __repr__(self) -> str:
+        status = f"complete ({self.stop_reason})" if self.complete else "in progress"
+        what = "stream" if self.kind == "online-stream" else \
+            f"{self.shape[0]}×{self.shape[1]}"
+        return (f"OnlineRun({self.path!r}: {what}, k={self.H.shape[0]}, "
+                f"{self.n_steps} steps, {status})")
+
+
+def _resume_online(run: OnlineRun, path: Any, X: Any, *, max_iter: int | None,
+                   scheduler: Any, verbose: int) -> OnlineRun:
+    """Continue an online fit from its last commit (bit for bit: the same steps)."""
+    if run.kind == "online-stream":
+        raise InvalidInputError(
+            f"the run at {run.path!r} is a stream of partial_fit calls: it continues "
+            f"with the next call, dnmf.MiniBatchNMF(..., out={run.path!r}).partial_fit(X)."
+        )
+    if X is None:
+        X = run.source.get("location")
+        if X is None:
+            raise InvalidInputError(
+                f"the run at {run.path!r} was fitted on an in-memory array, so its data "
+                f"cannot be reopened from the run: pass it, dnmf.resume(path, X=...)."
+            )
+    est = run.to_estimator()
+    est.set_params(out=path, scheduler=scheduler, verbose=verbose, overwrite=False,
+                   max_iter=max_iter if max_iter is not None else run.params["max_iter"])
+    est.fit(X)
+    reopened = open_run(path)
+    assert isinstance(reopened, OnlineRun)
+    return reopened

@@ -62,14 +62,15 @@ def export(
         from ..io import write_into
 
         write_into(r, into, overwrite=overwrite)
-        n, k = r.shape[0], int(r.params["n_components"])
+        n, k = r.shape[0], int(r.H.shape[0])
         _result(f"wrote into {into}: obsm['X_nmf'] ({n} × {k}), varm['NMF_components'] "
                 f"({r.shape[1]} × {k}), uns['nmf']")
         return
     assert out is not None
     limit = _parse_size(max_size)
-    n, k = r.shape[0], int(r.params["n_components"])
-    size = n * k * r.dtype.itemsize
+    n, k = r.shape[0], int(r.H.shape[0])
+    has_W = getattr(r, "W", True) is not None  # a partial_fit stream keeps no W
+    size = n * k * r.dtype.itemsize if has_W else 0
     if size > limit and not force:
         raise DnmfError(
             f"W is {_bytes(size)} ({n} × {k} {r.dtype}), more than --max-size {max_size}: "
@@ -77,7 +78,7 @@ def export(
             f"dnmf.open_run({r.path!r}).W."
         )
     ext = fmt.value
-    targets = {name: out / f"{name}.{ext}" for name in ("W", "H")}
+    targets = {name: out / f"{name}.{ext}" for name in (("W", "H") if has_W else ("H",))}
     existing = [str(p) for p in targets.values() if p.exists()]
     if existing and not overwrite:
         raise StoreError(f"{', '.join(existing)} already exist; pass --overwrite to replace.")
@@ -92,8 +93,8 @@ def export(
     try:
         check_writable(out, str(out))
         labels = _labels(r) if ext == "csv" else {"W": None, "H": None}
-        for name, data in (("W", r.W), ("H", r.H)):
-            _export_one(data, targets[name], ext, labels[name])
+        for name in targets:
+            _export_one(r.W if name == "W" else r.H, targets[name], ext, labels[name])
             written.append(str(targets[name]))
     except KeyboardInterrupt as exc:
         _say("interrupted: " + (f"only {', '.join(written)} written." if written
@@ -102,6 +103,10 @@ def export(
     finally:
         if made and not written:
             shutil.rmtree(out, ignore_errors=True)
+    if not has_W:
+        _result(f"wrote {targets['H']} ({k} × {r.shape[1]}); {run} is a stream of "
+                f"partial_fit calls, which keeps no W")
+        return
     _result(f"wrote {targets['W']} ({n} × {k}) and {targets['H']} ({k} × {r.shape[1]})")
 
 
@@ -110,7 +115,7 @@ def _labels(r: Any) -> dict[str, tuple[list[str], list[str]] | None]:
     from ..io._anndata import names_of_run
 
     obs, var = names_of_run(r)
-    k = int(r.params["n_components"])
+    k = int(r.H.shape[0])
     components = [f"nmf_{i}" for i in range(k)]
     return {"W": (obs, components) if obs is not None else None,
             "H": (components, var) if var is not None else None}

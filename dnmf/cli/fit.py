@@ -31,7 +31,7 @@ from ._options import (
     _parse_size,
     reading_options,
 )
-from ._output import _absolute, _say
+from ._output import _absolute, _quote, _say
 from ._runs import (
     _has_commit,
     _holding,
@@ -112,6 +112,9 @@ def fit(
     fresh_restarts: Annotated[bool, typer.Option(
         "--fresh-restarts", help="With --online: solve each batch's W to convergence.")
     ] = False,
+    in_flight: Annotated[int, typer.Option(
+        "--in-flight", min=1, help="With --online on a Dask cluster: batches sent to the "
+        "workers at once (the result depends on this, not on the cluster's size).")] = 4,
     scheduler: SchedulerOpt = None,
     scheduler_file: SchedulerFileOpt = None,
     dtype: Annotated[DtypeName | None, typer.Option(
@@ -149,9 +152,11 @@ def fit(
         raise InvalidParameterError(
             f"--solver {solver.value} does not apply with --online: online NMF updates W "
             f"and H by multiplicative steps. Drop --solver, or drop --online.")
-    if not online and (batch_size != 1024 or forget_factor != 0.7 or fresh_restarts):
+    if not online and (batch_size != 1024 or forget_factor != 0.7 or fresh_restarts
+                       or in_flight != 4):
         raise InvalidParameterError(
-            "--batch-size, --forget-factor and --fresh-restarts apply only with --online.")
+            "--batch-size, --forget-factor, --fresh-restarts and --in-flight apply only "
+            "with --online.")
     solver = solver or SolverName.hals
     panel_bytes = None if panel_size is None else _parse_size(panel_size, "--panel-size")
     sched = _scheduler_args(scheduler, scheduler_file)
@@ -172,7 +177,7 @@ def fit(
                 chunk_rows, dataset, transpose, cache, panel_bytes, overwrite, dense,
                 out_existed, sched, reading_options(layer, raw, index_col),
                 online=online, batch_size=batch_size, forget_factor=forget_factor,
-                fresh_restarts=fresh_restarts, started=started)
+                fresh_restarts=fresh_restarts, in_flight=in_flight, started=started)
     finally:
         if not out_existed and "://" not in out:
             with contextlib.suppress(OSError):
@@ -188,7 +193,8 @@ def _fit_holding(input: str, out: str, rank: int, solver: Any, loss_name: str, i
                  cache: bool, panel_bytes: int | None, overwrite: bool, dense: bool,
                  out_existed: bool, sched: str, reading: Any = None, *, online: bool = False,
                  batch_size: int = 1024, forget_factor: float = 0.7,
-                 fresh_restarts: bool = False, started: float = 0.0) -> bool:
+                 fresh_restarts: bool = False, in_flight: int = 4,
+                 started: float = 0.0) -> bool:
     """The conversion and the fit, under the run's lock (see :func:`_holding`)."""
     import dnmf
 
@@ -211,7 +217,7 @@ def _fit_holding(input: str, out: str, rank: int, solver: Any, loss_name: str, i
                     seed=seed, alpha_w=alpha_w, alpha_h=alpha_h, l1_ratio=l1_ratio,
                     batch_size=batch_size, forget_factor=forget_factor,
                     fresh_restarts=fresh_restarts, every=checkpoint_every,
-                    overwrite=overwrite, started=started,
+                    overwrite=overwrite, started=started, in_flight=in_flight,
                 )
             return False
         with _scheduler(scheduler, scheduler_file) as client, \
@@ -277,7 +283,7 @@ def _fit_online(path: str, out: str, client: object, *, rank: int, loss: str,
                 init: str | None, max_iter: int, tol: float, seed: int | None,
                 alpha_w: float, alpha_h: float | str, l1_ratio: float, batch_size: int,
                 forget_factor: float, fresh_restarts: bool, every: int | None,
-                overwrite: bool, started: float) -> None:
+                overwrite: bool, started: float, in_flight: int = 4) -> None:
     """``dnmf fit --online``: a MiniBatchNMF with its state committed to OUT."""
     import dnmf
 
@@ -286,6 +292,7 @@ def _fit_online(path: str, out: str, client: object, *, rank: int, loss: str,
         alpha_W=alpha_w, alpha_H=alpha_h, l1_ratio=l1_ratio, forget_factor=forget_factor,
         fresh_restarts=fresh_restarts, random_state=seed, scheduler=client,
         out=_absolute(out), checkpoint_every=every, overwrite=overwrite,
+        in_flight=in_flight,
     )
     shape, stored, _, sparse = _zarr_array_info(path)
     where = "local threads" if client == "threads" else "the Dask cluster"
@@ -308,3 +315,5 @@ def _fit_online(path: str, out: str, client: object, *, rank: int, loss: str,
     _result(f"{stopped} after {est.n_steps_} batches ({est.n_iter_} passes): "
             f"reconstruction error {est.reconstruction_err_:.6g}, in {took:.1f} s. Online "
             f"run saved to {out}")
+    _result(f"next: dnmf info {_quote(out)}  |  dnmf top {_quote(out)}  |  dnmf export "
+            f"{_quote(out)} --out DIR")

@@ -22,6 +22,9 @@ def info(
 ) -> None:
     """Parameters, data fingerprint, progress, loss and checkpoint health of a run."""
     r = _open_run(run, verify=verify)
+    if hasattr(r, "n_steps"):
+        _info_online(run, r, as_json)
+        return
     change = _relative_change(r.loss_history, r.init_loss)
     elapsed = _elapsed(r)
     holder = _lock_holder(run)
@@ -86,3 +89,86 @@ def _panels_line(r: Any) -> str:
     return f"{len(sizes)} of {sizes[0]} rows" + (f" (the last {sizes[-1]})"
                                                    if sizes[-1] != sizes[0] else "")
 
+
+
+def _info_online(run: str, r: Any, as_json: bool) -> None:
+    """``dnmf info`` of an online run: steps, passes, the smoothed batch cost, the final
+    reconstruction error; every array of the commit was checked against its checksum."""
+    holder = _lock_holder(run)
+    p = r.params
+    stream = r.kind == "online-stream"
+    health = ("verified: manifest and every array (W, H, A, B) match their checksums"
+              if not stream else "verified: manifest and every array (H, A, B) match "
+              "their checksums")
+    record = {
+        "path": r.path,
+        "kind": r.kind,
+        "steps": r.n_steps,
+        "epochs": r.n_iter,
+        "batches_per_epoch": r.n_batches,
+        "max_iter": int(p["max_iter"]),
+        "complete": r.complete,
+        "stop_reason": r.stop_reason,
+        "loss": r.loss_history[-1] if r.loss_history else None,
+        "loss_kind": "ewa batch cost",
+        "reconstruction_err": r.reconstruction_err,
+        "params": p,
+        "shape": list(r.shape),
+        "dtype": str(r.dtype),
+        "source": r.source,
+        "fingerprint": r.fingerprint,
+        "checkpoint": {"verified": True, "status": "ok", "detail": health},
+        "created": r.created,
+        "updated": r.updated,
+        "elapsed_seconds": _elapsed(r),
+        "writer": holder,
+        "dnmf_version": r.dnmf_version,
+    }
+    if as_json:
+        typer.echo(json.dumps(record, default=_json_default))
+        return
+    if r.complete:
+        status = ("complete: stopped by its stopping rule" if r.stop_reason == "converged"
+                  else "complete: reached max_iter")
+    else:
+        status = "in progress (resumable)"
+    if holder:
+        status += f"; being written by pid {holder.get('pid')} on {holder.get('host')}"
+    k = int(r.H.shape[0])
+    if stream:
+        progress = f"{r.n_steps} partial_fit calls (a stream: one batch per call)"
+    else:
+        progress = (f"{r.n_steps} of {r.max_steps} batches: epoch {r.n_iter} of max_iter "
+                    f"{p['max_iter']} ({r.n_batches} batches of {min(p['batch_size'], r.shape[0])}"
+                    f" rows per epoch)")
+    cost = (f"{r.loss_history[-1]:.6g} (smoothed batch cost at step "
+            f"{r.history_steps[-1]})" if r.loss_history else "-")
+    if r.reconstruction_err is not None:
+        cost += f"; reconstruction error {r.reconstruction_err:.6g} over all of V"
+    elapsed = record["elapsed_seconds"]
+    lines = [
+        f"run         {r.path}",
+        f"kind        online ({'partial_fit stream' if stream else 'MiniBatchNMF fit'})",
+        f"status      {status}",
+        f"steps       {progress}",
+        f"loss        {cost}",
+        f"model       rank {k}, loss {p['beta_loss']}, batch_size {p['batch_size']}, "
+        f"forget_factor {p['forget_factor']}, fresh_restarts {p['fresh_restarts']}, "
+        f"init {p['init']}, seed {p['random_state']}",
+        f"penalties   alpha_W {p['alpha_W']}, alpha_H {p['alpha_H']}, l1_ratio {p['l1_ratio']}",
+    ]
+    if not stream:
+        lines.append(f"data        {r.shape[0]} × {r.shape[1]} {r.dtype} from "
+                     f"{(r.source or {}).get('location') or 'an in-memory array'}")
+    every = p.get("checkpoint_every")
+    lines += [
+        (f"checkpoint  every {every} batches; {health}" if every is not None else
+         f"checkpoint  every epoch ({r.n_batches} batches); {health}") if not stream
+        else f"checkpoint  after every call; {health}",
+        f"time        created {r.created}, last commit {r.updated}"
+        + (f" ({_fmt_duration(elapsed)} apart)" if elapsed is not None else ""),
+    ]
+    for line in lines:
+        typer.echo(line)
+    if not r.complete and not holder and not stream:
+        typer.echo(f"continue    dnmf resume {_quote(run)}")

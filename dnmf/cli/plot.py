@@ -60,6 +60,9 @@ def plot(
     r = _open_run(run, verify=False)
     wrote = []
     if basis is not None:
+        if of is FactorName.W and getattr(r, "W", True) is None:
+            raise DnmfError(f"{run} is a stream of partial_fit calls, which keeps no W: "
+                            f"draw --of H.")
         factor = r.H if of is FactorName.H else np.asarray(r.W)
         images = _plot.basis_images(factor, of.value, shape)
         fig = _plot.basis_figure(images, columns=columns,
@@ -78,8 +81,14 @@ def plot(
     if loss is not None:
         if not r.loss_history:
             raise DnmfError(f"{run} has no iterations yet: no loss to draw.")
-        fig = _plot.loss_figure(r.loss_history, title=f"{Path(r.path).name}: "
-                                f"{r.params['solver']}, rank {r.params['n_components']}")
+        if hasattr(r, "n_steps"):  # an online run: the smoothed batch cost per commit
+            fig = _plot.loss_figure(
+                r.loss_history, steps=r.history_steps, xlabel="batches (steps)",
+                ylabel="smoothed batch cost",
+                title=f"{Path(r.path).name}: online, rank {r.H.shape[0]}")
+        else:
+            fig = _plot.loss_figure(r.loss_history, title=f"{Path(r.path).name}: "
+                                    f"{r.params['solver']}, rank {r.params['n_components']}")
         _plot.save_figure(fig, loss)
         wrote.append(str(loss))
     _result("wrote " + " and ".join(wrote))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import time
 import warnings
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -43,6 +43,9 @@ def resume(
     _check_scheduler(scheduler, scheduler_file)
     sched = _scheduler_args(scheduler, scheduler_file)
     before = _open_run(run)
+    if hasattr(before, "n_steps"):
+        _resume_online(run, before, max_iter, scheduler, scheduler_file, started)
+        return
     unpacked = run.endswith(".zip") and os.path.isdir(run + ".partial")
     if unpacked and before.complete and (max_iter is None or max_iter <= before.iteration):
         from .._run import repack
@@ -76,3 +79,47 @@ def resume(
             raise _lost(run, sched, exc) from None
     _report_fit(run, started, sched)
 
+
+
+def _resume_online(run: str, before: Any, max_iter: int | None, scheduler: str | None,
+                   scheduler_file: str | None, started: float) -> None:
+    """``dnmf resume`` of an online run: the same steps from the last commit."""
+    from .._runs import resume as resume_run
+    from ._app import _exit_code
+    from ._output import _quote
+
+    r = before
+    if r.kind == "online-stream":
+        raise InvalidInputError(
+            f"{run} is a stream of partial_fit calls: it continues with the next call "
+            f"from Python, dnmf.MiniBatchNMF(..., out={run!r}).partial_fit(X).")
+    params = r.params
+    if r.complete and (max_iter is None or max_iter <= int(params["max_iter"])
+                       or r.stop_reason != "max_iter"):
+        why = ("its stopping rule ended it" if r.stop_reason == "converged"
+               else f"it did max_iter={params['max_iter']} epochs")
+        hint = "" if r.stop_reason == "converged" else (
+            f"; pass --max-iter N with N > {params['max_iter']} to extend it")
+        _result(f"{run} is already complete ({why}){hint}.")
+        return
+    source = (r.source or {}).get("location")
+    if not source:
+        raise InvalidInputError(
+            f"{run} was fitted on an in-memory array, so its data cannot be reopened: "
+            f"continue it from Python with dnmf.resume(path, X=...).")
+    _say(f"resuming the online run {run} at step {r.n_steps} (data: {source})")
+    with _scheduler(scheduler, scheduler_file) as client:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", ConvergenceWarning)
+                after = resume_run(_absolute(run), max_iter=max_iter, scheduler=client)
+        except KeyboardInterrupt as exc:
+            _say(f"interrupted: the online state is committed in {run}; continue with: "
+                 f"dnmf resume {_quote(run)}")
+            raise typer.Exit(_exit_code(exc)) from None
+    took = time.perf_counter() - started
+    stopped = ("stopped by its stopping rule" if after.stop_reason == "converged"
+               else f"stopped at max_iter {after.params['max_iter']}")
+    _result(f"{stopped} after {after.n_steps} batches ({after.n_iter} passes): "
+            f"reconstruction error {after.reconstruction_err:.6g}, in {took:.1f} s. Online "
+            f"run saved to {run}")

@@ -9,6 +9,7 @@ from typing import Annotated
 
 import typer
 
+from ..errors import InvalidParameterError
 from ._app import _exit_code, app
 from ._inputs import _swap_into_place, _write_array
 from ._options import IndexColOpt, LayerOpt, RawOpt, _parse_size, reading_options
@@ -70,6 +71,10 @@ def transform(
                 source = str(scratch)
         with _scheduler(scheduler, scheduler_file) as client:
             est.set_params(out=None, verbose=0, scheduler=client)
+            if panel_bytes is not None and hasattr(r, "n_steps"):
+                raise InvalidParameterError(
+                    f"--panel-size does not apply to the online run {run}: its transform "
+                    f"solves W in batches of its batch_size. Drop --panel-size.")
             if panel_bytes is not None:
                 est.set_params(panel_rows=None, panel_bytes=panel_bytes)
             _say(f"solving W for the rows of {new} with H of {run} fixed")

@@ -73,7 +73,11 @@ def nmf_record(run: Any) -> dict[str, Any]:
     return _plain({
         "params": params,
         "loss_history": np.asarray(run.loss_history, dtype=np.float64),
-        "n_iter": int(run.iteration),
+        "n_iter": int(run.iteration if getattr(run, "n_iter", None) is None
+                      else run.n_iter),
+        **({"kind": run.kind, "n_steps": int(run.n_steps),
+            "reconstruction_err": run.reconstruction_err}
+           if hasattr(run, "n_steps") else {}),
         "complete": bool(run.complete),
         "stop_reason": run.stop_reason,
         "run": run.path,
@@ -82,6 +86,12 @@ def nmf_record(run: Any) -> dict[str, Any]:
 
 
 def _factors(run: Any, n_obs: int, n_vars: int, where: str) -> tuple[np.ndarray, np.ndarray]:
+    if run.W is None:
+        raise InvalidInputError(
+            f"the run {run.path} is a stream of partial_fit calls, which keeps no W: "
+            f"compute W with dnmf.open_run({run.path!r}).to_estimator().transform(X), "
+            f"or export H alone with 'dnmf export RUN --out DIR'."
+        )
     n, m = run.shape
     if (n, m) != (n_obs, n_vars):
         raise InvalidInputError(
