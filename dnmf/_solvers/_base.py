@@ -83,7 +83,7 @@ def add_stats(a: Stats, b: Stats) -> Stats:
 
 def t_dot(W: np.ndarray, V: Array) -> np.ndarray:
     """``W.T @ V`` for a dense or sparse panel ``V``, as a dense array."""
-    if sp.issparse(V):
+    if not isinstance(V, np.ndarray) and sp.issparse(V):
         return np.asarray((V.T @ W).T)
     return W.T @ V
 

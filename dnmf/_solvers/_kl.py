@@ -26,8 +26,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._base import EPSILON, Array, PanelContext, Regularization, Stats
-from ._mu import KLMultiplicative, _ratio
+from ._base import EPSILON, PanelContext, Regularization, Stats
+from ._mu import KLMultiplicative
 
 __all__ = ["OMEGAS", "KLAccelerated", "relaxed_step"]
 
@@ -49,8 +49,8 @@ def relaxed_step(X0: np.ndarray, numerator: np.ndarray, linear: np.ndarray, l1: 
     numerator : ndarray
         MU's numerator (``(V / WH)·Hᵀ`` for W, ``Wᵀ·(V / WH)`` for H), same shape.
     linear : ndarray
-        The coefficient s of w in the data term (row sums of H, broadcast; column
-        sums of W for H), same shape.
+        The coefficient s of w in the data term (row sums of H for W, a row; column
+        sums of W for H, a column): broadcastable to ``X0``'s shape.
     l1, l2 : float
         The scaled penalties.
 
@@ -61,27 +61,34 @@ def relaxed_step(X0: np.ndarray, numerator: np.ndarray, linear: np.ndarray, l1: 
         the MU point ``X0·ρ``, with ρ = numerator / (s + l1 + l2·X0) (scikit-learn's
         MU ratio, a zero denominator taken as EPSILON).
     """
-    denominator = linear + l1
-    if l2 > 0:
-        denominator = denominator + l2 * X0
-    denominator = np.where(denominator == 0, EPSILON, denominator)
+    # Bit for bit the straightforward evaluation of the docstring (the tests keep it
+    # as the reference), in fewer array operations: at small sizes their count, not
+    # their arithmetic, is the cost.
+    s = linear + l1
+    denominator = s + l2 * X0 if l2 > 0 else s
+    if not denominator.all():
+        denominator = np.where(denominator == 0, EPSILON, denominator)
     rho = numerator / denominator
     out = X0 * rho
-    movable = (X0 > 0) & (rho > 0)
-    if not movable.any():
+    pending = (X0 > 0) & (rho > 0)  # movable entries not yet given an ω
+    if not pending.any():
         return out
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        log_rho = np.log(np.where(movable, rho, 1.0))
-        chosen = ~movable
+        log_rho = np.log(np.where(pending, rho, 1.0))
         for omega in omegas:
             r = np.exp(omega * log_rho)
             # (G(X0·r) − G(X0)) / X0, exactly, for G = (s + l1)·x + (l2/2)·x² − a·log x
-            change = (linear + l1) * (r - 1.0) - numerator * omega * log_rho
+            change = s * (r - 1.0)
+            change -= numerator * omega * log_rho
             if l2 > 0:
-                change = change + 0.5 * l2 * X0 * (r * r - 1.0)
-            accept = ~chosen & (change <= 0) & np.isfinite(r)
+                change += 0.5 * l2 * X0 * (r * r - 1.0)
+            accept = change <= 0
+            accept &= pending
+            accept &= np.isfinite(r)
             out = np.where(accept, X0 * r, out)
-            chosen |= accept
+            pending &= ~accept
+            if not pending.any():
+                break
     return out
 
 
@@ -93,11 +100,10 @@ class KLAccelerated(KLMultiplicative):
     """
 
     @staticmethod
-    def _step_W(
-        V: Array, W: np.ndarray, WH: np.ndarray, ctx: PanelContext, reg: Regularization
+    def _step_from_ratio(
+        W: np.ndarray, numerator: np.ndarray, ctx: PanelContext, reg: Regularization
     ) -> np.ndarray:
-        numerator = np.asarray(_ratio(V, WH) @ ctx.H.T)
-        linear = np.broadcast_to(ctx.H_sum.astype(W.dtype)[np.newaxis, :], W.shape)
+        linear = ctx.H_sum.astype(W.dtype)[np.newaxis, :]
         return relaxed_step(W, numerator, linear, reg.l1_W, reg.l2_W).astype(W.dtype,
                                                                              copy=False)
 
@@ -106,7 +112,6 @@ class KLAccelerated(KLMultiplicative):
     ) -> np.ndarray:
         w_sum = stats["w_sum"].copy()
         w_sum[w_sum == 0] = 1.0
-        linear = np.broadcast_to(w_sum[:, np.newaxis], H.shape)
-        H_new = relaxed_step(H, stats["A"], linear, reg.l1_H, reg.l2_H)
+        H_new = relaxed_step(H, stats["A"], w_sum[:, np.newaxis], reg.l1_H, reg.l2_H)
         H_new[H_new < EPS64] = 0.0
         return H_new

@@ -64,6 +64,11 @@ NNZ_BLOCK = 1 << 16
 SUM_BLOCK = 1 << 20
 
 
+def _sparse(V: Array) -> bool:
+    """``sp.issparse(V)``, without its ABC check for the common dense panel."""
+    return not isinstance(V, np.ndarray) and sp.issparse(V)
+
+
 def _wh_at(W: np.ndarray, H: np.ndarray, V: Array, compiled: bool = False) -> np.ndarray:
     """``W·H`` floored at EPSILON, dense, or at the stored entries of a CSR V.
 
@@ -71,13 +76,13 @@ def _wh_at(W: np.ndarray, H: np.ndarray, V: Array, compiled: bool = False) -> np
     stored entries (O(nnz·k) work, O(NNZ_BLOCK·k) extra memory); ``compiled``: in
     one compiled loop over the rows instead (no temporaries; same values to rounding).
     """
-    if sp.issparse(V):
+    if _sparse(V):
         indptr, indices = V.indptr, V.indices
         Ht = np.ascontiguousarray(H.T)
         values = np.empty(indices.shape[0], dtype=np.result_type(W.dtype, H.dtype))
         if compiled:
             _kernels.wh_at_csr(indptr, indices, np.ascontiguousarray(W), Ht, values)
-            np.maximum(values, EPSILON, out=values)
+            _floor(values)
             return values
         for start in range(0, values.shape[0], NNZ_BLOCK):
             stop = min(start + NNZ_BLOCK, values.shape[0])
@@ -85,13 +90,19 @@ def _wh_at(W: np.ndarray, H: np.ndarray, V: Array, compiled: bool = False) -> np
             values[start:stop] = np.einsum("ij,ij->i", W[rows], Ht[indices[start:stop]])
     else:
         values = W @ H
-    np.maximum(values, EPSILON, out=values)
+    _floor(values)
     return values
+
+
+def _floor(values: np.ndarray) -> None:
+    """``values = max(values, EPSILON)`` in place (a masked store: a third of
+    ``np.maximum``'s time on small arrays; NaN stays NaN as it would there)."""
+    values[values < EPSILON] = EPSILON
 
 
 def _csr(V: Array) -> Array:
     """A sparse panel in CSR form (no copy when it already is)."""
-    return V.tocsr() if sp.issparse(V) and V.format != "csr" else V
+    return V.tocsr() if _sparse(V) and V.format != "csr" else V
 
 
 def _ratio(V: Array, WH: np.ndarray) -> Array:
@@ -99,7 +110,7 @@ def _ratio(V: Array, WH: np.ndarray) -> Array:
 
     The quotient is written over ``WH``, which the caller hands over.
     """
-    if sp.issparse(V):
+    if _sparse(V):
         np.divide(V.data, WH, out=WH)
         return sp.csr_matrix((WH, V.indices, V.indptr), shape=V.shape)
     np.divide(V, WH, out=WH)
@@ -126,6 +137,39 @@ def _kl_pieces(V: Array, WH: np.ndarray, W: np.ndarray) -> Stats:
     return {"kl_xlog": xlog, "kl_xsum": xsum, "w_sum0": W.sum(axis=0, dtype=np.float64)}
 
 
+def _kl_pieces_from_ratio(V: np.ndarray, R: np.ndarray, W: np.ndarray) -> Stats:
+    """:func:`_kl_pieces` of a dense float64 panel from ``R = V / WH`` (WH floored).
+
+    ``log(v / wh)`` is ``log(R)``, the quotient the W-step needs anyway, so the loss
+    costs one log per entry and two dot products: no masked copies. Entries with
+    v ≤ EPSILON are left out as there (their log taken as 0). Same values per entry as
+    :func:`_kl_pieces` (float64 throughout); the sums differ only in their order.
+    """
+    x, r = V.ravel(), R.ravel()
+    xlog = np.zeros(1)
+    xsum = np.zeros(1)
+    for start in range(0, x.shape[0], SUM_BLOCK):
+        block = slice(start, start + SUM_BLOCK)
+        xb, rb = x[block], r[block]
+        keep = xb > EPSILON
+        if keep.all():
+            logs = np.log(rb)
+            xsum += xb.sum()
+        else:
+            logs = np.where(keep, rb, 1.0)
+            np.log(logs, out=logs)
+            xsum += np.add.reduce(xb, where=keep)
+        xlog += np.dot(xb, logs)
+    return {"kl_xlog": xlog, "kl_xsum": xsum, "w_sum0": W.sum(axis=0, dtype=np.float64)}
+
+
+def _dense64(V: Array, W: np.ndarray, H: np.ndarray) -> bool:
+    """A dense float64 panel with float64 factors (where :func:`_kl_pieces_from_ratio`
+    gives :func:`_kl_pieces`'s values entry for entry)."""
+    return (isinstance(V, np.ndarray) and V.dtype == np.float64 and W.dtype == np.float64
+            and H.dtype == np.float64)
+
+
 class KLMultiplicative(Solver):
     """MU for the generalised KL divergence D(V ‖ WH).
 
@@ -146,27 +190,39 @@ class KLMultiplicative(Solver):
         V = _csr(V)
         compiled = _kernels.enabled(ctx.shape, H.shape[0])
         WH = _wh_at(W, H, V, compiled)
-        pieces = _kl_pieces(V, WH, W)
-        W_new = self._step_W(V, W, WH, ctx, reg)
-        del WH  # _step_W overwrote it with V / WH
-        A = t_dot(W_new, _ratio(V, _wh_at(W_new, H, V, compiled))).astype(np.float64)
-        pieces["A"] = A
+        if _dense64(V, W, H):
+            R = _ratio(V, WH)  # over WH
+            pieces = _kl_pieces_from_ratio(V, R, W)
+        else:
+            pieces = _kl_pieces(V, WH, W)
+            R = _ratio(V, WH)
+        del WH
+        W_new = self._step_from_ratio(W, np.asarray(R @ H.T), ctx, reg)
+        del R
+        A = t_dot(W_new, _ratio(V, _wh_at(W_new, H, V, compiled)))
+        pieces["A"] = A.astype(np.float64, copy=False)
         pieces["w_sum"] = W_new.sum(axis=0, dtype=np.float64)
         return W_new, pieces
 
-    @staticmethod
     def _step_W(
-        V: Array, W: np.ndarray, WH: np.ndarray, ctx: PanelContext, reg: Regularization
+        self, V: Array, W: np.ndarray, WH: np.ndarray, ctx: PanelContext, reg: Regularization
     ) -> np.ndarray:
         """``W ∘ ((V / WH)·Hᵀ) / (row sums of H + l1 + l2·W)``; overwrites ``WH``."""
-        H = ctx.H
-        numerator = np.asarray(_ratio(V, WH) @ H.T)
-        denominator = np.broadcast_to(ctx.H_sum.astype(W.dtype)[np.newaxis, :], W.shape).copy()
+        return self._step_from_ratio(W, np.asarray(_ratio(V, WH) @ ctx.H.T), ctx, reg)
+
+    @staticmethod
+    def _step_from_ratio(
+        W: np.ndarray, numerator: np.ndarray, ctx: PanelContext, reg: Regularization
+    ) -> np.ndarray:
+        """The W-step from MU's numerator ``(V / WH)·Hᵀ`` (overwritten)."""
+        denominator = ctx.H_sum.astype(W.dtype)[np.newaxis, :]
         if reg.l1_W > 0:
-            denominator += reg.l1_W
+            denominator = denominator + reg.l1_W
         if reg.l2_W > 0:
             denominator = denominator + reg.l2_W * W
-        denominator[denominator == 0] = EPSILON
+        if np.any(denominator == 0):
+            denominator = np.broadcast_to(denominator, W.shape).copy()
+            denominator[denominator == 0] = EPSILON
         numerator /= denominator
         return W * numerator
 
