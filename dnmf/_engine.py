@@ -33,6 +33,7 @@ from .errors import ConvergenceWarning, InvalidInputError
 __all__ = [
     "DataSummary",
     "FitState",
+    "Loss",
     "MemoryKeeper",
     "context_for",
     "initialize",
@@ -332,22 +333,42 @@ def update_task(
     return W_new, stats
 
 
+@dataclass(frozen=True)
+class Loss:
+    """The value of the objective at one iterate: the data term and the penalties.
+
+    ``objective = data + penalty`` is what the solvers minimise and what the stopping
+    rule and ``loss_history_`` use; ``data`` alone (½‖X − WH‖² or the KL divergence)
+    gives ``reconstruction_err_``, as in scikit-learn.
+    """
+
+    data: float
+    penalty: float = 0.0
+
+    @property
+    def objective(self) -> float:
+        return self.data + self.penalty
+
+
 def h_step(stats: Stats, solver: Solver, ctx: PanelContext, reg: Regularization, *,
            norm_sq: float
-           ) -> tuple[PanelContext, tuple[float, float | None, np.ndarray, float | None]]:
+           ) -> tuple[PanelContext, tuple[Loss, Loss | None, np.ndarray, float | None]]:
     """After a pass: the losses, H from the summed stats, and the next pass's context.
 
     Runs where the sum is (a worker, on a cluster). The context goes on to the next
     pass; only the two losses and the new H come back to the driver.
     """
-    loss_before = solver.loss_before(stats, ctx, norm_sq)
+    before = Loss(solver.loss_before(stats, ctx, norm_sq),
+                  solver.penalty_before(stats, ctx.H, reg))
     heldout = _heldout(solver, stats)
     H_new = solver.update_H(ctx.H.astype(np.float64), stats, ctx, reg)
-    loss_after = solver.loss_after(stats, H_new, norm_sq)
+    data_after = solver.loss_after(stats, H_new, norm_sq)
+    after = (None if data_after is None
+             else Loss(data_after, solver.penalty_after(stats, H_new, reg)))
     # The context holds H_new itself when the dtypes agree: the task's result then
     # carries H once, to the driver and to the workers of the next pass.
     next_ctx = _context(H_new.astype(ctx.H.dtype, copy=False), ctx.shape, ctx.nnz)
-    return next_ctx, (loss_before, loss_after, H_new, heldout)
+    return next_ctx, (before, after, H_new, heldout)
 
 
 def _heldout(solver: Solver, stats: Stats) -> float | None:
@@ -370,23 +391,35 @@ class FitState:
     W: list[Any]
     H: np.ndarray
     iteration: int = 0
+    #: The objective (data term + penalties) after each iteration.
     loss_history: list[float] = field(default_factory=list)
     init_loss: float | None = None
     #: loss over the held-out entries at the (W, H) of the last recorded loss
     heldout_loss: float | None = None
+    #: The data term alone at the last recorded iterate (None: equal to the objective).
+    data_loss: float | None = None
     converged: bool = False
     stopped_by_callback: bool = False
     done: bool = False
 
 
-def _converged(history: list[float], init_loss: float | None, tol: float) -> bool:
-    """Relative decrease of the loss over the last iteration is below ``tol``."""
+def _converged(history: list[float], init_loss: float | None, tol: float,
+               rounding: float = 0.0) -> bool:
+    """Relative decrease of the objective over the last iteration is below ``tol``.
+
+    A rise counts as convergence only while it is within ``rounding`` (the error of
+    computing the objective): the objective has then stopped decreasing. A larger
+    rise is not convergence; the fit goes on (to ``max_iter`` if need be, with its
+    ConvergenceWarning).
+    """
     if len(history) == 0:
         return False
     previous = history[-2] if len(history) >= 2 else init_loss
     if previous is None:
         return False
     current = history[-1]
+    if current - previous > rounding + 64.0 * np.finfo(np.float64).eps * abs(previous):
+        return False
     if previous <= 0.0:
         return True
     # tol=0 means "run max_iter iterations": a loss that rose (a negative decrease)
@@ -405,6 +438,7 @@ def iterate(
     max_iter: int,
     tol: float,
     norm_sq: float,
+    total: float | None = None,
     keeper: WKeeper | None = None,
     callback: Callable[[int, float], Any] | None = None,
     on_iteration: Callable[[FitState], None] | None = None,
@@ -417,14 +451,19 @@ def iterate(
     dropped, so the state returned always matches its last recorded loss.
     """
     keeper = keeper or MemoryKeeper(len(refs), backend)
+    # How far the data term can be off by rounding alone (see _converged).
+    rounding = solver.rounding(norm_sq, norm_sq if total is None else total,
+                               float(np.finfo(source.dtype).eps))
 
-    def record(loss: float) -> bool:
-        state.loss_history.append(float(loss))
+    def record(loss: Loss) -> bool:
+        value = float(loss.objective)
+        state.loss_history.append(value)
+        state.data_loss = float(loss.data) if loss.penalty else None
         stop = False
-        if callback is not None and callback(state.iteration, float(loss)):
+        if callback is not None and callback(state.iteration, value):
             state.stopped_by_callback = True
             stop = True
-        if _converged(state.loss_history, state.init_loss, tol):
+        if _converged(state.loss_history, state.init_loss, tol, rounding):
             state.converged = True
             stop = True
         if progress is not None:
@@ -465,7 +504,8 @@ def iterate(
                     keep_outputs=False,
                 )
                 # ``ctx`` may be a handle on a cluster; the loss needs the values here.
-                loss = solver.loss_before(pieces, context_for(state.H, source), norm_sq)
+                loss = Loss(solver.loss_before(pieces, context_for(state.H, source), norm_sq),
+                            solver.penalty_before(pieces, state.H, reg))
                 if len(state.loss_history) < state.iteration:
                     state.heldout_loss = _heldout(solver, pieces)
                     record(loss)
@@ -479,7 +519,7 @@ def iterate(
                 next_W = None
             loss_before, loss_after, H_new, heldout = pending.result()
             if state.iteration == 0 and state.init_loss is None:
-                state.init_loss = loss_before
+                state.init_loss = loss_before.objective
             if lagged and len(state.loss_history) < state.iteration:
                 # Pass t measured iteration t - 1: record it, and stop before committing
                 # to this pass's W if that loss says so.

@@ -78,9 +78,12 @@ class NMF:
     max_iter : int, default=200
         Maximum number of iterations (passes over X).
     tol : float, default=1e-4
-        Stop when the loss decreases by less than ``tol`` (relative) in an iteration.
-        With ``tol=0`` the fit stops only at ``max_iter`` or if the loss rises (which
-        happens only once it has reached the floor of floating-point rounding).
+        Stop when the objective (the loss plus the penalties, see ``loss_history_``)
+        decreases by less than ``tol`` (relative to its previous value) in an
+        iteration. A rise counts as convergence only while it is within the rounding
+        error of computing the objective; a larger rise never stops the fit. With
+        ``tol=0`` the fit stops only at ``max_iter`` or once the objective no longer
+        decreases beyond rounding.
     random_state : int, RandomState, Generator or None, default=None
         Seed of the initialisation.
     alpha_W, alpha_H, l1_ratio : float
@@ -137,11 +140,16 @@ class NMF:
     n_iter_ : int
         Iterations run.
     reconstruction_err_ : float
-        ``sqrt(2 · loss)``: the Frobenius norm ‖X − WH‖ for Frobenius, as in
-        scikit-learn for KL.
+        ``sqrt(2 · D)`` with D the data term alone at the final iterate (½‖X − WH‖²,
+        or the KL divergence), without penalties: the Frobenius norm ‖X − WH‖ for
+        Frobenius, as in scikit-learn for KL.
     loss_history_ : list of float
-        The loss (½‖X − WH‖², or the β-divergence, as scikit-learn's
-        ``_beta_divergence``) after each iteration.
+        The objective minimised after each iteration: the data term (½‖X − WH‖², or
+        the β-divergence, as scikit-learn's ``_beta_divergence``) plus the L1/L2
+        penalties with scikit-learn's scaling (``alpha_W·l1_ratio·n_features·‖W‖₁ +
+        ½·alpha_W·(1 − l1_ratio)·n_features·‖W‖²_F`` and the same for H with
+        n_samples). Without penalties it is the data term. This is the value the
+        stopping rule (``tol``) looks at.
     n_features_in_ : int
     heldout_loss_ : float
         After ``fit(X, mask=SpeckledHoldout(...))``: the loss (same ``beta_loss``, ½‖·‖²
@@ -353,7 +361,8 @@ class NMF:
             state = _engine.iterate(
                 prep.backend, source, prep.refs, solver, self._reg(params, n, m), state,
                 max_iter=params["max_iter"], tol=params["tol"],
-                norm_sq=prep.summary.norm_sq, callback=params["callback"],
+                norm_sq=prep.summary.norm_sq, total=prep.summary.total,
+                callback=params["callback"],
                 progress=progress.update,
             )
         self._set_fitted(state, k, m, prep)
@@ -377,6 +386,8 @@ class NMF:
         self.n_iter_ = state.iteration
         self.loss_history_ = list(state.loss_history)
         last = state.loss_history[-1] if state.loss_history else state.init_loss or 0.0
+        if state.data_loss is not None:
+            last = state.data_loss  # penalised: the data term alone, as scikit-learn
         self.reconstruction_err_ = math.sqrt(2.0 * max(last, 0.0))
         self.n_features_in_ = m
         for name in ("heldout_loss_", "n_heldout_"):

@@ -144,12 +144,13 @@ class Snapshot:
     converged: bool
     stopped_by_callback: bool
     heldout_loss: float | None = None
+    data_loss: float | None = None
 
     @classmethod
     def of(cls, state: _engine.FitState) -> Snapshot:
         return cls(state.iteration, list(state.W), state.H, list(state.loss_history),
                    state.init_loss, state.converged, state.stopped_by_callback,
-                   state.heldout_loss)
+                   state.heldout_loss, state.data_loss)
 
 
 class Checkpointer:
@@ -208,6 +209,7 @@ class Checkpointer:
             "loss_history": snap.loss_history,
             "init_loss": snap.init_loss,
             **({"heldout_loss": snap.heldout_loss} if snap.heldout_loss is not None else {}),
+            "data_loss": snap.data_loss,
             "updated": now(),
         }
         body["_key"] = self.store.commit(body)
@@ -746,7 +748,7 @@ def _iterate(prep: PreparedInput, solver: Any, reg: Any, state: _engine.FitState
                 _engine.iterate(
                     prep.backend, prep.source, prep.refs, solver, reg, state,
                     max_iter=max_iter, tol=params["tol"], norm_sq=prep.summary.norm_sq,
-                    keeper=ckpt.keeper, callback=params["callback"],
+                    total=prep.summary.total, keeper=ckpt.keeper, callback=params["callback"],
                     on_iteration=ckpt.on_iteration, progress=progress.update,
                 )
         except KeyboardInterrupt:
@@ -780,7 +782,12 @@ def _restore(store: RunStore, manifest: dict[str, Any],
         converged=bool(manifest.get("converged")),
         stopped_by_callback=bool(manifest.get("stopped_by_callback")),
         heldout_loss=manifest.get("heldout_loss"),
+        data_loss=_optional_float(manifest.get("data_loss")),
     )
+
+
+def _optional_float(value: Any) -> float | None:
+    return None if value is None else float(value)
 
 
 # ------------------------------------------------ a replacement killed mid-way

@@ -39,6 +39,7 @@ class Run:
     iteration : int
         Iterations done.
     loss_history : list of float
+        The objective (data term plus penalties) after each iteration.
     params : dict
         The parameters of the run (``random_state`` is the seed actually used).
     complete : bool
@@ -63,6 +64,9 @@ class Run:
         self.iteration = int(manifest["iteration"])
         self.loss_history = [float(x) for x in manifest["loss_history"]]
         self.init_loss = manifest["init_loss"]
+        #: The data term at the last iterate when the run is penalised (else None).
+        self.data_loss = (None if manifest.get("data_loss") is None
+                          else float(manifest["data_loss"]))
         self.params = dict(manifest["params"])
         self.complete = bool(manifest["complete"])
         self.stop_reason = manifest.get("stop_reason")
@@ -98,7 +102,8 @@ class Run:
             missing=p.get("missing"),
         )
         state = _engine.FitState(W=[], H=self.H, iteration=self.iteration,
-                                 loss_history=list(self.loss_history), init_loss=self.init_loss)
+                                 loss_history=list(self.loss_history), init_loss=self.init_loss,
+                                 data_loss=self.data_loss)
         est._set_fitted(state, int(p["n_components"]), self.shape[1])
         if self.manifest.get("heldout_loss") is not None:
             est.heldout_loss_ = float(self.manifest["heldout_loss"])

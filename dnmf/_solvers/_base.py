@@ -25,6 +25,7 @@ __all__ = [
     "Solver",
     "Stats",
     "add_stats",
+    "penalty",
     "solve_rows",
     "t_dot",
 ]
@@ -74,6 +75,26 @@ class PanelContext:
     H_sum: np.ndarray
     shape: tuple[int, int]
     nnz: int
+
+
+def penalty(reg: Regularization, w_sum: float, w_sq: float, H: np.ndarray) -> float:
+    """The penalty terms of the objective, scikit-learn's scaling.
+
+    ``l1_W·Σ W + ½·l2_W·‖W‖² + l1_H·Σ H + ½·l2_H·‖H‖²``, with W given by its sum
+    and sum of squares (summed over panels), H by itself. 0.0 without penalties.
+    """
+    value = 0.0
+    if reg.l1_W:
+        value += reg.l1_W * w_sum
+    if reg.l2_W:
+        value += 0.5 * reg.l2_W * w_sq
+    if reg.l1_H or reg.l2_H:
+        H64 = np.asarray(H, dtype=np.float64)
+        if reg.l1_H:
+            value += reg.l1_H * float(H64.sum())
+        if reg.l2_H:
+            value += 0.5 * reg.l2_H * float(np.vdot(H64, H64))
+    return value
 
 
 def add_stats(a: Stats, b: Stats) -> Stats:
@@ -152,6 +173,23 @@ class Solver(ABC):
     def loss_after(self, stats: Stats, H_new: np.ndarray, norm_sq: float) -> float | None:
         """Loss at the updated (W, H) if it follows from the statistics, else None."""
         return None
+
+    def penalty_before(self, stats: Stats, H: np.ndarray, reg: Regularization) -> float:
+        """The penalties at the (W, H) a pass started from (``w_sum0``, ``w_sq0``)."""
+        return penalty(reg, float(np.sum(stats["w_sum0"])), float(stats["w_sq0"][0]), H)
+
+    def penalty_after(self, stats: Stats, H_new: np.ndarray, reg: Regularization) -> float:
+        """The penalties at the updated (W, H) (``w_sum``, ``w_sq`` of the new W)."""
+        return penalty(reg, float(np.sum(stats["w_sum"])), float(stats["w_sq"][0]), H_new)
+
+    def rounding(self, norm_sq: float, total: float, eps: float) -> float:
+        """How far the computed data term can be off by rounding alone.
+
+        A loss that rises by less than this has stopped decreasing; one that rises
+        by more has not converged. The Frobenius loss is a difference of terms of
+        the size of ‖V‖² (its rounding does not shrink with the loss).
+        """
+        return 64.0 * eps * norm_sq
 
     @abstractmethod
     def transform_panel(

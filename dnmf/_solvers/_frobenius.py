@@ -18,7 +18,16 @@ from abc import abstractmethod
 import numpy as np
 
 from . import _kernels
-from ._base import Array, PanelContext, Regularization, Solver, Stats, solve_rows, t_dot
+from ._base import (
+    Array,
+    PanelContext,
+    Regularization,
+    Solver,
+    Stats,
+    penalty,
+    solve_rows,
+    t_dot,
+)
 
 __all__ = ["FrobeniusSolver"]
 
@@ -65,7 +74,10 @@ class FrobeniusSolver(Solver):
                           compiled=_kernels.enabled(ctx.shape, k)).astype(W.dtype, copy=False)
         A = t_dot(W_new, V).astype(np.float64)
         B = (W_new.T @ W_new).astype(np.float64)
-        return W_new, {"A": A, "B": B, "cross0": cross0, "gram0": gram0}
+        # Column sums of W (before and after) and ‖W_new‖² for the L1/L2 penalties.
+        return W_new, {"A": A, "B": B, "cross0": cross0, "gram0": gram0,
+                       "w_sum0": W.sum(axis=0, dtype=np.float64),
+                       "w_sum": W_new.sum(axis=0, dtype=np.float64)}
 
     def update_H(
         self, H: np.ndarray, stats: Stats, ctx: PanelContext, reg: Regularization
@@ -90,6 +102,7 @@ class FrobeniusSolver(Solver):
         return {
             "cross0": np.array([np.vdot(P, W)], dtype=np.float64),
             "gram0": (W.T @ W).astype(np.float64),
+            "w_sum0": W.sum(axis=0, dtype=np.float64),
         }
 
     def loss_before(self, stats: Stats, ctx: PanelContext, norm_sq: float) -> float:
@@ -97,6 +110,16 @@ class FrobeniusSolver(Solver):
             norm_sq - 2.0 * float(stats["cross0"][0]) + float(np.vdot(stats["gram0"], ctx.gram))
         )
         return max(value, 0.0)
+
+    def penalty_before(self, stats: Stats, H: np.ndarray, reg: Regularization) -> float:
+        if not (reg.l1_W or reg.l2_W or reg.l1_H or reg.l2_H):
+            return 0.0
+        return penalty(reg, float(np.sum(stats["w_sum0"])), float(np.trace(stats["gram0"])), H)
+
+    def penalty_after(self, stats: Stats, H_new: np.ndarray, reg: Regularization) -> float:
+        if not (reg.l1_W or reg.l2_W or reg.l1_H or reg.l2_H):
+            return 0.0
+        return penalty(reg, float(np.sum(stats["w_sum"])), float(np.trace(stats["B"])), H_new)
 
     def loss_after(self, stats: Stats, H_new: np.ndarray, norm_sq: float) -> float | None:
         H64 = H_new.astype(np.float64, copy=False)

@@ -134,7 +134,9 @@ def _kl_pieces(V: Array, WH: np.ndarray, W: np.ndarray) -> Stats:
         x = x[keep].astype(np.float64)
         xlog += np.dot(x, np.log(x / y[keep]))
         xsum += x.sum()
-    return {"kl_xlog": xlog, "kl_xsum": xsum, "w_sum0": W.sum(axis=0, dtype=np.float64)}
+    W64 = W.astype(np.float64, copy=False)
+    return {"kl_xlog": xlog, "kl_xsum": xsum, "w_sum0": W.sum(axis=0, dtype=np.float64),
+            "w_sq0": np.array([np.vdot(W64, W64)])}
 
 
 def _kl_pieces_from_ratio(V: np.ndarray, R: np.ndarray, W: np.ndarray) -> Stats:
@@ -202,6 +204,8 @@ class KLMultiplicative(Solver):
         A = t_dot(W_new, _ratio(V, _wh_at(W_new, H, V, compiled)))
         pieces["A"] = A.astype(np.float64, copy=False)
         pieces["w_sum"] = W_new.sum(axis=0, dtype=np.float64)
+        W64 = W_new.astype(np.float64, copy=False)
+        pieces["w_sq"] = np.array([np.vdot(W64, W64)])
         return W_new, pieces
 
     def _step_W(
@@ -252,6 +256,10 @@ class KLMultiplicative(Solver):
         sum_wh = float(np.dot(stats["w_sum0"], ctx.H_sum.astype(np.float64)))
         value = float(stats["kl_xlog"][0]) + sum_wh - float(stats["kl_xsum"][0])
         return max(value, 0.0)
+
+    def rounding(self, norm_sq: float, total: float, eps: float) -> float:
+        # Σ v·log(v/wh) + Σ wh − Σ v: terms of the size of Σ v.
+        return 64.0 * eps * total
 
     def transform_panel(
         self,
