@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import (
     ClusterLostError,
-    ConvergenceWarning,
     CorruptCheckpointError,
     DnmfError,
     IncompatibleRunError,
@@ -54,6 +53,8 @@ _LAZY: dict[str, str] = {
     # The reader layer (NumPy, SciPy, fsspec), when first used.
     "open_source": ".io",
     "to_anndata": ".io",
+    # Also scikit-learn's ConvergenceWarning: made when first asked for.
+    "ConvergenceWarning": ".errors",
 }
 #: Subpackages reachable as attributes (``dnmf.io.write_csr_zarr``) without an import.
 _SUBMODULES = {"io", "testing"}

@@ -28,12 +28,15 @@ from . import _init
 from ._backend import Backend, Pending
 from ._solvers import PanelContext, Regularization, Solver, Stats, add_stats
 from ._source import PanelSource, check_panel, load_panel, panel_start
-from .errors import ConvergenceWarning, InvalidInputError
+from . import errors
+from .errors import InvalidInputError
 
 __all__ = [
     "DataSummary",
     "FitState",
     "Loss",
+    "balance",
+    "balances",
     "MemoryKeeper",
     "context_for",
     "initialize",
@@ -545,10 +548,66 @@ def iterate(
         warnings.warn(
             f"Maximum number of iterations {max_iter} reached before the relative "
             f"decrease of the loss fell below tol={tol}. Increase max_iter or tol.",
-            ConvergenceWarning,
+            errors.ConvergenceWarning,
             stacklevel=3,
         )
     return state
+
+
+# ----------------------------------------------------------------- balancing
+def balances(solver: Solver, reg: Regularization) -> bool:
+    """Whether a fit with ``solver`` and ``reg`` ends with :func:`balance`.
+
+    HALS and ALS do; MU does not, so that its W and H stay those of scikit-learn's
+    ``solver="mu"`` from the same start. Penalised fits do not: with L1/L2 penalties
+    the objective depends on how W and H share the scale, so a rescaling would change
+    the value that was minimised.
+    """
+    unpenalised = not (reg.l1_W or reg.l2_W or reg.l1_H or reg.l2_H)
+    return bool(getattr(solver, "balances", False)) and unpenalised
+
+
+def _column_max_task(w_ref: Any) -> tuple[None, np.ndarray]:
+    W = load_panel(w_ref)
+    if W.shape[0] == 0:
+        return None, np.zeros(W.shape[1])
+    return None, W.max(axis=0).astype(np.float64)
+
+
+def _scale_task(w_ref: Any, sink: Any, scale: np.ndarray) -> Any:
+    W = load_panel(w_ref)
+    scaled = (W * scale).astype(W.dtype, copy=False)
+    return sink.store(scaled) if sink is not None else scaled
+
+
+def balance(backend: Backend, state: FitState, keeper: WKeeper | None = None) -> np.ndarray:
+    """Rescale W's columns and H's rows so that ``max W[:, j] = max H[j]`` for every j.
+
+    W·H is unchanged (up to rounding), and then ``max(W)·max(H) = max_j max(W[:, j])·
+    max(H[j]) = max_j max(w_j h_j) <= max(W·H)``: no entry of either factor is larger
+    than the data's scale. HALS and ALS leave the split of scale between a column of
+    W and its row of H to chance (their iterates are equivariant to it); without this
+    step a swimmer fit ended with max(W)·max(H) = 150 × max(V). A component that is 0
+    in either factor is left as it is. One read of W for its column maxima (reduced
+    by max in the fixed tree) and one write; V is not read. Returns the scale applied
+    to W's columns (H's rows are divided by it).
+    """
+    k = state.H.shape[0]
+    _, w_max = backend.run_pass(_column_max_task, [(w,) for w in state.W], (), np.maximum,
+                                keep_outputs=False)
+    h_max = np.asarray(state.H, dtype=np.float64).max(axis=1)
+    scale = np.ones(k)
+    live = (w_max > 0) & (h_max > 0) & np.isfinite(w_max) & np.isfinite(h_max)
+    scale[live] = np.sqrt(h_max[live] / w_max[live])
+    if np.all(scale == 1.0):
+        return scale
+    keeper = keeper or MemoryKeeper(len(state.W))
+    sinks = keeper.sinks(state.iteration)
+    dtype = np.asarray(state.H).dtype
+    outputs = backend.map_keep(_scale_task, list(zip(state.W, sinks)), (scale.astype(dtype),))
+    state.W = keeper.handles(outputs, sinks)
+    state.H = (np.asarray(state.H, dtype=np.float64) / scale[:, np.newaxis]).astype(dtype)
+    return scale
 
 
 # ---------------------------------------------------------------- transform

@@ -358,13 +358,16 @@ class NMF:
         from ._progress import Progress
 
         with Progress(params["verbose"], params["max_iter"], prep.backend) as progress:
+            reg = self._reg(params, n, m)
             state = _engine.iterate(
-                prep.backend, source, prep.refs, solver, self._reg(params, n, m), state,
+                prep.backend, source, prep.refs, solver, reg, state,
                 max_iter=params["max_iter"], tol=params["tol"],
                 norm_sq=prep.summary.norm_sq, total=prep.summary.total,
                 callback=params["callback"],
                 progress=progress.update,
             )
+        if _engine.balances(solver, reg):
+            _engine.balance(prep.backend, state)
         self._set_fitted(state, k, m, prep)
         return prep.assemble(state.W, k)
 

@@ -44,7 +44,8 @@ from ._store import (
     now,
     pause_point,
 )
-from .errors import ConvergenceWarning, IncompatibleRunError, StoreError
+from . import errors
+from .errors import IncompatibleRunError, StoreError
 
 if TYPE_CHECKING:
     from ._backend import Backend
@@ -738,7 +739,7 @@ def _iterate(prep: PreparedInput, solver: Any, reg: Any, state: _engine.FitState
             warnings.warn(
                 f"Maximum number of iterations {max_iter} reached before the relative "
                 f"decrease of the loss fell below tol={params['tol']}. Increase max_iter "
-                f"or tol.", ConvergenceWarning, stacklevel=4,
+                f"or tol.", errors.ConvergenceWarning, stacklevel=4,
             )
     else:
         from ._progress import Progress
@@ -756,6 +757,9 @@ def _iterate(prep: PreparedInput, solver: Any, reg: Any, state: _engine.FitState
             raise
     reason = ("converged" if state.converged else
               "callback" if state.stopped_by_callback else "max_iter")
+    if _engine.balances(solver, reg):
+        # Into a free W buffer; the committed one stays intact until this commit.
+        _engine.balance(prep.backend, state, ckpt.keeper)
     return ckpt.commit(Snapshot.of(state), complete=True, stop_reason=reason)
 
 

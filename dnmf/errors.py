@@ -8,6 +8,8 @@ offending value, where it was found and what to do about it.
 
 from __future__ import annotations
 
+from typing import Any
+
 __all__ = [
     "ClusterLostError",
     "ConvergenceWarning",
@@ -73,5 +75,26 @@ class RunLockedError(DnmfError):
     """Another live process holds the write lock of a run."""
 
 
-class ConvergenceWarning(UserWarning):
-    """The fit stopped at ``max_iter`` before reaching ``tol``."""
+def _convergence_warning() -> type[UserWarning]:
+    """dnmf's ConvergenceWarning: also scikit-learn's, so filters on either catch it.
+
+    Made on first use (module ``__getattr__``), so that importing dnmf does not
+    import scikit-learn.
+    """
+    from sklearn.exceptions import ConvergenceWarning as SklearnConvergenceWarning
+
+    return type(
+        "ConvergenceWarning",
+        (SklearnConvergenceWarning,),
+        {"__module__": __name__,
+         "__doc__": "The fit stopped at ``max_iter`` before reaching ``tol`` (also "
+                    "``sklearn.exceptions.ConvergenceWarning``)."},
+    )
+
+
+def __getattr__(name: str) -> Any:
+    if name == "ConvergenceWarning":
+        cls = _convergence_warning()
+        globals()["ConvergenceWarning"] = cls
+        return cls
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -24,6 +24,9 @@ __all__ = ["ALS"]
 class ALS(FrobeniusSolver):
     """ANLS with block principal pivoting for ½‖V − WH‖² with L1/L2 penalties."""
 
+    #: Fits end by balancing the scale of W's columns and H's rows (engine.balance).
+    balances = True
+
     def step(
         self,
         X: np.ndarray,

@@ -149,6 +149,8 @@ class Solver(ABC):
 
     beta: float = 2.0
     exact_loss_after_update: bool = True
+    #: Does an unpenalised fit end with ``engine.balance`` (HALS, ALS)?
+    balances: bool = False
 
     @abstractmethod
     def update_panel(

@@ -56,6 +56,9 @@ CHUNK_ELEMENTS = 2**16
 class HALS(FrobeniusSolver):
     """Accelerated HALS for ½‖V − WH‖² with L1/L2 penalties."""
 
+    #: Fits end by balancing the scale of W's columns and H's rows (engine.balance).
+    balances = True
+
     def step(
         self,
         X: np.ndarray,
