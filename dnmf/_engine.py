@@ -546,8 +546,9 @@ def iterate(
     state.done = True
     if not (state.converged or state.stopped_by_callback):
         warnings.warn(
-            f"Maximum number of iterations {max_iter} reached before the relative "
-            f"decrease of the loss fell below tol={tol}. Increase max_iter or tol.",
+            f"Maximum number of iterations {max_iter} reached. Increase it to improve "
+            f"convergence (the relative decrease of the objective was still above "
+            f"tol={tol}; or raise tol).",
             errors.ConvergenceWarning,
             stacklevel=3,
         )

@@ -8,19 +8,23 @@ no mathematics and no scheduling of its own.
 
 from __future__ import annotations
 
-import inspect
 import logging
 import math
+import os
+import warnings
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+import scipy.sparse as sp
+from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin
+from sklearn.utils.validation import validate_data
 
 from . import _engine, _mask
 from ._prepared import PreparedInput
 from ._solvers import Regularization, Solver, get_solver
 from ._solvers._masked import get_masked_solver
-from ._source import as_source
+from ._source import PanelSource, as_source
 from ._validation import (
     check_beta_data,
     check_custom_factor,
@@ -30,7 +34,7 @@ from ._validation import (
     resolve_init,
     resolve_seed,
 )
-from .errors import InvalidInputError, InvalidParameterError, NotFittedError
+from .errors import InvalidDtypeError, InvalidInputError, InvalidParameterError, NotFittedError
 from .io import engine_input
 
 __all__ = ["NMF", "non_negative_factorization"]
@@ -38,7 +42,19 @@ __all__ = ["NMF", "non_negative_factorization"]
 logger = logging.getLogger("dnmf")
 
 
-class NMF:
+def _is_frame(X: Any) -> bool:
+    """A pandas or polars DataFrame (anything with columns that is not a Dask array)."""
+    return hasattr(X, "columns") and not hasattr(X, "dask")
+
+
+def _frame_values(X: Any) -> Any:
+    """A DataFrame's values as a NumPy array (other inputs unchanged)."""
+    if _is_frame(X):
+        return np.asarray(X.to_numpy() if hasattr(X, "to_numpy") else X)
+    return X
+
+
+class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
     r"""Non-negative matrix factorization of data that may not fit in memory.
 
     Find non-negative ``W`` (n_samples × n_components) and ``H`` (n_components ×
@@ -176,7 +192,7 @@ class NMF:
 
     def __init__(
         self,
-        n_components: int | str = "auto",
+        n_components: int | str | None = "auto",
         *,
         solver: str = "hals",
         beta_loss: str | float = "frobenius",
@@ -220,56 +236,35 @@ class NMF:
         self.missing = missing
 
     # ------------------------------------------------------------ parameters
-    @classmethod
-    def _get_param_names(cls) -> list[str]:
-        signature = inspect.signature(cls.__init__)
-        return sorted(p for p in signature.parameters if p != "self")
-
-    def get_params(self, deep: bool = True) -> dict[str, Any]:
-        """Parameters of this estimator (scikit-learn protocol)."""
-        return {name: getattr(self, name) for name in self._get_param_names()}
-
-    def set_params(self, **params: Any) -> NMF:
-        """Set parameters (scikit-learn protocol)."""
-        valid = self._get_param_names()
-        for name, value in params.items():
-            if name not in valid:
-                raise ValueError(
-                    f"Invalid parameter {name!r} for estimator {type(self).__name__}. "
-                    f"Valid parameters are: {valid!r}."
-                )
-            setattr(self, name, value)
-        return self
-
-    def __repr__(self) -> str:
-        defaults = {
-            name: p.default
-            for name, p in inspect.signature(type(self).__init__).parameters.items()
-            if name != "self"
-        }
-        shown = []
-        for name in self._get_param_names():
-            value = getattr(self, name)
-            default = defaults[name]
-            same = value is default or (
-                type(value) is type(default) and not callable(value) and value == default
-            )
-            if not same:
-                shown.append(f"{name}={value!r}")
-        return f"{type(self).__name__}({', '.join(shown)})"
-
+    # get_params, set_params, repr, feature names, set_output and metadata routing
+    # come from scikit-learn's mixins.
     def __sklearn_tags__(self) -> Any:
-        # scikit-learn is imported only when scikit-learn itself asks for the tags.
-        from sklearn.utils import InputTags, Tags, TargetTags, TransformerTags
+        tags = super().__sklearn_tags__()
+        tags.input_tags.positive_only = True
+        tags.input_tags.sparse = True
+        tags.transformer_tags.preserves_dtype = ["float64", "float32"]
+        tags.input_tags.allow_nan = self.missing == "nan"
+        return tags
 
-        return Tags(
-            estimator_type=None,
-            target_tags=TargetTags(required=False),
-            transformer_tags=TransformerTags(preserves_dtype=["float64", "float32"]),
-            input_tags=InputTags(positive_only=True, sparse=True, two_d_array=True,
-                                 allow_nan=self.missing == "nan"),
-            requires_fit=True,
-        )
+    @property
+    def _n_features_out(self) -> int:
+        """Number of output features (``get_feature_names_out``): the components."""
+        return int(self.components_.shape[0])
+
+    def _check_frame(self, X: Any, *, reset: bool) -> Any:
+        """Feature names (``feature_names_in_``) and their consistency check.
+
+        scikit-learn's own check, for every input that has a shape (arrays, sparse,
+        Dask, Zarr, DataFrames); a DataFrame is then taken as its values. Paths are
+        opened later and carry no column names.
+        """
+        if (isinstance(X, str | os.PathLike | PanelSource) or not hasattr(X, "shape")
+                or len(X.shape) != 2):
+            if reset and hasattr(self, "feature_names_in_"):
+                del self.feature_names_in_
+            return X
+        validate_data(self, X, reset=reset, skip_check_array=True, ensure_2d=False)
+        return _frame_values(X)
 
     def _checked(self) -> dict[str, Any]:
         return check_params(self.get_params())
@@ -329,6 +324,13 @@ class NMF:
         """
         params = self._checked()
         self._check_masked(params, mask)
+        X = self._check_frame(X, reset=True)
+        if params["init"] != "custom" and (W is not None or H is not None):
+            warnings.warn(
+                "When init!='custom', provided W or H are ignored. Set init='custom' to "
+                "use them as initialization.", RuntimeWarning, stacklevel=2,
+            )
+            W = H = None
         if params["out"] is not None:
             from ._run import fit_to_store
 
@@ -344,6 +346,7 @@ class NMF:
         init = resolve_init(params["init"], k, n, m)
         seed = resolve_seed(params["random_state"])
         if init == "custom":
+            _check_factor_dtypes(W, H, source.dtype)
             W0 = check_custom_factor(W, "W", (n, k), source.dtype)
             H0 = check_custom_factor(H, "H", (k, m), source.dtype)
             W_handles = prep.split_rows(W0)
@@ -373,6 +376,8 @@ class NMF:
 
     def _resolve_k(self, params: dict[str, Any], W: Any, H: Any, m: int) -> int:
         k = params["n_components"]
+        if k is None:
+            return m  # scikit-learn: None means n_features
         if k != "auto":
             return int(k)
         if params["init"] == "custom":
@@ -386,6 +391,7 @@ class NMF:
                     prep: PreparedInput | None = None) -> None:
         self.components_ = np.asarray(state.H)
         self.n_components_ = k
+        self._n_components = k
         self.n_iter_ = state.iteration
         self.loss_history_ = list(state.loss_history)
         last = state.loss_history[-1] if state.loss_history else state.init_loss or 0.0
@@ -419,6 +425,9 @@ class NMF:
         params = self._checked()
         self._check_masked(params, mask)
         source = as_source(engine_input(X))
+        # Feature names first (scikit-learn's order: names, then their number).
+        X = self._check_frame(X, reset=False)
+        source = as_source(engine_input(X))
         if source.shape[1] != self.n_features_in_:
             raise InvalidInputError(
                 f"X has {source.shape[1]} features, but {type(self).__name__} is "
@@ -449,7 +458,15 @@ class NMF:
         self._check_fitted()
         if hasattr(X, "dask"):
             return X @ self.components_
-        W = np.asarray(X)
+        if sp.issparse(X):
+            if X.shape[1] != self.n_components_:
+                raise InvalidInputError(
+                    f"W has shape {X.shape}, but {type(self).__name__} has "
+                    f"{self.n_components_} components: expected (n_samples, "
+                    f"{self.n_components_})."
+                )
+            return np.asarray(X @ self.components_)
+        W = np.asarray(_frame_values(X))
         if W.ndim != 2 or W.shape[1] != self.n_components_:
             raise InvalidInputError(
                 f"W has shape {W.shape}, but {type(self).__name__} has "
@@ -459,11 +476,23 @@ class NMF:
         return W @ self.components_
 
 
+def _check_factor_dtypes(W: Any, H: Any, dtype: np.dtype) -> None:
+    """scikit-learn's rule: custom W and H arrays must have X's dtype (TypeError)."""
+    dtypes = {name: np.dtype(value.dtype) for name, value in (("W", W), ("H", H))
+              if value is not None and hasattr(value, "dtype")}
+    if any(d != dtype for d in dtypes.values()):
+        got = " and ".join(f"{name}.dtype = {d}" for name, d in dtypes.items())
+        raise InvalidDtypeError(
+            f"H and W should have the same dtype as X. Got {got}, but X (as fitted) is "
+            f"{np.dtype(dtype)}. Convert them, e.g. W.astype(X.dtype)."
+        )
+
+
 def non_negative_factorization(
     X: Any,
     W: Any = None,
     H: Any = None,
-    n_components: int | str = "auto",
+    n_components: int | str | None = "auto",
     *,
     init: str | None = None,
     update_H: bool = True,
@@ -502,8 +531,21 @@ def non_negative_factorization(
         return W_out, est.components_, est.n_iter_
     if H is None:
         raise InvalidInputError("update_H=False needs H: pass the fixed H.")
-    source = as_source(engine_input(X))
-    k = int(np.shape(H)[0]) if n_components == "auto" else int(n_components)
+    if W is not None:
+        warnings.warn("When update_H=False, the provided initial W is not used.",
+                      RuntimeWarning, stacklevel=2)
+    source = as_source(engine_input(_frame_values(X)))
+    if n_components == "auto":
+        k = int(np.shape(H)[0])
+    elif n_components is None:
+        k = source.shape[1]
+    else:
+        k = int(n_components)
+    if hasattr(H, "dtype") and np.dtype(H.dtype) != source.dtype:
+        raise InvalidDtypeError(
+            f"H should have the same dtype as X. Got H.dtype = {np.dtype(H.dtype)}, but X "
+            f"is {source.dtype}. Convert it, e.g. H.astype(X.dtype)."
+        )
     H_fixed = check_custom_factor(H, "H", (k, source.shape[1]), source.dtype)
     est.components_ = H_fixed
     est.n_components_ = k

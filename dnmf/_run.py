@@ -737,9 +737,10 @@ def _iterate(prep: PreparedInput, solver: Any, reg: Any, state: _engine.FitState
         state.done = True
         if not (state.converged or state.stopped_by_callback):
             warnings.warn(
-                f"Maximum number of iterations {max_iter} reached before the relative "
-                f"decrease of the loss fell below tol={params['tol']}. Increase max_iter "
-                f"or tol.", errors.ConvergenceWarning, stacklevel=4,
+                f"Maximum number of iterations {max_iter} reached. Increase it to "
+                f"improve convergence (the relative decrease of the objective was still "
+                f"above tol={params['tol']}; or raise tol).", errors.ConvergenceWarning,
+                stacklevel=4,
             )
     else:
         from ._progress import Progress

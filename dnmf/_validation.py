@@ -27,7 +27,8 @@ __all__ = [
     "resolve_seed",
 ]
 
-SOLVERS = ("hals", "mu", "als", "amu")
+#: "cd" is scikit-learn's name for its coordinate descent: HALS is that method.
+SOLVERS = ("hals", "mu", "als", "amu", "cd")
 #: The named divergences and their β (scikit-learn's names).
 BETA_NAMES = {"frobenius": 2.0, "kullback-leibler": 1.0, "itakura-saito": 0.0}
 
@@ -77,7 +78,8 @@ def _non_negative_real(value: Any) -> bool:
 
 #: parameter → (test, what is allowed)
 CONSTRAINTS: dict[str, tuple[Callable[[Any], bool], str]] = {
-    "n_components": (lambda v: v == "auto" or _positive_int(v), "a positive int or 'auto'"),
+    "n_components": (lambda v: v is None or v == "auto" or _positive_int(v),
+                     "a positive int, 'auto' or None"),
     "solver": (lambda v: v in SOLVERS, f"one of {SOLVERS}"),
     "beta_loss": (
         _beta_loss_ok,
@@ -134,7 +136,7 @@ def check_params(params: dict[str, Any]) -> dict[str, Any]:
     if "beta_loss" in checked:
         checked["beta_loss"] = normalize_beta_loss(checked["beta_loss"])
     solver, loss = checked.get("solver"), checked.get("beta_loss")
-    if loss is not None and loss != "frobenius" and solver in ("hals", "als"):
+    if loss is not None and loss != "frobenius" and solver in ("hals", "als", "cd"):
         divergence = {"kullback-leibler": "KL divergence (or 'amu', accelerated MU)",
                       "itakura-saito": "Itakura-Saito divergence"}.get(
                           str(loss), f"beta-divergence with beta={loss!r}")
@@ -151,6 +153,8 @@ def check_params(params: dict[str, Any]) -> dict[str, Any]:
             f"beta_loss='kullback-leibler' with 'amu', or solver='mu' for other "
             f"divergences."
         )
+    if solver == "cd":
+        checked["solver"] = "hals"  # the same method: exact coordinate updates
     if checked.get("panel_rows") is not None and checked.get("panel_bytes") is not None:
         raise InvalidParameterError(
             f"panel_rows={checked['panel_rows']!r} and panel_bytes="
@@ -210,10 +214,15 @@ def check_custom_factor(
             f"fit(X, W=..., H=...), or choose another init such as 'nndsvda'."
         )
     arr = np.array(value, dtype=dtype, copy=True)
-    if arr.shape != shape:
+    if arr.ndim != 2 or arr.shape != shape:
+        # scikit-learn's wording, then what to check.
+        which = "first" if arr.ndim != 2 or arr.shape[0] != shape[0] else "second"
+        axis = 0 if which == "first" else 1
+        got = arr.shape[axis] if arr.ndim == 2 else arr.shape
         raise InvalidInputError(
-            f"Array with wrong shape passed to NMF (custom init): {name} has shape "
-            f"{arr.shape}, expected {shape}. Check n_components and the data's shape."
+            f"Array with wrong {which} dimension passed to NMF (input {name}). Expected "
+            f"{shape[axis]}, but got {got}: {name} has shape {arr.shape}, expected "
+            f"{shape}. Check n_components and the data's shape."
         )
     if not np.all(np.isfinite(arr)):
         raise InvalidInputError(
@@ -221,8 +230,9 @@ def check_custom_factor(
         )
     if np.any(arr < 0):
         raise InvalidInputError(
-            f"Negative values in data passed to NMF (input {name}, custom init): "
-            f"{int(np.count_nonzero(arr < 0))} entries are negative. A starting factor "
+            f"Negative values in data passed to NMF (input {name}): "
+            f"{int(np.count_nonzero(arr < 0))} entries are negative (custom init). A "
+            f"starting factor "
             f"must be non-negative: clip it with np.clip({name}, 0, None)."
         )
     if name == "H" and not np.any(arr):
