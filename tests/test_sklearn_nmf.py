@@ -33,11 +33,8 @@ estimator): ``test_initialize_nn_output``, ``test_initialize_close``,
 
 Changed because they only match the wording of an error message
 ---------------------------------------------------------------
-``test_parameter_checking``: (1) scikit-learn's "Invalid beta_loss parameter: solver
-'cd' does not handle beta_loss = 1.0" is dnmf's "solver='cd' minimises the Frobenius
-norm only, but beta_loss='kullback-leibler' was asked for. Use solver='mu' ..." (it
-names the fix); the case still asserts the ValueError. (2) "init = 'nndsvd' can only
-be used when ..." is written ``init='nndsvd'`` by dnmf; matched with that spelling.
+``test_parameter_checking``: scikit-learn's "init = 'nndsvd' can only be used when ..."
+is written ``init='nndsvd'`` (no spaces) by dnmf; matched with that spelling.
 
 β-divergences other than 1 and 2 (``test_nmf_negative_beta_loss`` and the
 ``test_nmf_decreasing`` cases β ∈ {-1.2, 0, 0.2, 2.5}) are marked
@@ -112,8 +109,7 @@ def test_parameter_checking():
 
     A = np.ones((2, 2))
 
-    # dnmf's wording (see the header): the solver, the loss and what to use instead.
-    msg = "solver='cd' minimises the Frobenius norm only"
+    msg = "Invalid beta_loss parameter: solver 'cd' does not handle beta_loss = 1.0"
     with pytest.raises(ValueError, match=msg):
         NMF(solver="cd", beta_loss=1.0).fit(A)
     msg = "Negative values in data passed to"

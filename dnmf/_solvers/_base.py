@@ -25,8 +25,10 @@ __all__ = [
     "Solver",
     "Stats",
     "add_stats",
+    "penalised",
     "penalty",
     "solve_rows",
+    "w_pieces",
     "t_dot",
 ]
 
@@ -95,6 +97,17 @@ def penalty(reg: Regularization, w_sum: float, w_sq: float, H: np.ndarray) -> fl
         if reg.l2_H:
             value += 0.5 * reg.l2_H * float(np.vdot(H64, H64))
     return value
+
+
+def penalised(reg: Regularization) -> bool:
+    """Whether any of the four penalties is non-zero."""
+    return bool(reg.l1_W or reg.l2_W or reg.l1_H or reg.l2_H)
+
+
+def w_pieces(W: np.ndarray, suffix: str = "0") -> Stats:
+    """Column sums and the sum of squares of a W panel (the penalties' W terms)."""
+    W64 = np.asarray(W, dtype=np.float64)
+    return {f"w_sum{suffix}": W64.sum(axis=0), f"w_sq{suffix}": np.array([np.vdot(W64, W64)])}
 
 
 def add_stats(a: Stats, b: Stats) -> Stats:
@@ -178,10 +191,14 @@ class Solver(ABC):
 
     def penalty_before(self, stats: Stats, H: np.ndarray, reg: Regularization) -> float:
         """The penalties at the (W, H) a pass started from (``w_sum0``, ``w_sq0``)."""
+        if not penalised(reg):
+            return 0.0
         return penalty(reg, float(np.sum(stats["w_sum0"])), float(stats["w_sq0"][0]), H)
 
     def penalty_after(self, stats: Stats, H_new: np.ndarray, reg: Regularization) -> float:
         """The penalties at the updated (W, H) (``w_sum``, ``w_sq`` of the new W)."""
+        if not penalised(reg):
+            return 0.0
         return penalty(reg, float(np.sum(stats["w_sum"])), float(stats["w_sq"][0]), H_new)
 
     def rounding(self, norm_sq: float, total: float, eps: float) -> float:

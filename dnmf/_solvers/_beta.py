@@ -37,7 +37,16 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-from ._base import EPSILON, Array, PanelContext, Regularization, Solver, Stats, solve_rows
+from ._base import (
+    EPSILON,
+    Array,
+    PanelContext,
+    Regularization,
+    Solver,
+    Stats,
+    solve_rows,
+    w_pieces,
+)
 
 __all__ = ["BetaMultiplicative", "beta_divergence_pieces", "beta_gamma", "power"]
 
@@ -300,7 +309,7 @@ class BetaMultiplicative(Solver):
             numerator += _rmatmul_T(_xq(Xb, r, c, Q, (Wb.shape[0], m)), Wb)
             denominator += Wb.T @ D
         return W_new, {"num": numerator, "den": denominator,
-                       "loss": np.array(pieces, dtype=np.float64)}
+                       "loss": np.array(pieces, dtype=np.float64), **w_pieces(W)}
 
     # ------------------------------------------------------------- H-step
     def update_H(
@@ -322,7 +331,7 @@ class BetaMultiplicative(Solver):
         for rows in _row_blocks(n, m):
             Xb, r, c = _block(V, rows)
             self._add_loss(pieces, Xb, r, c, W[rows] @ ctx.H)
-        return {"loss": np.array(pieces, dtype=np.float64)}
+        return {"loss": np.array(pieces, dtype=np.float64), **w_pieces(W)}
 
     def loss_before(self, stats: Stats, ctx: PanelContext, norm_sq: float) -> float:
         a, b, c = (float(v) for v in stats["loss"])
