@@ -264,6 +264,11 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
                 del self.feature_names_in_
             return X
         validate_data(self, X, reset=reset, skip_check_array=True, ensure_2d=False)
+        if not reset and X.shape[1] != self.n_features_in_:
+            raise InvalidInputError(
+                f"X has {X.shape[1]} features, but {type(self).__name__} is "
+                f"expecting {self.n_features_in_} features as input."
+            )
         return _frame_values(X)
 
     def _checked(self) -> dict[str, Any]:
@@ -424,7 +429,6 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         self._check_fitted()
         params = self._checked()
         self._check_masked(params, mask)
-        source = as_source(engine_input(X))
         # Feature names first (scikit-learn's order: names, then their number).
         X = self._check_frame(X, reset=False)
         source = as_source(engine_input(X))
