@@ -465,7 +465,7 @@ def test_missing_zarr_path_is_explained(tmp_path):
 @pytest.mark.parametrize("params,match", [
     ({"n_components": 0}, r"'n_components' parameter of NMF must be a positive int.* Got 0"),
     ({"n_components": 2.5}, r"'n_components'.*Got 2.5"),
-    ({"solver": "cd"}, r"'solver' parameter.*Got 'cd'"),
+    ({"solver": "lbfgs"}, r"'solver' parameter.*Got 'lbfgs'"),
     ({"beta_loss": "itakura"}, r"'beta_loss'.*Got 'itakura'"),
     ({"init": "svd"}, r"'init'.*Got 'svd'"),
     ({"max_iter": 0}, r"'max_iter'.*Got 0"),
