@@ -36,6 +36,9 @@ __all__ = [
     "FitState",
     "Loss",
     "balance",
+    "balance_scale",
+    "balanced_H",
+    "balanced_W",
     "balances",
     "MemoryKeeper",
     "context_for",
@@ -148,14 +151,18 @@ def scan(backend: Backend, source: PanelSource, refs: list[Any], bounds: list[tu
 
 
 # ------------------------------------------------------------------- the context
-def context_for(H: np.ndarray, source: PanelSource) -> PanelContext:
-    """The H-derived data every panel of a pass needs."""
-    return _context(H.astype(source.dtype, copy=False), source.shape, source.nnz)
+def context_for(H: np.ndarray, source: PanelSource,
+                iteration: int | None = None) -> PanelContext:
+    """The H-derived data every panel of a pass needs (``iteration``: passes done)."""
+    return _context(H.astype(source.dtype, copy=False), source.shape, source.work_nnz,
+                    iteration)
 
 
-def _context(H_data: np.ndarray, shape: tuple[int, int], nnz: int) -> PanelContext:
+def _context(H_data: np.ndarray, shape: tuple[int, int], nnz: int,
+             iteration: int | None = None) -> PanelContext:
     H64 = H_data.astype(np.float64, copy=False)
-    return PanelContext(H=H_data, gram=H64 @ H64.T, H_sum=H64.sum(axis=1), shape=shape, nnz=nnz)
+    return PanelContext(H=H_data, gram=H64 @ H64.T, H_sum=H64.sum(axis=1), shape=shape,
+                        nnz=nnz, iteration=iteration)
 
 
 # ---------------------------------------------------------------- initialisation
@@ -370,7 +377,8 @@ def h_step(stats: Stats, solver: Solver, ctx: PanelContext, reg: Regularization,
              else Loss(data_after, solver.penalty_after(stats, H_new, reg)))
     # The context holds H_new itself when the dtypes agree: the task's result then
     # carries H once, to the driver and to the workers of the next pass.
-    next_ctx = _context(H_new.astype(ctx.H.dtype, copy=False), ctx.shape, ctx.nnz)
+    next_ctx = _context(H_new.astype(ctx.H.dtype, copy=False), ctx.shape, ctx.nnz,
+                        None if ctx.iteration is None else ctx.iteration + 1)
     return next_ctx, (before, after, H_new, heldout)
 
 
@@ -495,7 +503,7 @@ def iterate(
     # tasks: a lost worker would make Dask rerun them, writing a W buffer that may
     # have been reused since; their context is made here from H.
     reuse_ctx = ahead or not backend.distributed
-    ctx: Any = context_for(state.H, source)
+    ctx: Any = context_for(state.H, source, state.iteration)
     with backend.driver_limits():
         while True:
             if lagged and state.iteration == max_iter:
@@ -531,7 +539,8 @@ def iterate(
                     break
             state.W = next_W if next_W is not None else keeper.handles(pending.outputs, sinks)
             state.H = H_new.astype(source.dtype)
-            ctx = pending.part() if reuse_ctx else context_for(state.H, source)
+            ctx = (pending.part() if reuse_ctx
+                   else context_for(state.H, source, state.iteration + 1))
             state.iteration += 1
             stop = False
             if not lagged:
@@ -576,22 +585,43 @@ def _column_max_task(w_ref: Any) -> tuple[None, np.ndarray]:
 
 
 def _scale_task(w_ref: Any, sink: Any, scale: np.ndarray) -> Any:
-    W = load_panel(w_ref)
-    scaled = (W * scale).astype(W.dtype, copy=False)
-    return sink.store(scaled) if sink is not None else scaled
+    W = balanced_W(load_panel(w_ref), scale)
+    return sink.store(W) if sink is not None else W
 
 
-def balance(backend: Backend, state: FitState, keeper: WKeeper | None = None) -> np.ndarray:
-    """Rescale W's columns and H's rows so that ``max W[:, j] = max H[j]`` for every j.
+def balanced_W(W: Any, scale: Any) -> Any:
+    """W's columns times ``scale`` (a NumPy panel or a Dask array), in W's dtype.
 
-    W·H is unchanged (up to rounding), and then ``max(W)·max(H) = max_j max(W[:, j])·
-    max(H[j]) = max_j max(w_j h_j) <= max(W·H)``: no entry of either factor is larger
-    than the data's scale. HALS and ALS leave the split of scale between a column of
-    W and its row of H to chance (their iterates are equivariant to it); without this
-    step a swimmer fit ended with max(W)·max(H) = 150 × max(V). A component that is 0
-    in either factor is left as it is. One read of W for its column maxima (reduced
-    by max in the fixed tree) and one write; V is not read. Returns the scale applied
-    to W's columns (H's rows are divided by it).
+    The one formula every reader of a balanced result uses, so that a fit in memory,
+    a run store's W and an export agree bit for bit.
+    """
+    return W * np.asarray(scale, dtype=np.float64).astype(W.dtype)
+
+
+def balanced_H(H: np.ndarray, scale: Any) -> np.ndarray:
+    """H's rows divided by ``scale``, in H's dtype (see :func:`balanced_W`)."""
+    H = np.asarray(H)
+    scale = np.asarray(scale, dtype=np.float64)
+    return (H.astype(np.float64) / scale[:, np.newaxis]).astype(H.dtype)
+
+
+def balance_scale(backend: Backend, state: FitState) -> np.ndarray | None:
+    """The scale that balances W's columns and H's rows: ``max W[:, j] = max H[j]``.
+
+    Applied as ``W · diag(s)`` and ``diag(s)⁻¹ · H`` (:func:`balanced_W`,
+    :func:`balanced_H`), W·H is unchanged (up to rounding), and then
+    ``max(W)·max(H) = max_j max(W[:, j])·max(H[j]) = max_j max(w_j h_j) <= max(W·H)``:
+    no entry of either factor is larger than the data's scale. HALS and ALS leave the
+    split of scale between a column of W and its row of H to chance (their iterates
+    are equivariant to it); without this step a swimmer fit ended with
+    max(W)·max(H) = 150 × max(V). A component that is 0 in either factor keeps scale
+    1. One read of W for its column maxima (reduced by max in the fixed tree); V is
+    not read. None when nothing would change.
+
+    A run store commits the iterate itself and this scale beside it (``balance`` in
+    the manifest): results read from the store are balanced, while a resume or an
+    extension continues from the iterate, so that it stays bit for bit the fit that
+    was never interrupted.
     """
     k = state.H.shape[0]
     _, w_max = backend.run_pass(_column_max_task, [(w,) for w in state.W], (), np.maximum,
@@ -600,14 +630,19 @@ def balance(backend: Backend, state: FitState, keeper: WKeeper | None = None) ->
     scale = np.ones(k)
     live = (w_max > 0) & (h_max > 0) & np.isfinite(w_max) & np.isfinite(h_max)
     scale[live] = np.sqrt(h_max[live] / w_max[live])
-    if np.all(scale == 1.0):
-        return scale
+    return None if np.all(scale == 1.0) else scale
+
+
+def balance(backend: Backend, state: FitState, keeper: WKeeper | None = None) -> np.ndarray | None:
+    """Balance an in-memory fit's W and H in place (:func:`balance_scale`)."""
+    scale = balance_scale(backend, state)
+    if scale is None:
+        return None
     keeper = keeper or MemoryKeeper(len(state.W))
     sinks = keeper.sinks(state.iteration)
-    dtype = np.asarray(state.H).dtype
-    outputs = backend.map_keep(_scale_task, list(zip(state.W, sinks)), (scale.astype(dtype),))
+    outputs = backend.map_keep(_scale_task, list(zip(state.W, sinks)), (scale,))
     state.W = keeper.handles(outputs, sinks)
-    state.H = (np.asarray(state.H, dtype=np.float64) / scale[:, np.newaxis]).astype(dtype)
+    state.H = balanced_H(state.H, scale)
     return scale
 
 

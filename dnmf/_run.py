@@ -13,6 +13,7 @@ uninterrupted one bit for bit.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import itertools
 import logging
@@ -53,7 +54,7 @@ if TYPE_CHECKING:
 
 
 __all__ = [
-    "Estimator", "StoreKeeper", "committed_panels", "fit_to_store", "lazy_W",
+    "Estimator", "StoreKeeper", "committed_H", "committed_panels", "fit_to_store", "lazy_W",
     "recorded_bounds", "recover_replaced",
 ]
 
@@ -186,7 +187,8 @@ class Checkpointer:
             self.commit(self.last)
 
     def commit(self, snap: Snapshot, *, complete: bool = False,
-               stop_reason: str | None = None) -> dict[str, Any]:
+               stop_reason: str | None = None,
+               balance: np.ndarray | None = None) -> dict[str, Any]:
         H_buffer = next(b for b in H_BUFFERS if b != self.committed_H)
         if snap.iteration % self.every != 0:
             self.store.flush_W(self.keeper.run_id, snap.W[0].buffer)
@@ -211,6 +213,7 @@ class Checkpointer:
             "init_loss": snap.init_loss,
             **({"heldout_loss": snap.heldout_loss} if snap.heldout_loss is not None else {}),
             "data_loss": snap.data_loss,
+            **({"balance": [float(x) for x in balance]} if balance is not None else {}),
             "updated": now(),
         }
         body["_key"] = self.store.commit(body)
@@ -684,7 +687,8 @@ def _fit_locked(
                              final)
             if final.get("heldout_loss") is not None and state.heldout_loss is None:
                 state.heldout_loss = float(final["heldout_loss"])
-            est._set_fitted(state, plan.k, plan.prep.source.shape[1], plan.prep)
+            est._set_fitted(_balanced_view(state, final), plan.k,
+                            plan.prep.source.shape[1], plan.prep)
             return final
         except OSError as exc:
             if isinstance(exc, StoreError) or exc.errno not in (errno.ENOSPC, errno.EDQUOT):
@@ -758,10 +762,10 @@ def _iterate(prep: PreparedInput, solver: Any, reg: Any, state: _engine.FitState
             raise
     reason = ("converged" if state.converged else
               "callback" if state.stopped_by_callback else "max_iter")
-    if _engine.balances(solver, reg):
-        # Into a free W buffer; the committed one stays intact until this commit.
-        _engine.balance(prep.backend, state, ckpt.keeper)
-    return ckpt.commit(Snapshot.of(state), complete=True, stop_reason=reason)
+    # The iterate is committed as it is, and the balancing scale beside it: results
+    # read from the run are balanced, a later extension continues from the iterate.
+    scale = _engine.balance_scale(prep.backend, state) if _engine.balances(solver, reg) else None
+    return ckpt.commit(Snapshot.of(state), complete=True, stop_reason=reason, balance=scale)
 
 
 def _restore(store: RunStore, manifest: dict[str, Any],
@@ -914,8 +918,27 @@ def committed_panels(store: RunStore, manifest: dict[str, Any]) -> list[StoredPa
     ]
 
 
+def _balanced_view(state: _engine.FitState, manifest: dict[str, Any]) -> _engine.FitState:
+    """``state`` with H balanced by the manifest's scale (the result; W stays a handle)."""
+    scale = manifest.get("balance")
+    if scale is None:
+        return state
+    return dataclasses.replace(state, H=_engine.balanced_H(state.H, scale))
+
+
+def committed_H(store: RunStore, manifest: dict[str, Any]) -> np.ndarray:
+    """The committed H as a result: balanced by the manifest's scale, if it has one."""
+    H = store.read_H(manifest["run_id"], manifest["H"]["array"], manifest["H"]["checksum"])
+    scale = manifest.get("balance")
+    return H if scale is None else _engine.balanced_H(H, scale)
+
+
 def lazy_W(store: RunStore, manifest: dict[str, Any], panels: list[StoredPanel]) -> Any:
-    """The committed W as a Dask array that reads (and verifies) one panel per chunk."""
+    """The committed W as a Dask array that reads (and verifies) one panel per chunk.
+
+    Balanced by the manifest's scale when the run has one (the result of a finished
+    HALS or ALS fit), as :func:`committed_H` is.
+    """
     import dask.array as da
     from dask.highlevelgraph import HighLevelGraph
 
@@ -924,4 +947,6 @@ def lazy_W(store: RunStore, manifest: dict[str, Any], panels: list[StoredPanel])
     graph: dict[Any, Any] = {(name, i, 0): (_load, panel) for i, panel in enumerate(panels)}
     chunks = (tuple(p.stop - p.start for p in panels), (k,))
     hlg = HighLevelGraph.from_collections(name, graph, dependencies=())
-    return da.Array(hlg, name, chunks=chunks, dtype=np.dtype(manifest["fingerprint"]["dtype"]))
+    W = da.Array(hlg, name, chunks=chunks, dtype=np.dtype(manifest["fingerprint"]["dtype"]))
+    scale = manifest.get("balance")
+    return W if scale is None else _engine.balanced_W(W, scale)

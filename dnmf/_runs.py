@@ -15,7 +15,7 @@ import numpy as np
 
 from . import _engine
 from ._estimator import NMF
-from ._run import committed_panels, lazy_W, recorded_bounds
+from ._run import committed_H, committed_panels, lazy_W, recorded_bounds
 from ._store import ZIP_WORKDIR_SUFFIX, Location, RunStore, as_location
 from .errors import (
     IncompatibleRunError,
@@ -80,7 +80,7 @@ class Run:
         self.dtype = np.dtype(manifest["fingerprint"]["dtype"])
         self.bounds = recorded_bounds(self.params, int(n))
         store.verify_arrays(manifest)
-        self.H = store.read_H(self.run_id, manifest["H"]["array"], manifest["H"]["checksum"])
+        self.H = committed_H(store, manifest)
         self._panels = committed_panels(store, manifest)
         if verify:
             for panel in self._panels:

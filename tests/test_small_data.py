@@ -64,8 +64,9 @@ def test_small_fit_builds_no_graph_and_holds_one_blas_thread(monkeypatch):
     model, _ = _fit(V)
     assert model.n_iter_ == 30
     assert graphs == []  # every pass was a direct call
-    # One BLAS limit for the scan, one for the start, one for the loop; none per pass.
-    assert limits and set(limits) == {1} and len(limits) <= 3
+    # One BLAS limit for the scan, one for the start, one for the loop, two for the
+    # final balancing (a read of W's column maxima, a write); none per pass (30 here).
+    assert limits and set(limits) == {1} and len(limits) <= 5
     # A larger V (over 4 MiB) is split and scheduled as before.
     big, _, _ = planted(2700, 200, 6, seed=9, noise=0.05)  # 4.3 MB
     _fit(big, max_iter=2)
