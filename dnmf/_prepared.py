@@ -96,9 +96,21 @@ class PreparedInput:
                               and entries * self.source.dtype.itemsize < MIN_SPLIT_BYTES)
         if self.spec is None:
             self.init_refs = refs  # scattered or cached as the passes' are
-        self.summary: _engine.DataSummary
+        self._summary: _engine.DataSummary | None = None
         if scan:
             self.summary = self.scan()
+
+    @property
+    def summary(self) -> _engine.DataSummary:
+        """V's summary (validation pass, or a run's record of it)."""
+        assert self._summary is not None, "V has not been scanned"
+        return self._summary
+
+    @summary.setter
+    def summary(self, summary: _engine.DataSummary) -> None:
+        self._summary = summary
+        # The solvers' cost ratios count V's non-zeros, whatever its format.
+        self.source.nonzeros = int(summary.nnz)
 
     def scan(self) -> _engine.DataSummary:
         """Read V (and the mask) once to validate it; its summary."""

@@ -477,6 +477,18 @@ class PanelSource:
     shape: tuple[int, int]
     dtype: np.dtype
     row_chunk: int | None = None
+    #: V's non-zero count from the validation pass, once known (None before).
+    nonzeros: int | None = None
+
+    @property
+    def work_nnz(self) -> int:
+        """The non-zero count the solvers' cost ratios use: V's own, not its format's.
+
+        A dense V with zeros and its sparse copy then get the same number of inner
+        sweeps (HALS) and hence the same W and H; before the validation pass has
+        counted them, the stored entries.
+        """
+        return self.nnz if self.nonzeros is None else self.nonzeros
 
     @property
     def nnz(self) -> int:

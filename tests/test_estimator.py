@@ -593,7 +593,14 @@ def test_a_loss_increase_is_never_convergence_at_tol_zero():
 
     assert not _converged([10.0, 11.0], None, 0.0)
     assert not _converged([11.0], 10.0, 0.0)
-    assert _converged([10.0, 11.0], None, 1e-4)  # tol > 0: stop as before
+    # A rise larger than the objective's rounding is never convergence, whatever tol
+    # (issue 12: a penalised fit's data term may rise while the objective falls) ...
+    assert not _converged([10.0, 11.0], None, 1e-4)
+    # ... while a rise within rounding is: the objective has stopped decreasing.
+    assert _converged([10.0, 10.0 + 1e-14], None, 1e-4)
+    assert _converged([10.0, 11.0], None, 1e-4, rounding=2.0)
+    assert _converged([10.0, 9.9999], None, 1e-4)  # a relative decrease below tol
+    assert not _converged([10.0, 9.0], None, 1e-4)
     assert _converged([10.0, 0.0], None, 0.0) is False
     assert _converged([0.0, 0.0], None, 0.0)  # an exact fit stays converged
 
