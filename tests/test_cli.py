@@ -527,11 +527,6 @@ def test_readme_commands_run_as_written(tmp_path):
     b = run.H / np.linalg.norm(run.H, axis=1, keepdims=True)
     assert (tmp_path / "dnmf-demo" / "basis.png").read_bytes()[:4] == b"\x89PNG"
     assert zarr.open_array(str(tmp_path / "dnmf-demo" / "swimmer.zarr")).shape == (256, 1024)
-    if (a @ b.T).max(axis=1).min() <= 0.9:
-        # Known regression since exact-zero HALS (see tests/test_examples.py): reported
-        # as xfail after every other check of the README's commands has passed.
-        pytest.xfail("known regression: the demo's exact-zero HALS fit does not find "
-                     "the 17 swimmer parts (issue 12)")
     assert (a @ b.T).max(axis=1).min() > 0.9
 
 

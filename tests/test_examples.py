@@ -31,21 +31,11 @@ def _check_png(path: str) -> None:
     assert p.stat().st_size < 300_000
 
 
-#: Known regression (issue 12 note): since HALS keeps exact zeros (as scikit-learn's cd),
-#: the rank-17 swimmer fit (V has rank 13) reaches an exact factorization in ~40
-#: iterations that is not the parts (min cosine 0.44-0.57 for seeds 0-4; scikit-learn's
-#: cd, one sweep per iteration, gets 0.89-0.96). Reported as xfail, not as a pass.
-SWIMMER_REGRESSION = ("known regression: exact-zero HALS converges to a non-parts exact "
-                      "factorization of the swimmer (issue 12)")
-
-
 def test_parts_based(tmp_path):
     result = _load("parts_based").main(tmp_path, scale=0.1)
     _check_png(result["png"])
     # Every one of the 17 true parts (16 limb positions and the torso) has a basis
     # image with cosine similarity > 0.9.
-    if result["swimmer_min_cosine"] <= 0.9:
-        pytest.xfail(SWIMMER_REGRESSION)
     assert result["swimmer_min_cosine"] > 0.9
 
 

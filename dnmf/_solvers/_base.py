@@ -69,7 +69,11 @@ class PanelContext:
         ``(n_samples, n_features)`` of the whole V (for rules that must not depend
         on how V is split into panels).
     nnz : int
-        Number of stored entries of V (``n * m`` when dense).
+        Number of non-zero entries of V, whatever its format (before the validation
+        pass has counted them: the stored entries, ``n * m`` when dense).
+    iteration : int or None
+        Iterations done before this pass (0 for the first) in a fit; None outside
+        one (transform). Rules that change over a fit (HALS's warm-up) read it.
     """
 
     H: np.ndarray
@@ -77,6 +81,7 @@ class PanelContext:
     H_sum: np.ndarray
     shape: tuple[int, int]
     nnz: int
+    iteration: int | None = None
 
 
 def penalty(reg: Regularization, w_sum: float, w_sq: float, H: np.ndarray) -> float:

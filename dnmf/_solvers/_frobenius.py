@@ -59,6 +59,10 @@ class FrobeniusSolver(Solver):
         NumPy reference to rounding. Returns a new array; ``X`` is not modified.
         """
 
+    def sweep_ratio(self, ctx: PanelContext, rho: float) -> float:
+        """The cost ratio ``step`` is given in this pass (HALS: a warm-up of 0)."""
+        return rho
+
     def update_panel(
         self, V: Array, W: np.ndarray, ctx: PanelContext, reg: Regularization
     ) -> tuple[np.ndarray, Stats]:
@@ -69,7 +73,7 @@ class FrobeniusSolver(Solver):
         gram0 = (W.T @ W).astype(np.float64)
         n, m = ctx.shape
         k = H.shape[0]
-        rho = 1.0 + (ctx.nnz + m * k) / (n * (k + 1.0))
+        rho = self.sweep_ratio(ctx, 1.0 + (ctx.nnz + m * k) / (n * (k + 1.0)))
         W_new = self.step(W, P, ctx.gram, reg.l1_W, reg.l2_W, rho,
                           compiled=_kernels.enabled(ctx.shape, k)).astype(W.dtype, copy=False)
         A = t_dot(W_new, V).astype(np.float64)
@@ -85,7 +89,7 @@ class FrobeniusSolver(Solver):
         n, m = ctx.shape
         k = H.shape[0]
         # Cost of the pass that produced A (≈ nnz·k) over the cost of an H sweep (m·k²).
-        rho = 1.0 + (ctx.nnz + n * k) / (m * (k + 1.0))
+        rho = self.sweep_ratio(ctx, 1.0 + (ctx.nnz + n * k) / (m * (k + 1.0)))
         Ht = self.step(
             np.ascontiguousarray(H.T, dtype=np.float64),
             stats["A"].T,

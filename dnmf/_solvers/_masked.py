@@ -37,7 +37,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from ._base import EPSILON, Array, PanelContext, Regularization, Solver, Stats, t_dot
-from ._hals import ALPHA, DELTA
+from ._hals import ALPHA, DELTA, warm_rho
 from ._nnls import nnls_bpp
 
 __all__ = [
@@ -367,12 +367,12 @@ class _MaskedSolver(Solver):
     @staticmethod
     def _rho_W(ctx: PanelContext, k: int) -> float:
         n, m = ctx.shape
-        return 1.0 + (ctx.nnz + m * k) / (n * (k + 1.0))
+        return warm_rho(ctx, 1.0 + (ctx.nnz + m * k) / (n * (k + 1.0)))
 
     @staticmethod
     def _rho_H(ctx: PanelContext, k: int) -> float:
         n, m = ctx.shape
-        return 1.0 + (ctx.nnz + n * k) / (m * (k + 1.0))
+        return warm_rho(ctx, 1.0 + (ctx.nnz + n * k) / (m * (k + 1.0)))
 
 
 class _MaskedFrobenius(_MaskedSolver):
