@@ -204,7 +204,15 @@ def trajectory(V: str, args: argparse.Namespace, work: Path) -> tuple[str, list[
         warnings.simplefilter("ignore", dnmf.ConvergenceWarning)
         est = dnmf.NMF(args.k, solver="hals", init="random", max_iter=1, tol=0.0,
                        random_state=0, panel_rows=args.panel_rows, scheduler="threads")
-        W = np.asarray(est.fit_transform(V))
+        # The iterate after pass 0 as the longer fit has it: without the balancing
+        # that ends a fit (it would change the sweeps' per-row stopping from there on).
+        from dnmf import _engine
+
+        balances, _engine.balances = _engine.balances, lambda *args: False
+        try:
+            W = np.asarray(est.fit_transform(V))
+        finally:
+            _engine.balances = balances
     source = as_source(V)
     bounds = [(a, min(a + args.panel_rows, args.n)) for a in range(0, args.n, args.panel_rows)]
     panels = [load_panel(ref) for ref in source.panel_refs(bounds)]
@@ -212,7 +220,7 @@ def trajectory(V: str, args: argparse.Namespace, work: Path) -> tuple[str, list[
     norm_sq = math.fsum(float(np.vdot(p, p)) for p in panels)
     solver = get_solver("hals", "frobenius")
     reg = regularization(0.0, "same", 0.0, *source.shape)
-    ctx = context_for(est.components_, source)
+    ctx = context_for(est.components_, source, 1)  # the fit's pass 1 (HALS warm-up)
     losses = [float(est.loss_history_[0])]
     saved: dict[str, np.ndarray] = {}
     # Pass t starts from (W_t, H_t) and makes iteration t + 1; measured are the
@@ -226,7 +234,7 @@ def trajectory(V: str, args: argparse.Namespace, work: Path) -> tuple[str, list[
         Ws = [r[0] for r in results]
         ctx, (_, loss, *_) = h_step(pairwise_tree([r[1] for r in results], add_stats), solver,
                                    ctx, reg, norm_sq=norm_sq)
-        losses.append(float(loss))
+        losses.append(float(loss.objective))
     path = str(work / "trajectory.npz")
     np.savez(path, **saved)
     return path, losses
@@ -252,7 +260,7 @@ def _ceiling_worker(path: str, saved: str, bounds: list[tuple[int, int]],
     times = []
     with threadpool_limits(1, user_api="blas"):
         for t in range(args.warmup, args.iters):
-            ctx = context_for(state[f"H{t}"], source)
+            ctx = context_for(state[f"H{t}"], source, t)
             barrier.wait()  # the processes start each pass together, as workers do
             start = time.perf_counter()
             for i, V in enumerate(panels):

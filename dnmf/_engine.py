@@ -662,6 +662,27 @@ def transform_task(
     return solver.transform_panel(V, W0, ctx, reg, max_iter, tol)
 
 
+def transform_count_task(
+    v_ref: Any,
+    w_ref: Any,
+    solver: Solver,
+    ctx: PanelContext,
+    reg: Regularization,
+    max_iter: int,
+    tol: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`transform_task`, and the iterations its slowest row needed."""
+    from ._solvers._base import ROW_ITERATIONS
+
+    counts: list[int] = []
+    token = ROW_ITERATIONS.set(counts)
+    try:
+        W = transform_task(v_ref, w_ref, solver, ctx, reg, max_iter, tol)
+    finally:
+        ROW_ITERATIONS.reset(token)
+    return W, np.array([max(counts, default=0)], dtype=np.int64)
+
+
 def start_W_task(start: int, stop: int, k: int, value: float, dtype: str) -> np.ndarray:
     """A constant start for ``transform`` (scikit-learn's choice for MU)."""
     return np.full((stop - start, k), value, dtype=dtype)
@@ -679,13 +700,24 @@ def transform(
     start_value: float,
     max_iter: int,
     tol: float,
-) -> list[Any]:
-    """W (handles per panel) minimising the loss with H fixed."""
+    count: bool = False,
+) -> Any:
+    """W (handles per panel) minimising the loss with H fixed.
+
+    With ``count``: ``(handles, n_iter)``, n_iter the iterations the slowest row of
+    any panel needed (at most ``max_iter``).
+    """
     k = H.shape[0]
     ctx = context_for(H, source)
     starts = backend.map_keep(
         start_W_task, [(a, b) for a, b in bounds], (k, start_value, source.dtype.str)
     )
+    if count:
+        handles, n_iter = backend.run_pass(
+            transform_count_task, list(zip(refs, starts)),
+            (solver, ctx, reg, max_iter, tol), np.maximum, keep_outputs=True,
+        )
+        return handles, int(np.asarray(n_iter)[0])
     return backend.map_keep(
         transform_task,
         list(zip(refs, starts)),

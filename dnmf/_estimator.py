@@ -426,6 +426,10 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         the other rows passed with it. With ``missing`` set, or a boolean ``mask``
         (True = observed), each row is solved on its observed entries only.
         """
+        return self._transform(X, mask)
+
+    def _transform(self, X: Any, mask: Any = None, *, count: bool = False) -> Any:
+        """:meth:`transform`; with ``count``, also the iterations the slowest row needed."""
         self._check_fitted()
         params = self._checked()
         self._check_masked(params, mask)
@@ -449,13 +453,16 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         n, m = prep.source.shape
         k = self.n_components_
         start = math.sqrt(prep.summary.mean / k) if params["solver"] in ("mu", "amu") else 0.0
-        handles = _engine.transform(
+        result = _engine.transform(
             prep.backend, prep.source, prep.refs, prep.bounds,
             self._solver(params, masked=prep.spec is not None),
             self._reg(params, n, m), self.components_,
-            start_value=start, max_iter=params["max_iter"], tol=params["tol"],
+            start_value=start, max_iter=params["max_iter"], tol=params["tol"], count=count,
         )
-        return prep.assemble(handles, k)
+        if count:
+            handles, n_iter = result
+            return prep.assemble(handles, k), n_iter
+        return prep.assemble(result, k)
 
     def inverse_transform(self, X: Any) -> Any:
         """``X @ components_``: data space from W (NumPy or Dask, lazily)."""
@@ -516,7 +523,11 @@ def non_negative_factorization(
 ) -> tuple[Any, np.ndarray, int]:
     """Factorize ``X ≈ W·H``; the function form of :class:`NMF`.
 
-    With ``update_H=False``, H is fixed to the given ``H`` and only W is solved for.
+    With ``update_H=False``, H is fixed to the given ``H`` and only W is solved for,
+    as :meth:`NMF.transform` does: each row is iterated until its own change falls
+    below ``tol`` (at most ``max_iter`` times), and ``n_iter`` is the number of
+    iterations the slowest row needed (scikit-learn stops all rows together on the
+    relative decrease of the loss, so its count can differ).
 
     Returns
     -------
@@ -554,5 +565,5 @@ def non_negative_factorization(
     est.components_ = H_fixed
     est.n_components_ = k
     est.n_features_in_ = source.shape[1]
-    W_out = est.transform(source)  # X is opened and classified once
-    return W_out, H_fixed, est.max_iter
+    W_out, n_iter = est._transform(source, count=True)  # X is opened and classified once
+    return W_out, H_fixed, n_iter

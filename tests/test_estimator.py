@@ -623,3 +623,27 @@ def test_a_dask_array_with_unknown_chunks_is_one_clear_error():
     with pytest.raises(dnmf.InvalidInputError, match=r"unknown chunk sizes .* "
                                                       r"X\.compute_chunk_sizes\(\)"):
         dnmf.NMF(2, scheduler="threads").fit(X)
+
+
+@pytest.mark.parametrize("solver", ["hals", "mu", "als"])
+def test_update_H_false_returns_the_iterations_it_ran(solver):
+    # Issue 12 item 5: n_iter was max_iter whatever happened.
+    rng = np.random.default_rng(0)
+    X, H = rng.random((50, 20)), rng.random((3, 20))
+    W, H_out, n_iter = dnmf.non_negative_factorization(
+        X, H=H, n_components=3, update_H=False, solver=solver, max_iter=500)
+    np.testing.assert_array_equal(H_out, H)
+    assert 1 <= n_iter < 500
+    # The same W as transform with that H, and stopping earlier means fewer iterations.
+    est = dnmf.NMF(3, solver=solver, max_iter=500)
+    est.components_, est.n_components_, est.n_features_in_ = H, 3, 20
+    np.testing.assert_array_equal(est.transform(X), W)
+    _, _, capped = dnmf.non_negative_factorization(
+        X, H=H, n_components=3, update_H=False, solver=solver, max_iter=2)
+    assert capped == min(2, n_iter)
+    # The loss is that of the best W for this H (within 1e-3 of scikit-learn's cd).
+    from sklearn.decomposition import non_negative_factorization as sk_nnf
+
+    W_sk, _, _ = sk_nnf(X, H=H, n_components=3, update_H=False, solver="cd", max_iter=500)
+    ours, theirs = (0.5 * np.linalg.norm(X - A @ H) ** 2 for A in (W, W_sk))
+    assert ours <= theirs * (1 + 1e-3)

@@ -10,6 +10,8 @@ and evaluates the loss, so an iteration reads V exactly once.
 
 from __future__ import annotations
 
+import contextvars
+
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,6 +29,8 @@ __all__ = [
     "add_stats",
     "penalised",
     "penalty",
+    "ROW_ITERATIONS",
+    "record_row_iterations",
     "solve_rows",
     "w_pieces",
     "t_dot",
@@ -127,6 +131,19 @@ def t_dot(W: np.ndarray, V: Array) -> np.ndarray:
     return W.T @ V
 
 
+#: Where row solves (``transform``) report how many iterations they ran: a list set
+#: by the caller for the duration of one task (per thread: ContextVars are), or None.
+ROW_ITERATIONS: contextvars.ContextVar[list[int] | None] = contextvars.ContextVar(
+    "dnmf_row_iterations", default=None)
+
+
+def record_row_iterations(count: int) -> None:
+    """Report ``count`` iterations of a row solve to the caller that asked for them."""
+    sink = ROW_ITERATIONS.get()
+    if sink is not None:
+        sink.append(int(count))
+
+
 def solve_rows(
     step: Callable[[np.ndarray, np.ndarray], np.ndarray],
     X: np.ndarray,
@@ -137,18 +154,22 @@ def solve_rows(
 
     ``step(rows, X[rows])`` returns the updated rows. A row stops once its change is
     at most ``tol`` times its norm, so its answer does not depend on which other rows
-    share its panel. ``X`` is updated in place and returned.
+    share its panel. ``X`` is updated in place and returned; the iterations the
+    slowest row needed go to :data:`ROW_ITERATIONS`.
     """
     active = np.arange(X.shape[0])
+    done = 0
     for _ in range(max_iter):
         if active.size == 0:
             break
         old = X[active]
         new = step(active, old)
         X[active] = new
+        done += 1
         change = np.linalg.norm(new - old, axis=1)
         scale = np.linalg.norm(new, axis=1)
         active = active[change > tol * np.maximum(scale, 1e-300)]
+    record_row_iterations(done)
     return X
 
 

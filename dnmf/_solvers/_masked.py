@@ -36,7 +36,16 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from ._base import EPSILON, Array, PanelContext, Regularization, Solver, Stats, t_dot
+from ._base import (
+    EPSILON,
+    Array,
+    PanelContext,
+    Regularization,
+    Solver,
+    Stats,
+    record_row_iterations,
+    t_dot,
+)
 from ._hals import ALPHA, DELTA, warm_rho
 from ._nnls import nnls_bpp
 
@@ -439,14 +448,17 @@ class _MaskedFrobenius(_MaskedSolver):
         X = W.astype(np.float64)
         # P and the Grams are fixed with H: iterate until each row's change is small.
         active = np.arange(X.shape[0])
+        done = 0
         for _ in range(max_iter):
             if active.size == 0:
                 break
             old = X[active]
             new = self.rows(old, P[active], packed[active], reg.l1_W, reg.l2_W, 1.0)
             X[active] = new
+            done += 1
             change = np.linalg.norm(new - old, axis=1)
             active = active[change > tol * np.maximum(np.linalg.norm(new, axis=1), 1e-300)]
+        record_row_iterations(done)
         return X.astype(W.dtype, copy=False)
 
 
@@ -627,14 +639,17 @@ def _solve_masked_rows(V: Observed, X: np.ndarray, step: Any, max_iter: int,
                        tol: float) -> np.ndarray:
     """Iterate ``step(V_rows, X_rows, rows)`` until each row converges on its own."""
     active = np.arange(X.shape[0])
+    done = 0
     for _ in range(max_iter):
         if active.size == 0:
             break
         old = X[active]
         new = step(_row_subset(V, active), old, active)
         X[active] = new
+        done += 1
         change = np.linalg.norm(new - old, axis=1)
         active = active[change > tol * np.maximum(np.linalg.norm(new, axis=1), 1e-300)]
+    record_row_iterations(done)
     return X
 
 
