@@ -205,6 +205,7 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         l1_ratio: float = 0.0,
         callback: Callable[[int, float], Any] | None = None,
         verbose: int = 0,
+        shuffle: bool = False,
         panel_rows: int | None = None,
         panel_bytes: int | None = None,
         scheduler: Any = None,
@@ -226,6 +227,7 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         self.l1_ratio = l1_ratio
         self.callback = callback
         self.verbose = verbose
+        self.shuffle = shuffle
         self.panel_rows = panel_rows
         self.panel_bytes = panel_bytes
         self.scheduler = scheduler
@@ -289,10 +291,14 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
             )
 
     def _solver(self, params: dict[str, Any], masked: bool = False,
-                observed: float = 1.0) -> Solver:
+                observed: float = 1.0, seed: int | None = None) -> Solver:
         if masked:
             return get_masked_solver(params["solver"], params["beta_loss"], observed)
-        return get_solver(params["solver"], params["beta_loss"])
+        solver = get_solver(params["solver"], params["beta_loss"])
+        if params.get("shuffle") and seed is not None and hasattr(solver, "shuffle_seed"):
+            # HALS sweeps the components in an order drawn from (seed, iteration).
+            solver.shuffle_seed = int(seed)
+        return solver
 
     def _reg(self, params: dict[str, Any], n: int, m: int) -> Regularization:
         return regularization(params["alpha_W"], params["alpha_H"], params["l1_ratio"], n, m)
@@ -361,7 +367,7 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
                 init=init, k=k, seed=seed, summary=prep.summary,
             )
         solver = self._solver(params, masked=prep.spec is not None,
-                              observed=prep.observed_share)
+                              observed=prep.observed_share, seed=seed)
         state = _engine.FitState(W=W_handles, H=H0)
         from ._progress import Progress
 

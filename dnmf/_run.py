@@ -285,6 +285,8 @@ def _recorded_params(params: dict[str, Any], k: int, init: str, seed: int,
         "cache": bool(params["cache"]),
         **({"panel_starts": starts} if irregular else {}),
         **({"missing": params["missing"]} if params.get("missing") is not None else {}),
+        # Recorded only when on, so runs written before the parameter stay compatible.
+        **({"shuffle": True} if params.get("shuffle") else {}),
     }
 
 
@@ -682,6 +684,7 @@ def _fit_locked(
             ckpt = Checkpointer(store, keeper, every, header, manifest)
             final = manifest or ckpt.commit(Snapshot.of(state))
             final = _iterate(plan.prep, est._solver(params, masked=plan.prep.spec is not None,
+                                                    seed=plan.seed,
                                                     observed=plan.prep.observed_share),
                              est._reg(params, *plan.prep.source.shape), state, ckpt, params,
                              final)

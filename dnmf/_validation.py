@@ -111,6 +111,7 @@ CONSTRAINTS: dict[str, tuple[Callable[[Any], bool], str]] = {
     ),
     "checkpoint_every": (_positive_int, "a positive int"),
     "overwrite": (lambda v: isinstance(v, bool | np.bool_), "a bool"),
+    "shuffle": (lambda v: isinstance(v, bool | np.bool_), "a bool"),
     "cache": (lambda v: isinstance(v, bool | np.bool_), "a bool"),
     "missing": (lambda v: v is None or (isinstance(v, str) and v in ("nan", "unstored")),
                 "None, 'nan' (NaN entries are missing) or 'unstored' (sparse X: only "

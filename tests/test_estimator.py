@@ -647,3 +647,32 @@ def test_update_H_false_returns_the_iterations_it_ran(solver):
     W_sk, _, _ = sk_nnf(X, H=H, n_components=3, update_H=False, solver="cd", max_iter=500)
     ours, theirs = (0.5 * np.linalg.norm(X - A @ H) ** 2 for A in (W, W_sk))
     assert ours <= theirs * (1 + 1e-3)
+
+
+def test_shuffle_sweeps_hals_components_in_a_seeded_order(tmp_path):
+    # scikit-learn's NMF(shuffle=True): cd visits the coordinates in a random order.
+    rng = np.random.default_rng(1)
+    V = rng.random((60, 6)) @ rng.random((6, 40))
+    kw = dict(solver="hals", init="random", max_iter=15, tol=0.0, random_state=4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", dnmf.ConvergenceWarning)
+        plain = dnmf.NMF(6, **kw).fit(V)
+        a = dnmf.NMF(6, shuffle=True, **kw).fit(V)
+        b = dnmf.NMF(6, shuffle=True, **kw).fit(V)
+        other_seed = dnmf.NMF(6, shuffle=True, **{**kw, "random_state": 5}).fit(V)
+        # Out of core and resumed: the same order from the recorded seed and iteration.
+        run = tmp_path / "run"
+        dnmf.NMF(6, shuffle=True, out=str(run), checkpoint_every=2, **{**kw, "max_iter": 7}).fit(V)
+        resumed = dnmf.resume(str(run), X=V, max_iter=15)
+    np.testing.assert_array_equal(a.components_, b.components_)  # deterministic
+    assert np.abs(a.components_ - plain.components_).max() > 1e-6  # another order
+    # Both reach the planted factorization (loss under 1e-3 of ½‖V‖²).
+    for est in (a, plain):
+        assert est.loss_history_[-1] < 1e-3 * 0.5 * np.linalg.norm(V) ** 2
+    assert a.loss_history_ == sorted(a.loss_history_, reverse=True)  # still monotone
+    assert other_seed.components_.shape == (6, 40)
+    assert resumed.params["shuffle"] is True
+    np.testing.assert_array_equal(resumed.H, a.components_)
+    with pytest.raises(dnmf.InvalidParameterError, match="'shuffle' parameter of NMF must be a bool"):
+        dnmf.NMF(2, shuffle="yes").fit(V)
+    assert dnmf.NMF().get_params()["shuffle"] is False

@@ -63,6 +63,22 @@ class FrobeniusSolver(Solver):
         """The cost ratio ``step`` is given in this pass (HALS: a warm-up of 0)."""
         return rho
 
+    def component_order(self, ctx: PanelContext, factor: int, k: int) -> np.ndarray | None:
+        """The order in which ``step`` visits the components (None: 0, 1, ..., k - 1)."""
+        return None
+
+    def _ordered_step(self, ctx: PanelContext, factor: int, X: np.ndarray, P: np.ndarray,
+                      G: np.ndarray, l1: float, l2: float, rho: float,
+                      compiled: bool) -> np.ndarray:
+        """``step`` with the components visited in :meth:`component_order`."""
+        order = self.component_order(ctx, factor, G.shape[0])
+        if order is None:
+            return self.step(X, P, G, l1, l2, rho, compiled=compiled)
+        back = np.argsort(order)
+        out = self.step(np.ascontiguousarray(X[:, order]), np.ascontiguousarray(P[:, order]),
+                        G[np.ix_(order, order)], l1, l2, rho, compiled=compiled)
+        return np.ascontiguousarray(out[:, back])
+
     def update_panel(
         self, V: Array, W: np.ndarray, ctx: PanelContext, reg: Regularization
     ) -> tuple[np.ndarray, Stats]:
@@ -74,8 +90,8 @@ class FrobeniusSolver(Solver):
         n, m = ctx.shape
         k = H.shape[0]
         rho = self.sweep_ratio(ctx, 1.0 + (ctx.nnz + m * k) / (n * (k + 1.0)))
-        W_new = self.step(W, P, ctx.gram, reg.l1_W, reg.l2_W, rho,
-                          compiled=_kernels.enabled(ctx.shape, k)).astype(W.dtype, copy=False)
+        W_new = self._ordered_step(ctx, 0, W, P, ctx.gram, reg.l1_W, reg.l2_W, rho,
+                                   _kernels.enabled(ctx.shape, k)).astype(W.dtype, copy=False)
         A = t_dot(W_new, V).astype(np.float64)
         B = (W_new.T @ W_new).astype(np.float64)
         # Column sums of W (before and after) and ‖W_new‖² for the L1/L2 penalties.
@@ -90,14 +106,15 @@ class FrobeniusSolver(Solver):
         k = H.shape[0]
         # Cost of the pass that produced A (≈ nnz·k) over the cost of an H sweep (m·k²).
         rho = self.sweep_ratio(ctx, 1.0 + (ctx.nnz + n * k) / (m * (k + 1.0)))
-        Ht = self.step(
+        Ht = self._ordered_step(
+            ctx, 1,
             np.ascontiguousarray(H.T, dtype=np.float64),
             stats["A"].T,
             stats["B"],
             reg.l1_H,
             reg.l2_H,
             rho,
-            compiled=_kernels.enabled(ctx.shape, k),
+            _kernels.enabled(ctx.shape, k),
         )
         return np.ascontiguousarray(Ht.T)
 

@@ -77,8 +77,18 @@ class HALS(FrobeniusSolver):
     #: Fits end by balancing the scale of W's columns and H's rows (engine.balance).
     balances = True
 
+    #: ``shuffle=True``: the seed of the fit; each pass sweeps the components of W and
+    #: of H in an order drawn from (seed, iteration, factor). None: in order.
+    shuffle_seed: int | None = None
+
     def sweep_ratio(self, ctx: object, rho: float) -> float:
         return warm_rho(ctx, rho)
+
+    def component_order(self, ctx: object, factor: int, k: int) -> np.ndarray | None:
+        iteration = getattr(ctx, "iteration", None)
+        if self.shuffle_seed is None or iteration is None:
+            return None
+        return np.random.default_rng([self.shuffle_seed, iteration, factor]).permutation(k)
 
     def step(
         self,
