@@ -24,23 +24,22 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from . import _init
+from . import _init, errors
 from ._backend import Backend, Pending
 from ._solvers import PanelContext, Regularization, Solver, Stats, add_stats
 from ._source import PanelSource, check_panel, load_panel, panel_start
-from . import errors
 from .errors import InvalidInputError
 
 __all__ = [
     "DataSummary",
     "FitState",
     "Loss",
+    "MemoryKeeper",
     "balance",
     "balance_scale",
     "balanced_H",
     "balanced_W",
     "balances",
-    "MemoryKeeper",
     "context_for",
     "initialize",
     "iterate",

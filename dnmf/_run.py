@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from . import _engine
+from . import _engine, errors
 from ._prepared import PreparedInput
 from ._source import equal_bounds
 from ._store import (
@@ -45,7 +45,6 @@ from ._store import (
     now,
     pause_point,
 )
-from . import errors
 from .errors import IncompatibleRunError, StoreError
 
 if TYPE_CHECKING:

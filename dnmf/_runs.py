@@ -18,7 +18,6 @@ from ._estimator import NMF
 from ._run import committed_H, committed_panels, lazy_W, recorded_bounds
 from ._store import ZIP_WORKDIR_SUFFIX, Location, RunStore, as_location
 from .errors import (
-    IncompatibleRunError,
     InvalidInputError,
     InvalidParameterError,
     StoreError,

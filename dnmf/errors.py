@@ -12,7 +12,7 @@ from typing import Any
 
 __all__ = [
     "ClusterLostError",
-    "ConvergenceWarning",
+    "ConvergenceWarning",  # noqa: F822  (made on first use: module __getattr__)
     "CorruptCheckpointError",
     "DnmfError",
     "IncompatibleRunError",

@@ -673,6 +673,7 @@ def test_shuffle_sweeps_hals_components_in_a_seeded_order(tmp_path):
     assert other_seed.components_.shape == (6, 40)
     assert resumed.params["shuffle"] is True
     np.testing.assert_array_equal(resumed.H, a.components_)
-    with pytest.raises(dnmf.InvalidParameterError, match="'shuffle' parameter of NMF must be a bool"):
+    with pytest.raises(dnmf.InvalidParameterError,
+                       match="'shuffle' parameter of NMF must be a bool"):
         dnmf.NMF(2, shuffle="yes").fit(V)
     assert dnmf.NMF().get_params()["shuffle"] is False

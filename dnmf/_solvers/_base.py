@@ -11,7 +11,6 @@ and evaluates the loss, so an iteration reads V exactly once.
 from __future__ import annotations
 
 import contextvars
-
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ import scipy.sparse as sp
 
 __all__ = [
     "EPSILON",
+    "ROW_ITERATIONS",
     "PanelContext",
     "Regularization",
     "Solver",
@@ -29,11 +29,10 @@ __all__ = [
     "add_stats",
     "penalised",
     "penalty",
-    "ROW_ITERATIONS",
     "record_row_iterations",
     "solve_rows",
-    "w_pieces",
     "t_dot",
+    "w_pieces",
 ]
 
 #: The floor scikit-learn's NMF uses for denominators and for WH in the KL terms.
