@@ -16,8 +16,9 @@ import sys
 #: Heavy packages that ``import dnmf`` must not load.
 HEAVY = ("dask", "distributed", "scipy", "zarr", "rich", "matplotlib", "typer", "sklearn",
          "numba", "pandas", "anndata", "h5py", "fsspec")
-#: Packages that importing the estimator must not load (it needs NumPy, SciPy, Dask).
-NOT_FOR_THE_ESTIMATOR = ("distributed", "zarr", "rich", "matplotlib", "typer", "pandas",
+#: Packages that importing the estimator must not load (it needs NumPy, SciPy, Dask and
+#: scikit-learn's mixins; scikit-learn itself imports pandas when it is installed).
+NOT_FOR_THE_ESTIMATOR = ("distributed", "zarr", "rich", "matplotlib", "typer",
                          "anndata", "h5py")
 
 

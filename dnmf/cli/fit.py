@@ -13,9 +13,9 @@ from typing import Annotated, Any
 
 import typer
 
+from .. import errors  # errors.ConvergenceWarning: made (with scikit-learn) when used
 from ..errors import (
     ClusterLostError,
-    ConvergenceWarning,
     InvalidParameterError,
 )
 from ._app import _exit_code, app
@@ -239,7 +239,7 @@ def _fit_holding(input: str, out: str, rank: int, solver: Any, loss_name: str, i
             try:
                 with warnings.catch_warnings():
                     # The summary below says whether the fit converged.
-                    warnings.simplefilter("ignore", ConvergenceWarning)
+                    warnings.simplefilter("ignore", errors.ConvergenceWarning)
                     est.fit(_absolute(path))
             except KeyboardInterrupt as exc:
                 raise _interrupted(out, sched, exc) from None
@@ -301,7 +301,7 @@ def _fit_online(path: str, out: str, client: object, *, rank: int, loss: str,
          f"batches of {min(batch_size, shape[0])} rows, on {where}")
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ConvergenceWarning)
+            warnings.simplefilter("ignore", errors.ConvergenceWarning)
             est.fit(_absolute(path))
     except KeyboardInterrupt as exc:
         _say(f"interrupted: the online state is committed in {out}; run the same command "

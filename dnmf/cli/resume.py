@@ -9,9 +9,9 @@ from typing import Annotated, Any
 
 import typer
 
+from .. import errors  # errors.ConvergenceWarning: made (with scikit-learn) when used
 from ..errors import (
     ClusterLostError,
-    ConvergenceWarning,
     InvalidInputError,
 )
 from ._app import app
@@ -71,7 +71,7 @@ def resume(
     with _scheduler(scheduler, scheduler_file) as client:
         try:
             with warnings.catch_warnings():
-                warnings.simplefilter("ignore", ConvergenceWarning)
+                warnings.simplefilter("ignore", errors.ConvergenceWarning)
                 resume_run(_absolute(run), max_iter=max_iter, scheduler=client, verbose=1)
         except KeyboardInterrupt as exc:
             raise _interrupted(run, sched, exc) from None
@@ -111,7 +111,7 @@ def _resume_online(run: str, before: Any, max_iter: int | None, scheduler: str |
     with _scheduler(scheduler, scheduler_file) as client:
         try:
             with warnings.catch_warnings():
-                warnings.simplefilter("ignore", ConvergenceWarning)
+                warnings.simplefilter("ignore", errors.ConvergenceWarning)
                 after = resume_run(_absolute(run), max_iter=max_iter, scheduler=client)
         except KeyboardInterrupt as exc:
             _say(f"interrupted: the online state is committed in {run}; continue with: "
