@@ -199,6 +199,15 @@ def _fit_holding(input: str, out: str, rank: int, solver: Any, loss_name: str, i
     import dnmf
 
     try:
+        # scikit-learn (the estimators' mixins, the ConvergenceWarning) is imported now,
+        # before a cluster starts: a Ctrl-C during that second of imports finds nothing
+        # to stop and nothing written.
+        dnmf.MiniBatchNMF if online else dnmf.NMF  # noqa: B018
+        errors.ConvergenceWarning  # noqa: B018
+    except KeyboardInterrupt as exc:
+        _say("interrupted before the fit started: nothing was written.")
+        raise typer.Exit(_exit_code(exc)) from None
+    try:
         path, created, aside = _prepare_input(
             input, out, dtype=dtype.value if dtype else None, chunk_rows=chunk_rows,
             transpose=transpose, dataset=dataset, overwrite=overwrite, dense=dense,
@@ -245,6 +254,10 @@ def _fit_holding(input: str, out: str, rank: int, solver: Any, loss_name: str, i
                 raise _interrupted(out, sched, exc) from None
             except ClusterLostError as exc:
                 raise _lost(out, sched, exc) from None
+    except KeyboardInterrupt as exc:
+        # Ctrl-C while the cluster starts or stops, or before the fit began: the same
+        # report (what is committed, how to go on), never a silent exit.
+        raise _interrupted(out, sched, exc) from None
     except BaseException as exc:
         failed = not isinstance(exc, typer.Exit | KeyboardInterrupt)
         if failed and not (_has_online_commit(out) if online else _has_commit(out)):
