@@ -410,7 +410,7 @@ class NMF:
                 f"X has {source.shape[1]} features, but {type(self).__name__} is "
                 f"expecting {self.n_features_in_} features as input."
             )
-        if isinstance(mask, _mask.SpeckledHoldout):
+        if _mask.split_mask(mask)[1] is not None:
             raise InvalidInputError(
                 "transform takes a boolean mask (True = observed), not a SpeckledHoldout: "
                 "a hold-out is for fitting. Pass mask=None or a boolean array."

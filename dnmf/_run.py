@@ -465,7 +465,7 @@ class _Plan:
     fingerprint: dict[str, Any]
     W0: np.ndarray | None = None
     H0: np.ndarray | None = None
-    #: the mask= the fit was given (array or SpeckledHoldout), for the run's header
+    #: the mask= the fit was given (array, SpeckledHoldout or both), for the run's header
     params_mask: Any = None
 
     @property
@@ -599,6 +599,9 @@ def _start(store: RunStore, plan: _Plan, every: int, source_location: str | None
             seed=plan.seed, summary=prep.summary, keeper=keeper,
         )
     summary = prep.summary
+    from ._mask import split_mask
+
+    mask_array = split_mask(plan.params_mask)[0]
     header = {
         "run_id": run_id,
         "created": now(),
@@ -606,9 +609,8 @@ def _start(store: RunStore, plan: _Plan, every: int, source_location: str | None
                     "size": summary.size, "nnz": summary.nnz,
                     **({"n_heldout": summary.n_heldout} if summary.n_heldout else {})},
         "source": {"kind": source.kind, "location": source_location,
-                   **({"mask_location": _source_location(plan.params_mask)}
-                      if plan.params_mask is not None
-                      and _source_location(plan.params_mask) else {})},
+                   **({"mask_location": _source_location(mask_array)}
+                      if mask_array is not None and _source_location(mask_array) else {})},
         "rng": {"seed": plan.seed, "streams": "default_rng([seed, stream, row block])"},
         "dnmf_version": __version__,
     }
