@@ -268,15 +268,16 @@ class NMF:
 
     @staticmethod
     def _check_masked(params: dict[str, Any], mask: Any) -> None:
-        """Missing values are fitted by the Frobenius and KL kernels (mu, hals, als)."""
+        """Missing values are fitted by the masked kernels: Frobenius with mu, hals or
+        als; every other β-divergence with mu."""
         if params["missing"] is None and mask is None:
             return
         loss, solver = params["beta_loss"], params["solver"]
-        if loss not in ("frobenius", "kullback-leibler") or solver not in ("mu", "hals", "als"):
+        if solver == "amu" or (loss != "frobenius" and solver != "mu"):
             raise InvalidParameterError(
                 f"missing values (missing={params['missing']!r}, mask=...) are fitted with "
-                f"beta_loss='frobenius' (solver 'hals', 'mu' or 'als') or "
-                f"'kullback-leibler' (solver 'mu'), not beta_loss={loss!r} with "
+                f"beta_loss='frobenius' (solver 'hals', 'mu' or 'als') or any other "
+                f"beta_loss with solver 'mu', not beta_loss={loss!r} with "
                 f"solver={solver!r}."
             )
 
