@@ -587,7 +587,7 @@ def _start(store: RunStore, plan: _Plan, every: int, source_location: str | None
     n, m = source.shape
     prep.summary = prep.scan()
     check_beta_data(plan.params["beta_loss"], prep.summary.size, prep.summary.nnz)
-    if store.is_run():
+    if store.is_run() or store.is_unfinished_start():
         store.wipe()  # a run killed before its first commit: nothing to keep
     run_id = store.create(n=n, m=m, k=plan.k, panel_rows=plan.panel_rows, dtype=source.dtype)
     keeper = StoreKeeper(store, run_id, prep.bounds, prep.backend, every)
@@ -629,7 +629,8 @@ def _fit(
 ) -> dict[str, Any]:
     """Start, resume or read back the run in ``store``; return its final manifest."""
     loc = store.location
-    if store.exists() and not store.is_run() and not store.is_empty_dir():
+    if (store.exists() and not store.is_run() and not store.is_empty_dir()
+            and not store.is_unfinished_start()):
         if not params["overwrite"] and any(
                 store.read_bytes(key) is not None for key in (MANIFEST, COMMITTED)):
             store.read_manifest()  # a run whose group metadata was lost: say so

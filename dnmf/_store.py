@@ -47,6 +47,7 @@ from .errors import CorruptCheckpointError, RunLockedError, StoreError
 
 __all__ = [
     "COMMITTED",
+    "STARTING",
     "H_BUFFERS",
     "W_BUFFERS",
     "Location",
@@ -70,6 +71,10 @@ MANIFEST = "manifest.json"
 #: Written with the first commit: a run that has it but no manifest was damaged, not
 #: stopped before its first commit.
 COMMITTED = "committed.json"
+#: Written (atomically) before anything else of a new run, and removed by its first
+#: commit: a store holding it and no commit is a run killed while it was being laid
+#: out or initialised — debris to clear and start afresh, not damage.
+STARTING = "starting.json"
 #: The fields of an array's ``zarr.json`` that say how its bytes are read; every
 #: manifest pins them for the arrays it points at.
 PINNED_METADATA = ("zarr_format", "node_type", "shape", "data_type", "chunk_grid",
@@ -720,8 +725,19 @@ class RunStore:
         return self.attributes() is not None
 
     def is_empty_dir(self) -> bool:
-        """Nothing but a lock (or nothing at all) is there."""
-        return all(key == LOCK or key.startswith(f"{LOCK}.") for key in self.keys(""))
+        """Nothing but a lock (or nothing at all) is there: also a lock's temporary
+        (``.lock.json.XXXX``, left when a writer was killed while writing it)."""
+        return all(key == LOCK or key.startswith((f"{LOCK}.", f".{LOCK}."))
+                   for key in self.keys(""))
+
+    def is_unfinished_start(self) -> bool:
+        """A run killed before its first commit (see :data:`STARTING`): the marker, no
+        manifest, no commit mark. Whatever else is there (group metadata, perhaps
+        half-written; buffers; initial W panels) is what the start made."""
+        return (self.read_bytes(STARTING) is not None
+                and self.read_bytes(MANIFEST) is None
+                and self.read_bytes(COMMITTED) is None
+                and not [k for k in self.keys(MANIFESTS) if k.endswith(".json")])
 
     def remove_leftovers(self) -> None:
         """Delete temporary manifests of writers killed mid-commit (holding the lock)."""
@@ -764,6 +780,9 @@ class RunStore:
         attrs: dict[str, Any] = {
             "dnmf_run": {"format": FORMAT, "run_id": run_id, "created": now()}
         }
+        self.write_bytes(STARTING, json.dumps({"run_id": run_id, "pid": os.getpid(),
+                                               "created": now()}).encode(), atomic=True)
+        pause_point("create:started")
         zarr.open_group(store=zarr_store(self.location), mode="a", attributes=attrs)
         self.ensure_buffers(run_id, n=n, m=m, k=k, panel_rows=panel_rows, dtype=dtype)
         return run_id
@@ -951,6 +970,8 @@ class RunStore:
             if self.read_bytes(COMMITTED) is None:
                 self.write_bytes(COMMITTED, json.dumps({"run_id": body.get("run_id")}).encode(),
                                  atomic=True)
+            if self.read_bytes(STARTING) is not None:
+                self.delete(STARTING)  # committed: no longer a start to clear
             self._marked = True
         pause_point("commit:done", body.get("iteration"))
         return key
