@@ -129,6 +129,8 @@ def test_resume_of_a_masked_run_is_bit_identical(files, capsys, monkeypatch):
     np.testing.assert_array_equal(a.H, b.H)
     np.testing.assert_array_equal(np.asarray(a.W), np.asarray(b.W))
     assert a.loss_history == b.loss_history
+    shown = ok(run_here("info", "part.zarr", cwd=d, capsys=capsys, monkeypatch=monkeypatch))
+    assert "observed    the mask " in shown.stdout and "part.mask.zarr" in shown.stdout
     # The same fit command again continues (the mask copy is recognised, not redone).
     again = ok(run_here(*base, "--max-iter", "16", "-o", "part.zarr", cwd=d, capsys=capsys,
                         monkeypatch=monkeypatch))
@@ -207,6 +209,8 @@ def test_rank_with_missing_values_nan_or_mask(files):
     assert all(0 < r["n_heldout"] < 0.08 * n_obs for r in a["table"])
     header = json.loads((d / "mask.sweep" / "sweep.json").read_text())
     assert header["mask"]["zarr"].rstrip("/").endswith("mask.sweep.mask.zarr") and "nmf.missing" not in header
+    shown = ok(run_dnmf("info", "mask.sweep/fits/k003-r01", cwd=d)).stdout
+    assert "observed    the mask " in shown and "minus a hold-out of 0.05 (seed " in shown
     again = ok(run_dnmf("rank", "V.npy", "--mask", "M.npy", "--out", "mask.sweep", *common,
                         cwd=d))
     assert [r["time"] for r in json.loads(again.stdout)["table"]] == \
