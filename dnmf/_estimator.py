@@ -128,6 +128,16 @@ class NMF:
         "nan", the NaN entries of a dense X; "unstored", every entry a sparse X does
         not store (the recommender setting). The loss and every update then use the
         observed entries only; see also ``fit(X, mask=...)`` and docs/missing.md.
+    extrapolate : {False, True, "auto"}, default=False
+        Extrapolation with restarts (Ang & Gillis 2019) for ``solver="hals"`` and
+        ``"als"``: each iteration starts from the factors pushed along their last
+        move, with a weight that grows while the loss falls and shrinks (and the
+        step is undone) when it rises; still one pass over X per iteration, and
+        the recorded loss never rises. It reaches a given loss in 1.5–4× fewer
+        iterations (see the guide). True: on (Frobenius HALS and ALS without
+        missing values; an error elsewhere); "auto": on where available, plain
+        elsewhere; False: plain iterations. Run stores (``out``) keep its state,
+        so resume is bit for bit.
 
     Attributes
     ----------
@@ -189,6 +199,7 @@ class NMF:
         overwrite: bool = False,
         cache: bool = False,
         missing: str | None = None,
+        extrapolate: bool | str = False,
     ) -> None:
         self.n_components = n_components
         self.solver = solver
@@ -210,6 +221,7 @@ class NMF:
         self.overwrite = overwrite
         self.cache = cache
         self.missing = missing
+        self.extrapolate = extrapolate
 
     # ------------------------------------------------------------ parameters
     @classmethod
@@ -348,6 +360,8 @@ class NMF:
         solver = self._solver(params, masked=prep.spec is not None,
                               observed=prep.observed_share)
         state = _engine.FitState(W=W_handles, H=H0)
+        extrapolation = _extrapolation_for(params, H0, masked=prep.spec is not None,
+                                           shape=(n, m))
         from ._progress import Progress
 
         with Progress(params["verbose"], params["max_iter"], prep.backend) as progress:
@@ -355,7 +369,7 @@ class NMF:
                 prep.backend, source, prep.refs, solver, self._reg(params, n, m), state,
                 max_iter=params["max_iter"], tol=params["tol"],
                 norm_sq=prep.summary.norm_sq, callback=params["callback"],
-                progress=progress.update,
+                progress=progress.update, extrapolation=extrapolation,
             )
         self._set_fitted(state, k, m, prep)
         return prep.assemble(state.W, k)
@@ -444,6 +458,17 @@ class NMF:
                 f"{self.n_components_})."
             )
         return W @ self.components_
+
+
+def _extrapolation_for(params: dict[str, Any], H0: Any, *, masked: bool,
+                       shape: tuple[int, int]) -> Any:
+    """The fit's :class:`~dnmf._extrapolation.Extrapolation` state, or None."""
+    from . import _extrapolation
+
+    k = int(np.shape(H0)[0])
+    if not _extrapolation.resolve(params, k, shape, masked=masked):
+        return None
+    return _extrapolation.Extrapolation.start(params["solver"], np.asarray(H0))
 
 
 def non_negative_factorization(

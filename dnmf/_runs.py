@@ -95,7 +95,7 @@ class Run:
             alpha_W=p["alpha_W"], alpha_H=p["alpha_H"], l1_ratio=p["l1_ratio"],
             panel_rows=None if "panel_starts" in p else p["panel_rows"], out=self.out,
             checkpoint_every=p["checkpoint_every"], cache=p["cache"],
-            missing=p.get("missing"),
+            missing=p.get("missing"), extrapolate=bool(p.get("extrapolate", False)),
         )
         state = _engine.FitState(W=[], H=self.H, iteration=self.iteration,
                                  loss_history=list(self.loss_history), init_loss=self.init_loss)

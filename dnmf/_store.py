@@ -47,6 +47,7 @@ from .errors import CorruptCheckpointError, RunLockedError, StoreError
 
 __all__ = [
     "COMMITTED",
+    "EXTRAPOLATION_BUFFERS",
     "STARTING",
     "H_BUFFERS",
     "W_BUFFERS",
@@ -67,6 +68,10 @@ logger = logging.getLogger("dnmf")
 FORMAT = 1
 W_BUFFERS = ("W0", "W1", "W2")
 H_BUFFERS = ("H0", "H1")
+#: A run with extrapolation (dnmf/_extrapolation.py) also keeps, in lockstep with the
+#: buffers above, the last accepted W-step ("WP" + the digit of the iterate's W) and
+#: the H the next pass starts from ("HY" + the H buffer's digit).
+EXTRAPOLATION_BUFFERS = ("WP0", "WP1", "WP2", "HY0", "HY1")
 MANIFEST = "manifest.json"
 #: Written with the first commit: a run that has it but no manifest was damaged, not
 #: stopped before its first commit.
@@ -766,7 +771,8 @@ class RunStore:
             if key not in (LOCK, TAKEOVER):
                 self.delete(key)
 
-    def create(self, *, n: int, m: int, k: int, panel_rows: int, dtype: np.dtype) -> str:
+    def create(self, *, n: int, m: int, k: int, panel_rows: int, dtype: np.dtype,
+               extrapolated: bool = False) -> str:
         """Create the group and the W and H buffers; return the new run id.
 
         W buffers are chunked by ``panel_rows`` rows: every panel is a whole
@@ -784,20 +790,23 @@ class RunStore:
                                                "created": now()}).encode(), atomic=True)
         pause_point("create:started")
         zarr.open_group(store=zarr_store(self.location), mode="a", attributes=attrs)
-        self.ensure_buffers(run_id, n=n, m=m, k=k, panel_rows=panel_rows, dtype=dtype)
+        self.ensure_buffers(run_id, n=n, m=m, k=k, panel_rows=panel_rows, dtype=dtype,
+                            extrapolated=extrapolated)
         return run_id
 
     def ensure_buffers(
-        self, run_id: str, *, n: int, m: int, k: int, panel_rows: int, dtype: np.dtype
+        self, run_id: str, *, n: int, m: int, k: int, panel_rows: int, dtype: np.dtype,
+        extrapolated: bool = False,
     ) -> None:
         """Create the W and H buffers that are missing (a run unpacked from a zip)."""
         import zarr
 
         group = zarr.open_group(store=zarr_store(self.location), mode="r+")
-        present = {name for name in W_BUFFERS + H_BUFFERS
+        names = W_BUFFERS + H_BUFFERS + (EXTRAPOLATION_BUFFERS if extrapolated else ())
+        present = {name for name in names
                    if self.read_bytes(f"{name}/zarr.json") is not None}
         h_cols = max(1, min(m, (64 * 2**20) // max(1, k * np.dtype(dtype).itemsize)))
-        for name in W_BUFFERS + H_BUFFERS:
+        for name in names:
             shape, chunks = ((n, k), (panel_rows, k)) if name[0] == "W" else ((k, m), (k, h_cols))
             if name in present:
                 # A buffer the next passes write must be what the run made.
