@@ -560,7 +560,11 @@ def _plan(est: Estimator, X: Any, W: Any, H: Any, params: dict[str, Any],
     from ._extrapolation import resolve
 
     masked = params.get("missing") is not None or params.get("_mask") is not None
-    plan.extrapolate = resolve(params, k, (n, m), masked=masked)
+    if recorded and params.get("extrapolate", False) == "auto":
+        # Left open: as recorded (a run made before the option, or with it off, stays plain).
+        plan.extrapolate = bool(recorded.get("extrapolate", False))
+    else:
+        plan.extrapolate = resolve(params, k, (n, m), masked=masked)
     plan.params = _recorded_params(params, k, init, seed, prep.unit, prep.bounds,
                                    plan.extrapolate)
     custom: dict[str, Any] = {}

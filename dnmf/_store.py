@@ -48,8 +48,8 @@ from .errors import CorruptCheckpointError, RunLockedError, StoreError
 __all__ = [
     "COMMITTED",
     "EXTRAPOLATION_BUFFERS",
-    "STARTING",
     "H_BUFFERS",
+    "STARTING",
     "W_BUFFERS",
     "Location",
     "PanelSink",

@@ -188,16 +188,24 @@ def test_run_store_gives_the_in_memory_fit_and_resumes_bit_for_bit(tmp_path, sol
         assert again.iteration == 30 and again.loss_history == memory.loss_history_
         np.testing.assert_array_equal(np.asarray(again.W), W_memory)
         np.testing.assert_array_equal(again.H, memory.components_)
-    # Another extrapolate for the same run is refused, not silently mixed.
+    # Another extrapolate for the same run is refused, not silently mixed; "auto" (left
+    # open) continues a run as it was recorded.
     with pytest.raises(dnmf.errors.IncompatibleRunError, match="extrapolate"):
         _fit(V, out=tmp_path / "whole", **{**kw, "extrapolate": False})
+    plain_kw = {**kw, "extrapolate": False, "max_iter": 10}
+    _fit(V, out=tmp_path / "plain", **plain_kw)
+    more, _ = _fit(V, out=tmp_path / "plain", **{**plain_kw, "extrapolate": "auto",
+                                                  "max_iter": 20})
+    whole_plain, _ = _fit(V, **{**plain_kw, "max_iter": 20})
+    assert more.loss_history_ == whole_plain.loss_history_
+    assert "extrapolate" not in dnmf.open_run(tmp_path / "plain").params
 
 
 def test_zip_run_store_with_extrapolation(tmp_path):
     V, _, _ = planted(120, 40, 4, seed=6, noise=0.05)
     kw = dict(n_components=4, extrapolate=True, max_iter=12, checkpoint_every=5)
     memory, W_memory = _fit(V, **kw)
-    stored, W_stored = _fit(V, out=tmp_path / "run.zip", **kw)
+    stored, _ = _fit(V, out=tmp_path / "run.zip", **kw)
     assert stored.loss_history_ == memory.loss_history_
     run = dnmf.open_run(tmp_path / "run.zip")
     np.testing.assert_array_equal(np.asarray(run.W), W_memory)
