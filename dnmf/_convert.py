@@ -99,13 +99,14 @@ def open_reader(path: str, *, dataset: str | None = None, **options: Any) -> Rea
 
 
 # ------------------------------------------------------------------ checking
-def _cast(block: np.ndarray, start: int, reader: Reader, dtype: np.dtype) -> np.ndarray:
+def _cast(block: np.ndarray, start: int, reader: Reader, dtype: np.dtype,
+          allow_nan: bool = False) -> np.ndarray:
     """``block`` checked, in ``dtype``; values that overflow the cast are refused."""
-    check_block(block, start, reader)
+    check_block(block, start, reader, allow_nan=allow_nan)
     with np.errstate(over="ignore"):
         cast = block.astype(dtype, copy=False)
-    if cast is not block and block.dtype.kind == "f" and not np.isfinite(cast).all():
-        r, c = (int(i) for i in np.argwhere(~np.isfinite(cast))[0])
+    if cast is not block and block.dtype.kind == "f" and np.isinf(cast).any():
+        r, c = (int(i) for i in np.argwhere(np.isinf(cast))[0])
         raise InvalidInputError(
             f"{reader.name} has a value ({float(block[r, c]):g}) at row {start + r}, column {c}"
             f"{reader.where(start + r)} too large for {dtype}; use --dtype float64."
@@ -260,6 +261,7 @@ def convert(
     raw: bool = False,
     index_col: int | bool | None = None,
     storage_options: dict[str, Any] | None = None,
+    missing: str | None = None,
 ) -> ConvertResult:
     """Write ``src`` as a Zarr v3 array at ``dst``, chunked by rows.
 
@@ -291,6 +293,10 @@ def convert(
         Write a sparse source as a dense array too.
     layer, raw, index_col, storage_options
         As for :func:`dnmf.io.open_source`.
+    missing : {None, "nan"}, default=None
+        ``"nan"``: keep NaN entries (missing values, for ``NMF(missing="nan")``)
+        instead of refusing them; ±inf and negative values are still refused. Dense
+        output only (a sparse source needs ``dense=True``).
 
     The source's row and column names (AnnData obs/var, a CSV header and index
     column, 10x barcodes and genes) are recorded in the attributes of the array
@@ -300,11 +306,19 @@ def convert(
     Raises
     ------
     InvalidInputError
-        Unreadable source, or a negative, NaN or infinite value (with its position).
+        Unreadable source, or a negative, NaN (without ``missing="nan"``) or infinite
+        value (with its position).
     StoreError
         ``dst`` exists (without ``overwrite``) or cannot be written.
     """
     src_text = os.fspath(src)
+    if missing not in (None, "nan"):
+        raise InvalidParameterError(
+            f"missing must be None or 'nan' (NaN entries kept as missing values), got "
+            f"{missing!r}; a sparse source's unstored entries need no conversion option "
+            f"(fit it with missing='unstored')."
+        )
+    allow_nan = missing == "nan"
     dst_path = check_destination(dst, overwrite=overwrite)
     if chunk_rows is not None and (not isinstance(chunk_rows, int) or chunk_rows < 1):
         raise InvalidParameterError(
@@ -324,6 +338,12 @@ def convert(
                 f"written as a CSR group (chunked by stored entries): leave --chunk-rows "
                 f"out, or add --dense."
             )
+        if sparse and allow_nan:
+            raise InvalidParameterError(
+                f"--missing nan keeps NaN entries in a dense array, but {src_text} is "
+                f"sparse: add --dense to write it dense, or convert without --missing and "
+                f"fit with --missing unstored if its unstored entries are the missing ones."
+            )
         out_shape = (m, n) if transpose else (n, m)
         rows = chunk_rows or default_chunk_rows(out_shape[0], out_shape[1], out_dtype)
         rows = min(rows, out_shape[0])
@@ -334,6 +354,7 @@ def convert(
                 "dataset": dataset,
                 "transposed": bool(transpose),
                 **_names(source, transpose),
+                **({"missing": "nan"} if allow_nan else {}),
                 **(attributes or {}),
             }
         }
@@ -351,9 +372,10 @@ def convert(
                                      reader.streaming, nnz)
             if transpose:
                 written = _write_transposed(reader, tmp, scratch, rows, out_dtype, attrs,
-                                            on_rows)
+                                            on_rows, allow_nan)
             else:
-                written = _write_rows(reader, tmp, rows, out_dtype, attrs, on_rows)
+                written = _write_rows(reader, tmp, rows, out_dtype, attrs, on_rows,
+                                      allow_nan)
             _replace(tmp, dst_path)
         except OSError as exc:
             _remove(tmp)
@@ -393,13 +415,13 @@ def _read_rows(reader: Reader, chunk_rows: int, row_bytes: int) -> int:
 
 
 def _write_rows(reader: Reader, tmp: Path, chunk_rows: int, dtype: np.dtype,
-                attrs: dict[str, Any], on_rows: Callable[[int, int], None] | None
-                ) -> tuple[int, int]:
+                attrs: dict[str, Any], on_rows: Callable[[int, int], None] | None,
+                allow_nan: bool = False) -> tuple[int, int]:
     n, m = reader.shape
     out = _create(tmp, (n, m), (chunk_rows, m), dtype, attrs)
     done = 0
     for start, block in reader.blocks(_read_rows(reader, chunk_rows, m * dtype.itemsize)):
-        cast = _cast(block, start, reader, dtype)
+        cast = _cast(block, start, reader, dtype, allow_nan)
         out[start : start + len(block)] = cast
         done = start + len(block)
         if on_rows is not None:
@@ -455,7 +477,8 @@ def _write_sparse(reader: Reader, tmp: Path, dtype: np.dtype, transpose: bool,
 
 def _write_transposed(reader: Reader, tmp: Path, scratch: Path, chunk_rows: int,
                       dtype: np.dtype, attrs: dict[str, Any],
-                      on_rows: Callable[[int, int], None] | None) -> tuple[int, int]:
+                      on_rows: Callable[[int, int], None] | None,
+                      allow_nan: bool = False) -> tuple[int, int]:
     """Two streaming passes: rows into column tiles, then column strips out as rows.
 
     Reading a column strip of a row-chunked array would read the whole array once per
@@ -468,7 +491,7 @@ def _write_transposed(reader: Reader, tmp: Path, scratch: Path, chunk_rows: int,
     tiles = _create(scratch, (n, m), (block_rows, chunk_rows), dtype, {})
     done = 0
     for start, block in reader.blocks(block_rows):
-        cast = _cast(block, start, reader, dtype)
+        cast = _cast(block, start, reader, dtype, allow_nan)
         tiles[start : start + len(block)] = cast
         done = start + len(block)
         if on_rows is not None:

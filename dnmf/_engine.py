@@ -20,15 +20,18 @@ import math
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from . import _init, errors
+from . import _extrapolation, _init, errors
 from ._backend import Backend, Pending
 from ._solvers import PanelContext, Regularization, Solver, Stats, add_stats
 from ._source import PanelSource, check_panel, load_panel, panel_start
 from .errors import InvalidInputError
+
+if TYPE_CHECKING:
+    from ._extrapolation import Extrapolation
 
 __all__ = [
     "DataSummary",
@@ -381,6 +384,12 @@ def h_step(stats: Stats, solver: Solver, ctx: PanelContext, reg: Regularization,
     return next_ctx, (before, after, H_new, heldout)
 
 
+def _h_step_extrapolated(stats: Stats, solver: Solver, ctx: PanelContext, reg: Regularization,
+                         beta: float, from_extrapolated: bool, *, norm_sq: float) -> Any:
+    """:func:`h_step` after an extrapolated pass (whose shared arguments it ignores)."""
+    return h_step(stats, solver, ctx, reg, norm_sq=norm_sq)
+
+
 def _heldout(solver: Solver, stats: Stats) -> float | None:
     """The held-out loss at the pass's starting (W, H), for masked solvers with a hold-out."""
     method = getattr(solver, "heldout_before", None)
@@ -453,27 +462,39 @@ def iterate(
     callback: Callable[[int, float], Any] | None = None,
     on_iteration: Callable[[FitState], None] | None = None,
     progress: Callable[[FitState], None] | None = None,
+    extrapolation: Extrapolation | None = None,
 ) -> FitState:
     """Run iterations until convergence, ``max_iter`` or the callback says stop.
 
     For solvers whose loss needs a pass (KL), pass t also yields the loss of
     iteration t − 1; when that loss meets the stopping rule the pass's new W is
     dropped, so the state returned always matches its last recorded loss.
+
+    With ``extrapolation`` (HALS/ALS with W in memory, :mod:`dnmf._extrapolation`)
+    each pass works from the extrapolated factors; a pass whose iterate is rejected
+    counts as an iteration that records the unchanged loss (without the stopping
+    test) and keeps the state as it was.
     """
     keeper = keeper or MemoryKeeper(len(refs), backend)
+    ex = extrapolation
     # How far the data term can be off by rounding alone (see _converged).
     rounding = solver.rounding(norm_sq, norm_sq if total is None else total,
                                float(np.finfo(source.dtype).eps))
 
-    def record(loss: Loss) -> bool:
-        value = float(loss.objective)
+    def record(loss: Loss | float, test: bool = True) -> bool:
+        """Record an iteration's objective (a float: a rejected extrapolated pass
+        repeating the last one, whose data term stays recorded)."""
+        if isinstance(loss, Loss):
+            value = float(loss.objective)
+            state.data_loss = float(loss.data) if loss.penalty else None
+        else:
+            value = float(loss)
         state.loss_history.append(value)
-        state.data_loss = float(loss.data) if loss.penalty else None
         stop = False
         if callback is not None and callback(state.iteration, value):
             state.stopped_by_callback = True
             stop = True
-        if _converged(state.loss_history, state.init_loss, tol, rounding):
+        if test and _converged(state.loss_history, state.init_loss, tol, rounding):
             state.converged = True
             stop = True
         if progress is not None:
@@ -485,13 +506,20 @@ def iterate(
     # submitted: its tasks take the context from the H-step task of this pass, so the
     # workers go from one pass to the next without waiting for this process. A queued
     # pass that is not wanted (convergence, callback) is cancelled; it writes nothing.
-    ahead = backend.distributed and keeper.queue_ahead
+    # With extrapolation the next pass depends on this one's verdict: no queueing.
+    ahead = backend.distributed and keeper.queue_ahead and ex is None
 
     def submit(W: list[Any], ctx_arg: Any, iteration: int) -> tuple[Pending, list[Any]]:
         sinks = keeper.sinks(iteration + 1)
+        task: Callable[..., Any] = update_task
+        shared: tuple[Any, ...] = (solver, ctx_arg, reg)
+        then: Callable[..., Any] = h_step
+        if ex is not None:
+            task, then = _extrapolation.extrapolated_update_task, _h_step_extrapolated
+            shared = (solver, ctx_arg, reg, ex.beta, ex.from_extrapolated)
         pending = backend.submit_pass(
-            update_task, list(zip(refs, W, sinks)), (solver, ctx_arg, reg), add_stats,
-            keep_outputs=True, then=functools.partial(h_step, norm_sq=norm_sq),
+            task, list(zip(refs, W, sinks)), shared, add_stats,
+            keep_outputs=True, then=functools.partial(then, norm_sq=norm_sq),
         )
         return pending, sinks
 
@@ -501,8 +529,12 @@ def iterate(
     # are pure. Passes that write W to a run store must not hang on the last pass's
     # tasks: a lost worker would make Dask rerun them, writing a W buffer that may
     # have been reused since; their context is made here from H.
-    reuse_ctx = ahead or not backend.distributed
-    ctx: Any = context_for(state.H, source, state.iteration)
+    reuse_ctx = (ahead or not backend.distributed) and ex is None
+    # (A resumed extrapolated run continues from its recorded H_y, not from its H.)
+    # Extrapolated passes have a schedule of their own: no HALS warm-up, no shuffle
+    # (their contexts carry no iteration).
+    ctx: Any = (context_for(state.H, source, state.iteration) if ex is None
+                else context_for(ex.H_y, source))
     with backend.driver_limits():
         while True:
             if lagged and state.iteration == max_iter:
@@ -536,6 +568,24 @@ def iterate(
                 state.heldout_loss = heldout
                 if record(loss_before):
                     break
+            if ex is not None:
+                assert loss_after is not None
+                polishing = ex.polishing
+                accepted = ex.judge(loss_after.objective, H_new)
+                if accepted:
+                    state.W = keeper.handles(pending.outputs, sinks)
+                    state.H = H_new.astype(source.dtype)
+                state.iteration += 1
+                stop = record(loss_after if accepted else ex.loss_prev,
+                              test=accepted and not polishing)
+                if on_iteration is not None:
+                    on_iteration(state)
+                if polishing or state.stopped_by_callback or state.iteration >= max_iter:
+                    break
+                if stop or state.iteration == max_iter - 1:
+                    ex.polish()  # the fit ends on a plain step from its iterate
+                ctx = context_for(ex.H_y, source)
+                continue
             state.W = next_W if next_W is not None else keeper.handles(pending.outputs, sinks)
             state.H = H_new.astype(source.dtype)
             ctx = (pending.part() if reuse_ctx
@@ -551,6 +601,11 @@ def iterate(
                 break
     if queued is not None:
         queued[0].cancel()
+    if ex is not None and isinstance(keeper, MemoryKeeper):
+        # The iterate's W: the accepted pass's W_y, left where it is. (A run store's
+        # keeps the pairs: its commit records both, and its W is the W_y buffer.)
+        state.W = (backend.map_keep(_extrapolation.final_W_task, [(w,) for w in state.W])
+                   if backend.distributed else [_extrapolation.final_W_task(w) for w in state.W])
     state.done = True
     if not (state.converged or state.stopped_by_callback):
         warnings.warn(

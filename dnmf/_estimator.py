@@ -147,6 +147,16 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         "nan", the NaN entries of a dense X; "unstored", every entry a sparse X does
         not store (the recommender setting). The loss and every update then use the
         observed entries only; see also ``fit(X, mask=...)`` and docs/missing.md.
+    extrapolate : {False, True, "auto"}, default=False
+        Extrapolation with restarts (Ang & Gillis 2019) for ``solver="hals"`` and
+        ``"als"``: each iteration starts from the factors pushed along their last
+        move, with a weight that grows while the loss falls and shrinks (and the
+        step is undone) when it rises; still one pass over X per iteration, and
+        the recorded loss never rises. It reaches a given loss in 1.5–4× fewer
+        iterations (see the guide). True: on (Frobenius HALS and ALS without
+        missing values; an error elsewhere); "auto": on where available, plain
+        elsewhere; False: plain iterations. Run stores (``out``) keep its state,
+        so resume is bit for bit.
 
     Attributes
     ----------
@@ -214,6 +224,7 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         overwrite: bool = False,
         cache: bool = False,
         missing: str | None = None,
+        extrapolate: bool | str = False,
     ) -> None:
         self.n_components = n_components
         self.solver = solver
@@ -236,6 +247,7 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         self.overwrite = overwrite
         self.cache = cache
         self.missing = missing
+        self.extrapolate = extrapolate
 
     # ------------------------------------------------------------ parameters
     # get_params, set_params, repr, feature names, set_output and metadata routing
@@ -278,15 +290,16 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
 
     @staticmethod
     def _check_masked(params: dict[str, Any], mask: Any) -> None:
-        """Missing values are fitted by the Frobenius and KL kernels (mu, hals, als)."""
+        """Missing values are fitted by the masked kernels: Frobenius with mu, hals or
+        als; every other β-divergence with mu."""
         if params["missing"] is None and mask is None:
             return
         loss, solver = params["beta_loss"], params["solver"]
-        if loss not in ("frobenius", "kullback-leibler") or solver not in ("mu", "hals", "als"):
+        if solver == "amu" or (loss != "frobenius" and solver != "mu"):
             raise InvalidParameterError(
                 f"missing values (missing={params['missing']!r}, mask=...) are fitted with "
-                f"beta_loss='frobenius' (solver 'hals', 'mu' or 'als') or "
-                f"'kullback-leibler' (solver 'mu'), not beta_loss={loss!r} with "
+                f"beta_loss='frobenius' (solver 'hals', 'mu' or 'als') or any other "
+                f"beta_loss with solver 'mu', not beta_loss={loss!r} with "
                 f"solver={solver!r}."
             )
 
@@ -369,6 +382,8 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         solver = self._solver(params, masked=prep.spec is not None,
                               observed=prep.observed_share, seed=seed)
         state = _engine.FitState(W=W_handles, H=H0)
+        extrapolation = _extrapolation_for(params, H0, masked=prep.spec is not None,
+                                           shape=(n, m))
         from ._progress import Progress
 
         with Progress(params["verbose"], params["max_iter"], prep.backend) as progress:
@@ -378,7 +393,7 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
                 max_iter=params["max_iter"], tol=params["tol"],
                 norm_sq=prep.summary.norm_sq, total=prep.summary.total,
                 callback=params["callback"],
-                progress=progress.update,
+                progress=progress.update, extrapolation=extrapolation,
             )
         if _engine.balances(solver, reg):
             _engine.balance(prep.backend, state)
@@ -447,7 +462,7 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
                 f"X has {source.shape[1]} features, but {type(self).__name__} is "
                 f"expecting {self.n_features_in_} features as input."
             )
-        if isinstance(mask, _mask.SpeckledHoldout):
+        if _mask.split_mask(mask)[1] is not None:
             raise InvalidInputError(
                 "transform takes a boolean mask (True = observed), not a SpeckledHoldout: "
                 "a hold-out is for fitting. Pass mask=None or a boolean array."
@@ -503,6 +518,17 @@ def _check_factor_dtypes(W: Any, H: Any, dtype: np.dtype) -> None:
             f"H and W should have the same dtype as X. Got {got}, but X (as fitted) is "
             f"{np.dtype(dtype)}. Convert them, e.g. W.astype(X.dtype)."
         )
+
+
+def _extrapolation_for(params: dict[str, Any], H0: Any, *, masked: bool,
+                       shape: tuple[int, int]) -> Any:
+    """The fit's :class:`~dnmf._extrapolation.Extrapolation` state, or None."""
+    from . import _extrapolation
+
+    k = int(np.shape(H0)[0])
+    if not _extrapolation.resolve(params, k, shape, masked=masked):
+        return None
+    return _extrapolation.Extrapolation.start(params["solver"], np.asarray(H0))
 
 
 def non_negative_factorization(

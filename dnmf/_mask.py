@@ -30,7 +30,7 @@ import scipy.sparse as sp
 
 from .errors import InvalidInputError, InvalidParameterError
 
-__all__ = ["MaskSpec", "SpeckledHoldout", "observe", "prepare_mask", "splitmix64"]
+__all__ = ["MaskSpec", "SpeckledHoldout", "observe", "prepare_mask", "split_mask", "splitmix64"]
 
 _GAMMA = np.uint64(0x9E3779B97F4A7C15)
 _MUL1 = np.uint64(0xBF58476D1CE4E5B9)
@@ -338,6 +338,22 @@ def check_mask_array(mask: Any, shape: tuple[int, int]) -> tuple[Any, str, int |
     return mask, kind, row_chunk
 
 
+def split_mask(mask: Any) -> tuple[Any, SpeckledHoldout | None]:
+    """``mask=`` as (boolean array or None, hold-out or None).
+
+    ``mask`` is None, a boolean array, a :class:`SpeckledHoldout`, or a pair
+    ``(array, SpeckledHoldout)``: hold out entries among those the array observes.
+    """
+    if isinstance(mask, SpeckledHoldout):
+        return None, mask
+    if isinstance(mask, tuple) and len(mask) == 2 and isinstance(mask[1], SpeckledHoldout):
+        if isinstance(mask[0], SpeckledHoldout):
+            raise InvalidParameterError(
+                "mask=(array, SpeckledHoldout) takes one hold-out, after a boolean array.")
+        return mask[0], mask[1]
+    return mask, None
+
+
 def prepare_mask(source: Any, mask: Any, missing: str | None) -> tuple[MaskSpec | None, Any]:
     """Check ``missing=`` and ``mask`` against X; the spec and the mask array (or None)."""
     kind = source.kind
@@ -352,8 +368,7 @@ def prepare_mask(source: Any, mask: Any, missing: str | None) -> tuple[MaskSpec 
             "missing='nan' is for dense X; for sparse X use missing='unstored' (only "
             "the stored entries are observed)."
         )
-    holdout = mask if isinstance(mask, SpeckledHoldout) else None
-    array = None if holdout is not None or mask is None else mask
+    array, holdout = split_mask(mask)
     if missing is None and mask is None:
         return None, None
     row_chunk = None

@@ -65,7 +65,8 @@ def _store_for(est: Any) -> RunStore:
             f"rewritable. Give a directory (or an fsspec URL) for out."
         )
     store = RunStore(loc)
-    if store.exists() and not store.is_run() and not store.is_empty_dir() and not est.overwrite:
+    if (store.exists() and not store.is_run() and not store.is_empty_dir()
+            and not store.is_unfinished_start() and not est.overwrite):
         raise IncompatibleRunError(
             f"out={loc.path!r} holds data that is not a dnmf run; refusing to touch it. "
             f"Choose another out, or pass overwrite=True to replace its contents."
@@ -242,7 +243,7 @@ def fit_online_to_store(est: Any, X: Any, source: Any, X_mem: Any, prep: Any, ba
                     return state, result  # finished: read back, nothing to compute
                 # else a larger max_iter continues a run its max_iter stopped
             else:
-                if store.is_run():
+                if store.is_run() or store.is_unfinished_start():
                     store.wipe()  # killed before its first commit: nothing to keep
                 W0, H0 = est._start(source, X_mem, W, H, prep)
                 state = est._new_state(H0, W0)
@@ -326,7 +327,7 @@ def commit_stream(est: Any) -> None:
         if committer is None:
             if store.exists() and est.overwrite:
                 store.wipe()
-            elif store.is_run():
+            elif store.is_run() or store.is_unfinished_start():
                 store.wipe()  # created, but killed before its first commit
             k, m = est.components_.shape
             run_id = _create(store, n=None, m=m, k=k, rows=1, dtype=est.components_.dtype)

@@ -383,6 +383,7 @@ def select_rank(
     consensus_rows: int = 1000,
     scheduler: Any = None,
     on_fit: Callable[[dict[str, Any], int, int], Any] | None = None,
+    mask: Any = None,
     **nmf_params: Any,
 ) -> RankSelection:
     r"""Choose the rank k of an NMF of ``X`` by cross-validation or by consensus.
@@ -435,6 +436,11 @@ def select_rank(
     on_fit : callable(row, done, total) or None
         Called as each fit finishes (from the thread that ran it, one at a time) with
         its table row, the number of fits of the grid done so far, and their total.
+    mask : boolean array of X's shape or None, default=None
+        True where an entry is observed (NumPy, Dask or Zarr, as for
+        :meth:`NMF.fit`); with ``missing="nan"`` (an NMF parameter) NaN entries are
+        unobserved too. Every fit uses only the observed entries; cv holds out
+        entries among them, so the test error is measured on observed entries only.
     **nmf_params
         Any other :class:`NMF` parameter (``solver``, ``beta_loss``, ``max_iter``,
         ``tol``, ``init``, ``alpha_W``, ...). ``init`` defaults to ``"random"``
@@ -464,6 +470,13 @@ def select_rank(
     rule, grid, replicates = checked["rule"], checked["ks"], checked["n_replicates"]
     seed, rows_cap = checked["seed"], checked["consensus_rows"]
     params = _check_nmf_params({**nmf_params, "scheduler": scheduler}, method)
+    from ._mask import split_mask
+
+    if split_mask(mask)[1] is not None:
+        raise InvalidParameterError(
+            "select_rank makes the hold-outs of method='cv' itself: pass mask= a boolean "
+            "array of observed entries (or None), not a SpeckledHoldout."
+        )
 
     from ._backend import get_backend
     from ._source import as_source
@@ -481,6 +494,7 @@ def select_rank(
         "consensus_rows": rows_cap if method == "consensus" else None,
         "shape": [int(n), int(m)], "dtype": source.dtype.str,
         **{f"nmf.{key}": value for key, value in sorted(recorded.items())},
+        **({"mask": _mask_identity(mask)} if mask is not None else {}),
     }
     store = SweepStore(out) if out is not None else None
     memory: dict[str, tuple[np.ndarray, np.ndarray]] = {}
@@ -488,7 +502,7 @@ def select_rank(
 
     def fit_one(spec: FitSpec, callback: Any) -> dict[str, Any]:
         return _fit(X, spec, params, method, seed, fraction, store, fit_scheduler,
-                    callback, sample, memory)
+                    callback, sample, memory, mask)
 
     def run(rows: list[dict[str, Any]], on_done: Any) -> None:
         done = {(row["k"], row["replicate"]) for row in rows}
@@ -557,7 +571,7 @@ def select_rank(
     rows = [{**row, "cophenetic": per_k[row["k"]]["cophenetic"],
              "stability": per_k[row["k"]]["stability"]} for row in rows]
     H = consensus[k]
-    W = _consensus_W(X, k, H, {**params, "scheduler": fit_scheduler})
+    W = _consensus_W(X, k, H, {**params, "scheduler": fit_scheduler}, mask)
     return RankSelection(method, rule, k, rows, summary, threshold=float(stability_threshold),
                          consensus_H=H, consensus_W=W, path=path)
 
@@ -569,7 +583,8 @@ def holdout_seed(seed: int, replicate: int) -> int:
 
 def _fit(X: Any, spec: FitSpec, params: dict[str, Any], method: str, seed: int,
          fraction: float, store: SweepStore | None, scheduler: Any, callback: Any,
-         sample: np.ndarray, memory: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, Any]:
+         sample: np.ndarray, memory: dict[str, tuple[np.ndarray, np.ndarray]],
+         mask: Any = None) -> dict[str, Any]:
     from ._estimator import NMF
 
     fit_seed = replicate_seed(seed, spec.k, spec.replicate)
@@ -580,9 +595,9 @@ def _fit(X: Any, spec: FitSpec, params: dict[str, Any], method: str, seed: int,
         from ._mask import SpeckledHoldout
 
         holdout = SpeckledHoldout(fraction, seed=holdout_seed(seed, spec.replicate))
-        W = est.fit_transform(X, mask=holdout)
+        W = est.fit_transform(X, mask=holdout if mask is None else (mask, holdout))
     else:
-        W = est.fit_transform(X)
+        W = est.fit_transform(X, mask=mask)
     row: dict[str, Any] = {"k": spec.k, "replicate": spec.replicate, "seed": fit_seed}
     if method == "cv":
         row["test_error"] = float(est.heldout_loss_) / max(int(est.n_heldout_), 1)
@@ -639,7 +654,26 @@ def _summarize_consensus(rows: list[dict[str, Any]], grid: list[int], store: Swe
     return summary, consensus
 
 
-def _consensus_W(X: Any, k: int, H: np.ndarray, params: dict[str, Any]) -> Any:
+def _mask_identity(mask: Any) -> Any:
+    """What the sweep's header records of an explicit mask (each fit's run store also
+    records its sampled checksum): a Zarr mask's location, a Dask mask's name, a
+    digest of an in-memory one."""
+    import hashlib
+
+    module = type(mask).__module__
+    shape = [int(s) for s in getattr(mask, "shape", ())]
+    if module.startswith("zarr"):
+        from ._run import _source_location
+
+        return {"zarr": _source_location(mask), "shape": shape}
+    if module.startswith("dask"):
+        return {"dask": str(mask.name), "shape": shape}
+    packed = np.packbits(np.asarray(mask, dtype=bool))
+    return {"sha1": hashlib.sha1(packed.tobytes()).hexdigest(), "shape": shape}
+
+
+def _consensus_W(X: Any, k: int, H: np.ndarray, params: dict[str, Any],
+                 mask: Any = None) -> Any:
     """W for the consensus H: each row's NNLS (or the solver's transform) with H fixed."""
     from ._estimator import NMF
 
@@ -649,4 +683,4 @@ def _consensus_W(X: Any, k: int, H: np.ndarray, params: dict[str, Any]) -> Any:
     est.n_features_in_ = H.shape[1]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
-        return est.transform(X)
+        return est.transform(X, mask=mask)

@@ -49,6 +49,7 @@ from .errors import IncompatibleRunError, StoreError
 
 if TYPE_CHECKING:
     from ._backend import Backend
+    from ._extrapolation import Extrapolation
     from ._solvers import Regularization, Solver
 
 
@@ -94,12 +95,15 @@ class StoreKeeper:
     queue_ahead = False
 
     def __init__(self, store: RunStore, run_id: str, bounds: list[tuple[int, int]],
-                 backend: Backend, every: int = 1) -> None:
+                 backend: Backend, every: int = 1, pairs: bool = False) -> None:
         self.store = store
         self.run_id = run_id
         self.bounds = bounds
         self.backend = backend
         self.every = every
+        #: extrapolation: a pass writes (W_n, W_y), W_y into the buffer and W_n into
+        #: "WP" + its digit (the start W of the initialisation is one array)
+        self.pairs = pairs
         self.current: str | None = None
         self.committed: str | None = None
 
@@ -113,13 +117,22 @@ class StoreKeeper:
         # Panels of an iteration that will be committed are flushed by their tasks,
         # in parallel; a commit of any other iteration flushes them itself.
         durable = iteration % self.every == 0
-        return [
+        sinks = [
             self.store.sink(self.run_id, buffer, i, a, b, iteration, durable)
             for i, (a, b) in enumerate(self.bounds)
         ]
+        if not (self.pairs and iteration > 0):
+            return sinks
+        return [(self.store.sink(self.run_id, "WP" + s.buffer[1:], s.index, s.start, s.stop,
+                                 iteration, durable), s) for s in sinks]
 
     def handles(self, outputs: list[Any], sinks: list[Any]) -> list[Any]:
         checksums = self.backend.gather(outputs)
+        if isinstance(sinks[0], tuple):
+            self.current = sinks[0][1].buffer
+            return [tuple(self.store.panel(self.run_id, s.buffer, s.index, s.start, s.stop, c)
+                          for s, c in zip(pair, sums))
+                    for pair, sums in zip(sinks, checksums)]
         self.current = sinks[0].buffer
         return [
             self.store.panel(self.run_id, s.buffer, s.index, s.start, s.stop, c)
@@ -146,12 +159,25 @@ class Snapshot:
     stopped_by_callback: bool
     heldout_loss: float | None = None
     data_loss: float | None = None
+    #: with extrapolation: (H_y, its scalars); W then holds (W_n, W_y) pairs
+    extrapolation: tuple[np.ndarray, dict[str, Any]] | None = None
 
     @classmethod
-    def of(cls, state: _engine.FitState) -> Snapshot:
+    def of(cls, state: _engine.FitState, ex: Extrapolation | None = None) -> Snapshot:
         return cls(state.iteration, list(state.W), state.H, list(state.loss_history),
                    state.init_loss, state.converged, state.stopped_by_callback,
-                   state.heldout_loss, state.data_loss)
+                   state.heldout_loss, state.data_loss,
+                   None if ex is None else (ex.H_y.copy(), ex.scalars()))
+
+    @property
+    def W_iterate(self) -> list[StoredPanel]:
+        """The W of the iterate (W_y of the pairs)."""
+        return [p[1] if isinstance(p, tuple) else p for p in self.W]
+
+    @property
+    def W_prev(self) -> list[StoredPanel]:
+        """The last accepted W-step (W_n of the pairs; the start W before any)."""
+        return [p[0] if isinstance(p, tuple) else p for p in self.W]
 
 
 class Checkpointer:
@@ -168,6 +194,8 @@ class Checkpointer:
         self.committed_iteration = int(previous["iteration"]) if previous else -1
         self.last: Snapshot | None = None
         self._pinned: dict[str, dict[str, Any]] = {}
+        #: the fit's live extrapolation state, snapshotted with every iteration
+        self.extrapolation: Extrapolation | None = None
 
     def _metadata(self, name: str) -> dict[str, Any]:
         """The pinned metadata of a buffer (read once: a buffer's metadata never changes)."""
@@ -176,7 +204,7 @@ class Checkpointer:
         return self._pinned[name]
 
     def on_iteration(self, state: _engine.FitState) -> None:
-        self.last = Snapshot.of(state)
+        self.last = Snapshot.of(state, self.extrapolation)
         if state.iteration % self.every == 0:
             self.commit(self.last)
 
@@ -189,9 +217,26 @@ class Checkpointer:
                stop_reason: str | None = None,
                balance: np.ndarray | None = None) -> dict[str, Any]:
         H_buffer = next(b for b in H_BUFFERS if b != self.committed_H)
+        W_iterate, W_prev = snap.W_iterate, snap.W_prev
+        W_buffer = W_iterate[0].buffer
         if snap.iteration % self.every != 0:
-            self.store.flush_W(self.keeper.run_id, snap.W[0].buffer)
+            self.store.flush_W(self.keeper.run_id, W_buffer)
+            if W_prev[0].buffer != W_buffer:
+                self.store.flush_W(self.keeper.run_id, W_prev[0].buffer)
         H_checksum = self.store.write_H(self.keeper.run_id, H_buffer, snap.H)
+        extra: dict[str, Any] = {}
+        names = [W_buffer, H_buffer]
+        if snap.extrapolation is not None:
+            H_y, scalars = snap.extrapolation
+            Hy_buffer = "HY" + H_buffer[1:]
+            extra = {"extrapolation": {
+                "W_prev": {"array": W_prev[0].buffer,
+                           "checksums": [p.checksum for p in W_prev]},
+                "H_y": {"array": Hy_buffer,
+                        "checksum": self.store.write_H(self.keeper.run_id, Hy_buffer, H_y)},
+                **scalars,
+            }}
+            names += [name for name in (W_prev[0].buffer, Hy_buffer) if name not in names]
         pause_point("commit:H", snap.iteration)
         body = {
             **self.header,
@@ -202,12 +247,12 @@ class Checkpointer:
             "converged": snap.converged,
             "stopped_by_callback": snap.stopped_by_callback,
             "W": {
-                "array": snap.W[0].buffer,
-                "checksums": [p.checksum for p in snap.W],
+                "array": W_buffer,
+                "checksums": [p.checksum for p in W_iterate],
             },
             "H": {"array": H_buffer, "checksum": H_checksum},
-            "array_metadata": {name: self._metadata(name)
-                               for name in (snap.W[0].buffer, H_buffer)},
+            **extra,
+            "array_metadata": {name: self._metadata(name) for name in names},
             "loss_history": snap.loss_history,
             "init_loss": snap.init_loss,
             **({"heldout_loss": snap.heldout_loss} if snap.heldout_loss is not None else {}),
@@ -218,7 +263,7 @@ class Checkpointer:
         body["_key"] = self.store.commit(body)
         self.sequence += 1
         self.committed_H = H_buffer
-        self.keeper.committed = snap.W[0].buffer
+        self.keeper.committed = W_buffer
         self.committed_iteration = snap.iteration
         logger.debug("committed iteration %d to %s", snap.iteration, self.store.location)
         return body
@@ -263,8 +308,10 @@ def _check_not_input(loc: Location, source_location: str | None) -> None:
 
 
 def _recorded_params(params: dict[str, Any], k: int, init: str, seed: int,
-                     panel_rows: int, bounds: list[tuple[int, int]]) -> dict[str, Any]:
-    """The parameters a run records; ``panel_starts`` only for panels of unequal height."""
+                     panel_rows: int, bounds: list[tuple[int, int]],
+                     extrapolate: bool = False) -> dict[str, Any]:
+    """The parameters a run records; ``panel_starts`` only for panels of unequal height,
+    ``extrapolate`` (resolved) only when on."""
     alpha_H = params["alpha_H"]
     starts = [a for a, _ in bounds]
     irregular = bounds != equal_bounds(bounds[-1][1], panel_rows)
@@ -284,8 +331,9 @@ def _recorded_params(params: dict[str, Any], k: int, init: str, seed: int,
         "cache": bool(params["cache"]),
         **({"panel_starts": starts} if irregular else {}),
         **({"missing": params["missing"]} if params.get("missing") is not None else {}),
-        # Recorded only when on, so runs written before the parameter stay compatible.
+        # Recorded only when on, so runs written before the parameters stay compatible.
         **({"shuffle": True} if params.get("shuffle") else {}),
+        **({"extrapolate": True} if extrapolate else {}),
     }
 
 
@@ -447,7 +495,10 @@ def _packer(target: str) -> Callable[[RunStore, dict[str, Any] | None], None]:
         if packed is None or packed["run_id"] != manifest["run_id"] or (
             packed["sequence"] != manifest["sequence"]
         ):
-            store.pack(target, [manifest["W"]["array"], manifest["H"]["array"]])
+            ex = manifest.get("extrapolation") or {}
+            extra = [ex[key]["array"] for key in ("W_prev", "H_y") if key in ex]
+            store.pack(target, list(dict.fromkeys([manifest["W"]["array"],
+                                                   manifest["H"]["array"], *extra])))
         # Empty the work directory but keep the lock until it is released.
         for name in os.listdir(store.location.path):
             if name != LOCK:
@@ -472,8 +523,10 @@ class _Plan:
     fingerprint: dict[str, Any]
     W0: np.ndarray | None = None
     H0: np.ndarray | None = None
-    #: the mask= the fit was given (array or SpeckledHoldout), for the run's header
+    #: the mask= the fit was given (array, SpeckledHoldout or both), for the run's header
     params_mask: Any = None
+    #: extrapolate, resolved (dnmf/_extrapolation.py)
+    extrapolate: bool = False
 
     @property
     def panel_rows(self) -> int:
@@ -511,7 +564,16 @@ def _plan(est: Estimator, X: Any, W: Any, H: Any, params: dict[str, Any],
         seed = resolve_seed(params["random_state"])
     plan = _Plan(prep, k, init, seed, {}, {})
     plan.params_mask = params.get("_mask")
-    plan.params = _recorded_params(params, k, init, seed, prep.unit, prep.bounds)
+    from ._extrapolation import resolve
+
+    masked = params.get("missing") is not None or params.get("_mask") is not None
+    if recorded and params.get("extrapolate", False) == "auto":
+        # Left open: as recorded (a run made before the option, or with it off, stays plain).
+        plan.extrapolate = bool(recorded.get("extrapolate", False))
+    else:
+        plan.extrapolate = resolve(params, k, (n, m), masked=masked)
+    plan.params = _recorded_params(params, k, init, seed, prep.unit, prep.bounds,
+                                   plan.extrapolate)
     custom: dict[str, Any] = {}
     if init == "custom" and (W is not None or H is not None or not manifest):
         plan.W0 = check_custom_factor(W, "W", (n, k), prep.source.dtype)
@@ -573,11 +635,13 @@ def _reopen(store: RunStore, manifest: dict[str, Any], plan: _Plan,
     n, m = prep.source.shape
     run_id = manifest["run_id"]
     store.ensure_buffers(run_id, n=n, m=m, k=plan.k, panel_rows=plan.panel_rows,
-                         dtype=prep.source.dtype)
+                         dtype=prep.source.dtype, extrapolated=plan.extrapolate)
     prep.summary = _engine.DataSummary(**manifest["summary"])
-    keeper = StoreKeeper(store, run_id, prep.bounds, prep.backend, every)
+    keeper = StoreKeeper(store, run_id, prep.bounds, prep.backend, every,
+                         pairs=plan.extrapolate)
     state = _restore(store, manifest, keeper)
-    prep.backend.map(_verify_task, [(panel,) for panel in state.W])
+    panels = [p for pair in state.W for p in (pair if isinstance(pair, tuple) else (pair,))]
+    prep.backend.map(_verify_task, [(panel,) for panel in panels])
     header = {key: manifest[key]
               for key in ("run_id", "created", "summary", "source", "rng", "dnmf_version")}
     return state, keeper, header
@@ -594,10 +658,12 @@ def _start(store: RunStore, plan: _Plan, every: int, source_location: str | None
     n, m = source.shape
     prep.summary = prep.scan()
     check_beta_data(plan.params["beta_loss"], prep.summary.size, prep.summary.nnz)
-    if store.is_run():
+    if store.is_run() or store.is_unfinished_start():
         store.wipe()  # a run killed before its first commit: nothing to keep
-    run_id = store.create(n=n, m=m, k=plan.k, panel_rows=plan.panel_rows, dtype=source.dtype)
-    keeper = StoreKeeper(store, run_id, prep.bounds, prep.backend, every)
+    run_id = store.create(n=n, m=m, k=plan.k, panel_rows=plan.panel_rows, dtype=source.dtype,
+                          extrapolated=plan.extrapolate)
+    keeper = StoreKeeper(store, run_id, prep.bounds, prep.backend, every,
+                         pairs=plan.extrapolate)
     if plan.W0 is not None and plan.H0 is not None:
         W_handles, H0 = keeper.write_local(plan.W0), plan.H0
     else:
@@ -606,6 +672,9 @@ def _start(store: RunStore, plan: _Plan, every: int, source_location: str | None
             seed=plan.seed, summary=prep.summary, keeper=keeper,
         )
     summary = prep.summary
+    from ._mask import split_mask
+
+    mask_array = split_mask(plan.params_mask)[0]
     header = {
         "run_id": run_id,
         "created": now(),
@@ -613,9 +682,8 @@ def _start(store: RunStore, plan: _Plan, every: int, source_location: str | None
                     "size": summary.size, "nnz": summary.nnz,
                     **({"n_heldout": summary.n_heldout} if summary.n_heldout else {})},
         "source": {"kind": source.kind, "location": source_location,
-                   **({"mask_location": _source_location(plan.params_mask)}
-                      if plan.params_mask is not None
-                      and _source_location(plan.params_mask) else {})},
+                   **({"mask_location": _source_location(mask_array)}
+                      if mask_array is not None and _source_location(mask_array) else {})},
         "rng": {"seed": plan.seed, "streams": "default_rng([seed, stream, row block])"},
         "dnmf_version": __version__,
     }
@@ -634,7 +702,8 @@ def _fit(
 ) -> dict[str, Any]:
     """Start, resume or read back the run in ``store``; return its final manifest."""
     loc = store.location
-    if store.exists() and not store.is_run() and not store.is_empty_dir():
+    if (store.exists() and not store.is_run() and not store.is_empty_dir()
+            and not store.is_unfinished_start()):
         if not params["overwrite"] and any(
                 store.read_bytes(key) is not None for key in (MANIFEST, COMMITTED)):
             store.read_manifest()  # a run whose group metadata was lost: say so
@@ -681,7 +750,9 @@ def _fit_locked(
                 state, keeper, header = _start(store, plan, every, source_location)
             header = {**header, "params": plan.params, "fingerprint": plan.fingerprint}
             ckpt = Checkpointer(store, keeper, every, header, manifest)
-            final = manifest or ckpt.commit(Snapshot.of(state))
+            if plan.extrapolate:
+                ckpt.extrapolation = _restored_extrapolation(store, manifest, params, state)
+            final = manifest or ckpt.commit(Snapshot.of(state, ckpt.extrapolation))
             final = _iterate(plan.prep, est._solver(params, masked=plan.prep.spec is not None,
                                                     seed=plan.seed,
                                                     observed=plan.prep.observed_share),
@@ -758,6 +829,7 @@ def _iterate(prep: PreparedInput, solver: Any, reg: Any, state: _engine.FitState
                     max_iter=max_iter, tol=params["tol"], norm_sq=prep.summary.norm_sq,
                     total=prep.summary.total, keeper=ckpt.keeper, callback=params["callback"],
                     on_iteration=ckpt.on_iteration, progress=progress.update,
+                    extrapolation=ckpt.extrapolation,
                 )
         except KeyboardInterrupt:
             ckpt.commit_last()
@@ -766,8 +838,12 @@ def _iterate(prep: PreparedInput, solver: Any, reg: Any, state: _engine.FitState
               "callback" if state.stopped_by_callback else "max_iter")
     # The iterate is committed as it is, and the balancing scale beside it: results
     # read from the run are balanced, a later extension continues from the iterate.
-    scale = _engine.balance_scale(prep.backend, state) if _engine.balances(solver, reg) else None
-    return ckpt.commit(Snapshot.of(state), complete=True, stop_reason=reason, balance=scale)
+    snap = Snapshot.of(state, ckpt.extrapolation)
+    scale = None
+    if _engine.balances(solver, reg):
+        iterate = dataclasses.replace(state, W=snap.W_iterate)
+        scale = _engine.balance_scale(prep.backend, iterate)
+    return ckpt.commit(snap, complete=True, stop_reason=reason, balance=scale)
 
 
 def _restore(store: RunStore, manifest: dict[str, Any],
@@ -782,8 +858,13 @@ def _restore(store: RunStore, manifest: dict[str, Any],
             f"data is split into {len(keeper.bounds)}."
         )
     store.verify_arrays(manifest)
-    W = [store.panel(run_id, buffer, i, a, b, c)
-         for i, ((a, b), c) in enumerate(zip(keeper.bounds, checksums))]
+    W: list[Any] = [store.panel(run_id, buffer, i, a, b, c)
+                    for i, ((a, b), c) in enumerate(zip(keeper.bounds, checksums))]
+    ex = manifest.get("extrapolation")
+    if ex is not None and ex["W_prev"]["array"] != buffer:
+        W = [(store.panel(run_id, ex["W_prev"]["array"], i, a, b, c), w)
+             for i, ((a, b), c, w) in enumerate(zip(keeper.bounds, ex["W_prev"]["checksums"],
+                                                    W))]
     H = store.read_H(run_id, manifest["H"]["array"], manifest["H"]["checksum"])
     keeper.current = keeper.committed = buffer
     return _engine.FitState(
@@ -799,6 +880,18 @@ def _restore(store: RunStore, manifest: dict[str, Any],
 
 def _optional_float(value: Any) -> float | None:
     return None if value is None else float(value)
+
+
+def _restored_extrapolation(store: RunStore, manifest: dict[str, Any] | None,
+                            params: dict[str, Any], state: _engine.FitState) -> Extrapolation:
+    """The extrapolation state of a new run (from its start H) or of the manifest's."""
+    from ._extrapolation import Extrapolation
+
+    recorded = None if manifest is None else manifest.get("extrapolation")
+    if recorded is None:
+        return Extrapolation.start(params["solver"], state.H)
+    H_y = store.read_H(manifest["run_id"], recorded["H_y"]["array"], recorded["H_y"]["checksum"])
+    return Extrapolation.restore(params["solver"], state.H, H_y, recorded)
 
 
 # ------------------------------------------------ a replacement killed mid-way

@@ -99,6 +99,7 @@ class Run:
             panel_rows=None if "panel_starts" in p else p["panel_rows"], out=self.out,
             checkpoint_every=p["checkpoint_every"], cache=p["cache"],
             missing=p.get("missing"), shuffle=bool(p.get("shuffle", False)),
+            extrapolate=bool(p.get("extrapolate", False)),
         )
         state = _engine.FitState(W=[], H=self.H, iteration=self.iteration,
                                  loss_history=list(self.loss_history), init_loss=self.init_loss,
@@ -248,13 +249,14 @@ def _recorded_mask(run: Run) -> Any:
     observed = run.fingerprint.get("observed")
     if observed is None:
         return None
+    holdout = None
     if observed.get("holdout") is not None:
         from ._mask import SpeckledHoldout
 
         h = observed["holdout"]
-        return SpeckledHoldout(h["fraction"], h["seed"])
+        holdout = SpeckledHoldout(h["fraction"], h["seed"])
     if observed.get("mask") is None:
-        return None
+        return holdout
     location = run.source.get("mask_location")
     if location is None:
         raise InvalidInputError(
@@ -263,7 +265,14 @@ def _recorded_mask(run: Run) -> Any:
         )
     import zarr
 
-    return zarr.open_array(location, mode="r")
+    try:
+        array = zarr.open_array(location, mode="r")
+    except FileNotFoundError:
+        raise InvalidInputError(
+            f"the run at {run.path!r} was fitted with the mask {location}, which is gone: "
+            f"put it back, or pass it, dnmf.resume(path, mask=...)."
+        ) from None
+    return array if holdout is None else (array, holdout)
 
 
 class OnlineRun:

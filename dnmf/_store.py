@@ -47,7 +47,9 @@ from .errors import CorruptCheckpointError, RunLockedError, StoreError
 
 __all__ = [
     "COMMITTED",
+    "EXTRAPOLATION_BUFFERS",
     "H_BUFFERS",
+    "STARTING",
     "W_BUFFERS",
     "Location",
     "PanelSink",
@@ -66,10 +68,18 @@ logger = logging.getLogger("dnmf")
 FORMAT = 1
 W_BUFFERS = ("W0", "W1", "W2")
 H_BUFFERS = ("H0", "H1")
+#: A run with extrapolation (dnmf/_extrapolation.py) also keeps, in lockstep with the
+#: buffers above, the last accepted W-step ("WP" + the digit of the iterate's W) and
+#: the H the next pass starts from ("HY" + the H buffer's digit).
+EXTRAPOLATION_BUFFERS = ("WP0", "WP1", "WP2", "HY0", "HY1")
 MANIFEST = "manifest.json"
 #: Written with the first commit: a run that has it but no manifest was damaged, not
 #: stopped before its first commit.
 COMMITTED = "committed.json"
+#: Written (atomically) before anything else of a new run, and removed by its first
+#: commit: a store holding it and no commit is a run killed while it was being laid
+#: out or initialised — debris to clear and start afresh, not damage.
+STARTING = "starting.json"
 #: The fields of an array's ``zarr.json`` that say how its bytes are read; every
 #: manifest pins them for the arrays it points at.
 PINNED_METADATA = ("zarr_format", "node_type", "shape", "data_type", "chunk_grid",
@@ -720,8 +730,19 @@ class RunStore:
         return self.attributes() is not None
 
     def is_empty_dir(self) -> bool:
-        """Nothing but a lock (or nothing at all) is there."""
-        return all(key == LOCK or key.startswith(f"{LOCK}.") for key in self.keys(""))
+        """Nothing but a lock (or nothing at all) is there: also a lock's temporary
+        (``.lock.json.XXXX``, left when a writer was killed while writing it)."""
+        return all(key == LOCK or key.startswith((f"{LOCK}.", f".{LOCK}."))
+                   for key in self.keys(""))
+
+    def is_unfinished_start(self) -> bool:
+        """A run killed before its first commit (see :data:`STARTING`): the marker, no
+        manifest, no commit mark. Whatever else is there (group metadata, perhaps
+        half-written; buffers; initial W panels) is what the start made."""
+        return (self.read_bytes(STARTING) is not None
+                and self.read_bytes(MANIFEST) is None
+                and self.read_bytes(COMMITTED) is None
+                and not [k for k in self.keys(MANIFESTS) if k.endswith(".json")])
 
     def remove_leftovers(self) -> None:
         """Delete temporary manifests of writers killed mid-commit (holding the lock)."""
@@ -750,7 +771,8 @@ class RunStore:
             if key not in (LOCK, TAKEOVER):
                 self.delete(key)
 
-    def create(self, *, n: int, m: int, k: int, panel_rows: int, dtype: np.dtype) -> str:
+    def create(self, *, n: int, m: int, k: int, panel_rows: int, dtype: np.dtype,
+               extrapolated: bool = False) -> str:
         """Create the group and the W and H buffers; return the new run id.
 
         W buffers are chunked by ``panel_rows`` rows: every panel is a whole
@@ -764,21 +786,27 @@ class RunStore:
         attrs: dict[str, Any] = {
             "dnmf_run": {"format": FORMAT, "run_id": run_id, "created": now()}
         }
+        self.write_bytes(STARTING, json.dumps({"run_id": run_id, "pid": os.getpid(),
+                                               "created": now()}).encode(), atomic=True)
+        pause_point("create:started")
         zarr.open_group(store=zarr_store(self.location), mode="a", attributes=attrs)
-        self.ensure_buffers(run_id, n=n, m=m, k=k, panel_rows=panel_rows, dtype=dtype)
+        self.ensure_buffers(run_id, n=n, m=m, k=k, panel_rows=panel_rows, dtype=dtype,
+                            extrapolated=extrapolated)
         return run_id
 
     def ensure_buffers(
-        self, run_id: str, *, n: int, m: int, k: int, panel_rows: int, dtype: np.dtype
+        self, run_id: str, *, n: int, m: int, k: int, panel_rows: int, dtype: np.dtype,
+        extrapolated: bool = False,
     ) -> None:
         """Create the W and H buffers that are missing (a run unpacked from a zip)."""
         import zarr
 
         group = zarr.open_group(store=zarr_store(self.location), mode="r+")
-        present = {name for name in W_BUFFERS + H_BUFFERS
+        names = W_BUFFERS + H_BUFFERS + (EXTRAPOLATION_BUFFERS if extrapolated else ())
+        present = {name for name in names
                    if self.read_bytes(f"{name}/zarr.json") is not None}
         h_cols = max(1, min(m, (64 * 2**20) // max(1, k * np.dtype(dtype).itemsize)))
-        for name in W_BUFFERS + H_BUFFERS:
+        for name in names:
             shape, chunks = ((n, k), (panel_rows, k)) if name[0] == "W" else ((k, m), (k, h_cols))
             if name in present:
                 # A buffer the next passes write must be what the run made.
@@ -951,6 +979,8 @@ class RunStore:
             if self.read_bytes(COMMITTED) is None:
                 self.write_bytes(COMMITTED, json.dumps({"run_id": body.get("run_id")}).encode(),
                                  atomic=True)
+            if self.read_bytes(STARTING) is not None:
+                self.delete(STARTING)  # committed: no longer a start to clear
             self._marked = True
         pause_point("commit:done", body.get("iteration"))
         return key

@@ -113,6 +113,8 @@ CONSTRAINTS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "overwrite": (lambda v: isinstance(v, bool | np.bool_), "a bool"),
     "shuffle": (lambda v: isinstance(v, bool | np.bool_), "a bool"),
     "cache": (lambda v: isinstance(v, bool | np.bool_), "a bool"),
+    "extrapolate": (lambda v: v == "auto" or isinstance(v, bool | np.bool_),
+                    "'auto', True or False"),
     "missing": (lambda v: v is None or (isinstance(v, str) and v in ("nan", "unstored")),
                 "None, 'nan' (NaN entries are missing) or 'unstored' (sparse X: only "
                 "stored entries are observed)"),

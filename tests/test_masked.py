@@ -300,7 +300,8 @@ def test_bad_masks_each_one_clear_error(tmp_path):
     with pytest.raises(InvalidParameterError, match="'missing' parameter of NMF must be"):
         dnmf.NMF(3, missing="zero").fit(V)
     with pytest.raises(InvalidParameterError, match=r"missing values .* are fitted with"):
-        dnmf.NMF(3, solver="mu", beta_loss=0.5, missing="nan").fit(np.where(missing, np.nan, V))
+        dnmf.NMF(3, solver="amu", beta_loss="kullback-leibler",
+                 missing="nan").fit(np.where(missing, np.nan, V))
     with pytest.raises(InvalidInputError, match="SciPy sparse matrix"):
         model.fit(V, mask=sp.csr_matrix(~missing))
     # chunking: the mask is read with V's panels

@@ -99,6 +99,39 @@ class FrobeniusSolver(Solver):
                        "w_sum0": W.sum(axis=0, dtype=np.float64),
                        "w_sum": W_new.sum(axis=0, dtype=np.float64)}
 
+    def update_panel_extrapolated(
+        self, V: Array, W_start: np.ndarray, W_prev: np.ndarray, ctx: PanelContext,
+        reg: Regularization, beta: float
+    ) -> tuple[tuple[np.ndarray, np.ndarray], Stats]:
+        """The W-step from ``W_start``, then the extrapolated W the H-step works with.
+
+        ``W_new = step(W_start)`` (H = ``ctx.H``, the extrapolated H) and
+        ``W_y = max(0, W_new + beta·(W_new − W_prev))``, ``W_prev`` being the last
+        accepted W-step (Ang & Gillis 2019); the statistics ``A``, ``B`` are those of
+        ``W_y``, so the loss after the H-step is the loss at (W_y, H_new). Returns
+        ``(W_new, W_y)`` and the statistics.
+        """
+        H = ctx.H
+        P = np.asarray(V @ H.T)
+        cross0 = np.array([np.vdot(P, W_start)], dtype=np.float64)
+        gram0 = (W_start.T @ W_start).astype(np.float64)
+        n, m = ctx.shape
+        k = H.shape[0]
+        rho = self.sweep_ratio(ctx, 1.0 + (ctx.nnz + m * k) / (n * (k + 1.0)))
+        W_new = self._ordered_step(ctx, 0, W_start, P, ctx.gram, reg.l1_W, reg.l2_W, rho,
+                                   _kernels.enabled(ctx.shape, k))
+        W_y = np.asarray(W_new, dtype=np.float64) - W_prev
+        W_y *= beta
+        W_y += W_new
+        np.maximum(W_y, 0.0, out=W_y)
+        W_new = W_new.astype(W_start.dtype, copy=False)
+        W_y = W_y.astype(W_start.dtype, copy=False)
+        A = t_dot(W_y, V).astype(np.float64)
+        B = (W_y.T @ W_y).astype(np.float64)
+        return (W_new, W_y), {"A": A, "B": B, "cross0": cross0, "gram0": gram0,
+                              "w_sum0": W_start.sum(axis=0, dtype=np.float64),
+                              "w_sum": W_y.sum(axis=0, dtype=np.float64)}
+
     def update_H(
         self, H: np.ndarray, stats: Stats, ctx: PanelContext, reg: Regularization
     ) -> np.ndarray:

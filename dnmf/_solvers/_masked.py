@@ -52,6 +52,7 @@ from ._nnls import nnls_bpp
 __all__ = [
     "COLUMN_GRAM_LIMIT",
     "MaskedALS",
+    "MaskedBeta",
     "MaskedHALS",
     "MaskedKL",
     "MaskedMU",
@@ -753,9 +754,195 @@ def get_masked_solver(name: str, beta_loss: str, observed: float = 1.0) -> Solve
 
     ``observed`` is the share of V's entries used for fitting (from the scan).
     """
-    if beta_loss == "kullback-leibler":
+    if beta_loss in ("kullback-leibler", 1, 1.0):
         return MaskedKL()
+    if beta_loss not in ("frobenius", 2, 2.0):
+        return MaskedBeta(0.0 if beta_loss == "itakura-saito" else float(beta_loss))
     if name == "hals":
         return MaskedHALS(majorize=observed >= MAJORIZE_ABOVE)
     kernels: dict[str, type[Solver]] = {"mu": MaskedMU, "als": MaskedALS}
     return kernels[name]()
+
+
+# ------------------------------------------------------------------ any β
+def _held_beta(obs: Observed, W: np.ndarray, H: np.ndarray, beta: float) -> np.ndarray:
+    """The β-divergence over the held-out entries (scikit-learn's formula, floors and
+    all, with the held-out count in place of n·m)."""
+    from ._beta import beta_divergence_pieces, power
+
+    wh = _held_wh(obs, W, H)
+    v = obs.held_values.astype(np.float64)
+    a, b, _ = beta_divergence_pieces(v, wh, beta)
+    c = 0.0 if beta == 0 else float(power(wh, beta).sum())
+    return np.array([_beta_value(a, b, c, float(v.size), beta)])
+
+
+def _beta_value(a: float, b: float, c: float, count: float, beta: float) -> float:
+    """The divergence from its sums (see :func:`dnmf._solvers._beta.beta_divergence_pieces`)."""
+    if beta == 0:
+        return a - count - b
+    return (a - beta * b + (beta - 1.0) * c) / (beta * (beta - 1.0))
+
+
+class MaskedBeta(_MaskedSolver):
+    """scikit-learn's β-divergence MU (any β other than 1 and 2) on observed entries.
+
+    With M the observed pattern, Q = (WH)^(β−2) and D = (WH)^(β−1) (scikit-learn's
+    floors, :func:`dnmf._solvers._beta._q_and_d`):
+
+        W ← W ∘ [((M∘V∘Q)·Hᵀ) / ((M∘D)·Hᵀ + l1 + l2·W)]^γ(β),
+        H ← H ∘ [(Wᵀ·(M∘V∘Q)) / (Wᵀ·(M∘D) + l1 + l2·H)]^γ(β),
+
+    the H-step's two k × m sums made in the panel task with the new W_i. It is the
+    unmasked rule (:class:`~dnmf._solvers._beta.BetaMultiplicative`) with weights 0
+    at unobserved entries. A dense mask costs what an unmasked dense panel does (WH
+    per block of rows); ``missing="unstored"`` works at the stored entries only,
+    O(nnz·k) per pass. The loss is the divergence summed over observed entries
+    (for β = 0 the −1 per entry counts observed entries).
+    """
+
+    def __init__(self, beta: float) -> None:
+        from ._beta import beta_gamma
+
+        self.beta = float(beta)
+        self.gamma = beta_gamma(self.beta)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(beta={self.beta!r})"
+
+    def _blocks(self, V: Observed) -> list[slice]:
+        from ._beta import _row_blocks
+
+        n, m = V.shape
+        return _row_blocks(n, m)
+
+    def _weighted(self, V: Observed, rows: slice, W: np.ndarray, H: np.ndarray,
+                  pieces: list[float] | None) -> tuple[Array, Array]:
+        """``M∘V∘Q`` and ``M∘D`` for a block of rows (dense, or CSR at the stored
+        entries), adding the loss sums at (W, H) to ``pieces`` if given."""
+        from ._beta import _q_and_d
+
+        beta = self.beta
+        if V.mask is None:
+            block = V.values[rows]
+            wh = _wh_stored(W, H, block)
+            Q, D = _q_and_d(wh, beta)
+            x = block.data
+            if pieces is not None:
+                self._add(pieces, x, wh, wh.size)
+            shape = block.shape
+            return (sp.csr_matrix((x * Q, block.indices, block.indptr), shape=shape),
+                    sp.csr_matrix((D, block.indices, block.indptr), shape=shape))
+        mask = V.mask[rows]
+        WH = W @ H
+        Q, D = _q_and_d(WH, beta)
+        if pieces is not None:
+            keep = mask.ravel()
+            self._add(pieces, V.values[rows].ravel()[keep], WH.ravel()[keep],
+                      int(np.count_nonzero(keep)))
+        del WH
+        Q *= V.values[rows]  # 0 at unobserved entries
+        D *= mask
+        return Q, D
+
+    def _add(self, pieces: list[float], x: np.ndarray, wh: np.ndarray, count: int) -> None:
+        from ._beta import beta_divergence_pieces, power
+
+        a, b, _ = beta_divergence_pieces(x, wh, self.beta)
+        pieces[0] += a
+        pieces[1] += b
+        if self.beta != 0:
+            pieces[2] += float(power(np.asarray(wh, np.float64), self.beta).sum())
+        pieces[3] += float(count)
+
+    def _delta(self, numerator: np.ndarray, denominator: np.ndarray, X: np.ndarray,
+               l1: float, l2: float) -> np.ndarray:
+        from ._beta import power
+
+        if l1 > 0:
+            denominator = denominator + l1
+        if l2 > 0:
+            denominator = denominator + l2 * X
+        denominator = np.array(denominator, dtype=np.float64)
+        denominator[denominator == 0] = EPSILON
+        numerator = np.asarray(numerator, dtype=np.float64) / denominator
+        if self.gamma != 1:
+            power(numerator, self.gamma, out=numerator)
+        return numerator
+
+    def _step(self, V: Observed, W: np.ndarray, H: np.ndarray, reg: Regularization,
+              pieces: list[float] | None) -> np.ndarray:
+        from ._beta import EPS64
+
+        out = np.empty(W.shape, dtype=np.float64)
+        for rows in self._blocks(V):
+            XQ, MD = self._weighted(V, rows, W[rows], H, pieces)
+            numerator = np.asarray(XQ @ H.T, dtype=np.float64)
+            denominator = np.asarray(MD @ H.T, dtype=np.float64)
+            out[rows] = W[rows] * self._delta(numerator, denominator, W[rows],
+                                              reg.l1_W, reg.l2_W)
+        if self.beta < 1:
+            out[out < EPS64] = 0.0
+        return out
+
+    def update_panel(self, V: Observed, W: np.ndarray, ctx: PanelContext,
+                     reg: Regularization) -> tuple[np.ndarray, Stats]:
+        H = np.asarray(ctx.H, dtype=np.float64)
+        W64 = W.astype(np.float64)
+        pieces = [0.0, 0.0, 0.0, 0.0]
+        W_new = self._step(V, W64, H, reg, pieces).astype(W.dtype, copy=False)
+        A = np.zeros(H.shape, dtype=np.float64)
+        B = np.zeros(H.shape, dtype=np.float64)
+        Wn = W_new.astype(np.float64)
+        for rows in self._blocks(V):
+            XQ, MD = self._weighted(V, rows, Wn[rows], H, None)
+            A += t_dot(Wn[rows], XQ)
+            B += t_dot(Wn[rows], MD)
+        stats: Stats = {"beta": np.array(pieces), "A": A, "B": B}
+        if V.held_rows.size:
+            stats["held0"] = _held_beta(V, W, H, self.beta)
+        return W_new, stats
+
+    def update_H(self, H: np.ndarray, stats: Stats, ctx: PanelContext,
+                 reg: Regularization) -> np.ndarray:
+        from ._beta import EPS64
+
+        H = np.asarray(H, dtype=np.float64)
+        H_new = H * self._delta(stats["A"], stats["B"], H, reg.l1_H, reg.l2_H)
+        if self.beta <= 1:
+            H_new[H_new < EPS64] = 0.0
+        return H_new
+
+    def loss_pieces(self, V: Observed, W: np.ndarray, ctx: PanelContext) -> Stats:
+        from ._beta import _row_blocks
+
+        H = np.asarray(ctx.H, dtype=np.float64)
+        W64 = W.astype(np.float64)
+        pieces = [0.0, 0.0, 0.0, 0.0]
+        for rows in _row_blocks(*V.shape):
+            if V.mask is None:
+                block = V.values[rows]
+                self._add(pieces, block.data, _wh_stored(W64[rows], H, block),
+                          block.data.size)
+            else:
+                keep = V.mask[rows].ravel()
+                self._add(pieces, V.values[rows].ravel()[keep],
+                          (W64[rows] @ H).ravel()[keep], int(np.count_nonzero(keep)))
+        stats: Stats = {"beta": np.array(pieces)}
+        if V.held_rows.size:
+            stats["held0"] = _held_beta(V, W, ctx.H, self.beta)
+        return stats
+
+    def loss_before(self, stats: Stats, ctx: PanelContext, norm_sq: float) -> float:
+        a, b, c, count = (float(v) for v in stats["beta"])
+        return _beta_value(a, b, c, count, self.beta)
+
+    def transform_panel(self, V: Observed, W: np.ndarray, ctx: PanelContext,
+                        reg: Regularization, max_iter: int, tol: float) -> np.ndarray:
+        H = np.asarray(ctx.H, dtype=np.float64)
+
+        def step(Vr: Observed, Xr: np.ndarray, rows: np.ndarray) -> np.ndarray:
+            return self._step(Vr, Xr, H, reg, None)
+
+        return _solve_masked_rows(V, W.astype(np.float64), step, max_iter,
+                                  tol).astype(W.dtype, copy=False)

@@ -162,7 +162,8 @@ def _kl_pieces_from_ratio(V: np.ndarray, R: np.ndarray, W: np.ndarray) -> Stats:
             np.log(logs, out=logs)
             xsum += np.add.reduce(xb, where=keep)
         xlog += np.dot(xb, logs)
-    return {"kl_xlog": xlog, "kl_xsum": xsum, "w_sum0": W.sum(axis=0, dtype=np.float64)}
+    return {"kl_xlog": xlog, "kl_xsum": xsum, "w_sum0": W.sum(axis=0, dtype=np.float64),
+            "w_sq0": np.array([np.vdot(W, W)])}
 
 
 def _dense64(V: Array, W: np.ndarray, H: np.ndarray) -> bool:

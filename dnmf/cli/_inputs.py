@@ -50,7 +50,7 @@ def _zarr_array_info(path: str) -> tuple[tuple[int, ...], np.dtype, int, bool]:
 def _prepare_input(
     src: str, out: str, *, dtype: str | None, chunk_rows: int | None, transpose: bool,
     dataset: str | None, overwrite: bool, dense: bool = False,
-    reading: dict[str, Any] | None = None,
+    reading: dict[str, Any] | None = None, missing: str | None = None,
 ) -> tuple[str, Path | None, Path | None]:
     """A Zarr array path for ``src``: itself, or a conversion next to ``out``.
 
@@ -58,7 +58,7 @@ def _prepare_input(
     if the fit fails before anything was committed); and when that conversion
     replaced another one (``--overwrite``), where the old one was moved (to put
     back on failure, since the run kept then still reads it; to delete once the new
-    fit has committed).
+    fit has committed). With ``missing="nan"`` a conversion keeps NaN entries.
     """
     import numpy as np
 
@@ -109,6 +109,8 @@ def _prepare_input(
     target = _input_store_for(out)
     options = {"dtype": dtype, "chunk_rows": chunk_rows, "transpose": transpose,
                "dataset": dataset, **reading}
+    if missing == "nan":
+        options["missing"] = "nan"  # NaN kept; copies without NaN keep the old key set
     if not dense and is_sparse_source(src, dataset=dataset, **reading):
         options["sparse"] = True  # written as a CSR group; dense copies keep the old key set
     if "://" in src:
@@ -143,7 +145,7 @@ def _prepare_input(
             result = convert(src, target, chunk_rows=chunk_rows, dtype=dtype,
                              transpose=transpose, dataset=dataset, overwrite=True,
                              attributes={"input_of": identity}, on_rows=on_rows, dense=dense,
-                             **reading)
+                             missing="nan" if missing == "nan" else None, **reading)
     except BaseException:
         _put_back(target, aside)
         raise

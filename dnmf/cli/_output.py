@@ -46,6 +46,12 @@ def _cli_terms(message: str) -> str:
         (r"\bmax_iter=", "--max-iter "),
         (r"\bmax_iter >=", "--max-iter >="),
         (r"\bout=(?=['\"])", "--out "),
+        # missing values (dnmf fit/rank --missing, --mask)
+        (r"\bLeave missing=None\b", "Leave out --missing"),
+        (r"\bmissing='(nan|unstored)'", r"--missing \1"),
+        (r"Drop such (rows|columns) first, e\.g\. X\[[^\]]*\]\.",
+         r"Drop such \1 from INPUT (and the mask) first."),
+        (r"\bmask=(?=[.,;)]|\s)", "--mask"),
     ):
         message = re.sub(python, option, message)
     return message

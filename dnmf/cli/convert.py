@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
@@ -11,6 +12,10 @@ import typer
 from ._app import _exit_code, app
 from ._options import DtypeName, IndexColOpt, LayerOpt, RawOpt, reading_options
 from ._output import _bytes, _fmt_duration, _result, _row_progress, _say
+
+
+class KeepName(str, Enum):
+    nan = "nan"
 
 
 @app.command()
@@ -40,6 +45,9 @@ def convert(
     layer: LayerOpt = None,
     raw: RawOpt = False,
     index_col: IndexColOpt = "auto",
+    missing: Annotated[KeepName | None, typer.Option(
+        "--missing", help="nan: keep NaN entries (missing values, for 'dnmf fit --missing "
+        "nan') instead of refusing them; dense output only.", show_default=False)] = None,
 ) -> None:
     """Convert a data file to a Zarr v3 array chunked by rows, streaming.
 
@@ -55,7 +63,8 @@ def convert(
     CSR Zarr group) is held compressed and written as a CSR Zarr group (AnnData's
     encoding) that fit reads without densifying; --dense writes a dense array
     instead, densified a block at a time. Negative, NaN and infinite values are refused with
-    the position of the first one. DST appears only once it is complete.
+    the position of the first one (--missing nan keeps NaN as missing values). DST
+    appears only once it is complete.
     """
     import numpy as np
 
@@ -67,7 +76,8 @@ def convert(
             result = run_convert(
                 src, dst, chunk_rows=chunk_rows, dtype=dtype.value if dtype else None,
                 transpose=transpose, dataset=dataset, overwrite=overwrite, on_rows=on_rows,
-                dense=dense, **reading_options(layer, raw, index_col),
+                dense=dense, missing=missing.value if missing else None,
+                **reading_options(layer, raw, index_col),
             )
     except KeyboardInterrupt as exc:
         _say(f"interrupted: {dst} was not written.")

@@ -20,6 +20,7 @@ from ..errors import (
 )
 from ._app import _exit_code, app
 from ._inputs import _make_parent, _prepare_input, _put_back, _refuse_foreign, _zarr_array_info
+from ._masks import MaskOpt, MissingOpt, check_missing_options, prepare_mask
 from ._options import (
     DtypeName,
     IndexColOpt,
@@ -138,6 +139,8 @@ def fit(
     layer: LayerOpt = None,
     raw: RawOpt = False,
     index_col: IndexColOpt = "auto",
+    missing: MissingOpt = None,
+    mask: MaskOpt = None,
 ) -> None:
     """Factorize INPUT ≈ W·H and store the run (W, H, state) in --out.
 
@@ -157,6 +160,7 @@ def fit(
         raise InvalidParameterError(
             "--batch-size, --forget-factor, --fresh-restarts and --in-flight apply only "
             "with --online.")
+    check_missing_options(missing, mask, online=online, dense=dense)
     solver = solver or SolverName.hals
     panel_bytes = None if panel_size is None else _parse_size(panel_size, "--panel-size")
     sched = _scheduler_args(scheduler, scheduler_file)
@@ -177,7 +181,8 @@ def fit(
                 chunk_rows, dataset, transpose, cache, panel_bytes, overwrite, dense,
                 out_existed, sched, reading_options(layer, raw, index_col),
                 online=online, batch_size=batch_size, forget_factor=forget_factor,
-                fresh_restarts=fresh_restarts, in_flight=in_flight, started=started)
+                fresh_restarts=fresh_restarts, in_flight=in_flight, started=started,
+                missing=missing.value if missing else None, mask=mask)
     finally:
         if not out_existed and "://" not in out:
             with contextlib.suppress(OSError):
@@ -194,7 +199,8 @@ def _fit_holding(input: str, out: str, rank: int, solver: Any, loss_name: str, i
                  out_existed: bool, sched: str, reading: Any = None, *, online: bool = False,
                  batch_size: int = 1024, forget_factor: float = 0.7,
                  fresh_restarts: bool = False, in_flight: int = 4,
-                 started: float = 0.0) -> bool:
+                 started: float = 0.0, missing: str | None = None,
+                 mask: str | None = None) -> bool:
     """The conversion and the fit, under the run's lock (see :func:`_holding`)."""
     import dnmf
 
@@ -211,13 +217,21 @@ def _fit_holding(input: str, out: str, rank: int, solver: Any, loss_name: str, i
         path, created, aside = _prepare_input(
             input, out, dtype=dtype.value if dtype else None, chunk_rows=chunk_rows,
             transpose=transpose, dataset=dataset, overwrite=overwrite, dense=dense,
-            reading=reading,
+            reading=reading, missing=missing,
         )
     except KeyboardInterrupt as exc:
         _say(f"interrupted while converting {input}: nothing was written.")
         raise typer.Exit(_exit_code(exc)) from None
     replaced: dict[str, bool] = {}
+    mask_array = mask_created = mask_aside = None
     try:
+        if mask is not None:
+            try:
+                mask_array, mask_created, mask_aside = prepare_mask(
+                    mask, path, out, overwrite=overwrite)
+            except KeyboardInterrupt as exc:
+                _say(f"interrupted while copying the mask {mask}.")
+                raise typer.Exit(_exit_code(exc)) from None
         if online:
             with _scheduler(scheduler, scheduler_file) as client:
                 _fit_online(
@@ -238,18 +252,22 @@ def _fit_holding(input: str, out: str, rank: int, solver: Any, loss_name: str, i
                 verbose=1, scheduler=client, out=_absolute(out),
                 checkpoint_every=10 if checkpoint_every is None else checkpoint_every,
                 overwrite=ow, cache=cache,
-                panel_bytes=panel_bytes,
+                panel_bytes=panel_bytes, missing=missing,
             )
             shape, stored, _, sparse = _zarr_array_info(path)
             where = "local threads" if client == "threads" else "the Dask cluster"
             kind = f"{stored}, sparse" if sparse else f"{stored}"
+            how = [f"--missing {missing}"] if missing else []
+            how += [f"--mask {mask}"] if mask else []
+            observed = f", observed entries only ({', '.join(how)})" if how else ""
             _say(f"fitting {path} ({shape[0]} × {shape[1]} {kind}) with rank {rank}, "
-                 f"{solver.value}, on {where}: reading the data and initialising first")
+                 f"{solver.value}, on {where}{observed}: reading the data and initialising "
+                 f"first")
             try:
                 with warnings.catch_warnings():
                     # The summary below says whether the fit converged.
                     warnings.simplefilter("ignore", errors.ConvergenceWarning)
-                    est.fit(_absolute(path))
+                    est.fit(_absolute(path), mask=mask_array)
             except KeyboardInterrupt as exc:
                 raise _interrupted(out, sched, exc) from None
             except ClusterLostError as exc:
@@ -266,8 +284,16 @@ def _fit_holding(input: str, out: str, rank: int, solver: Any, loss_name: str, i
                 shutil.rmtree(out, ignore_errors=True)
             if created is not None and aside is None:
                 shutil.rmtree(created, ignore_errors=True)
+            if mask_created is not None and mask_aside is None:
+                shutil.rmtree(mask_created, ignore_errors=True)
         raise
     finally:
+        if mask_aside is not None:
+            committed = replaced["committed"] if "committed" in replaced else _has_commit(out)
+            if committed:
+                shutil.rmtree(mask_aside, ignore_errors=True)
+            else:
+                _put_back(mask_created, mask_aside)
         if aside is not None:
             # The conversion replaced another one. If the new fit committed, the run
             # that read the old one is gone; if not, that run is back (or there was

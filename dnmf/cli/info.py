@@ -70,6 +70,7 @@ def info(
         f"data        {r.shape[0]} × {r.shape[1]} {r.dtype} from "
         f"{(r.source or {}).get('location') or 'an in-memory array'}",
         f"fingerprint {sample}",
+        *_observed_lines(r),
         f"panels      {_panels_line(r)}",
         f"checkpoint  every {p.get('checkpoint_every', '-')} iterations; {health}",
         f"time        created {r.created}, last commit {r.updated}"
@@ -79,6 +80,27 @@ def info(
         typer.echo(line)
     if not r.complete and not holder:
         typer.echo(f"continue    dnmf resume {_quote(run)}")
+
+
+def _observed_lines(r: Any) -> list[str]:
+    """A masked run: which entries it fitted (--missing, --mask, a hold-out)."""
+    observed = (r.fingerprint or {}).get("observed")
+    if not observed:
+        return []
+    parts = []
+    if observed.get("missing") == "nan":
+        parts.append("not NaN (--missing nan)")
+    elif observed.get("missing") == "unstored":
+        parts.append("stored entries only (--missing unstored)")
+    if observed.get("mask") is not None:
+        parts.append(f"the mask {(r.source or {}).get('mask_location') or '(in memory)'}")
+    held = observed.get("holdout")
+    if held:
+        n = (r.manifest or {}).get("summary", {}).get("n_heldout") \
+            if hasattr(r, "manifest") else None
+        parts.append(f"minus a hold-out of {held['fraction']:.3g} (seed {held['seed']})"
+                     + (f", {n} entries" if n else ""))
+    return [f"observed    {'; '.join(parts)}"]
 
 
 def _panels_line(r: Any) -> str:

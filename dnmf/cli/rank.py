@@ -14,6 +14,7 @@ import typer
 from ..errors import ClusterLostError, InvalidParameterError
 from ._app import _exit_code, app
 from ._inputs import _make_parent, _prepare_input
+from ._masks import MaskOpt, MissingOpt, check_missing_options, prepare_mask
 from ._options import SolverName, _parse_loss, _parse_size
 from ._output import _absolute, _fmt_duration, _quote, _result, _say
 from ._scheduler import (
@@ -139,12 +140,15 @@ def rank(
         "--overwrite", help="Discard the sweep at --out and start afresh.")] = False,
     as_json: Annotated[bool, typer.Option(
         "--json", help="Print the result as one JSON object (k, summary, table).")] = False,
+    missing: MissingOpt = None,
+    mask: MaskOpt = None,
 ) -> None:
     """Choose the rank k of INPUT: fit every k of --ks --replicates times and compare.
 
     cv holds out a speckled set of entries per replicate and measures the error of
     each k there; consensus compares random restarts (cophenetic correlation and the
-    stability of the components). Prints one line per finished fit, then the summary
+    stability of the components). With --missing or --mask every fit uses the observed
+    entries only, and cv holds out entries among them. Prints one line per finished fit, then the summary
     per k and the choice. Ctrl-C (or a crash) keeps every finished fit and the last
     checkpoint of the others: run the same command again to continue.
     """
@@ -153,6 +157,7 @@ def rank(
     started = time.perf_counter()
     _check_scheduler(scheduler, scheduler_file)
     grid = parse_ks(ks)
+    check_missing_options(missing, mask)
     if not 0 < holdout < 1:
         raise InvalidParameterError(
             f"--holdout must be a fraction between 0 and 1 (of the entries held out), got "
@@ -183,14 +188,28 @@ def rank(
     try:
         path, created, aside = _prepare_input(
             input, out, dtype=None, chunk_rows=None, transpose=False, dataset=dataset,
-            overwrite=overwrite,
+            overwrite=overwrite, missing=missing.value if missing else None,
         )
     except KeyboardInterrupt as exc:
         _say(f"interrupted while converting {input}: nothing was written.")
         raise typer.Exit(_exit_code(exc)) from None
     if aside is not None:
         shutil.rmtree(aside, ignore_errors=True)
+    mask_array = mask_created = None
+    if mask is not None:
+        try:
+            mask_array, mask_created, mask_aside = prepare_mask(mask, path, out,
+                                                                overwrite=overwrite)
+        except BaseException:
+            if created is not None and not Path(out).exists():
+                shutil.rmtree(created, ignore_errors=True)
+            raise
+        if mask_aside is not None:
+            shutil.rmtree(mask_aside, ignore_errors=True)
+    observed = {"missing": missing.value} if missing else {}
     again = f"dnmf rank {_quote(input)} --out {_quote(out)} --ks {ks} --method {method.value}"
+    again += (f" --missing {missing.value}" if missing else "") + (
+        f" --mask {_quote(mask)}" if mask else "")
     try:
         with _scheduler(scheduler, scheduler_file) as client:
             where = "local threads" if client == "threads" else "the Dask cluster"
@@ -203,7 +222,7 @@ def rank(
                 overwrite=overwrite, n_concurrent=concurrent, scheduler=client,
                 on_fit=_fit_line, solver=solver.value, beta_loss=loss_name,
                 max_iter=max_iter, tol=tol, checkpoint_every=checkpoint_every,
-                panel_bytes=panel_bytes,
+                panel_bytes=panel_bytes, mask=mask_array, **observed,
             )
     except KeyboardInterrupt as exc:
         _say(f"interrupted: the finished fits are kept in {out}, the others at their last "
@@ -216,8 +235,10 @@ def rank(
             address=exc.address, reason=exc.reason,
         ) from None
     except BaseException:
-        if created is not None and not Path(out).exists():
-            shutil.rmtree(created, ignore_errors=True)
+        if not Path(out).exists():
+            for made in (created, mask_created):
+                if made is not None:
+                    shutil.rmtree(made, ignore_errors=True)
         raise
     if plot is not None:
         result.plot(plot)

@@ -362,13 +362,21 @@ class TextReader(Reader):
         return ""
 
 
-def check_block(block: np.ndarray, start: int, reader: Reader) -> None:
-    """Refuse NaN, ±inf and negative values, naming the first one's position."""
+def check_block(block: np.ndarray, start: int, reader: Reader, *,
+                allow_nan: bool = False) -> None:
+    """Refuse NaN, ±inf and negative values, naming the first one's position.
+
+    With ``allow_nan`` NaN passes (missing values, kept for ``missing="nan"``).
+    """
     if block.dtype.kind in "bu":
         return
-    nonfinite = ~np.isfinite(block) if block.dtype.kind == "f" else None
+    nonfinite = None
+    if block.dtype.kind == "f":
+        nonfinite = np.isinf(block) if allow_nan else ~np.isfinite(block)
     for mask, what, fix in (
-        (nonfinite, "NaN or infinite", "impute or drop them first"),
+        (nonfinite, "infinite" if allow_nan else "NaN or infinite",
+         "replace them first" if allow_nan else "impute or drop them first, or keep NaN "
+         "as missing values with missing='nan'"),
         (block < 0, "negative", "shift or clip the data first"),
     ):
         if mask is None or not mask.any():

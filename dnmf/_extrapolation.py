@@ -1,0 +1,219 @@
+"""Extrapolation with restarts for HALS and ALS (Ang & Gillis, 2019), one pass per iteration.
+
+Plain alternating updates go from (W, H) to the W-step's W_n and the H-step's H_n.
+With extrapolation the steps start from, and use, points pushed further along the
+last move:
+
+    W_n = step_W(from W_y, with H_y)        (in the pass, per panel)
+    W_y ← max(0, W_n + β·(W_n − W_prev))    (the same task: the H-step's W)
+    H_n = step_H(from H_y, with W_y)        (after the pass, from Σ W_yᵀV, Σ W_yᵀW_y)
+    H_y ← H_n + β·(H_n − H_prev)            (on the driver: the next pass's H)
+
+W_prev, H_prev are the last accepted W_n, H_n. The loss of (W_y, H_n) — a
+non-negative pair — comes free from the pass's sums, as plain HALS's does, so an
+iteration still reads V once. It is the iterate the fit records and returns.
+
+If that loss is above the last accepted one, the iteration is rejected: the
+pass is dropped, the next one restarts from the accepted (W_prev, H_prev) without
+extrapolation's push, and β shrinks (β ← β/η, its ceiling β̄ set to the last β
+that worked). Otherwise β grows (β ← min(β̄, γ·β), β̄ ← min(1, γ̄·β̄)). Ang &
+Gillis compare with the previous iteration's loss; comparing with the last
+accepted one keeps the recorded losses non-increasing, so the fit's stopping rule
+and its returned factors are those of the best iterate so far.
+
+The last pass of a fit (at ``max_iter``, or after the stopping rule is met) is a plain
+step from the iterate (β = 0), so the W and H returned relate as plain HALS's do.
+Everything here is deterministic: β's schedule depends only on the losses.
+
+References
+----------
+Ang, A. M. S. and Gillis, N. (2019). Accelerating nonnegative matrix factorization
+algorithms using extrapolation. Neural Computation 31(2), 417–439.
+doi:10.1162/neco_a_01157
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ._solvers import PanelContext, Regularization, Stats
+from ._source import check_panel, load_panel, panel_start
+
+__all__ = ["Extrapolation", "extrapolated_update_task", "final_W_task", "resolve",
+           "supported"]
+
+#: Ang & Gillis's defaults (their code's ``beta0``, ``eta``, ``gammabeta``,
+#: ``gammabetabar``; γ and γ̄ differ for ANLS, whose steps are exact).
+BETA0 = 0.5
+ETA = 1.5
+GAMMA = {"hals": 1.01, "als": 1.1}
+GAMMA_BAR = {"hals": 1.005, "als": 1.05}
+
+
+def supported(solver: str, beta_loss: Any) -> bool:
+    """Whether ``solver`` on ``beta_loss`` can extrapolate (Frobenius HALS and ALS)."""
+    return solver in ("hals", "als") and beta_loss == "frobenius"
+
+
+def resolve(params: dict[str, Any], k: int, shape: tuple[int, int], *,
+            masked: bool = False) -> bool:
+    """Whether a fit with these parameters extrapolates (``extrapolate`` resolved).
+
+    True: Frobenius HALS or ALS without missing values, else an error; "auto": the
+    same where available, and also only for k < min(n, m) (at k ≥ min(n, m) exact
+    factorizations form a continuum, and the pushes go along it instead of down);
+    False: never.
+    """
+    from .errors import InvalidParameterError
+
+    wanted = params.get("extrapolate", False)
+    if not isinstance(wanted, str):
+        wanted = bool(wanted)
+    if wanted is False:
+        return False
+    why = None
+    if not supported(params["solver"], params["beta_loss"]):
+        why = (f"solver={params['solver']!r} with beta_loss={params['beta_loss']!r} "
+               f"(it is for Frobenius 'hals' and 'als')")
+    elif masked:
+        why = "missing values or a mask"
+    if why is None:
+        return wanted is True or k < min(shape)
+    if wanted is True:
+        raise InvalidParameterError(
+            f"extrapolate=True is not available with {why}. Use extrapolate='auto' "
+            f"(extrapolate where available) or extrapolate=False."
+        )
+    return False
+
+
+@dataclass
+class Extrapolation:
+    """The driver's extrapolation state between passes.
+
+    Attributes
+    ----------
+    H_prev : ndarray
+        The last accepted H-step (float64).
+    H_y : ndarray
+        The H the next pass uses.
+    beta, beta_max, beta_last : float
+        The current weight, its ceiling, and the weight of the last accepted step.
+    loss_prev : float
+        The loss of the last accepted iterate (inf before the first).
+    from_extrapolated : bool
+        The next W-step starts from the last W_y (False after a restart: from W_prev).
+    restarts : int
+        Rejected iterations so far.
+    """
+
+    H_prev: np.ndarray
+    H_y: np.ndarray
+    gamma: float
+    gamma_bar: float
+    eta: float = ETA
+    beta: float = BETA0
+    beta_max: float = 1.0
+    beta_last: float = BETA0
+    loss_prev: float = math.inf
+    from_extrapolated: bool = True
+    restarts: int = 0
+    polishing: bool = False
+
+    #: The scalars a run store's manifest keeps (with H_y, and H_prev = the run's H).
+    SCALARS = ("beta", "beta_max", "beta_last", "loss_prev", "from_extrapolated",
+               "restarts", "polishing")
+
+    @classmethod
+    def start(cls, solver: str, H: np.ndarray) -> Extrapolation:
+        H64 = np.array(H, dtype=np.float64)
+        return cls(H_prev=H64, H_y=H64.copy(), gamma=GAMMA[solver], gamma_bar=GAMMA_BAR[solver])
+
+    def scalars(self) -> dict[str, Any]:
+        """The state besides H_prev and H_y, JSON-ready (inf as None)."""
+        out = {name: getattr(self, name) for name in self.SCALARS}
+        if not math.isfinite(out["loss_prev"]):
+            out["loss_prev"] = None
+        return out
+
+    @classmethod
+    def restore(cls, solver: str, H_prev: np.ndarray, H_y: np.ndarray,
+                scalars: dict[str, Any]) -> Extrapolation:
+        """The state a manifest recorded (:meth:`scalars`, H_prev = the run's H)."""
+        ex = cls.start(solver, H_prev)
+        ex.H_y = np.array(H_y, dtype=np.float64)
+        for name in cls.SCALARS:
+            setattr(ex, name, scalars[name])
+        ex.loss_prev = math.inf if scalars["loss_prev"] is None else float(scalars["loss_prev"])
+        return ex
+
+    def judge(self, loss: float, H_new: np.ndarray) -> bool:
+        """Accept the pass's iterate (loss at (W_y, H_new)) or restart; update β.
+
+        Returns True if accepted: the caller then keeps the pass's W panels.
+        """
+        if loss <= self.loss_prev:
+            H_new = np.asarray(H_new, dtype=np.float64)
+            self.H_y = H_new + self.beta * (H_new - self.H_prev)
+            self.H_prev = H_new
+            self.loss_prev = float(loss)
+            self.from_extrapolated = True
+            self.beta_last = self.beta
+            self.beta = min(self.beta_max, self.gamma * self.beta)
+            self.beta_max = min(1.0, self.gamma_bar * self.beta_max)
+            return True
+        self.restarts += 1
+        self.H_y = self.H_prev.copy()
+        self.from_extrapolated = False
+        self.beta_max = self.beta_last
+        self.beta = self.beta / self.eta
+        return False
+
+    def polish(self) -> None:
+        """Make the next pass a plain step from the iterate (W_y, H_prev): β = 0.
+
+        The fit ends on it, so that its W and H relate as plain HALS's or ALS's do
+        (W the W-step for the previous H, H the H-step for that W) rather than W
+        being an extrapolated point.
+        """
+        self.polishing = True
+        self.beta = 0.0
+        self.H_y = self.H_prev.copy()
+        self.from_extrapolated = True
+
+
+def _pair(W: Any) -> tuple[np.ndarray, np.ndarray]:
+    """(W_n, W_y) of a pass's output; a start W (an array) is both."""
+    if isinstance(W, tuple):
+        return W
+    return W, W
+
+
+def extrapolated_update_task(
+    v_ref: Any, w_ref: Any, sink: Any, solver: Any, ctx: PanelContext, reg: Regularization,
+    beta: float, from_extrapolated: bool
+) -> tuple[tuple[np.ndarray, np.ndarray], Stats]:
+    """The panel task with extrapolation: read V_i once; return (W_n, W_y) and stats.
+
+    ``w_ref`` is the last accepted pass's output for this panel (or the start W):
+    the W-step starts from its W_y (or from its W_n after a restart) and extrapolates
+    from its W_n.
+    """
+    V = load_panel(v_ref)
+    check_panel(V, panel_start(v_ref) if sink is None else sink[1].start)
+    W_prev, W_y = _pair(load_panel(w_ref))
+    W_prev = load_panel(W_prev)
+    W_start = load_panel(W_y) if from_extrapolated else W_prev
+    pair, stats = solver.update_panel_extrapolated(V, W_start, W_prev, ctx, reg, beta)
+    if sink is not None:  # a run store: (W_n, W_y) into the pass's two buffers
+        return (sink[0].store(pair[0]), sink[1].store(pair[1])), stats
+    return pair, stats
+
+
+def final_W_task(w_ref: Any) -> np.ndarray:
+    """The W of the fit's iterate: the accepted pass's W_y."""
+    return load_panel(_pair(load_panel(w_ref))[1])
