@@ -113,7 +113,15 @@ def test_npy_path_fits_like_the_array(tmp_path, V):
     # Issue 12 item 6: NMF().fit("X.npy") works, through the same reader as the CLI.
     np.save(tmp_path / "X.npy", V)
     src = open_source(str(tmp_path / "X.npy"))
-    assert isinstance(src.array, np.memmap) and src.location == str(tmp_path / "X.npy")
+    assert src.location == str(tmp_path / "X.npy") and src.streamed
+    # read in place by row panels: a task carries the file's path, not its values
+    import pickle
+
+    from dnmf.io._files import NpyArray
+
+    assert src.array.kind == "zarr" and isinstance(src.array.data, NpyArray)
+    assert len(pickle.dumps(src.array.data)) < 400 < V.nbytes
+    np.testing.assert_array_equal(pickle.loads(pickle.dumps(src.array.data))[5:9], V[5:9])
     W_file, H_file = _fit(str(tmp_path / "X.npy"))
     W_mem, H_mem = _fit(V)
     np.testing.assert_array_equal(W_file, W_mem)
