@@ -203,7 +203,7 @@ def fit_online_to_store(est: Any, X: Any, source: Any, X_mem: Any, prep: Any, ba
     final W, ``n_iter``, ``reconstruction_err``), committed with the last state.
     """
     from . import __version__
-    from ._run import _check_not_input, _fingerprint, _source_location
+    from ._run import _check_not_input, _fingerprint, _source_location, _source_record
 
     store = _store_for(est)
     location = _source_location(X)
@@ -253,7 +253,8 @@ def fit_online_to_store(est: Any, X: Any, source: Any, X_mem: Any, prep: Any, ba
                 header = {
                     "run_id": run_id, "created": now(), "kind": "online",
                     "params": params, "fingerprint": fingerprint,
-                    "source": {"kind": source.kind, "location": location},
+                    "source": {"kind": source.kind, "location": location,
+                               **_source_record(X, location)},
                     "rng": {"seed": getattr(est, "_seed", None),
                             "draws_after_start": 0},
                     "dnmf_version": __version__,

@@ -212,10 +212,11 @@ def zarr_store(loc: Location) -> Any:
             elif loc.kind == "zip":
                 store = zs.ZipStore(loc.path, mode="r")
             else:
-                from .io._remote import check_reachable
+                from .io._remote import check_reachable, remote_options
 
                 check_reachable(loc.path)  # one clear error, fast, when nothing answers
-                store = zs.FsspecStore.from_url(loc.path)
+                store = zs.FsspecStore.from_url(
+                    loc.path, storage_options=remote_options(loc.path) or None)
             _sync(store._ensure_open())
             _STORES[loc.key] = store
         return store
@@ -696,7 +697,10 @@ class RunStore:
         async def collect() -> list[str]:
             return [key async for key in store.list_prefix(prefix)]
 
-        return sorted(_sync(collect()))
+        try:
+            return sorted(_sync(collect()))
+        except FileNotFoundError:  # no such bucket (or container): nothing stored there
+            return []
 
     def _check_writable(self) -> None:
         if not self.writable:

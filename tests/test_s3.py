@@ -146,3 +146,75 @@ def test_unreachable_endpoint_is_one_fast_error(data_url, tmp_path, capsys, monk
                                r"for s3://dnmf-test/v\.zarr")
     assert time.monotonic() - started < 20  # two refusals, no retries with backoff
     assert list(tmp_path.iterdir()) == []
+
+
+def test_run_records_storage_options_without_secrets_and_resume_reopens_with_them(
+        s3, data_url, V, tmp_path):
+    # Issue 15: the input's non-secret options (endpoint, region) are recorded in the
+    # run; its secrets are not, and come from the environment (the fixture's AWS_*
+    # variables) when resume reopens V. No process-wide defaults here.
+    import json
+    import subprocess
+    import sys
+
+    import fsspec.config
+
+    assert "s3" not in fsspec.config.conf
+    src = dnmf.open_source(data_url, storage_options={
+        "endpoint_url": s3, "key": "AKIDSECRETVALUE", "secret": "TOPSECRETVALUE",
+        "client_kwargs": {"region_name": "us-east-1", "aws_session_token": "TOKENVALUE"}})
+    out = tmp_path / "run.zarr"
+    _quiet(_model(max_iter=3, out=str(out)).fit, src)
+    text = (out / "manifest.json").read_text()
+    for secret in ("AKIDSECRETVALUE", "TOPSECRETVALUE", "TOKENVALUE"):
+        assert secret not in text
+    run = dnmf.open_run(str(out))
+    assert run.source["location"] == data_url
+    assert run.source["storage_options"] == {"endpoint_url": s3,
+                                             "client_kwargs": {"region_name": "us-east-1"}}
+    # resume in Python with no options at all: reopened from the record
+    resumed = _quiet(dnmf.resume, str(out), max_iter=6)
+    whole = _quiet(_model(max_iter=6).fit, V)
+    assert resumed.iteration == 6
+    np.testing.assert_array_equal(resumed.H, whole.components_)
+    # and from the command line, in a real process with the secrets in its environment
+    proc = subprocess.run([sys.executable, "-m", "dnmf", "resume", str(out), "--max-iter",
+                           "8"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    info = json.loads(subprocess.run([sys.executable, "-m", "dnmf", "info", str(out),
+                                      "--json"], capture_output=True, text=True,
+                                     timeout=300).stdout)
+    assert info["iteration"] == 8 and info["source"]["storage_options"]["endpoint_url"] == s3
+    # the same online: MiniBatchNMF's run records them too, dnmf.resume reopens V
+    online = tmp_path / "online.zarr"
+    _quiet(dnmf.MiniBatchNMF(3, init="random", batch_size=20, max_iter=2, random_state=0,
+                             out=str(online)).fit, src)
+    assert dnmf.open_run(str(online)).source["storage_options"]["endpoint_url"] == s3
+    assert _quiet(dnmf.resume, str(online), max_iter=4).n_iter == 4
+
+
+def test_s3_defaults_fail_fast_and_are_overridable(monkeypatch):
+    # Issue 16: botocore's legacy retries (5 attempts with backoff) are replaced by a
+    # 5 s connect timeout and 2 attempts, under whatever the user gives.
+    import fsspec.config
+
+    from dnmf.io._remote import public_options, remote_options
+
+    monkeypatch.delenv("AWS_MAX_ATTEMPTS", raising=False)
+    monkeypatch.delenv("AWS_RETRY_MODE", raising=False)
+    monkeypatch.setattr(fsspec.config, "conf", {})
+    opts = remote_options("s3://b/x")
+    assert opts["config_kwargs"] == {"connect_timeout": 5,
+                                     "retries": {"max_attempts": 2, "mode": "standard"}}
+    assert remote_options("gs://b/x") == {} and remote_options("/local/x") == {}
+    dnmf.io.set_storage_options("s3", config_kwargs={"retries": {"max_attempts": 7}})
+    opts = remote_options("s3://b/x", {"config_kwargs": {"connect_timeout": 1}})
+    assert opts["config_kwargs"] == {"connect_timeout": 1,
+                                     "retries": {"max_attempts": 7, "mode": "standard"}}
+    monkeypatch.setattr(fsspec.config, "conf", {})
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "9")
+    assert "retries" not in remote_options("s3://b/x")["config_kwargs"]
+    assert public_options({"anon": False, "key": "k", "secret": "s", "token": "t",
+                           "profile": "p", "password": "x", "session": object(),
+                           "client_kwargs": {"aws_secret_access_key": "s"}}) == \
+        {"anon": False, "profile": "p"}
