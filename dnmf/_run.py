@@ -433,7 +433,8 @@ def fit_to_store(est: Estimator, X: Any, W: Any, H: Any, params: dict[str, Any],
         return lazy_W(store, manifest, committed_panels(store, manifest))
     # A zip cannot be rewritten in place: run in a directory beside it, pack at exit.
     work = Location("local", loc.path + ZIP_WORKDIR_SUFFIX)
-    if not params["overwrite"] and os.path.exists(loc.path) and not RunStore(work).exists():
+    if not params["overwrite"] and os.path.exists(loc.path) and RunStore(work).is_empty_dir():
+        # (the command line may hold the run's lock in the work directory already)
         RunStore.unpack(loc.path, work.path)
     store = RunStore(work)
     failures: list[Exception] = []

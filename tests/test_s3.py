@@ -218,3 +218,38 @@ def test_s3_defaults_fail_fast_and_are_overridable(monkeypatch):
                            "profile": "p", "password": "x", "session": object(),
                            "client_kwargs": {"aws_secret_access_key": "s"}}) == \
         {"anon": False, "profile": "p"}
+
+
+def test_two_fits_into_one_url_started_together_one_is_refused(s3, tmp_path):
+    # Issue 16: the command line holds the run's lock for a URL --out too (taken where
+    # the fit takes it, in the object store), so the second is refused in one line.
+    import subprocess
+    import sys
+
+    V = planted(400, 30, 3, seed=2, noise=0.01)[0]
+    np.save(tmp_path / "V.npy", V)
+    args = [sys.executable, "-m", "dnmf", "fit", "V.npy", "--rank", "3", "--seed", "1",
+            "--max-iter", "15", "--tol", "0", "--out", f"s3://{BUCKET}/runs/race.zarr",
+            "--storage-option", f"endpoint_url={s3}"]
+    procs = []
+    for _ in range(2):
+        procs.append(subprocess.Popen(args, cwd=tmp_path, text=True, stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE))
+        time.sleep(0.3)
+    results = [(p.wait(timeout=300), *p.communicate()) for p in procs]
+    assert sorted(r[0] for r in results) == [0, 1], results
+    loser = next(r for r in results if r[0] == 1)
+    lines = loser[2].strip().splitlines()
+    assert len(lines) == 1 and "is being written by another process" in lines[0], loser
+    import fsspec.config
+
+    saved = dict(fsspec.config.conf)
+    try:
+        dnmf.io.set_storage_options("s3", endpoint_url=s3)
+        run = dnmf.open_run(f"s3://{BUCKET}/runs/race.zarr")
+    finally:
+        fsspec.config.conf.clear()
+        fsspec.config.conf.update(saved)
+    solo = _quiet(dnmf.NMF(3, tol=0, random_state=1, max_iter=15).fit, V)
+    assert run.iteration == 15
+    np.testing.assert_allclose(run.H, solo.components_, rtol=1e-10)
