@@ -51,8 +51,13 @@ def _recorded_params(est: Any) -> dict[str, Any]:
     return recorded
 
 
+#: Parameters added since runs were first written, with the value older runs had.
+ADDED = {"in_flight": 4}
+
+
 def _differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     keys = sorted(set(old) | set(new))
+    old = {**ADDED, **old}
     return [f"{key}: {old.get(key)!r} (run) vs {new.get(key)!r} (now)" for key in keys
             if key not in MAY_DIFFER and old.get(key) != new.get(key)]
 

@@ -370,8 +370,11 @@ class OnlineRun:
         """A fitted :class:`~dnmf.MiniBatchNMF` with this run's parameters and state."""
         from ._online import MiniBatchNMF
 
+        from ._online_run import ADDED
+
         names = MiniBatchNMF._get_param_names()
-        est = MiniBatchNMF(**{k: v for k, v in self.params.items() if k in names})
+        params = {**ADDED, **self.params}
+        est = MiniBatchNMF(**{k: v for k, v in params.items() if k in names})
         est.set_params(out=self.out)
         n, m = self.shape
         est._check_params(max(n, 1), m)
