@@ -51,8 +51,13 @@ def _recorded_params(est: Any) -> dict[str, Any]:
     return recorded
 
 
+#: Parameters added since runs were first written, with the value older runs had.
+ADDED = {"in_flight": 4}
+
+
 def _differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     keys = sorted(set(old) | set(new))
+    old = {**ADDED, **old}
     return [f"{key}: {old.get(key)!r} (run) vs {new.get(key)!r} (now)" for key in keys
             if key not in MAY_DIFFER and old.get(key) != new.get(key)]
 
@@ -203,7 +208,7 @@ def fit_online_to_store(est: Any, X: Any, source: Any, X_mem: Any, prep: Any, ba
     final W, ``n_iter``, ``reconstruction_err``), committed with the last state.
     """
     from . import __version__
-    from ._run import _check_not_input, _fingerprint, _source_location
+    from ._run import _check_not_input, _fingerprint, _source_location, _source_record
 
     store = _store_for(est)
     location = _source_location(X)
@@ -253,7 +258,8 @@ def fit_online_to_store(est: Any, X: Any, source: Any, X_mem: Any, prep: Any, ba
                 header = {
                     "run_id": run_id, "created": now(), "kind": "online",
                     "params": params, "fingerprint": fingerprint,
-                    "source": {"kind": source.kind, "location": location},
+                    "source": {"kind": source.kind, "location": location,
+                               **_source_record(X, location)},
                     "rng": {"seed": getattr(est, "_seed", None),
                             "draws_after_start": 0},
                     "dnmf_version": __version__,

@@ -296,6 +296,22 @@ def _source_location(X: Any) -> str | None:
     return None
 
 
+def _source_record(X: Any, location: str | None) -> dict[str, Any]:
+    """``storage_options`` for the run's ``source`` record: the non-secret fsspec
+    options V at a URL was opened with (resume reopens it with them; secrets come
+    from the environment or ``--storage-option`` then). Empty for local data."""
+    from .io._remote import recorded_options
+
+    if not location or "://" not in location:
+        return {}
+    given = getattr(X, "storage_options", None)
+    if given is None and type(X).__module__.startswith("zarr"):
+        fs = getattr(getattr(X, "store", None), "fs", None)
+        given = getattr(fs, "storage_options", None)
+    options = recorded_options(location, given)
+    return {"storage_options": options} if options else {}
+
+
 def _check_not_input(loc: Location, source_location: str | None) -> None:
     if source_location is None or loc.kind != "local" or "://" in source_location:
         return
@@ -424,7 +440,8 @@ def fit_to_store(est: Estimator, X: Any, W: Any, H: Any, params: dict[str, Any],
         return lazy_W(store, manifest, committed_panels(store, manifest))
     # A zip cannot be rewritten in place: run in a directory beside it, pack at exit.
     work = Location("local", loc.path + ZIP_WORKDIR_SUFFIX)
-    if not params["overwrite"] and os.path.exists(loc.path) and not RunStore(work).exists():
+    if not params["overwrite"] and os.path.exists(loc.path) and RunStore(work).is_empty_dir():
+        # (the command line may hold the run's lock in the work directory already)
         RunStore.unpack(loc.path, work.path)
     store = RunStore(work)
     failures: list[Exception] = []
@@ -748,6 +765,7 @@ def _fit_locked(
                             state.iteration, " (complete)" if manifest["complete"] else "")
             else:
                 state, keeper, header = _start(store, plan, every, source_location)
+                header["source"] = {**header["source"], **_source_record(X, source_location)}
             header = {**header, "params": plan.params, "fingerprint": plan.fingerprint}
             ckpt = Checkpointer(store, keeper, every, header, manifest)
             if plan.extrapolate:

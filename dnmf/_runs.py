@@ -221,6 +221,8 @@ def resume(
     Run
     """
     run = open_run(path, verify=False)
+    if X is None:
+        X = reopen_source(run.source)
     if isinstance(run, OnlineRun):
         if mask is not None:
             raise InvalidParameterError("mask= does not apply to an online run.")
@@ -242,6 +244,21 @@ def resume(
     )
     est.fit(X, mask=mask)
     return open_run(path, verify=False)
+
+
+def reopen_source(source: dict[str, Any]) -> Any:
+    """V from a run's ``source`` record: its location, opened with the non-secret
+    storage options the run recorded under those given now (secrets come from the
+    environment, ``--storage-option`` or :func:`dnmf.io.set_storage_options`); None
+    when the run was fitted on in-memory data."""
+    location = (source or {}).get("location")
+    recorded = (source or {}).get("storage_options")
+    if location is None or not recorded or "://" not in location:
+        return location
+    from .io import open_source
+    from .io._remote import reopen_options
+
+    return open_source(location, storage_options=reopen_options(location, recorded))
 
 
 def _recorded_mask(run: Run) -> Any:
@@ -358,8 +375,11 @@ class OnlineRun:
         """A fitted :class:`~dnmf.MiniBatchNMF` with this run's parameters and state."""
         from ._online import MiniBatchNMF
 
+        from ._online_run import ADDED
+
         names = MiniBatchNMF._get_param_names()
-        est = MiniBatchNMF(**{k: v for k, v in self.params.items() if k in names})
+        params = {**ADDED, **self.params}
+        est = MiniBatchNMF(**{k: v for k, v in params.items() if k in names})
         est.set_params(out=self.out)
         n, m = self.shape
         est._check_params(max(n, 1), m)

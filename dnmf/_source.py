@@ -582,8 +582,14 @@ def _open_zarr(path: str) -> Any:
         if "://" not in path:
             # Absolute, so that workers with another working directory find it too.
             path = os.path.abspath(path)
-        return _array_or_csr_group(zarr.open(store=path, mode="r"), path)
-    except InvalidInputError:
+            return _array_or_csr_group(zarr.open(store=path, mode="r"), path)
+        from .io._remote import check_reachable, remote_options
+
+        check_reachable(path)
+        return _array_or_csr_group(
+            zarr.open(store=path, mode="r", storage_options=remote_options(path) or None),
+            path)
+    except (InvalidInputError, StoreError):
         raise
     except Exception as exc:  # zarr raises several types for "not an array here"
         if type(exc).__name__ in ("EndpointConnectionError", "ConnectTimeoutError",

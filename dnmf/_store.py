@@ -206,19 +206,42 @@ def zarr_store(loc: Location) -> Any:
         return loc.store
     with _OPEN_LOCK:
         store = _STORES.get(loc.key)
+        if store is not None and loc.kind == "zip" and _ZIP_STATS.get(loc.key) != _stat(loc):
+            # Repacked by another process since it was opened here: read the new file.
+            _STORES.pop(loc.key, None)
+            for key in [k for k in _ARRAYS if k[0] == loc.key]:
+                del _ARRAYS[key]
+            with contextlib.suppress(Exception):
+                store.close()
+            store = None
         if store is None:
             if loc.kind == "local":
                 store = zs.LocalStore(loc.path)
             elif loc.kind == "zip":
                 store = zs.ZipStore(loc.path, mode="r")
             else:
-                from .io._remote import check_reachable
+                from .io._remote import check_reachable, remote_options
 
                 check_reachable(loc.path)  # one clear error, fast, when nothing answers
-                store = zs.FsspecStore.from_url(loc.path)
+                store = zs.FsspecStore.from_url(
+                    loc.path, storage_options=remote_options(loc.path) or None)
             _sync(store._ensure_open())
             _STORES[loc.key] = store
+            if loc.kind == "zip":
+                _ZIP_STATS[loc.key] = _stat(loc)
         return store
+
+
+#: (inode, size, mtime) of each zip when it was opened, to notice a repack
+_ZIP_STATS: dict[Any, tuple[int, int, int] | None] = {}
+
+
+def _stat(loc: Location) -> tuple[int, int, int] | None:
+    try:
+        st = os.stat(loc.path)
+    except OSError:
+        return None
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 def forget(loc: Location) -> None:
@@ -696,7 +719,10 @@ class RunStore:
         async def collect() -> list[str]:
             return [key async for key in store.list_prefix(prefix)]
 
-        return sorted(_sync(collect()))
+        try:
+            return sorted(_sync(collect()))
+        except FileNotFoundError:  # no such bucket (or container): nothing stored there
+            return []
 
     def _check_writable(self) -> None:
         if not self.writable:
@@ -1076,7 +1102,20 @@ class RunStore:
         tmp = f"{directory}.unpack-{uuid.uuid4().hex[:8]}"
         with zipfile.ZipFile(source) as archive:
             archive.extractall(tmp)
-        os.replace(tmp, directory)
+        if not os.path.isdir(directory):
+            os.replace(tmp, directory)
+            return
+        # The directory holds the lock of this writer: move the run in beside it, the
+        # group's zarr.json last (until then the directory is no run).
+        names = sorted(os.listdir(tmp), key=lambda name: name == "zarr.json")
+        for name in names:
+            if name in (LOCK, TAKEOVER):
+                continue
+            target = os.path.join(directory, name)
+            if os.path.isdir(target) and not os.path.islink(target):
+                shutil.rmtree(target)  # left by an unpack that was killed
+            os.replace(os.path.join(tmp, name), target)
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def remove_dead_temporaries(target: str) -> list[str]:

@@ -511,6 +511,26 @@ def test_object_store_faults(V_path, reference, tmp_path, moto_server, monkeypat
     count("object store faults", ok)
     if not ok:
         print("unreachable endpoint:", done.stderr[-800:])
+    # More faults, each one clear line (and fast: no minute of retries):
+    # an input at a dead endpoint, an out at a dead endpoint, no endpoint at all (DNS),
+    # a bucket that does not exist, a run in the bucket that is not there.
+    dead = {"AWS_ENDPOINT_URL": "http://127.0.0.1:1"}
+    none = {"AWS_ENDPOINT_URL": ""}
+    cases = [
+        (("fit", "s3://adv/V.zarr", "-k", "2", "-o", str(tmp_path / "r.zarr")), dead),
+        (("fit", V_path, "-k", "2", "-o", "s3://adv/other"), dead),
+        (("info", "s3://dnmf-no-such-host-bucket/run"), none),
+        (("info", "s3://no-such-bucket/run"), {}),
+        (("resume", "s3://adv/not-a-run"), {}),
+    ]
+    for args, env in cases:
+        started = time.monotonic()
+        done = cli(*args, cwd=tmp_path, env=env)
+        took = time.monotonic() - started
+        ok = done.returncode != 0 and one_line_error(done.stderr) and took < 60
+        count("object store faults", ok)
+        print(f"object store fault {args[0]} {args[1]} ({took:.1f} s):",
+              done.stderr.strip().splitlines()[-1:] if ok else done.stderr[-800:])
 
 
 # ----------------------------------------------------------------- the report

@@ -178,8 +178,9 @@ ERROR_CASES = {
     "missing file": (["fit", "missing.npy", "-k", "2", "-o", "r.zarr"], ERROR,
                      r"missing\.npy does not exist"),
     "not a run": (["info", "data.zarr"], ERROR, r"no committed state: not a dnmf run"),
+    # a .npy is read in place: the fit's validation pass finds the entry
     "negative data": (["fit", "neg.npy", "-k", "2", "-o", "n.zarr"], ERROR,
-                      r"negative value \(-1\) at row 3, column 1"),
+                      r"Negative values in data .*the first at row 3, column 1"),
     "incompatible resume": (["resume", "moved.zarr", "--max-iter", "9"], ERROR,
                             r"other data or other parameters.*content of V"),
     "store not writable": (["fit", "v.npy", "-k", "2", "-o", "afile/r.zarr"], ERROR,
@@ -541,7 +542,7 @@ def test_overwrite_keeps_the_old_run_when_the_new_fit_fails(workspace, tmp_path,
         return run_here(*args, cwd=tmp_path, capsys=capsys, monkeypatch=monkeypatch)
 
     failed = here("fit", "neg.npy", "-k", "3", "-o", "run.zarr", "--overwrite")
-    assert_user_error(failed, ERROR, r"negative value")
+    assert_user_error(failed, ERROR, r"Negative values in data")
     assert dnmf.open_run(str(tmp_path / "run.zarr")).params["n_components"] == 2
     ok(here("fit", "data.zarr", "-k", "3", "-o", "run.zarr", "--overwrite", "--max-iter", "5"))
     assert dnmf.open_run(str(tmp_path / "run.zarr")).params["n_components"] == 3
@@ -553,8 +554,9 @@ def test_overwrite_keeps_the_old_runs_converted_input_when_the_new_fit_fails(
         tmp_path, capsys, monkeypatch):
     rng = np.random.default_rng(5)
     old, new = rng.random((60, 20)), rng.random((50, 30))
-    np.save(tmp_path / "old.npy", old)
-    np.save(tmp_path / "new.npy", new)
+    # CSV is converted to run.input.zarr (a .npy would be read in place)
+    np.savetxt(tmp_path / "old.csv", old, delimiter=",")
+    np.savetxt(tmp_path / "new.csv", new, delimiter=",")
 
     def here(*args):
         return run_here(*args, cwd=tmp_path, capsys=capsys, monkeypatch=monkeypatch)
@@ -562,10 +564,10 @@ def test_overwrite_keeps_the_old_runs_converted_input_when_the_new_fit_fails(
     def converted():
         return zarr.open_array(str(tmp_path / "run.input.zarr"), mode="r")[:]
 
-    ok(here("fit", "old.npy", "-k", "2", "-o", "run.zarr", "--max-iter", "3"))
+    ok(here("fit", "old.csv", "-k", "2", "-o", "run.zarr", "--max-iter", "3"))
     np.testing.assert_array_equal(converted(), old)
     # Fails after new.npy was converted (the rank is checked against its shape).
-    failed = here("fit", "new.npy", "-k", "40", "--init", "nndsvd", "-o", "run.zarr",
+    failed = here("fit", "new.csv", "-k", "40", "--init", "nndsvd", "-o", "run.zarr",
                   "--overwrite")
     assert_user_error(failed, USAGE, r"init='nndsvd' can only be used .* 50 × 30")
     # The old run is kept, and so is the input it reads: it can still be resumed.
@@ -573,13 +575,13 @@ def test_overwrite_keeps_the_old_runs_converted_input_when_the_new_fit_fails(
     ok(here("resume", "run.zarr", "--max-iter", "6"))
     assert dnmf.open_run(str(tmp_path / "run.zarr")).iteration == 6
     assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "new.npy", "old.npy", "run.input.zarr", "run.zarr"]
+        "new.csv", "old.csv", "run.input.zarr", "run.zarr"]
     # A new fit that commits replaces both.
-    ok(here("fit", "new.npy", "-k", "2", "-o", "run.zarr", "--overwrite", "--max-iter", "3"))
+    ok(here("fit", "new.csv", "-k", "2", "-o", "run.zarr", "--overwrite", "--max-iter", "3"))
     np.testing.assert_array_equal(converted(), new)
     assert dnmf.open_run(str(tmp_path / "run.zarr")).W.shape == (50, 2)
     assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "new.npy", "old.npy", "run.input.zarr", "run.zarr"]
+        "new.csv", "old.csv", "run.input.zarr", "run.zarr"]
 
 
 def _doc_commands(path: Path, section: str) -> list[list[str]]:
@@ -671,8 +673,10 @@ def test_two_fits_of_one_run_started_together_one_is_refused_and_the_other_is_ri
     the winner read it: exit 0, "converged", loss 9e-56. Now the run's lock is taken
     before the conversion: the second is refused at once with one line."""
     rng = np.random.default_rng(0)
-    np.save(tmp_path / "V.npy", rng.random((3000, 6)) @ rng.random((6, 200)))
-    args = ["fit", "V.npy", "--rank", "6", "--seed", "3", "--max-iter", "30", "--tol", "0"]
+    # CSV, converted under the lock (a .npy is read in place: nothing to convert)
+    np.savetxt(tmp_path / "V.csv", rng.random((3000, 6)) @ rng.random((6, 200)),
+               delimiter=",")
+    args = ["fit", "V.csv", "--rank", "6", "--seed", "3", "--max-iter", "30", "--tol", "0"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     procs = []
     for _ in range(2):

@@ -218,3 +218,24 @@ def test_rank_with_missing_values_nan_or_mask(files):
     other = run_dnmf("rank", "V.npy", "--mask", "M_col.npy", "--out", "mask.sweep", *common,
                      cwd=d)
     assert_user_error(other, 1, r"holds another mask")
+
+
+def test_mask_for_an_hdf5_input_read_in_place_is_chunked_like_panels(tmp_path, capsys,
+                                                                      monkeypatch):
+    """HDF5 V is read where it is, with no row chunks of its own: the mask copy is cut
+    in small chunks (rows of ~1 MiB of V), so panels are not one chunk of all of V."""
+    h5py = pytest.importorskip("h5py")
+    rng = np.random.default_rng(2)
+    V = rng.random((3000, 3)) @ rng.random((3, 100)) + 0.01
+    M = rng.random(V.shape) > 0.1
+    with h5py.File(tmp_path / "V.h5", "w") as f:
+        f.create_dataset("X", data=V)
+    np.save(tmp_path / "M.npy", M)
+    ok(run_here("fit", "V.h5", "--mask", "M.npy", "-o", "h5.zarr", *FIT, cwd=tmp_path,
+                capsys=capsys, monkeypatch=monkeypatch))
+    chunks = zarr.open_array(str(tmp_path / "h5.mask.zarr"), mode="r").chunks
+    assert chunks == ((1 << 20) // (100 * 8), 100)
+    run = dnmf.open_run(str(tmp_path / "h5.zarr"))
+    assert len(run.bounds) > 1
+    est = dnmf.NMF(3, random_state=4, max_iter=15, tol=0).fit(V, mask=M)
+    np.testing.assert_allclose(run.H, est.components_, rtol=1e-9, atol=1e-12)

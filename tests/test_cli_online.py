@@ -56,11 +56,13 @@ def test_fit_online_end_to_end_equals_the_library(data):
         manifest = json.load(f)["manifest"]
     assert manifest["kind"] == "online" and manifest["complete"]
     assert manifest["iteration"] == 20
+    assert manifest["source"]["location"] == str(data / "V.npy")  # read in place
+    assert not (data / "run.input.zarr").exists()
     est = dnmf.MiniBatchNMF(3, init="random", batch_size=64, max_iter=4, random_state=0,
                             scheduler="threads")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", dnmf.ConvergenceWarning)
-        est.fit(str(data / "run.input.zarr"))
+        est.fit(str(data / "V.npy"))
     np.testing.assert_array_equal(read_stored_H(str(data / "run.zarr")), est.components_)
 
 

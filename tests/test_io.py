@@ -113,7 +113,15 @@ def test_npy_path_fits_like_the_array(tmp_path, V):
     # Issue 12 item 6: NMF().fit("X.npy") works, through the same reader as the CLI.
     np.save(tmp_path / "X.npy", V)
     src = open_source(str(tmp_path / "X.npy"))
-    assert isinstance(src.array, np.memmap) and src.location == str(tmp_path / "X.npy")
+    assert src.location == str(tmp_path / "X.npy") and src.streamed
+    # read in place by row panels: a task carries the file's path, not its values
+    import pickle
+
+    from dnmf.io._files import NpyArray
+
+    assert src.array.kind == "zarr" and isinstance(src.array.data, NpyArray)
+    assert len(pickle.dumps(src.array.data)) < 400 < V.nbytes
+    np.testing.assert_array_equal(pickle.loads(pickle.dumps(src.array.data))[5:9], V[5:9])
     W_file, H_file = _fit(str(tmp_path / "X.npy"))
     W_mem, H_mem = _fit(V)
     np.testing.assert_array_equal(W_file, W_mem)
@@ -251,3 +259,28 @@ def test_bad_inputs_are_one_clear_error(tmp_path, adata, V):
         open_source(frame)
     with pytest.raises(InvalidParameterError, match=r"layer 'x' \(--layer\) does not apply"):
         open_source(str(tmp_path / "text.csv"), layer="x")
+
+
+def test_csv_fields_quoted_around_the_delimiter(tmp_path):
+    # Issue 15: pandas quotes names that hold the delimiter or quotes; they are one
+    # field each (header, index column), and the values are read exactly.
+    pd = pytest.importorskip("pandas")
+    V = np.random.default_rng(3).random((7, 3))
+    obs = [f"Smith, J. {i}" for i in range(7)]
+    var = ['gene "a"', "gene, b", "c"]
+    pd.DataFrame(V, index=obs, columns=var).to_csv(tmp_path / "q.csv")
+    pd.DataFrame(V, index=obs, columns=var).to_csv(tmp_path / "q.tsv", sep="\t")
+    for name in ("q.csv", "q.tsv"):
+        src = open_source(str(tmp_path / name))
+        assert src.shape == (7, 3) and src.var_names == var and src.obs_names == obs
+        np.testing.assert_array_equal(np.asarray(src.array), V)
+    from dnmf._convert import convert
+
+    convert(str(tmp_path / "q.csv"), str(tmp_path / "q.zarr"))
+    z = zarr.open_array(str(tmp_path / "q.zarr"))
+    np.testing.assert_array_equal(z[...], V)
+    assert open_source(str(tmp_path / "q.zarr")).var_names == var
+    # a quoted field that is not a number is still one clear error, by line and field
+    (tmp_path / "bad.csv").write_text('x,y\n1,"2, 3"\n')
+    with pytest.raises(InvalidInputError, match=r"line 2: .*'2, 3'.* field 2"):
+        np.asarray(open_source(str(tmp_path / "bad.csv")).array)

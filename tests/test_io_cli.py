@@ -174,3 +174,33 @@ def test_bad_inputs_one_line_nothing_written(tmp_path, case, capsys, monkeypatch
         proc = run_here(*command, *args, cwd=tmp_path, capsys=capsys, monkeypatch=monkeypatch)
         assert_user_error(proc, 1, pattern)
     assert sorted(p.name for p in tmp_path.iterdir()) == [src]
+
+
+def test_fit_npy_reads_it_in_place_and_resume_checks_it(tmp_path, capsys, monkeypatch):
+    # Issue 15: a .npy is read by row panels where it lies (memory-mapped), with its
+    # fingerprint; no RUN.input.zarr copy. A changed file is refused on resume.
+    V = planted(120, 16, 3, seed=4, noise=0.01)[0]
+    np.save(tmp_path / "V.npy", V)
+
+    def here(*args):
+        return run_here(*args, cwd=tmp_path, capsys=capsys, monkeypatch=monkeypatch)
+
+    fitted = ok(here("fit", "V.npy", "-k", "3", "-o", "run.zarr", "--seed", "0",
+                     "--max-iter", "5", "--tol", "0"))
+    assert "reading V.npy where it is, by row panels" in fitted.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["V.npy", "run.zarr"]
+    run = dnmf.open_run(str(tmp_path / "run.zarr"))
+    assert run.source["location"] == str(tmp_path / "V.npy")
+    est = dnmf.NMF(3, random_state=0, max_iter=8, tol=0, scheduler="threads")
+    with pytest.warns(dnmf.ConvergenceWarning):
+        W = est.fit_transform(V)
+    ok(here("resume", "run.zarr", "--max-iter", "8"))
+    run = dnmf.open_run(str(tmp_path / "run.zarr"))
+    np.testing.assert_allclose(np.asarray(run.W), W, rtol=1e-12, atol=0)
+    np.testing.assert_allclose(run.H, est.components_, rtol=1e-12, atol=0)
+    changed = V.copy()
+    changed[0] *= 2
+    np.save(tmp_path / "V.npy", changed)
+    refused = here("resume", "run.zarr", "--max-iter", "12")
+    assert_user_error(refused, 1, r"other data or other parameters")
+    assert dnmf.open_run(str(tmp_path / "run.zarr")).iteration == 8

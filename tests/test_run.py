@@ -815,14 +815,15 @@ def _kill_cli_at(args, point, cwd, marker):
 def test_fit_overwrite_killed_before_its_first_commit_puts_the_old_run_back(tmp_path):
     from dnmf._run import recover_replaced
 
-    np.save(tmp_path / "a.npy", make_V(0, n=200, m=20))
-    np.save(tmp_path / "b.npy", make_V(1, n=200, m=20))
-    done = _cli("fit", "a.npy", "--rank", "3", "--out", "run.zarr", "--max-iter", "4",
+    # CSV: converted to run.input.zarr (a .npy is read in place, nothing to put back)
+    np.savetxt(tmp_path / "a.csv", make_V(0, n=200, m=20), delimiter=",")
+    np.savetxt(tmp_path / "b.csv", make_V(1, n=200, m=20), delimiter=",")
+    done = _cli("fit", "a.csv", "--rank", "3", "--out", "run.zarr", "--max-iter", "4",
                 "--seed", "1", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     before = _snapshot(tmp_path / "run.zarr")
     before_input = _snapshot(tmp_path / "run.input.zarr")
-    pid = _kill_cli_at(["fit", "b.npy", "--rank", "3", "--out", "run.zarr", "--overwrite",
+    pid = _kill_cli_at(["fit", "b.csv", "--rank", "3", "--out", "run.zarr", "--overwrite",
                         "--seed", "2"], "sink@0", tmp_path, tmp_path / "paused")
     assert (tmp_path / f".run.zarr.replaced-{pid}").exists()  # what the kill left
     lines = recover_replaced(tmp_path / "run.zarr", tmp_path / "run.input.zarr")

@@ -142,7 +142,115 @@ def test_unreachable_endpoint_is_one_fast_error(data_url, tmp_path, capsys, monk
     proc = run_here("fit", data_url, "--rank", "2", "--out", f"s3://{BUCKET}/runs/x.zarr",
                     "--storage-option", f"endpoint_url={dead}", cwd=tmp_path, capsys=capsys,
                     monkeypatch=monkeypatch)
+    # the run's lock (on the out URL) is taken first, so the out is the one named
     assert_user_error(proc, 1, r"cannot reach the object store at http://127\.0\.0\.1:\d+ "
-                               r"for s3://dnmf-test/v\.zarr")
+                               r"for s3://dnmf-test/(v|runs/x)\.zarr")
     assert time.monotonic() - started < 20  # two refusals, no retries with backoff
     assert list(tmp_path.iterdir()) == []
+
+
+def test_run_records_storage_options_without_secrets_and_resume_reopens_with_them(
+        s3, data_url, V, tmp_path):
+    # Issue 15: the input's non-secret options (endpoint, region) are recorded in the
+    # run; its secrets are not, and come from the environment (the fixture's AWS_*
+    # variables) when resume reopens V. No process-wide defaults here.
+    import json
+    import subprocess
+    import sys
+
+    import fsspec.config
+
+    assert "s3" not in fsspec.config.conf
+    src = dnmf.open_source(data_url, storage_options={
+        "endpoint_url": s3, "key": "AKIDSECRETVALUE", "secret": "TOPSECRETVALUE",
+        "client_kwargs": {"region_name": "us-east-1", "aws_session_token": "TOKENVALUE"}})
+    out = tmp_path / "run.zarr"
+    _quiet(_model(max_iter=3, out=str(out)).fit, src)
+    text = (out / "manifest.json").read_text()
+    for secret in ("AKIDSECRETVALUE", "TOPSECRETVALUE", "TOKENVALUE"):
+        assert secret not in text
+    run = dnmf.open_run(str(out))
+    assert run.source["location"] == data_url
+    assert run.source["storage_options"] == {"endpoint_url": s3,
+                                             "client_kwargs": {"region_name": "us-east-1"}}
+    # resume in Python with no options at all: reopened from the record
+    resumed = _quiet(dnmf.resume, str(out), max_iter=6)
+    whole = _quiet(_model(max_iter=6).fit, V)
+    assert resumed.iteration == 6
+    np.testing.assert_array_equal(resumed.H, whole.components_)
+    # and from the command line, in a real process with the secrets in its environment
+    proc = subprocess.run([sys.executable, "-m", "dnmf", "resume", str(out), "--max-iter",
+                           "8"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    info = json.loads(subprocess.run([sys.executable, "-m", "dnmf", "info", str(out),
+                                      "--json"], capture_output=True, text=True,
+                                     timeout=300).stdout)
+    assert info["iteration"] == 8 and info["source"]["storage_options"]["endpoint_url"] == s3
+    # the same online: MiniBatchNMF's run records them too, dnmf.resume reopens V
+    online = tmp_path / "online.zarr"
+    _quiet(dnmf.MiniBatchNMF(3, init="random", batch_size=20, max_iter=2, random_state=0,
+                             out=str(online)).fit, src)
+    assert dnmf.open_run(str(online)).source["storage_options"]["endpoint_url"] == s3
+    assert _quiet(dnmf.resume, str(online), max_iter=4).n_iter == 4
+
+
+def test_s3_defaults_fail_fast_and_are_overridable(monkeypatch):
+    # Issue 16: botocore's legacy retries (5 attempts with backoff) are replaced by a
+    # 5 s connect timeout and 2 attempts, under whatever the user gives.
+    import fsspec.config
+
+    from dnmf.io._remote import public_options, remote_options
+
+    monkeypatch.delenv("AWS_MAX_ATTEMPTS", raising=False)
+    monkeypatch.delenv("AWS_RETRY_MODE", raising=False)
+    monkeypatch.setattr(fsspec.config, "conf", {})
+    opts = remote_options("s3://b/x")
+    assert opts["config_kwargs"] == {"connect_timeout": 5,
+                                     "retries": {"max_attempts": 2, "mode": "standard"}}
+    assert remote_options("gs://b/x") == {} and remote_options("/local/x") == {}
+    dnmf.io.set_storage_options("s3", config_kwargs={"retries": {"max_attempts": 7}})
+    opts = remote_options("s3://b/x", {"config_kwargs": {"connect_timeout": 1}})
+    assert opts["config_kwargs"] == {"connect_timeout": 1,
+                                     "retries": {"max_attempts": 7, "mode": "standard"}}
+    monkeypatch.setattr(fsspec.config, "conf", {})
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "9")
+    assert "retries" not in remote_options("s3://b/x")["config_kwargs"]
+    assert public_options({"anon": False, "key": "k", "secret": "s", "token": "t",
+                           "profile": "p", "password": "x", "session": object(),
+                           "client_kwargs": {"aws_secret_access_key": "s"}}) == \
+        {"anon": False, "profile": "p"}
+
+
+def test_two_fits_into_one_url_started_together_one_is_refused(s3, tmp_path):
+    # Issue 16: the command line holds the run's lock for a URL --out too (taken where
+    # the fit takes it, in the object store), so the second is refused in one line.
+    import subprocess
+    import sys
+
+    V = planted(400, 30, 3, seed=2, noise=0.01)[0]
+    np.save(tmp_path / "V.npy", V)
+    args = [sys.executable, "-m", "dnmf", "fit", "V.npy", "--rank", "3", "--seed", "1",
+            "--max-iter", "15", "--tol", "0", "--out", f"s3://{BUCKET}/runs/race.zarr",
+            "--storage-option", f"endpoint_url={s3}"]
+    procs = []
+    for _ in range(2):
+        procs.append(subprocess.Popen(args, cwd=tmp_path, text=True, stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE))
+        time.sleep(0.3)
+    results = [(p.wait(timeout=300), *p.communicate()) for p in procs]
+    assert sorted(r[0] for r in results) == [0, 1], results
+    loser = next(r for r in results if r[0] == 1)
+    lines = loser[2].strip().splitlines()
+    assert len(lines) == 1 and "is being written by another process" in lines[0], loser
+    import fsspec.config
+
+    saved = dict(fsspec.config.conf)
+    try:
+        dnmf.io.set_storage_options("s3", endpoint_url=s3)
+        run = dnmf.open_run(f"s3://{BUCKET}/runs/race.zarr")
+    finally:
+        fsspec.config.conf.clear()
+        fsspec.config.conf.update(saved)
+    solo = _quiet(dnmf.NMF(3, tol=0, random_state=1, max_iter=15).fit, V)
+    assert run.iteration == 15
+    np.testing.assert_allclose(run.H, solo.components_, rtol=1e-10)

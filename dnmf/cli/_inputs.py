@@ -21,6 +21,11 @@ if TYPE_CHECKING:
     import numpy as np
 
 
+#: Formats that fit and transform read where they are (the reader layer streams them
+#: by row panels from a reopenable location); every other format is converted first.
+IN_PLACE = ("npy", "hdf5")
+
+
 def _input_store_for(out: str) -> Path:
     """Where ``fit`` puts a converted input: next to the run, named after it."""
     path = Path(out.rstrip("/"))
@@ -72,8 +77,9 @@ def _prepare_input(
     if fmt != "zarr" and not os.path.exists(split_inner(src)[0]):
         raise InvalidInputError(f"{src} does not exist.")
     plain = not (transpose or dense or dtype is not None or chunk_rows is not None)
-    if fmt == "hdf5" and plain:
-        # HDF5 (AnnData, 10x, plain) is read by row panels where it lies: no copy.
+    if fmt in IN_PLACE and plain:
+        # .npy (memory-mapped) and HDF5 (AnnData, 10x, plain) are read by row panels
+        # where they lie: no copy; the run records the file as its source.
         source = open_source(src, dataset=dataset, **reading)
         if source.streamed and source.location is not None:
             notes = f" ({'; '.join(source.notes)})" if source.notes else ""

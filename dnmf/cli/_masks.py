@@ -120,7 +120,15 @@ def prepare_mask(mask: str, v_path: str, out: str, *, overwrite: bool
 
     from ._inputs import _zarr_array_info
 
-    shape, _, row_chunk, sparse = _zarr_array_info(v_path)
+    shape, stored, row_chunk, sparse = _zarr_array_info(v_path)
+    if _own_row_chunk(v_path) is None:
+        # V without row chunks (a contiguous HDF5 dataset): panels are whole chunks of
+        # the mask, so keep them small (rows of about 1 MiB of V) for the panels to be
+        # cut as without a mask, not one chunk (and one panel) of all of V.
+        import numpy as np
+
+        row_bytes = max(1, int(shape[1]) * np.dtype(stored).itemsize)
+        row_chunk = max(1, min(int(shape[0]), (1 << 20) // row_bytes))
     if sparse:
         raise InvalidParameterError(
             "--mask with a sparse INPUT is not supported: --missing unstored observes "
@@ -185,6 +193,13 @@ def prepare_mask(mask: str, v_path: str, out: str, *, overwrite: bool
         raise
     _say(f"copied the mask {mask} to {target} (read with INPUT's panels; kept for resume)")
     return zarr.open_array(str(target), mode="r"), target, aside
+
+
+def _own_row_chunk(v_path: str) -> int | None:
+    from .._source import as_source
+    from ..io import engine_input
+
+    return as_source(engine_input(v_path)).row_chunk
 
 
 def _as_bool(block: Any, start: int, mask: str) -> Any:

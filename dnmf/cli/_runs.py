@@ -42,16 +42,30 @@ def _holding(out: str) -> Iterator[None]:
     """The run's lock for a whole command (its input's conversion, then the fit).
 
     A second command on the same run is refused here with one line, before it
-    converts anything. Local run directories only (a zip's work directory and URLs
-    are locked by the fit itself).
+    converts anything. A run directory or URL is locked where the fit locks it; a
+    ``.zip`` in the work directory beside it (``RUN.zip.partial``, where the fit runs
+    before packing), which is removed again if nothing else is left in it.
     """
-    if "://" in out or out.endswith(".zip"):
-        yield
-        return
-    from .._store import RunStore, as_location, locked
+    from .._store import ZIP_WORKDIR_SUFFIX, Location, RunStore, as_location, locked
 
-    with locked(RunStore(as_location(_absolute(out)))):
-        yield
+    if "://" in out:
+        with locked(RunStore(as_location(out))):
+            yield
+        return
+    if not out.endswith(".zip"):
+        with locked(RunStore(as_location(_absolute(out)))):
+            yield
+        return
+    work = _absolute(out) + ZIP_WORKDIR_SUFFIX
+    made = not os.path.exists(work)
+    os.makedirs(work, exist_ok=True)
+    try:
+        with locked(RunStore(Location("local", work))):
+            yield
+    finally:
+        if made or not os.listdir(work):
+            with contextlib.suppress(OSError):
+                os.rmdir(work)  # only if empty: a packed run, or nothing committed
 
 
 def _open_run(path: str, *, verify: bool = False) -> Any:

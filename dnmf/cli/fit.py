@@ -146,8 +146,9 @@ def fit(
 
     Shows a live progress bar. Ctrl-C commits a checkpoint and prints the command
     that continues the run; running the same fit command again also continues it.
-    A non-Zarr INPUT is first converted to OUT's name with .input.zarr, kept next to
-    the run so that 'dnmf resume' can read it.
+    Zarr, .npy (memory-mapped) and HDF5/h5ad/10x inputs are read where they are, by
+    row panels; any other INPUT is first converted to OUT's name with .input.zarr,
+    kept next to the run so that 'dnmf resume' can read it.
     """
     started = time.perf_counter()
     _check_scheduler(scheduler, scheduler_file)

@@ -11,7 +11,7 @@ import typer
 
 from ..errors import InvalidParameterError
 from ._app import _exit_code, app
-from ._inputs import _swap_into_place, _write_array
+from ._inputs import IN_PLACE, _swap_into_place, _write_array
 from ._options import IndexColOpt, LayerOpt, RawOpt, _parse_size, reading_options
 from ._output import _absolute, _result, _row_progress, _say
 from ._runs import _open_run
@@ -57,7 +57,7 @@ def transform(
     try:
         source = new
         opened = open_source(new, dataset=dataset, **reading) \
-            if detect_format(new) == "hdf5" or reading else None
+            if detect_format(new) in IN_PLACE or reading else None
         if opened is not None and opened.streamed and opened.location is not None:
             source = opened.location  # read by row panels where it is
         elif detect_format(new) != "zarr" or dataset is not None:

@@ -50,6 +50,9 @@ class Source:
         The engine reads it by row panels without holding it whole in memory.
     notes : list of str
         What the reader detected (a header line, an index column, the layer used).
+    storage_options : dict or None
+        The fsspec options it was opened with (a URL only); a run records the ones
+        that are not secrets, and ``resume`` reopens the source with them.
     """
 
     format: str
@@ -67,6 +70,7 @@ class Source:
     closer: Callable[[], None] | None = field(default=None, repr=False)
     _array: Any = field(default=None, repr=False)
     _names: dict[str, Any] = field(default_factory=dict, repr=False)
+    storage_options: dict[str, Any] | None = field(default=None, repr=False)
 
     @property
     def array(self) -> Any:

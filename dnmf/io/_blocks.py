@@ -166,6 +166,17 @@ class CSRGroupReader(Reader):
                         self.shape[0], self.shape[1], self.dtype.str).load()
 
 
+def _split(line: str, delimiter: str) -> list[str]:
+    """The fields of one line, as the csv module (and pandas) read them: a field in
+    double quotes may hold the delimiter (``"Smith, J."``) and doubled quotes."""
+    line = line.rstrip("\r\n")
+    if '"' not in line:
+        return [x.strip() for x in line.split(delimiter)]
+    import csv
+
+    return [x.strip() for x in next(csv.reader([line], delimiter=delimiter))]
+
+
 def _unquote(field: str) -> str:
     """A field without surrounding blanks and double quotes (as pandas quotes names)."""
     field = field.strip()
@@ -216,10 +227,10 @@ class TextReader(Reader):
                         second = line
         if first is None:
             raise InvalidInputError(f"{path} holds no data rows.")
-        fields = [_unquote(x) for x in first.rstrip("\r\n").split(delimiter)]
+        fields = [_unquote(x) for x in _split(first, delimiter)]
         text = [i for i, x in enumerate(fields) if not _is_number(x)]
         if len(fields) == 1 and text and second is not None and not _is_number(
-                _unquote(second.rstrip("\r\n"))):
+                _unquote(_split(second, delimiter)[0])):
             raise InvalidInputError(
                 f"{path} holds only an index column (row names) and no values: NMF needs "
                 f"numeric columns."
@@ -251,7 +262,7 @@ class TextReader(Reader):
                 self.index_col = 0
                 self.notes.append("index column 0 (row names: text in the first column)")
             elif self.header and second is not None:
-                data = [x.strip() for x in second.rstrip("\r\n").split(delimiter)]
+                data = _split(second, delimiter)
                 if len(data) > 1 and not _is_number(data[0]) and all(
                         _is_number(x) for x in data[1:]):
                     self.index_col = 0
@@ -299,8 +310,7 @@ class TextReader(Reader):
         if self.index_col is None:
             return None
         col = self.index_col
-        return [_unquote(line.rstrip("\r\n").split(self.delimiter)[col])
-                for _, line in self._lines()]
+        return [_unquote(_split(line, self.delimiter)[col]) for _, line in self._lines()]
 
     def blocks(self, rows: int) -> Iterator[tuple[int, np.ndarray]]:
         start = 0
@@ -316,7 +326,8 @@ class TextReader(Reader):
 
     def _parse(self, lines: list[str]) -> np.ndarray:
         if self._usecols is not None:
-            widths = [line.count(self.delimiter) + 1 for line in lines]
+            widths = [len(_split(line, self.delimiter)) if '"' in line
+                      else line.count(self.delimiter) + 1 for line in lines]
             bad = next((i for i, w in enumerate(widths) if w != self._width), None)
             if bad is not None:
                 raise InvalidInputError(
@@ -325,7 +336,8 @@ class TextReader(Reader):
                 )
         try:
             block = np.loadtxt(lines, delimiter=self.delimiter, dtype=np.float64,
-                               ndmin=2, comments=None, usecols=self._usecols)
+                               ndmin=2, comments=None, usecols=self._usecols,
+                               quotechar='"')
         except ValueError as exc:
             raise InvalidInputError(self._explain(str(exc))) from None
         if block.shape[1] != self.shape[1]:

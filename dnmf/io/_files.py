@@ -34,14 +34,77 @@ def _local(path: str) -> str:
     return os.path.abspath(path)
 
 
+#: Memory maps of .npy files opened in this process: (path, mtime_ns, size) → memmap.
+_MAPS: dict[tuple[str, int, int], np.ndarray] = {}
+
+
+class NpyArray:
+    """A ``.npy`` file read in place by row ranges: sliceable, picklable by its path
+    (a task on a worker maps the file itself; nothing of V travels), C order on read.
+
+    The engine reads it as it reads a Zarr array (``PanelSource("zarr", ...)``), so
+    ``dnmf fit X.npy`` needs no conversion and a run records the file as its source.
+    """
+
+    def __init__(self, path: str, shape: tuple[int, ...], dtype: Any) -> None:
+        self.path = path
+        self.shape = tuple(int(s) for s in shape)
+        self.dtype = np.dtype(dtype)
+        self.chunks = self.shape  # for messages only: one "chunk", the file
+        self.ndim = len(self.shape)
+
+    def _map(self) -> np.ndarray:
+        try:
+            stat = os.stat(self.path)
+        except OSError as exc:
+            raise InvalidInputError(f"cannot read {self.path}: {exc.strerror or exc}.") \
+                from None
+        key = (self.path, stat.st_mtime_ns, stat.st_size)
+        array = _MAPS.get(key)
+        if array is None:
+            array = np.load(self.path, mmap_mode="r", allow_pickle=False)
+            if tuple(array.shape) != self.shape or array.dtype != self.dtype:
+                raise InvalidInputError(
+                    f"{self.path} changed: it holds {array.shape} {array.dtype} now, "
+                    f"{self.shape} {self.dtype} when it was opened.")
+            for old in [k for k in _MAPS if k[0] == self.path]:
+                del _MAPS[old]
+            _MAPS[key] = array
+        return array
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        return np.ascontiguousarray(self._map()[key])
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        block = self[...]
+        return block if dtype is None else block.astype(dtype, copy=False)
+
+    def __reduce__(self) -> Any:
+        return (NpyArray, (self.path, self.shape, self.dtype.str))
+
+    def __dask_tokenize__(self) -> Any:
+        stat = os.stat(self.path)
+        return ("dnmf-npy", self.path, stat.st_mtime_ns, stat.st_size)
+
+    def __repr__(self) -> str:
+        return f"NpyArray({self.path}, shape={self.shape}, dtype={self.dtype})"
+
+
 def open_npy(path: str, **options: Any) -> Source:
+    from .._source import PanelSource, _float_dtype
+
     try:
         array = np.load(path, mmap_mode="r", allow_pickle=False)
     except ValueError as exc:
         raise InvalidInputError(f"cannot read {path} as a NumPy .npy file ({exc}).") from None
     shape = check_2d(tuple(array.shape), path)
     dtype = numeric_dtype(array.dtype, path)
-    return Source("npy", path, shape, dtype, False, _local(path), lambda: array,
+    lazy = NpyArray(_local(path), shape, array.dtype)
+
+    def load() -> PanelSource:
+        return PanelSource("zarr", lazy, shape, _float_dtype(dtype, path), None)
+
+    return Source("npy", path, shape, dtype, False, _local(path), load,
                   blocks=lambda: ArrayReader(array, path))
 
 

@@ -12,18 +12,38 @@ store included. Before a store is opened, an endpoint given as a URL (``endpoint
 
 from __future__ import annotations
 
+import copy
 import json
 import os
+import re
 import socket
 from typing import Any
 from urllib.parse import urlsplit
 
 from ..errors import InvalidInputError, InvalidParameterError, StoreError
 
-__all__ = ["check_reachable", "open_remote", "parse_storage_option", "set_storage_options"]
+__all__ = ["check_reachable", "open_remote", "parse_storage_option", "public_options",
+           "remote_options", "set_storage_options"]
 
 #: Seconds the probe of an endpoint waits for a TCP connection.
 PROBE_TIMEOUT = 3.0
+
+#: dnmf's defaults under every ``s3://`` store it opens (input, run store, workers'
+#: reads): a connection that does not open in 5 s is an error, and a failed request is
+#: tried twice in all (botocore's "standard" retry mode), instead of botocore's legacy
+#: 5 attempts with backoff (~15 s per request, ~65 s under load before one error line).
+#: Options given by the user (``storage_options=``, ``--storage-option``,
+#: :func:`set_storage_options`) win key by key; ``AWS_MAX_ATTEMPTS`` /
+#: ``AWS_RETRY_MODE`` in the environment replace the retry default.
+S3_DEFAULTS: dict[str, Any] = {
+    "config_kwargs": {"connect_timeout": 5,
+                      "retries": {"max_attempts": 2, "mode": "standard"}},
+}
+
+#: Option names that hold secrets: never recorded in a run (matched case-insensitively
+#: against every key, nested ones included).
+_SECRET = re.compile(r"secret|password|passwd|token|credential|private|session|"
+                     r"(^|_)key($|_)|access_key|account_key|sas|signature", re.IGNORECASE)
 
 
 def protocol_of(url: str) -> str:
@@ -54,6 +74,81 @@ def parse_storage_option(text: str) -> tuple[str, Any]:
     except ValueError:
         parsed = value
     return key.strip(), parsed
+
+
+def _merge(*layers: dict[str, Any]) -> dict[str, Any]:
+    """Dicts merged key by key (nested dicts too); later layers win."""
+    out: dict[str, Any] = {}
+    for layer in layers:
+        for key, value in (layer or {}).items():
+            if isinstance(value, dict) and isinstance(out.get(key), dict):
+                out[key] = _merge(out[key], value)
+            else:
+                out[key] = copy.deepcopy(value)
+    return out
+
+
+def _defaults(protocol: str) -> dict[str, Any]:
+    if protocol not in ("s3", "s3a"):
+        return {}
+    defaults = copy.deepcopy(S3_DEFAULTS)
+    if os.environ.get("AWS_MAX_ATTEMPTS") or os.environ.get("AWS_RETRY_MODE"):
+        del defaults["config_kwargs"]["retries"]
+    return defaults
+
+
+def remote_options(url: str, storage_options: dict[str, Any] | None = None
+                   ) -> dict[str, Any]:
+    """The fsspec options dnmf opens ``url`` with: its defaults (:data:`S3_DEFAULTS`),
+    then the process-wide ones for the protocol, then ``storage_options``."""
+    import fsspec.config
+
+    protocol = protocol_of(url)
+    return _merge(_defaults(protocol), fsspec.config.conf.get(protocol, {}),
+                  storage_options or {})
+
+
+def public_options(options: dict[str, Any] | None) -> dict[str, Any]:
+    """``options`` without secrets (keys, tokens, passwords, sessions) and without values
+    JSON cannot hold: what a run records of the options its data was opened with."""
+    out: dict[str, Any] = {}
+    for key, value in (options or {}).items():
+        if _SECRET.search(str(key)):
+            continue
+        if isinstance(value, dict):
+            value = public_options(value)
+            if not value:
+                continue
+        try:
+            json.dumps(value)
+        except (TypeError, ValueError):
+            continue
+        out[str(key)] = value
+    return out
+
+
+def recorded_options(url: str | None, storage_options: dict[str, Any] | None = None
+                     ) -> dict[str, Any] | None:
+    """What a run records for a source at ``url``: the non-secret options given for it
+    (explicitly or as process-wide defaults), None for a local path or no options."""
+    if not url or "://" not in url or protocol_of(url) == "file":
+        return None
+    import fsspec.config
+
+    given = _merge(fsspec.config.conf.get(protocol_of(url), {}), storage_options or {})
+    public = public_options(given)
+    return public or None
+
+
+def reopen_options(url: str, recorded: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The options to reopen a recorded source with: what the run recorded, under what
+    is given now (``--storage-option``, :func:`set_storage_options`) — secrets come
+    from there or from the environment."""
+    if not recorded:
+        return None
+    import fsspec.config
+
+    return _merge(recorded, fsspec.config.conf.get(protocol_of(url), {}))
 
 
 def _endpoint(url: str, storage_options: dict[str, Any] | None) -> str | None:
@@ -99,7 +194,8 @@ def open_remote(url: str, storage_options: dict[str, Any] | None = None) -> Any:
 
     check_reachable(url, storage_options)
     try:
-        return zarr.open(store=url, mode="r", storage_options=storage_options or None)
+        return zarr.open(store=url, mode="r",
+                         storage_options=remote_options(url, storage_options) or None)
     except ImportError as exc:
         raise StoreError(
             f"reading {url} needs the fsspec implementation for its scheme ({exc}); for "

@@ -147,6 +147,15 @@ def _matrices(group: Any) -> list[str]:
 def open_zarr(path: str, *, dataset: str | None = None, layer: str | None = None,
               raw: bool = False, storage_options: dict[str, Any] | None = None,
               **options: Any) -> Source:
+    source = _open_zarr(path, dataset=dataset, layer=layer, raw=raw,
+                        storage_options=storage_options)
+    if "://" in path and storage_options:
+        source.storage_options = dict(storage_options)
+    return source
+
+
+def _open_zarr(path: str, *, dataset: str | None = None, layer: str | None = None,
+               raw: bool = False, storage_options: dict[str, Any] | None = None) -> Source:
     from .._source import is_csr_group
 
     remote = "://" in path
