@@ -45,8 +45,11 @@ Known failure, marked ``xfail(strict=True)`` with its reason:
 of a loss computed from float32 products; see the mark).
 
 After the port: ``check_estimator`` through ``parametrize_with_checks`` for every
-solver (hals in the default run, mu and als marked heavy for the time budget; one
-expected failure for mu, named in ``_expected_failed_checks`` with its reason) at
+solver (hals in the default run, mu and als marked heavy for the time budget; two
+expected failures for mu, ``check_transformer_data_not_an_array`` and
+``check_transformer_general``, named in ``_expected_failed_checks`` with their reason:
+dnmf's MU transform stops each row when its own change is below tol, scikit-learn's on
+the loss, and MU is slow enough for the two W to differ by up to 0.04 > atol 0.01) at
 scikit-learn's test settings (``max_iter=500``, as its
 ``instance_generator`` sets for NMF), and the transformer checks of scikit-learn's
 ``test_common.py`` (column-name consistency, get_feature_names_out, set_output with
@@ -763,8 +766,9 @@ def _expected_failed_checks(estimator):
         # fit_transform's W (the fit stops once the objective's relative decrease is
         # below tol) and transform's W (each row solved until it stops changing) are
         # 0.04 apart after MU's slow convergence, over the check's atol of 0.01.
-        return {"check_transformer_data_not_an_array":
-                "MU converges too slowly for fit_transform == transform within atol=0.01"}
+        reason = "MU converges too slowly for fit_transform == transform within atol=0.01"
+        return {"check_transformer_data_not_an_array": reason,
+                "check_transformer_general": reason}
     return {}
 
 
