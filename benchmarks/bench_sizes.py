@@ -11,8 +11,8 @@ For each V (in memory, dense; k = 10; init "nndsvda" on both sides):
   runs, the two sides interleaved (sk, dnmf, sk, dnmf, ...) so that changes of the
   machine's load hit both alike. The 1-minute load average is reported beside each.
 
-Frobenius compares dnmf's ``--frobenius-solvers`` (default ``hals`` and ``hals+ex``,
-HALS with ``extrapolate=True``) with scikit-learn's ``solver="cd"``; KL compares
+Frobenius compares dnmf's ``--frobenius-solvers`` (default ``hals``, dnmf's default,
+and ``hals+ex``, ``extrapolate=True``) with scikit-learn's ``solver="cd"``; KL compares
 each of dnmf's KL solvers (``--kl-solvers``, default ``mu`` and ``amu``) with
 scikit-learn's ``solver="mu"``, all chasing the same target loss ``L``. Targets
 (issue 13): Frobenius ≤ 1.0 at 300 × 100 and 1797 × 64, ≤ 0.3 from 2000 × 500 up;
@@ -134,10 +134,14 @@ def dnmf_fit(V: np.ndarray, beta_loss: str, target: float, max_iter: int,
         return False
 
     params: dict[str, Any] = {"beta_loss": beta_loss}
-    # "hals+ex" / "als+ex": the solver with extrapolation (extrapolate=True).
-    name, extrapolate = solver.split("+ex")[0], solver.endswith("+ex")
+    # "hals": dnmf's default (extrapolate="auto"); "hals+ex": extrapolate=True;
+    # "hals-plain": extrapolate=False (the same for als).
+    name = solver.removesuffix("+ex").removesuffix("-plain")
     params["solver"] = name
-    params["extrapolate"] = extrapolate
+    if solver.endswith("+ex"):
+        params["extrapolate"] = True
+    elif solver.endswith("-plain"):
+        params["extrapolate"] = False
     model = dnmf.NMF(K, init="nndsvda", max_iter=max_iter, tol=0.0, random_state=0,
                      callback=stop, scheduler="threads", **params)
     before = load()
@@ -237,8 +241,8 @@ def main(argv: list[str] | None = None) -> int:
                              f"{','.join(KL_SOLVERS)!r})")
     parser.add_argument("--frobenius-solvers", default=",".join(FROBENIUS_SOLVERS),
                         help="comma-separated dnmf solvers for Frobenius (default "
-                             f"{','.join(FROBENIUS_SOLVERS)!r}; 'hals+ex', 'als+ex': with "
-                             "extrapolate=True)")
+                             f"{','.join(FROBENIUS_SOLVERS)!r}; '+ex' / '-plain' after a "
+                             "name: extrapolate=True / False)")
     parser.add_argument("--quick", action="store_true", help="the two small sizes only")
     parser.add_argument("--json", default=None, help="write the results here")
     args = parser.parse_args(argv)

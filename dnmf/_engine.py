@@ -570,20 +570,16 @@ def iterate(
                     break
             if ex is not None:
                 assert loss_after is not None
-                polishing = ex.polishing
-                accepted = ex.judge(loss_after.objective, H_new)
+                accepted = ex.judge(loss_after.objective, H_new, source.dtype)
                 if accepted:
                     state.W = keeper.handles(pending.outputs, sinks)
                     state.H = H_new.astype(source.dtype)
                 state.iteration += 1
-                stop = record(loss_after if accepted else ex.loss_prev,
-                              test=accepted and not polishing)
+                stop = record(loss_after if accepted else ex.loss_prev, test=accepted)
                 if on_iteration is not None:
                     on_iteration(state)
-                if polishing or state.stopped_by_callback or state.iteration >= max_iter:
+                if stop or state.iteration >= max_iter:
                     break
-                if stop or state.iteration == max_iter - 1:
-                    ex.polish()  # the fit ends on a plain step from its iterate
                 ctx = context_for(ex.H_y, source)
                 continue
             state.W = next_W if next_W is not None else keeper.handles(pending.outputs, sinks)

@@ -153,10 +153,11 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         move, with a weight that grows while the loss falls and shrinks (and the
         step is undone) when it rises; still one pass over X per iteration, and
         the recorded loss never rises. It reaches a given loss in 1.5–4× fewer
-        iterations (see the guide). True: on (Frobenius HALS and ALS without
-        missing values; an error elsewhere); "auto": on where available, plain
-        elsewhere; False: plain iterations. Run stores (``out``) keep its state,
-        so resume is bit for bit.
+        iterations (see the guide). "auto": on where available (Frobenius HALS and
+        ALS without missing values, k < min(n_samples, n_features)), plain
+        elsewhere; True: on, and an error where it is not available; False (the
+        default): plain iterations. Run stores (``out``) keep
+        its state, so resume is bit for bit; "auto" continues a run as recorded.
 
     Attributes
     ----------

@@ -21,9 +21,11 @@ Gillis compare with the previous iteration's loss; comparing with the last
 accepted one keeps the recorded losses non-increasing, so the fit's stopping rule
 and its returned factors are those of the best iterate so far.
 
-The last pass of a fit (at ``max_iter``, or after the stopping rule is met) is a plain
-step from the iterate (β = 0), so the W and H returned relate as plain HALS's do.
-Everything here is deterministic: β's schedule depends only on the losses.
+The fit returns its iterate (W_y, H_n) as it stands, so a finished run given more
+iterations continues exactly as the longer fit would have. Everything here is
+deterministic: β's schedule depends only on the losses. (Other
+panels round the sums differently; the pushes amplify that, and a near-tie restart
+could go either way, so results agree across panellings only to ~1e-12, not 1e-15.)
 
 References
 ----------
@@ -122,11 +124,10 @@ class Extrapolation:
     loss_prev: float = math.inf
     from_extrapolated: bool = True
     restarts: int = 0
-    polishing: bool = False
 
     #: The scalars a run store's manifest keeps (with H_y, and H_prev = the run's H).
     SCALARS = ("beta", "beta_max", "beta_last", "loss_prev", "from_extrapolated",
-               "restarts", "polishing")
+               "restarts")
 
     @classmethod
     def start(cls, solver: str, H: np.ndarray) -> Extrapolation:
@@ -151,14 +152,18 @@ class Extrapolation:
         ex.loss_prev = math.inf if scalars["loss_prev"] is None else float(scalars["loss_prev"])
         return ex
 
-    def judge(self, loss: float, H_new: np.ndarray) -> bool:
+    def judge(self, loss: float, H_new: np.ndarray, dtype: Any = np.float64) -> bool:
         """Accept the pass's iterate (loss at (W_y, H_new)) or restart; update β.
 
-        Returns True if accepted: the caller then keeps the pass's W panels.
+        Returns True if accepted: the caller then keeps the pass's W panels. H_prev and
+        H_y are kept as values of the data's ``dtype`` (H_prev is the fit's H, H_y
+        what the next pass uses), so a run store holds them exactly and a resumed
+        float32 run continues bit for bit.
         """
         if loss <= self.loss_prev:
-            H_new = np.asarray(H_new, dtype=np.float64)
-            self.H_y = H_new + self.beta * (H_new - self.H_prev)
+            H_new = np.asarray(H_new, dtype=dtype).astype(np.float64)
+            H_y = H_new + self.beta * (H_new - self.H_prev)
+            self.H_y = H_y.astype(dtype).astype(np.float64)
             self.H_prev = H_new
             self.loss_prev = float(loss)
             self.from_extrapolated = True
@@ -172,18 +177,6 @@ class Extrapolation:
         self.beta_max = self.beta_last
         self.beta = self.beta / self.eta
         return False
-
-    def polish(self) -> None:
-        """Make the next pass a plain step from the iterate (W_y, H_prev): β = 0.
-
-        The fit ends on it, so that its W and H relate as plain HALS's or ALS's do
-        (W the W-step for the previous H, H the H-step for that W) rather than W
-        being an extrapolated point.
-        """
-        self.polishing = True
-        self.beta = 0.0
-        self.H_y = self.H_prev.copy()
-        self.from_extrapolated = True
 
 
 def _pair(W: Any) -> tuple[np.ndarray, np.ndarray]:

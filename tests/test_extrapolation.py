@@ -67,12 +67,12 @@ def test_off_by_default_and_auto_is_on_where_available(tmp_path):
         assert auto.loss_history_ == on.loss_history_ != off.loss_history_
     # "auto" where it is unavailable: the plain iterations, no error
     mu, _ = _fit(V, n_components=4, solver="mu", max_iter=30, extrapolate="auto")
-    mu_off, _ = _fit(V, n_components=4, solver="mu", max_iter=30)
+    mu_off, _ = _fit(V, n_components=4, solver="mu", max_iter=30, extrapolate=False)
     assert mu.loss_history_ == mu_off.loss_history_
     # k >= min(n, m): an exact factorization is a continuum; auto stays plain
     small = V[:, :4]
     a, _ = _fit(small, n_components=4, max_iter=20, extrapolate="auto")
-    b, _ = _fit(small, n_components=4, max_iter=20)
+    b, _ = _fit(small, n_components=4, max_iter=20, extrapolate=False)
     assert a.loss_history_ == b.loss_history_
 
 
@@ -92,7 +92,7 @@ def test_stopping_rule_and_callback_see_the_recorded_losses():
     seen = []
     model, W = _fit(V, n_components=5, extrapolate=True, tol=1e-5, max_iter=500,
                     callback=lambda it, loss: seen.append((it, loss)) and False)
-    assert 2 < model.n_iter_ < 500  # converged, then the closing plain step
+    assert 2 < model.n_iter_ < 500  # converged
     assert [loss for _, loss in seen] == model.loss_history_
     assert [it for it, _ in seen] == list(range(1, model.n_iter_ + 1))
     assert model.loss_history_[-1] == pytest.approx(_loss(V, W, model.components_), rel=1e-10)
@@ -155,12 +155,14 @@ def test_cluster_gives_the_threads_result(distributed_client, solver):
     np.testing.assert_allclose(remote.components_, local.components_, rtol=1e-10, atol=1e-14)
 
 
-@pytest.mark.parametrize("solver", ["hals", "als"])
-def test_run_store_gives_the_in_memory_fit_and_resumes_bit_for_bit(tmp_path, solver):
+@pytest.mark.parametrize("solver,dtype", [("hals", np.float64), ("als", np.float64),
+                                          ("hals", np.float32)])
+def test_run_store_gives_the_in_memory_fit_and_resumes_bit_for_bit(tmp_path, solver, dtype):
     # The store keeps the pairs (W_n in WP*, W_y in W*), H_y and β's state; a run
     # interrupted anywhere (at a commit or between commits) continues as if it had not
     # been.
     V, _, _ = planted(200, 60, 5, seed=0, noise=0.05)
+    V = V.astype(dtype)
     kw = dict(n_components=5, solver=solver, extrapolate=True, max_iter=30, panel_rows=50,
               checkpoint_every=4)
     memory, W_memory = _fit(V, **kw)
@@ -199,6 +201,18 @@ def test_run_store_gives_the_in_memory_fit_and_resumes_bit_for_bit(tmp_path, sol
     whole_plain, _ = _fit(V, **{**plain_kw, "max_iter": 20})
     assert more.loss_history_ == whole_plain.loss_history_
     assert "extrapolate" not in dnmf.open_run(tmp_path / "plain").params
+
+
+def test_a_finished_run_given_more_iterations_goes_on(tmp_path):
+    V, _, _ = planted(200, 60, 4, seed=0, noise=0.05)
+    kw = dict(n_components=4, extrapolate=True, panel_rows=64)
+    first, _ = _fit(V, out=tmp_path / "run", max_iter=3, **kw)
+    assert first.n_iter_ == 3
+    more, W = _fit(V, out=tmp_path / "run", max_iter=8, **kw)
+    longer, W_longer = _fit(V, max_iter=8, **kw)
+    assert more.n_iter_ == 8 and more.loss_history_ == longer.loss_history_
+    np.testing.assert_array_equal(np.asarray(W), W_longer)
+    np.testing.assert_array_equal(more.components_, longer.components_)
 
 
 def test_zip_run_store_with_extrapolation(tmp_path):
