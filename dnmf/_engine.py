@@ -27,6 +27,7 @@ import numpy as np
 from . import _extrapolation, _init, errors
 from ._backend import Backend, Pending
 from ._solvers import PanelContext, Regularization, Solver, Stats, add_stats
+from ._solvers._base import w_pieces
 from ._source import PanelSource, check_panel, load_panel, panel_start
 from .errors import InvalidInputError
 
@@ -340,6 +341,10 @@ def update_task(
     check_panel(V, panel_start(v_ref) if sink is None else sink.start)
     W = load_panel(w_ref)
     W_new, stats = solver.update_panel(V, W, ctx, reg)
+    if "w_sum0" not in stats:
+        # The penalties' W terms at the pass's start (for solvers that do not report
+        # them themselves): the objective of the iterate the pass started from.
+        stats = {**stats, **w_pieces(W)}
     if sink is not None:
         return sink.store(W_new), stats
     return W_new, stats
@@ -400,7 +405,9 @@ def loss_task(v_ref: Any, w_ref: Any, solver: Solver, ctx: PanelContext) -> tupl
     """Loss pieces at (W_i, H) for one panel (the extra pass KL needs at the end)."""
     V = load_panel(v_ref)
     check_panel(V, panel_start(v_ref))
-    return None, solver.loss_pieces(V, load_panel(w_ref), ctx)
+    W = load_panel(w_ref)
+    pieces = solver.loss_pieces(V, W, ctx)
+    return None, pieces if "w_sum0" in pieces else {**pieces, **w_pieces(W)}
 
 
 @dataclass

@@ -418,3 +418,34 @@ def test_masked_fit_on_a_cluster_equals_threads(distributed_client):
     W_remote = remote.fit_transform(X, mask=SpeckledHoldout(0.1, 0))
     np.testing.assert_array_equal(np.asarray(W_remote), W_local)
     assert remote.heldout_loss_ == local.heldout_loss_
+
+
+@pytest.mark.parametrize("solver,loss", [("hals", "frobenius"), ("als", "frobenius"),
+                                         ("mu", "frobenius"), ("mu", "kullback-leibler")])
+def test_penalised_masked_fit_records_data_term_plus_penalties(solver, loss):
+    # The objective a masked penalised fit minimises and records: the data term over
+    # the observed entries plus scikit-learn's L1/L2 penalties (it raised KeyError).
+    rng = np.random.default_rng(3)
+    V = rng.random((60, 5)) @ rng.random((5, 30)) + 0.01
+    V[rng.random(V.shape) < 0.2] = np.nan
+    est = dnmf.NMF(4, solver=solver, beta_loss=loss, missing="nan", alpha_W=0.01,
+                   alpha_H=0.02, l1_ratio=0.4, max_iter=40, tol=0.0, random_state=0,
+                   scheduler="threads")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", dnmf.ConvergenceWarning)
+        W = np.asarray(est.fit_transform(V))
+    H = est.components_
+    observed = ~np.isnan(V)
+    v, wh = V[observed], (W @ H)[observed]
+    if loss == "frobenius":
+        data = 0.5 * float(np.sum((v - wh) ** 2))
+    else:
+        data = float(np.sum(v * np.log(v / wh) - v + wh))
+    n, m = V.shape
+    l1_W, l2_W = m * 0.01 * 0.4, m * 0.01 * 0.6
+    l1_H, l2_H = n * 0.02 * 0.4, n * 0.02 * 0.6
+    penalty = (l1_W * W.sum() + 0.5 * l2_W * np.sum(W**2)
+               + l1_H * H.sum() + 0.5 * l2_H * np.sum(H**2))
+    assert est.loss_history_[-1] == pytest.approx(data + penalty, rel=1e-8)
+    # reconstruction_err_ is the data term alone, sqrt(2·loss) as scikit-learn's.
+    assert est.reconstruction_err_ == pytest.approx(np.sqrt(2 * data), rel=1e-6)
