@@ -374,7 +374,6 @@ class OnlineRun:
     def to_estimator(self) -> Any:
         """A fitted :class:`~dnmf.MiniBatchNMF` with this run's parameters and state."""
         from ._online import MiniBatchNMF
-
         from ._online_run import ADDED
 
         names = MiniBatchNMF._get_param_names()

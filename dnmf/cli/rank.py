@@ -148,9 +148,10 @@ def rank(
     cv holds out a speckled set of entries per replicate and measures the error of
     each k there; consensus compares random restarts (cophenetic correlation and the
     stability of the components). With --missing or --mask every fit uses the observed
-    entries only, and cv holds out entries among them. Prints one line per finished fit, then the summary
-    per k and the choice. Ctrl-C (or a crash) keeps every finished fit and the last
-    checkpoint of the others: run the same command again to continue.
+    entries only, and cv holds out entries among them. Prints one line per finished
+    fit, then the summary per k and the choice. Ctrl-C (or a crash) keeps every
+    finished fit and the last checkpoint of the others: run the same command again to
+    continue.
     """
     import dnmf
 
