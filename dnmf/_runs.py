@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from . import _engine
-from ._estimator import NMF
 from ._run import committed_H, committed_panels, lazy_W, recorded_bounds
 from ._store import ZIP_WORKDIR_SUFFIX, Location, RunStore, as_location
 from .errors import (
@@ -22,6 +21,9 @@ from .errors import (
     InvalidParameterError,
     StoreError,
 )
+
+if TYPE_CHECKING:
+    from ._estimator import NMF
 
 __all__ = ["OnlineRun", "Run", "open_run", "resume"]
 
@@ -91,6 +93,9 @@ class Run:
 
     def to_estimator(self) -> NMF:
         """A fitted :class:`~dnmf.NMF` with this run's parameters and results."""
+        # Imported here: reading a run (dnmf info, export, plot) needs no scikit-learn.
+        from ._estimator import NMF
+
         p = self.params
         est = NMF(
             p["n_components"], solver=p["solver"], beta_loss=p["beta_loss"], init=p["init"],
