@@ -719,22 +719,15 @@ def transform_task(
     return solver.transform_panel(V, W0, ctx, reg, max_iter, tol)
 
 
-def transform_count_task(
-    v_ref: Any,
-    w_ref: Any,
-    solver: Solver,
-    ctx: PanelContext,
-    reg: Regularization,
-    max_iter: int,
-    tol: float,
-) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`transform_task`, and the iterations its slowest row needed."""
+def transform_count_task(*args: Any) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`transform_task` (same arguments), and the iterations its slowest row
+    needed."""
     from ._solvers._base import ROW_ITERATIONS
 
     counts: list[int] = []
     token = ROW_ITERATIONS.set(counts)
     try:
-        W = transform_task(v_ref, w_ref, solver, ctx, reg, max_iter, tol)
+        W = transform_task(*args)
     finally:
         ROW_ITERATIONS.reset(token)
     return W, np.array([max(counts, default=0)], dtype=np.int64)

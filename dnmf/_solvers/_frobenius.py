@@ -79,25 +79,36 @@ class FrobeniusSolver(Solver):
                         G[np.ix_(order, order)], l1, l2, rho, compiled=compiled)
         return np.ascontiguousarray(out[:, back])
 
-    def update_panel(
-        self, V: Array, W: np.ndarray, ctx: PanelContext, reg: Regularization
-    ) -> tuple[np.ndarray, Stats]:
+    def _w_step(self, V: Array, W: np.ndarray, ctx: PanelContext,
+                reg: Regularization) -> tuple[np.ndarray, Stats]:
+        """The W-step of a panel from ``W`` (the solver's output, before any cast) and
+        the statistics of the pass's starting W: the loss at (W^t, H^t), for the first
+        iteration's reference value, and W's column sums (the penalties)."""
         H = ctx.H
         P = np.asarray(V @ H.T)
-        # The loss at (W^t, H^t), for the first iteration's reference value.
-        cross0 = np.array([np.vdot(P, W)], dtype=np.float64)
-        gram0 = (W.T @ W).astype(np.float64)
+        start = {"cross0": np.array([np.vdot(P, W)], dtype=np.float64),
+                 "gram0": (W.T @ W).astype(np.float64),
+                 "w_sum0": W.sum(axis=0, dtype=np.float64)}
         n, m = ctx.shape
         k = H.shape[0]
         rho = self.sweep_ratio(ctx, 1.0 + (ctx.nnz + m * k) / (n * (k + 1.0)))
         W_new = self._ordered_step(ctx, 0, W, P, ctx.gram, reg.l1_W, reg.l2_W, rho,
-                                   _kernels.enabled(ctx.shape, k)).astype(W.dtype, copy=False)
-        A = t_dot(W_new, V).astype(np.float64)
-        B = (W_new.T @ W_new).astype(np.float64)
-        # Column sums of W (before and after) and ‖W_new‖² for the L1/L2 penalties.
-        return W_new, {"A": A, "B": B, "cross0": cross0, "gram0": gram0,
-                       "w_sum0": W.sum(axis=0, dtype=np.float64),
-                       "w_sum": W_new.sum(axis=0, dtype=np.float64)}
+                                   _kernels.enabled(ctx.shape, k))
+        return W_new, start
+
+    @staticmethod
+    def _h_sums(V: Array, W: np.ndarray) -> Stats:
+        """What the H-step needs of the panel's new W: ``A = Wᵀ·V``, ``B = Wᵀ·W`` and
+        W's column sums (the penalties)."""
+        return {"A": t_dot(W, V).astype(np.float64), "B": (W.T @ W).astype(np.float64),
+                "w_sum": W.sum(axis=0, dtype=np.float64)}
+
+    def update_panel(
+        self, V: Array, W: np.ndarray, ctx: PanelContext, reg: Regularization
+    ) -> tuple[np.ndarray, Stats]:
+        W_new, start = self._w_step(V, W, ctx, reg)
+        W_new = W_new.astype(W.dtype, copy=False)
+        return W_new, {**self._h_sums(V, W_new), **start}
 
     def update_panel_extrapolated(
         self, V: Array, W_start: np.ndarray, W_prev: np.ndarray, ctx: PanelContext,
@@ -111,26 +122,14 @@ class FrobeniusSolver(Solver):
         ``W_y``, so the loss after the H-step is the loss at (W_y, H_new). Returns
         ``(W_new, W_y)`` and the statistics.
         """
-        H = ctx.H
-        P = np.asarray(V @ H.T)
-        cross0 = np.array([np.vdot(P, W_start)], dtype=np.float64)
-        gram0 = (W_start.T @ W_start).astype(np.float64)
-        n, m = ctx.shape
-        k = H.shape[0]
-        rho = self.sweep_ratio(ctx, 1.0 + (ctx.nnz + m * k) / (n * (k + 1.0)))
-        W_new = self._ordered_step(ctx, 0, W_start, P, ctx.gram, reg.l1_W, reg.l2_W, rho,
-                                   _kernels.enabled(ctx.shape, k))
+        W_new, start = self._w_step(V, W_start, ctx, reg)
         W_y = np.asarray(W_new, dtype=np.float64) - W_prev
         W_y *= beta
         W_y += W_new
         np.maximum(W_y, 0.0, out=W_y)
         W_new = W_new.astype(W_start.dtype, copy=False)
         W_y = W_y.astype(W_start.dtype, copy=False)
-        A = t_dot(W_y, V).astype(np.float64)
-        B = (W_y.T @ W_y).astype(np.float64)
-        return (W_new, W_y), {"A": A, "B": B, "cross0": cross0, "gram0": gram0,
-                              "w_sum0": W_start.sum(axis=0, dtype=np.float64),
-                              "w_sum": W_y.sum(axis=0, dtype=np.float64)}
+        return (W_new, W_y), {**self._h_sums(V, W_y), **start}
 
     def update_H(
         self, H: np.ndarray, stats: Stats, ctx: PanelContext, reg: Regularization
