@@ -453,6 +453,12 @@ def _converged(history: list[float], init_loss: float | None, tol: float,
     return tol > 0 and (previous - current) / previous < tol
 
 
+def _unresolved(history: list[float], rounding: float) -> bool:
+    """Whether the recorded objective ever fell by less than ``rounding`` (or rose)
+    from one iteration to the next."""
+    return any(a - b <= rounding for a, b in zip(history, history[1:]))
+
+
 def iterate(
     backend: Backend,
     source: PanelSource,
@@ -484,9 +490,21 @@ def iterate(
     """
     keeper = keeper or MemoryKeeper(len(refs), backend)
     ex = extrapolation
+    # A float32 loss from float32 products cannot resolve changes below ~1e-7·‖V‖²,
+    # so near the end of a fit it rises by rounding alone and the fit would stop there
+    # (where float64 goes on decreasing). Frobenius solvers then switch to statistics
+    # accumulated exactly in float64, from the first recorded rise on. Derived from
+    # the recorded losses alone, so a resumed run switches where the first one did.
+    # (Extrapolated fits record no rises: they undo the step instead.)
+    exact = solver.with_exact_stats() if (
+        ex is None and np.dtype(source.dtype) != np.float64 and not solver.exact_stats
+    ) else None
     # How far the data term can be off by rounding alone (see _converged).
-    rounding = solver.rounding(norm_sq, norm_sq if total is None else total,
-                               float(np.finfo(source.dtype).eps))
+    total_ = norm_sq if total is None else total
+    rounding = solver.rounding(norm_sq, total_, solver.stats_eps(source.dtype))
+    if exact is not None and _unresolved(state.loss_history, rounding):
+        solver, exact = exact, None
+        rounding = solver.rounding(norm_sq, total_, solver.stats_eps(source.dtype))
 
     def record(loss: Loss | float, test: bool = True) -> bool:
         """Record an iteration's objective (a float: a rejected extrapolated pass
@@ -498,6 +516,17 @@ def iterate(
             value = float(loss)
         state.loss_history.append(value)
         stop = False
+        nonlocal solver, exact, rounding, queued
+        if test and exact is not None and _unresolved(state.loss_history[-2:], rounding):
+            # The first rise: from now on the loss is computed exactly (no stopping
+            # test on this one, which rounding decided); a pass already queued with
+            # the float32 statistics is dropped.
+            solver, exact = exact, None
+            rounding = solver.rounding(norm_sq, total_, solver.stats_eps(source.dtype))
+            test = False
+            if queued is not None:
+                queued[0].cancel()
+                queued = None
         if callback is not None and callback(state.iteration, value):
             state.stopped_by_callback = True
             stop = True

@@ -99,7 +99,9 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         iteration. A rise counts as convergence only while it is within the rounding
         error of computing the objective; a larger rise never stops the fit. With
         ``tol=0`` the fit stops only at ``max_iter`` or once the objective no longer
-        decreases beyond rounding.
+        decreases beyond rounding. float32 Frobenius fits compute their loss
+        statistics in float64 once float32 can no longer resolve the decrease, so
+        they stop where float64 fits do (see the guide).
     random_state : int, RandomState, Generator or None, default=None
         Seed of the initialisation.
     alpha_W, alpha_H, l1_ratio : float

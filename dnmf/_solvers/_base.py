@@ -130,6 +130,31 @@ def t_dot(W: np.ndarray, V: Array) -> np.ndarray:
     return W.T @ V
 
 
+#: Entries of a dense panel cast to float64 at a time by :func:`exact_t_dot`
+#: (16 MiB of float64): the cast never doubles a large panel's memory.
+EXACT_BLOCK = 2**21
+
+
+def exact_t_dot(W: np.ndarray, V: Array) -> np.ndarray:
+    """``W.T @ V`` accumulated in float64 from float64 casts of ``W`` and ``V``.
+
+    For float32 data: every product of two float32 numbers is exact in float64, so
+    the result has float64's rounding instead of float32's. Dense panels are cast a
+    block of rows at a time (summed in a fixed order: deterministic).
+    """
+    W64 = np.asarray(W, dtype=np.float64)
+    if not isinstance(V, np.ndarray) and sp.issparse(V):
+        return np.asarray((V.astype(np.float64).T @ W64).T)
+    n, m = V.shape
+    rows = max(1, EXACT_BLOCK // max(m, 1))
+    if rows >= n:
+        return W64.T @ np.asarray(V, dtype=np.float64)
+    out = np.zeros((W64.shape[1], m))
+    for start in range(0, n, rows):
+        out += W64[start:start + rows].T @ np.asarray(V[start:start + rows], dtype=np.float64)
+    return out
+
+
 #: Where row solves (``transform``) report how many iterations they ran: a list set
 #: by the caller for the duration of one task (per thread: ContextVars are), or None.
 ROW_ITERATIONS: contextvars.ContextVar[list[int] | None] = contextvars.ContextVar(
@@ -189,6 +214,20 @@ class Solver(ABC):
     exact_loss_after_update: bool = True
     #: Does an unpenalised fit end with ``engine.balance`` (HALS, ALS)?
     balances: bool = False
+    #: Are the statistics behind the loss (and the H-step) accumulated in float64
+    #: from products of float64 casts, whatever V's dtype? See :meth:`with_exact_stats`.
+    exact_stats: bool = False
+
+    def with_exact_stats(self) -> Solver | None:
+        """This solver with its loss statistics computed exactly in float64 for a
+        float32 V (None: not available). A float32 loss computed from float32 products
+        cannot resolve changes below ~1e-7·‖V‖²; the engine switches to this when the
+        loss it records rises (:func:`dnmf._engine.iterate`)."""
+        return None
+
+    def stats_eps(self, dtype: Any) -> float:
+        """The machine epsilon the loss statistics are accumulated with for V's dtype."""
+        return float(np.finfo(np.float64 if self.exact_stats else dtype).eps)
 
     @abstractmethod
     def update_panel(

@@ -13,6 +13,7 @@ Subclasses only provide ``step``: one W-step on a block of rows given ``P`` and
 
 from __future__ import annotations
 
+import copy
 from abc import abstractmethod
 
 import numpy as np
@@ -24,6 +25,7 @@ from ._base import (
     Regularization,
     Solver,
     Stats,
+    exact_t_dot,
     penalty,
     solve_rows,
     t_dot,
@@ -96,10 +98,18 @@ class FrobeniusSolver(Solver):
                                    _kernels.enabled(ctx.shape, k))
         return W_new, start
 
-    @staticmethod
-    def _h_sums(V: Array, W: np.ndarray) -> Stats:
+    def with_exact_stats(self) -> FrobeniusSolver:
+        exact = copy.copy(self)
+        exact.exact_stats = True
+        return exact
+
+    def _h_sums(self, V: Array, W: np.ndarray) -> Stats:
         """What the H-step needs of the panel's new W: ``A = Wᵀ·V``, ``B = Wᵀ·W`` and
-        W's column sums (the penalties)."""
+        W's column sums (the penalties). With :attr:`exact_stats`, from float64 casts
+        of a float32 W and V (the products of float32 numbers are exact in float64)."""
+        if self.exact_stats and W.dtype != np.float64:
+            W64 = W.astype(np.float64)
+            return {"A": exact_t_dot(W64, V), "B": W64.T @ W64, "w_sum": W64.sum(axis=0)}
         return {"A": t_dot(W, V).astype(np.float64), "B": (W.T @ W).astype(np.float64),
                 "w_sum": W.sum(axis=0, dtype=np.float64)}
 
