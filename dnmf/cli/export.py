@@ -60,11 +60,16 @@ def export(
     r = _open_run(run)
     if into is not None:
         from ..io import write_into
+        from ..io._anndata import legacy_h5ad
 
+        legacy = (str(into).endswith(".h5ad") and os.path.isfile(into)
+                  and legacy_h5ad(into))
         write_into(r, into, overwrite=overwrite)
         n, k = r.shape[0], int(r.H.shape[0])
         _result(f"wrote into {into}: obsm['X_nmf'] ({n} × {k}), varm['NMF_components'] "
-                f"({r.shape[1]} × {k}), uns['nmf']")
+                f"({r.shape[1]} × {k}), uns['nmf']"
+                + (" (the file was in anndata's pre-0.7 layout: rewritten whole in the "
+                   "current one)" if legacy else ""))
         return
     assert out is not None
     limit = _parse_size(max_size)

@@ -192,6 +192,28 @@ def fit(
         _report_fit(out, started, sched)
 
 
+def _anndata_hint(exc: errors.InvalidInputError, input: str,
+                  reading: Any) -> errors.InvalidInputError:
+    """Negative values in the X of an AnnData input: X is then usually scaled or
+    centred data (scanpy's pp.scale), and the counts are in raw or a layer: say so."""
+    chosen = dict(reading or {})
+    if (not str(exc).startswith("Negative values")
+            or chosen.get("layer") or chosen.get("raw")
+            or not (input.rstrip("/").endswith((".h5ad", ".zarr")))):
+        return exc
+    from ..io import open_source
+
+    try:
+        source = open_source(input)
+    except Exception:  # noqa: BLE001 - the hint is optional; the error stands
+        return exc
+    if source.format not in ("h5ad", "anndata-zarr"):
+        return exc
+    return errors.InvalidInputError(
+        f"{exc} In an AnnData file, a negative X is usually scaled or centred data: fit "
+        f"the counts or normalised values instead, with --raw (raw/X) or --layer NAME.")
+
+
 def _fit_holding(input: str, out: str, rank: int, solver: Any, loss_name: str, init: Any,
                  max_iter: int, tol: float, seed: int | None, alpha_w: float, alpha_h: Any,
                  l1_ratio: float, checkpoint_every: int, scheduler: Any, scheduler_file: Any,
@@ -273,6 +295,8 @@ def _fit_holding(input: str, out: str, rank: int, solver: Any, loss_name: str, i
                 raise _interrupted(out, sched, exc) from None
             except ClusterLostError as exc:
                 raise _lost(out, sched, exc) from None
+            except errors.InvalidInputError as exc:
+                raise _anndata_hint(exc, input, reading) from None
     except KeyboardInterrupt as exc:
         # Ctrl-C while the cluster starts or stops, or before the fit began: the same
         # report (what is committed, how to go on), never a silent exit.

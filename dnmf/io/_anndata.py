@@ -142,7 +142,9 @@ def write_into(run: Any, path: str | os.PathLike[str], *, overwrite: bool = Fals
     """Add a run's W, Hᵀ and record to an ``.h5ad`` file or AnnData Zarr store.
 
     X and everything else in the file are left as they are (not read, not
-    re-encoded). Existing ``obsm["X_nmf"]``, ``varm["NMF_components"]`` or
+    re-encoded), except in an .h5ad of anndata's pre-0.7 layout (scanpy's bundled
+    datasets, :func:`legacy_h5ad`), which anndata reads whole and writes anew in the
+    current layout. Existing ``obsm["X_nmf"]``, ``varm["NMF_components"]`` or
     ``uns["nmf"]`` are replaced only with ``overwrite=True``. Atomic: a failure
     leaves the file as it was.
     """
@@ -169,6 +171,8 @@ def write_into(run: Any, path: str | os.PathLike[str], *, overwrite: bool = Fals
 
         with h5py.File(target, "r") as f:
             present = [f"{g}/{k}" for g, k, _ in elements if f"{g}/{k}" in f]
+        if legacy_h5ad(target):
+            return _write_into_legacy_h5ad(target, elements, overwrite)
         if present and not overwrite:
             raise StoreError(f"{target} already holds {', '.join(present)}; pass "
                              f"--overwrite to replace.")
@@ -190,6 +194,47 @@ def write_into(run: Any, path: str | os.PathLike[str], *, overwrite: bool = Fals
                 os.unlink(tmp)
         return target
     return _write_into_zarr(target, elements, overwrite)
+
+
+def legacy_h5ad(path: str | os.PathLike[str]) -> bool:
+    """Whether an .h5ad file is in anndata's pre-0.7 layout (obsm or varm a compound
+    dataset instead of a group), which :func:`write_into` must rewrite whole."""
+    import h5py
+
+    with h5py.File(os.fspath(path), "r") as f:
+        return any(isinstance(f.get(g), h5py.Dataset) for g in ("obsm", "varm"))
+
+
+def _write_into_legacy_h5ad(target: str, elements: Any, overwrite: bool) -> str:
+    """``write_into`` for an .h5ad in anndata's pre-0.7 layout (obsm and varm one
+    compound dataset each, ``raw.X``: scanpy's bundled datasets). Nothing can be added
+    to such a file in place: anndata reads it whole and writes it anew in the current
+    layout (X included), to a temporary renamed over the file (atomic)."""
+    import warnings
+
+    import anndata
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # anndata's notes on moving legacy elements
+        adata = anndata.read_h5ad(target)
+    mappings = {"obsm": adata.obsm, "varm": adata.varm, "uns": adata.uns}
+    present = [f"{g}/{k}" for g, k, _ in elements if k in mappings[g]]
+    if present and not overwrite:
+        raise StoreError(f"{target} already holds {', '.join(present)}; pass "
+                         f"--overwrite to replace.")
+    for group, key, value in elements:
+        mappings[group][key] = value
+    tmp = os.path.join(os.path.dirname(os.path.abspath(target)),
+                       f".{os.path.basename(target)}.tmp-{os.getpid()}")
+    try:
+        adata.write_h5ad(tmp)
+        os.replace(tmp, target)
+    except OSError as exc:
+        raise StoreError(f"cannot write into {target}: {exc.strerror or exc}.") from None
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return target
 
 
 def _write_into_zarr(target: str, elements: Any, overwrite: bool) -> str:

@@ -137,6 +137,9 @@ def _frame_index(path: str, group: str) -> list[str] | None:
         ds = g.get(key)
         if isinstance(ds, h5py.Dataset):
             return _strings(ds)
+    if isinstance(g, h5py.Dataset) and g.dtype.names and "index" in g.dtype.names:
+        # anndata < 0.7 wrote a data frame as one compound dataset ("index" its field).
+        return [x.decode() if isinstance(x, bytes) else str(x) for x in g.fields("index")[()]]
     return None
 
 
@@ -234,6 +237,8 @@ def _anndata(path: str, f: Any, dataset: str | None, layer: str | None,
         )
     key = dataset or (f"layers/{layer}" if layer else "raw/X" if raw else "X")
     key = key.strip("/")
+    if key == "raw/X" and key not in f and "raw.X" in f:
+        key = "raw.X"  # anndata < 0.7 (scanpy's bundled datasets): raw.X, raw.var
     if key not in f:
         if key.startswith("layers/"):
             layers = sorted(f["layers"].keys()) if "layers" in f else []
@@ -246,7 +251,8 @@ def _anndata(path: str, f: Any, dataset: str | None, layer: str | None,
             raise InvalidInputError(f"{path} has no raw/X: leave --raw out to read X.")
         raise InvalidInputError(f"{path} has no {key!r} (an AnnData file without X?).")
     location = os.path.abspath(path) + ("" if key == "X" else f"/{key}")
-    var_group = "raw/var" if key.startswith("raw/") else "var"
+    var_group = ("raw/var" if key.startswith("raw/") else "raw.var" if key == "raw.X"
+                 else "var")
     what = "X" if key == "X" else key
     notes = [f"AnnData {what}"]
     return _matrix(path, f[key], f"{path}:{key}", "h5ad", location, notes=notes,
