@@ -197,6 +197,43 @@ def test_csv_written_by_pandas_keeps_names_and_drops_the_index(tmp_path, V, name
         _ = open_source(str(tmp_path / "named.csv"), index_col=False).array
 
 
+def test_csv_with_pandas_default_column_labels_has_a_header(tmp_path, V):
+    # DataFrame(V).to_csv(): the header is "" then 0, 1, …, m-1 (a RangeIndex), all
+    # numbers. It used to be read as a data row: n + 1 rows, silently.
+    pd.DataFrame(V).to_csv(tmp_path / "indexed.csv")
+    pd.DataFrame(V).to_csv(tmp_path / "plain.csv", index=False)
+    for name, index in (("indexed.csv", True), ("plain.csv", False)):
+        source = open_source(str(tmp_path / name))
+        assert source.shape == V.shape, name
+        np.testing.assert_array_equal(source.array, V)
+        assert source.var_names == [str(j) for j in range(M)]
+        assert any("pandas' default column labels" in note for note in source.notes)
+        assert (source.obs_names is not None) == index
+    # A first data row that merely starts 0, 1, … (values, not labels) stays data.
+    W = V.copy()
+    W[0] = np.arange(M) + 0.5
+    pd.DataFrame(W).to_csv(tmp_path / "data.csv", index=False, header=False)
+    np.testing.assert_array_equal(open_source(str(tmp_path / "data.csv")).array, W)
+
+
+def test_a_csv_too_large_to_read_whole_is_refused_with_the_conversion(tmp_path, V,
+                                                                      monkeypatch):
+    pd.DataFrame(V, columns=[f"g{j}" for j in range(M)]).to_csv(tmp_path / "X.csv",
+                                                                 index=False)
+    need = V.size * 8  # float64 in memory
+    monkeypatch.setenv("DNMF_READ_WHOLE_LIMIT", str(need - 1))
+    with pytest.raises(InvalidInputError, match=r"convert it first.*dnmf convert .*X\.csv"):
+        dnmf.NMF(2, max_iter=5).fit(str(tmp_path / "X.csv"))
+    monkeypatch.setenv("DNMF_READ_WHOLE_LIMIT", "1G")
+    est = dnmf.NMF(2, max_iter=5, random_state=0).fit(str(tmp_path / "X.csv"))
+    np.testing.assert_allclose(est.components_,
+                               dnmf.NMF(2, max_iter=5, random_state=0).fit(V).components_,
+                               rtol=1e-12)
+    monkeypatch.setenv("DNMF_READ_WHOLE_LIMIT", "lots")
+    with pytest.raises(InvalidInputError, match=r"DNMF_READ_WHOLE_LIMIT='lots' is not a size"):
+        dnmf.NMF(2, max_iter=5).fit(str(tmp_path / "X.csv"))
+
+
 def test_objects_bring_their_names(V, names):
     frame = pd.DataFrame(V, index=names[0], columns=names[1])
     src = open_source(frame)

@@ -197,7 +197,8 @@ class TextReader(Reader):
     """Delimited text (CSV/TSV, optionally gzipped) parsed in blocks of lines.
 
     Blank lines and lines starting with ``#`` are skipped. The first line is a header
-    (feature names) when none of its fields is a number. An index column (row names)
+    (feature names) when none of its fields is a number, or when its fields are
+    ``0, 1, …, m-1`` (pandas' default column labels). An index column (row names)
     is detected when the header's first field is empty (what ``pandas.DataFrame.to_csv``
     writes for an unnamed index) or when the first field of the first data row is text
     and the others numbers; ``index_col`` says which column it is (``False``: none).
@@ -243,6 +244,14 @@ class TextReader(Reader):
                 f"file with {len(fields)} columns (numbered from 0)."
             )
         candidate = 0 if index_col is None else explicit
+        # pandas' default column labels (a RangeIndex): "0,1,…,m-1", or ",0,1,…" with
+        # the index written first. All numbers, yet a header: read as one, it would
+        # be a data row too many.
+        labels = fields[1:] if fields[0] == "" and len(fields) > 1 else fields
+        range_header = (second is not None and len(labels) > 1
+                        and labels == [str(i) for i in range(len(labels))])
+        if range_header:
+            text = list(range(len(fields)))
         mixed = bool(text) and len(text) < len(fields)
         row_named = mixed and candidate is not None and text == [candidate]
         if mixed and not row_named:
@@ -271,7 +280,8 @@ class TextReader(Reader):
             self.index_col = int(explicit)
             self.notes.append(f"index column {self.index_col} (row names, as asked)")
         if self.header:
-            self.notes.insert(0, "a header line (feature names)")
+            self.notes.insert(0, "a header line (0, 1, 2, …: pandas' default column "
+                                 "labels)" if range_header else "a header line (feature names)")
             n_lines -= 1
         if n_lines < 1:
             raise InvalidInputError(f"{path} holds a header line but no data rows.")

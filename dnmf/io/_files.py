@@ -174,6 +174,46 @@ def open_mtx(path: str, **options: Any) -> Source:
                   blocks=lambda: ArrayReader(dense, path, streaming=False))
 
 
+#: The environment variable that caps what reading a text file whole may take (bytes,
+#: or with a K/M/G suffix); default half of the memory available when it is read.
+READ_WHOLE_LIMIT = "DNMF_READ_WHOLE_LIMIT"
+
+
+def _read_whole_limit() -> int | None:
+    value = os.environ.get(READ_WHOLE_LIMIT, "").strip()
+    if value:
+        units = {"K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+        scale = units.get(value[-1].upper(), 1)
+        try:
+            return int(float(value[:-1] if scale != 1 else value) * scale)
+        except ValueError:
+            raise InvalidInputError(
+                f"{READ_WHOLE_LIMIT}={value!r} is not a size: give bytes or a number with "
+                f"K, M or G (e.g. 8G).") from None
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().available) // 2
+    except Exception:  # pragma: no cover - psutil is a dependency
+        return None
+
+
+def check_read_whole(path: str, shape: tuple[int, int], dtype: Any) -> None:
+    """Refuse to read a text file whole (``NMF.fit("X.csv")``) into more memory than
+    :data:`READ_WHOLE_LIMIT` allows: say to convert it first, which streams."""
+    need = int(shape[0]) * int(shape[1]) * np.dtype(dtype).itemsize
+    limit = _read_whole_limit()
+    if limit is not None and need > limit:
+        raise InvalidInputError(
+            f"{path} holds {shape[0]} × {shape[1]} values, {need / 2**30:.2f} GiB in memory: "
+            f"more than the {limit / 2**30:.2f} GiB a text file may take when it is read "
+            f"whole (half the memory available, or {READ_WHOLE_LIMIT}). Text cannot be "
+            f"read by row panels: convert it first, a block of lines at a time, with "
+            f"`dnmf convert {path} X.zarr`, and fit X.zarr (dnmf fit {path} does this "
+            f"for you)."
+        )
+
+
 def _text_opener(fmt: str, delimiter: str) -> Any:
     def open_text(path: str, *, index_col: int | bool | None = None,
                   **options: Any) -> Source:
@@ -183,6 +223,7 @@ def _text_opener(fmt: str, delimiter: str) -> Any:
 
         def load() -> np.ndarray:
             # In memory for the engine (text cannot be sliced by rows): read once.
+            check_read_whole(path, reader.shape, reader.dtype)
             parts = []
             for start, block in TextReader(path, delimiter, index_col=index_col).blocks(
                     65536):
