@@ -15,6 +15,7 @@ buffer of a run store).
 from __future__ import annotations
 
 import functools
+import itertools
 import logging
 import math
 import warnings
@@ -456,7 +457,7 @@ def _converged(history: list[float], init_loss: float | None, tol: float,
 def _unresolved(history: list[float], rounding: float) -> bool:
     """Whether the recorded objective ever fell by less than ``rounding`` (or rose)
     from one iteration to the next."""
-    return any(a - b <= rounding for a, b in zip(history, history[1:]))
+    return any(a - b <= rounding for a, b in itertools.pairwise(history))
 
 
 def iterate(

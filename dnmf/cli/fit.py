@@ -205,7 +205,7 @@ def _anndata_hint(exc: errors.InvalidInputError, input: str,
 
     try:
         source = open_source(input)
-    except Exception:  # noqa: BLE001 - the hint is optional; the error stands
+    except Exception:  # the hint is optional; the error stands
         return exc
     if source.format not in ("h5ad", "anndata-zarr"):
         return exc
