@@ -438,6 +438,28 @@ def _fit_until_running(cwd: Path, args: list[str]) -> subprocess.Popen:
     return proc
 
 
+@pytest.mark.parametrize("delay", [1.0, 2.5])  # after the interpreter's own start-up
+def test_sigint_while_dnmf_starts_is_one_line(tmp_path, delay):
+    # Ctrl-C during the imports (Typer, the commands, Dask): it used to end in Python's
+    # traceback of the interrupted import, or (later on) in a silent exit 130.
+    np.save(tmp_path / "v.npy", planted(200, 30, 3, seed=1)[0])
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dnmf", "fit", "v.npy", "-k", "3", "--out", "run.zarr",
+         "--tol", "0", "--max-iter", "100000"],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=_default_sigint)
+    time.sleep(delay)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=TIMEOUT)
+    assert "Traceback" not in err and "Traceback" not in out, err
+    # 130 (the command's exit), or -2 (the interpreter's own exit by SIGINT when the
+    # interrupt lands in its shutdown). Before the fit: one line; in it (a fast
+    # machine): the fit's report, ending with the resume command.
+    assert proc.returncode in (130, -signal.SIGINT), err
+    lines = err.strip().splitlines()
+    assert lines[-1].startswith("error: interrupted") or "interrupted: iteration" in err, err
+
+
 def test_sigint_leaves_a_resumable_run_that_resumes_exactly(tmp_path, capsys, monkeypatch):
     V = planted(400, 60, 4, seed=2, noise=0.05)[0]
     convert_args = dict(chunk_rows=100)

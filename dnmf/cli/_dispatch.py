@@ -19,6 +19,7 @@ from ..errors import (
     DnmfError,
     InvalidParameterError,
 )
+from . import _output
 from ._app import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_USAGE, Terminated, app
 from ._output import _cli_terms, _one_line
 
@@ -193,8 +194,13 @@ def _fail(message: str) -> None:
 
 def _dispatch(args: list[str], debug: bool) -> int:
     usage_error, click_error = _click_errors()
+    said = _output.SAID[0]
     try:
         rc = app(args=args, prog_name="dnmf", standalone_mode=False)
+        if rc == EXIT_INTERRUPTED and _output.SAID[0] == said:
+            # Typer turns a Ctrl-C the command did not handle (it came before the
+            # command had started anything) into a silent exit 130: say it.
+            _fail("interrupted before the command started its work: nothing was done.")
         return rc if isinstance(rc, int) else 0
     except usage_error as exc:
         if type(exc).__name__ == "NoArgsIsHelpError":  # plain "dnmf": show the help
@@ -242,5 +248,11 @@ def _dispatch(args: list[str], debug: bool) -> int:
 
 def main(argv: list[str] | None = None) -> None:
     """The ``dnmf`` entry point: run the command line and exit with its status."""
-    sys.exit(run(sys.argv[1:] if argv is None else argv))
+    try:
+        status = run(sys.argv[1:] if argv is None else argv)
+    except KeyboardInterrupt:
+        # Ctrl-C before the command's own handling (while Dask is imported): one line.
+        _fail("interrupted while dnmf was starting: nothing was done.")
+        status = 130
+    sys.exit(status)
 

@@ -19,13 +19,20 @@ def _stderr() -> Any:
     return Console(stderr=True, highlight=False, soft_wrap=True)
 
 
+#: How many messages the running command has printed (see ``_dispatch``: a Ctrl-C
+#: that Typer turns into a silent exit 130 before the command said anything).
+SAID = [0]
+
+
 def _say(message: str) -> None:
     """A progress or status message for people (standard error)."""
+    SAID[0] += 1
     _stderr().print(message, markup=False)
 
 
 def _result(message: str) -> None:
     """A result line (standard output)."""
+    SAID[0] += 1
     typer.echo(message)
 
 

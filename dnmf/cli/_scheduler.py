@@ -171,6 +171,15 @@ def _scheduler(spec: str | None, scheduler_file: Path | None) -> Iterator[Any]:
         client.close()
 
 
+def _quiet_shutdown() -> None:
+    """Silence distributed's and tornado's loggers in this process (run on each worker
+    and nanny process of a local cluster before it is stopped)."""
+    import logging
+
+    for name in ("distributed", "tornado"):
+        logging.getLogger(name).setLevel(logging.CRITICAL + 1)
+
+
 def _close_local_cluster(client: Any, cluster: Any) -> None:
     """Stop the workers first, then the scheduler.
 
@@ -178,6 +187,14 @@ def _close_local_cluster(client: Any, cluster: Any) -> None:
     and a worker that loses that race logs a traceback although nothing went
     wrong.  Workers that are told to close stop their heartbeat first.
     """
+    # The fit is over (and committed): what the cluster's processes might still log
+    # while they stop is shutdown noise (a heartbeat that lost the race), not news.
+    try:
+        client.run(_quiet_shutdown)
+        client.run(_quiet_shutdown, nanny=True)
+    except Exception:  # a worker already gone: nothing of it to silence
+        pass
+    _quiet_shutdown()
     try:
         cluster.scale(0)
         deadline = time.monotonic() + 10.0
