@@ -21,6 +21,7 @@ Usage: python benchmarks/bench_online_cluster.py [--gib 0.2] [--rounds 2] [--epo
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import time
@@ -48,7 +49,7 @@ def _split_steps(self, backend, source, memory, bounds, n_steps, n, m, state, on
         H = state["H"]
         a, b = bounds[i % len(bounds)]
         cuts = np.linspace(a, b, min(P, b - a) + 1).astype(int)
-        pieces = [(int(x), int(y)) for x, y in zip(cuts[:-1], cuts[1:])]
+        pieces = [(int(x), int(y)) for x, y in itertools.pairwise(cuts)]
         parts = backend.map(batch_terms, [(ref, W[x:y], H) for ref, (x, y) in
                                           zip(_task_refs(source, memory, pieces), pieces)],
                             shared)

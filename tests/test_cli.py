@@ -714,7 +714,8 @@ def test_two_fits_of_one_run_started_together_one_is_refused_and_the_other_is_ri
     assert len(lines) == 1 and "is being written by another process" in lines[0], loser
     solo = run_dnmf(*args, "--out", "solo.zarr", cwd=tmp_path)
     assert solo.returncode == 0, solo.stderr
-    got, want = dnmf.open_run(str(tmp_path / "run.zarr")), dnmf.open_run(str(tmp_path / "solo.zarr"))
+    got = dnmf.open_run(str(tmp_path / "run.zarr"))
+    want = dnmf.open_run(str(tmp_path / "solo.zarr"))
     assert got.loss_history == want.loss_history and got.loss_history[-1] > 1.0
     np.testing.assert_array_equal(got.H, want.H)
 

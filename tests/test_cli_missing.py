@@ -17,8 +17,8 @@ import dnmf
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from test_cli import assert_user_error, ok, run_dnmf, run_here, run_many  # noqa: E402
-from test_rank import planted_rank  # noqa: E402
+from test_cli import assert_user_error, ok, run_dnmf, run_here, run_many
+from test_rank import planted_rank
 
 
 @pytest.fixture(scope="module")
@@ -208,7 +208,8 @@ def test_rank_with_missing_values_nan_or_mask(files):
     n_obs = int(files["M"].sum())
     assert all(0 < r["n_heldout"] < 0.08 * n_obs for r in a["table"])
     header = json.loads((d / "mask.sweep" / "sweep.json").read_text())
-    assert header["mask"]["zarr"].rstrip("/").endswith("mask.sweep.mask.zarr") and "nmf.missing" not in header
+    assert header["mask"]["zarr"].rstrip("/").endswith("mask.sweep.mask.zarr")
+    assert "nmf.missing" not in header
     shown = ok(run_dnmf("info", "mask.sweep/fits/k003-r01", cwd=d)).stdout
     assert "observed    the mask " in shown and "minus a hold-out of 0.05 (seed " in shown
     again = ok(run_dnmf("rank", "V.npy", "--mask", "M.npy", "--out", "mask.sweep", *common,

@@ -141,7 +141,7 @@ def test_heldout_loss_is_the_divergence_at_the_held_out_entries(beta):
     held = holdout.heldout(0, V.shape[0], V.shape[1]) & M
     fit_mask = M & ~held
     n_iter = 8
-    Wr, Hr, _ = reference_fit(V, fit_mask, W0, H0, beta, n_iter)
+    _, Hr, _ = reference_fit(V, fit_mask, W0, H0, beta, n_iter)
     est, W = _fit(V, W0, H0, beta, n_iter, mask=(M, holdout))
     np.testing.assert_allclose(est.components_, Hr, rtol=1e-10, atol=1e-14)
     assert est.n_heldout_ == held.sum()
