@@ -208,9 +208,14 @@ def _create(path: Path, shape: tuple[int, int], chunks: tuple[int, int], dtype: 
     import zarr
 
     try:
+        # Zarr's default compression, then a CRC-32C of every stored chunk: a chunk
+        # damaged on disk (a flipped bit) fails to decode, naming it, instead of
+        # decoding to other numbers (docs/checkpoints.md).
         return zarr.create_array(
             store=str(path), shape=shape, chunks=chunks, dtype=dtype, fill_value=0,
             zarr_format=3, attributes=attributes, overwrite=True,
+            compressors=[zarr.codecs.ZstdCodec(level=0, checksum=False),
+                         zarr.codecs.Crc32cCodec()],
         )
     except OSError as exc:
         raise StoreError(f"cannot write {path}: {exc.strerror or exc}.") from None

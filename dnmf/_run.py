@@ -196,6 +196,8 @@ class Checkpointer:
         self._pinned: dict[str, dict[str, Any]] = {}
         #: the fit's live extrapolation state, snapshotted with every iteration
         self.extrapolation: Extrapolation | None = None
+        #: called before anything of a commit is written; raises to refuse it
+        self.guard: Callable[[Checkpointer, Snapshot], None] | None = None
 
     def _metadata(self, name: str) -> dict[str, Any]:
         """The pinned metadata of a buffer (read once: a buffer's metadata never changes)."""
@@ -216,6 +218,8 @@ class Checkpointer:
     def commit(self, snap: Snapshot, *, complete: bool = False,
                stop_reason: str | None = None,
                balance: np.ndarray | None = None) -> dict[str, Any]:
+        if self.guard is not None:
+            self.guard(self, snap)
         H_buffer = next(b for b in H_BUFFERS if b != self.committed_H)
         W_iterate, W_prev = snap.W_iterate, snap.W_prev
         W_buffer = W_iterate[0].buffer
@@ -362,8 +366,8 @@ def _differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
                 continue
             if key == "panel_rows" and "panel_starts" in {*before, *after}:
                 continue  # with panels cut by stored entries it is only W's chunk grid
-            if group == "fingerprint" and key == "storage_chunks":
-                continue
+            if group == "fingerprint" and key in ("storage_chunks", "chunk_listing"):
+                continue  # (the listing is compared by _check_listing, in one line)
             if before.get(key) != after.get(key):
                 label = "content of V (sampled panels)" if key == "sample" else key
                 if key == "sample":
@@ -544,6 +548,8 @@ class _Plan:
     params_mask: Any = None
     #: extrapolate, resolved (dnmf/_extrapolation.py)
     extrapolate: bool = False
+    #: the panels the fingerprint (and V's chunk listing) is taken over
+    listing_bounds: list[tuple[int, int]] | None = None
 
     @property
     def panel_rows(self) -> int:
@@ -602,6 +608,14 @@ def _plan(est: Estimator, X: Any, W: Any, H: Any, params: dict[str, Any],
         fp_bounds = recorded_bounds(recorded, n)
     plan.fingerprint = {**_fingerprint(prep, fp_bounds), **custom,
                         **_mask_fingerprint(prep, fp_bounds)}
+    from ._chunks import chunk_listing
+
+    # V's stored chunks as listed now (no data read): a resume and every commit
+    # compare V with it (dnmf/_chunks.py).
+    listing = chunk_listing(prep.source, fp_bounds)
+    if listing is not None:
+        plan.fingerprint["chunk_listing"] = listing
+    plan.listing_bounds = fp_bounds
     return plan
 
 
@@ -630,6 +644,15 @@ def _mask_fingerprint(prep: PreparedInput, bounds: list[tuple[int, int]]) -> dic
 
 def _check_compatible(loc: Location, manifest: dict[str, Any], plan: _Plan) -> None:
     old_fp = dict(manifest["fingerprint"])
+    if (old_fp.get("chunk_listing") and old_fp.get("shape") == plan.fingerprint["shape"]
+            and old_fp.get("dtype") == plan.fingerprint["dtype"]):
+        # The same V, damaged (a deleted or truncated chunk) is one line, before the
+        # sampled panels' checksum would list it as "other data".
+        _check_listing(plan, old_fp["chunk_listing"],
+                       what=f"V changed since the run at {loc.path!r} started",
+                       remedy="Nothing was changed. Restore V as it was when the run "
+                              "started, then resume; or start again with overwrite=True "
+                              "(dnmf fit --overwrite).")
     if not any(key.startswith("custom_") for key in plan.fingerprint):
         old_fp = {key: v for key, v in old_fp.items() if not key.startswith("custom_")}
     if "nnz" not in old_fp:  # a sparse run recorded before these keys existed
@@ -643,6 +666,31 @@ def _check_compatible(loc: Location, manifest: dict[str, Any], plan: _Plan) -> N
             f"was changed. Differences:\n  " + "\n  ".join(diffs)
             + "\nUse another out, or overwrite=True to discard that run."
         )
+
+
+def _check_listing(plan: _Plan, recorded: dict[str, Any] | None, *, what: str,
+                   remedy: str) -> None:
+    """V's stored chunks against ``recorded`` (one StoreError if they differ)."""
+    from ._chunks import check_listing
+
+    if recorded is not None and plan.listing_bounds is not None:
+        check_listing(plan.prep.source, plan.listing_bounds, recorded, what=what,
+                      remedy=remedy)
+
+
+def _listing_guard(plan: _Plan, loc: Location) -> Callable[[Checkpointer, Snapshot], None]:
+    """Before each commit: V's stored chunks still those listed when the fit started."""
+    recorded = plan.fingerprint.get("chunk_listing")
+
+    def guard(ckpt: Checkpointer, snap: Snapshot) -> None:
+        kept = (f"iteration {ckpt.committed_iteration} is committed and intact"
+                if ckpt.committed_iteration >= 0 else "nothing was committed yet")
+        _check_listing(plan, recorded, what=f"V changed while the fit into {loc.path!r} ran",
+                       remedy=f"Nothing of iteration {snap.iteration} was committed; {kept}. "
+                              f"Restore V as it was, then dnmf resume {loc.path} "
+                              f"(dnmf.resume); or start again with overwrite=True.")
+
+    return guard
 
 
 def _reopen(store: RunStore, manifest: dict[str, Any], plan: _Plan,
@@ -768,6 +816,7 @@ def _fit_locked(
                 header["source"] = {**header["source"], **_source_record(X, source_location)}
             header = {**header, "params": plan.params, "fingerprint": plan.fingerprint}
             ckpt = Checkpointer(store, keeper, every, header, manifest)
+            ckpt.guard = _listing_guard(plan, loc)
             if plan.extrapolate:
                 ckpt.extrapolation = _restored_extrapolation(store, manifest, params, state)
             final = manifest or ckpt.commit(Snapshot.of(state, ckpt.extrapolation))

@@ -70,13 +70,29 @@ class ZarrPanel:
         try:
             block = np.asarray(self.array[self.start : self.stop])
         except Exception as exc:
+            start, stop = _bad_rows(self.array, self.start, self.stop)
+            why = " ".join(str(exc).split())
+            if "checksum do not match" in why:  # zarr's Crc32cCodec
+                why = "its CRC-32C does not match its bytes: they changed on disk"
             raise StoreError(
                 f"cannot read rows {self.start}-{self.stop - 1} of V: "
-                f"{_chunk_names(self.array, self.start, self.stop)} is damaged or truncated "
-                f"({type(exc).__name__}: {' '.join(str(exc).split())}). Restore it, or "
-                f"convert the data again."
+                f"{_chunk_names(self.array, start, stop)} is damaged or truncated "
+                f"({type(exc).__name__}: {why}). Restore it, or convert the data again."
             ) from None
         return block.astype(self.dtype, copy=False)
+
+
+def _bad_rows(array: Any, start: int, stop: int) -> tuple[int, int]:
+    """The rows of the first storage chunk of ``start:stop`` that fails to read (after
+    a read of the panel failed; only then), or ``start, stop`` if none fails alone."""
+    rows = int(array.chunks[0])
+    for a in range(start - start % rows, stop, rows):
+        lo, hi = max(a, start), min(a + rows, stop)
+        try:
+            np.asarray(array[lo:hi])
+        except Exception:
+            return lo, hi
+    return start, stop
 
 
 def _chunk_names(array: Any, start: int, stop: int) -> str:

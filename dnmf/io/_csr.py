@@ -82,13 +82,17 @@ def write_csr_zarr(
     chunk = int(chunk_nnz)
 
     group = zarr.open_group(store=path, mode="w" if overwrite else "w-")
+    # Zarr's default compression, then a CRC-32C per chunk: damage on disk fails the
+    # chunk's decoding (docs/checkpoints.md).
+    crc = [zarr.codecs.ZstdCodec(level=0, checksum=False), zarr.codecs.Crc32cCodec()]
     data = group.create_array("data", shape=(nnz,), chunks=(max(1, min(chunk, nnz)),),
-                              dtype=data_dtype)
+                              dtype=data_dtype, compressors=crc)
     indices = group.create_array("indices", shape=(nnz,),
-                                 chunks=(max(1, min(chunk, nnz)),), dtype=index_dtype)
+                                 chunks=(max(1, min(chunk, nnz)),), dtype=index_dtype,
+                                 compressors=crc)
     indptr = group.create_array("indptr", shape=(n + 1,),
                                 chunks=(max(1, min(max(chunk // 8, 1), n + 1)),),
-                                dtype=np.int64)
+                                dtype=np.int64, compressors=crc)
     ptr = np.asarray(csr.indptr, dtype=np.int64)
     indptr[:] = ptr
     # Stream by blocks of whole rows of about `chunk` entries, so a block's writes
