@@ -187,6 +187,14 @@ def _describe(source: Any, bounds: list[tuple[int, int]], panel: int,
     if count_now > count_then:
         return (f"{where}: {count_now} stored chunk(s) now, {count_then} when the run "
                 f"started (chunks were added)")
+    if bytes_now != bytes_then and source.kind == "zarr":
+        from ._source import _chunk_names, first_bad_chunk
+
+        bad = first_bad_chunk(source.data, a, b)  # reads this panel, to name the chunk
+        if bad is not None:
+            return (f"{_chunk_names(source.data, *bad)} of {where} was truncated or "
+                    f"rewritten: it no longer decodes (the panel's chunks hold {bytes_now} "
+                    f"bytes now, {bytes_then} when the run started)")
     return (f"a stored chunk of {where} was truncated or rewritten (its chunks hold "
             f"{bytes_now} bytes now, {bytes_then} when the run started)"
             if bytes_now != bytes_then else

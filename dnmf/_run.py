@@ -650,9 +650,9 @@ def _check_compatible(loc: Location, manifest: dict[str, Any], plan: _Plan) -> N
         # sampled panels' checksum would list it as "other data".
         _check_listing(plan, old_fp["chunk_listing"],
                        what=f"V changed since the run at {loc.path!r} started",
-                       remedy="Nothing was changed. Restore V as it was when the run "
-                              "started, then resume; or start again with overwrite=True "
-                              "(dnmf fit --overwrite).")
+                       remedy=f"Nothing was changed. Restore V as it was when the run "
+                              f"started, then dnmf resume {loc.path} (dnmf.resume); or "
+                              f"start again with overwrite=True.")
     if not any(key.startswith("custom_") for key in plan.fingerprint):
         old_fp = {key: v for key, v in old_fp.items() if not key.startswith("custom_")}
     if "nnz" not in old_fp:  # a sparse run recorded before these keys existed

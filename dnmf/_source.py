@@ -85,6 +85,12 @@ class ZarrPanel:
 def _bad_rows(array: Any, start: int, stop: int) -> tuple[int, int]:
     """The rows of the first storage chunk of ``start:stop`` that fails to read (after
     a read of the panel failed; only then), or ``start, stop`` if none fails alone."""
+    return first_bad_chunk(array, start, stop) or (start, stop)
+
+
+def first_bad_chunk(array: Any, start: int, stop: int) -> tuple[int, int] | None:
+    """Rows (within ``start:stop``) of the first storage chunk of a Zarr array that
+    fails to decode, reading chunk by chunk; None if every one reads."""
     rows = int(array.chunks[0])
     for a in range(start - start % rows, stop, rows):
         lo, hi = max(a, start), min(a + rows, stop)
@@ -92,7 +98,7 @@ def _bad_rows(array: Any, start: int, stop: int) -> tuple[int, int]:
             np.asarray(array[lo:hi])
         except Exception:
             return lo, hi
-    return start, stop
+    return None
 
 
 def _chunk_names(array: Any, start: int, stop: int) -> str:
