@@ -644,15 +644,6 @@ def _mask_fingerprint(prep: PreparedInput, bounds: list[tuple[int, int]]) -> dic
 
 def _check_compatible(loc: Location, manifest: dict[str, Any], plan: _Plan) -> None:
     old_fp = dict(manifest["fingerprint"])
-    if (old_fp.get("chunk_listing") and old_fp.get("shape") == plan.fingerprint["shape"]
-            and old_fp.get("dtype") == plan.fingerprint["dtype"]):
-        # The same V, damaged (a deleted or truncated chunk) is one line, before the
-        # sampled panels' checksum would list it as "other data".
-        _check_listing(plan, old_fp["chunk_listing"],
-                       what=f"V changed since the run at {loc.path!r} started",
-                       remedy=f"Nothing was changed. Restore V as it was when the run "
-                              f"started, then dnmf resume {loc.path} (dnmf.resume); or "
-                              f"start again with overwrite=True.")
     if not any(key.startswith("custom_") for key in plan.fingerprint):
         old_fp = {key: v for key, v in old_fp.items() if not key.startswith("custom_")}
     if "nnz" not in old_fp:  # a sparse run recorded before these keys existed
@@ -666,6 +657,13 @@ def _check_compatible(loc: Location, manifest: dict[str, Any], plan: _Plan) -> N
             f"was changed. Differences:\n  " + "\n  ".join(diffs)
             + "\nUse another out, or overwrite=True to discard that run."
         )
+    # The same V as far as its shape and sampled panels tell, but a chunk elsewhere
+    # deleted, truncated or added since the run started: damage, in one line.
+    _check_listing(plan, old_fp.get("chunk_listing"),
+                   what=f"V changed since the run at {loc.path!r} started",
+                   remedy=f"Nothing was changed. Restore V as it was when the run "
+                          f"started, then dnmf resume {loc.path} (dnmf.resume); or "
+                          f"start again with overwrite=True.")
 
 
 def _check_listing(plan: _Plan, recorded: dict[str, Any] | None, *, what: str,
