@@ -188,13 +188,8 @@ def _describe(source: Any, bounds: list[tuple[int, int]], panel: int,
         return (f"{where}: {count_now} stored chunk(s) now, {count_then} when the run "
                 f"started (chunks were added)")
     if bytes_now != bytes_then and source.kind == "zarr":
-        from ._source import _chunk_names, first_bad_chunk
-
-        bad = first_bad_chunk(source.data, a, b)  # reads this panel, to name the chunk
-        if bad is not None:
-            return (f"{_chunk_names(source.data, *bad)} of {where} was truncated or "
-                    f"rewritten: it no longer decodes (the panel's chunks hold {bytes_now} "
-                    f"bytes now, {bytes_then} when the run started)")
+        return (f"a stored chunk of {where} was rewritten with other numbers (its chunks "
+                f"hold {bytes_now} bytes now, {bytes_then} when the run started)")
     return (f"a stored chunk of {where} was truncated or rewritten (its chunks hold "
             f"{bytes_now} bytes now, {bytes_then} when the run started)"
             if bytes_now != bytes_then else
@@ -202,11 +197,13 @@ def _describe(source: Any, bounds: list[tuple[int, int]], panel: int,
 
 
 def check_listing(source: Any, bounds: list[tuple[int, int]], recorded: dict[str, Any],
-                  *, what: str, remedy: str) -> None:
+                  *, what: str, remedy: str, allow_nan: bool = False) -> None:
     """Raise one StoreError if V's stored chunks differ from the ``recorded`` listing.
 
     ``what`` starts the message ("V changed since the run at RUN started"), ``remedy``
-    ends it (what to do).
+    ends it (what to do). A panel whose chunks changed size but still decode is read
+    (only then) and its values checked as a pass would: NaN (unless ``allow_nan``),
+    infinity or a negative value is the pass's InvalidInputError naming row and column.
     """
     now = chunk_listing(source, bounds)
     if now is None or recorded is None:
@@ -218,6 +215,15 @@ def check_listing(source: Any, bounds: list[tuple[int, int]], recorded: dict[str
                if list(x) != list(y)]
     if not changed:
         return
+    for i in changed:
+        if source.kind == "zarr" and then_panels[i][0] == now_panels[i][0]:
+            from ._source import ZarrPanel, check_panel
+
+            # Read this panel (only now): a chunk that no longer decodes is the read's
+            # StoreError naming it; rewritten values are checked as a pass would.
+            a, b = bounds[i]
+            block = ZarrPanel(source.data, a, b, source.dtype.str).load()
+            check_panel(block, a, allow_nan=allow_nan)
     first = _describe(source, bounds, changed[0], then_panels[changed[0]],
                       now_panels[changed[0]])
     more = f" (and {len(changed) - 1} other panel(s))" if len(changed) > 1 else ""

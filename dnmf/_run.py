@@ -673,7 +673,7 @@ def _check_listing(plan: _Plan, recorded: dict[str, Any] | None, *, what: str,
 
     if recorded is not None and plan.listing_bounds is not None:
         check_listing(plan.prep.source, plan.listing_bounds, recorded, what=what,
-                      remedy=remedy)
+                      remedy=remedy, allow_nan=plan.params.get("missing") == "nan")
 
 
 def _listing_guard(plan: _Plan, loc: Location) -> Callable[[Checkpointer, Snapshot], None]:

@@ -232,6 +232,8 @@ def test_damage_to_V_is_detected(V_path, reference, tmp_path):
         "inf in an unsampled panel": ("inf", unsampled),
         "chunk truncated (unsampled)": ("truncate", unsampled),
         "chunk bit flip (unsampled)": ("flip", unsampled),
+        "chunk bit flip (unsampled, V written by dnmf convert)": ("flip-crc", unsampled),
+        "chunk deleted while the fit runs (unsampled)": ("delete-running", unsampled),
         "value changed in a sampled panel": ("change", [sampled]),
         "chunk deleted (sampled)": ("delete", [sampled]),
         "chunk deleted (unsampled)": ("delete", unsampled),
@@ -241,21 +243,46 @@ def test_damage_to_V_is_detected(V_path, reference, tmp_path):
             continue
         data = tmp_path / "V.zarr"
         shutil.rmtree(data, ignore_errors=True)
-        shutil.copytree(V_path, data)
+        if how == "flip-crc":  # converted by dnmf: a CRC-32C per chunk
+            from dnmf._convert import convert
+
+            np.save(tmp_path / "V.npy", zarr.open_array(V_path, mode="r")[...])
+            convert(str(tmp_path / "V.npy"), str(data), chunk_rows=50)
+        else:
+            shutil.copytree(V_path, data)
         out = tmp_path / "run.zarr"
         shutil.rmtree(out, ignore_errors=True)
+        row = panels[0] * ROWS + 3
+        chunk = data / "c" / str(row // 50) / "0"
+        if how == "delete-running":
+            def delete(iteration, loss):
+                if iteration == 3:
+                    chunk.unlink()
+
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", dnmf.ConvergenceWarning)
+                    dnmf.NMF(K, max_iter=8, tol=0.0, random_state=7, panel_rows=ROWS,
+                             out=str(out), checkpoint_every=2, scheduler="threads",
+                             callback=delete).fit(str(data))
+                detected = False
+            except DnmfError as exc:
+                detected = "\n" not in str(exc)
+            after = dnmf.open_run(str(out))
+            intact = after.iteration == 2 and np.isfinite(after.loss_history).all()
+            count("corruptions (V)", detected and intact)
+            assert detected and intact, name
+            continue
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", dnmf.ConvergenceWarning)
             dnmf.NMF(K, max_iter=4, tol=0.0, random_state=7, panel_rows=ROWS, out=str(out),
                      checkpoint_every=2, scheduler="threads").fit(str(data))
-        row = panels[0] * ROWS + 3
-        chunk = data / "c" / str(row // 50) / "0"
         arr = zarr.open_array(str(data), mode="r+")
         if how in ("nan", "neg", "inf", "change"):
             arr[row, 2] = {"nan": np.nan, "neg": -1.0, "inf": np.inf, "change": 7.0}[how]
         elif how == "truncate":
             chunk.write_bytes(chunk.read_bytes()[:20])
-        elif how == "flip":
+        elif how in ("flip", "flip-crc"):
             _flip(chunk, 0.3)
         else:
             chunk.unlink()
@@ -271,11 +298,14 @@ def test_damage_to_V_is_detected(V_path, reference, tmp_path):
         after = dnmf.open_run(str(out))
         intact = after.iteration == before.iteration and np.isfinite(after.loss_history).all()
         count("corruptions (V)", detected and intact)
-        # Known limits, counted but not asserted: a deleted chunk reads as zeros (Zarr's
-        # fill value) and a flipped bit inside a compressed chunk can decode to other
-        # finite, non-negative numbers; only the sampled panels' checksum sees them.
-        if not (name.endswith("(unsampled)") and how in ("delete", "flip")):
+        # Known limit, counted but not asserted: a flipped bit inside a compressed chunk
+        # of a V without checksums (not written by dnmf) can decode to other finite,
+        # non-negative numbers; only the sampled panels' checksum sees those. A deleted
+        # chunk is seen by the run's listing of V's stored chunks (dnmf/_chunks.py).
+        if how != "flip":
             assert detected and intact, name
+        elif not detected:
+            print(f"V damage {name!r}: not detected (known limit, docs/checkpoints.md)")
 
 
 # ------------------------------------------------------------- 3. bad inputs

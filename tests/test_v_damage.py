@@ -92,7 +92,7 @@ def test_a_truncated_chunk_is_named_exactly_before_any_pass(user_run):
     line = _one_error_line(_resume(out))
     key, first = f"c/{UNSAMPLED[0] * 2 + 1}/0", f"c/{UNSAMPLED[0] * 2}/0"
     assert f"chunk {data}/{key} " in line and first not in line, line
-    assert "truncated" in line and "Restore V" in line, line
+    assert "damaged or truncated" in line and "Restore it" in line, line
     assert (out / "manifest.json").read_bytes() == manifest
 
 
