@@ -37,12 +37,17 @@ _METADATA = {"zarr.json", ".zarray", ".zattrs", ".zgroup", ".zmetadata"}
 def _arrays(source: Any) -> list[tuple[str, Any, str]]:
     """(name, Zarr array, coordinate space) of V's stored arrays; [] if V is not Zarr."""
     if source.kind == "zarr":
-        return [("", source.data, "rows")]
-    if source.kind == "zarr-csr":
+        found = [("", source.data, "rows")]
+    elif source.kind == "zarr-csr":
         g = source.data
-        return [("data", g.data, "entries"), ("indices", g.indices, "entries"),
-                ("indptr", g.indptr_array, "rows")]
-    return []
+        found = [("data", g.data, "entries"), ("indices", g.indices, "entries"),
+                 ("indptr", g.indptr_array, "rows")]
+    else:
+        return []
+    # (.npy and HDF5 read in place take the Zarr panel path too: no chunks to list)
+    if not all(type(a).__module__.startswith("zarr") for _, a, _ in found):
+        return []
+    return found
 
 
 def _stored(array: Any) -> dict[str, int] | None:
@@ -56,12 +61,20 @@ def _stored(array: Any) -> dict[str, int] | None:
     found: dict[str, int] = {}
     if kind == "LocalStore":
         base = os.path.join(str(store.root), prefix) if prefix else str(store.root)
-        for dirpath, _dirs, files in os.walk(base):
-            rel = os.path.relpath(dirpath, base)
-            for name in files:
-                key = name if rel == "." else f"{rel.replace(os.sep, '/')}/{name}"
+        stack = [(base, "")]
+        while stack:  # scandir: one system call per directory, sizes from its entries
+            directory, rel = stack.pop()
+            try:
+                entries = list(os.scandir(directory))
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            for entry in entries:
+                key = rel + entry.name
                 try:
-                    found[key] = os.stat(os.path.join(dirpath, name)).st_size
+                    if entry.is_dir():
+                        stack.append((entry.path, key + "/"))
+                    else:
+                        found[key] = entry.stat().st_size
                 except FileNotFoundError:
                     continue
     elif kind == "FsspecStore":
@@ -91,22 +104,30 @@ def _stored(array: Any) -> dict[str, int] | None:
             if key.rsplit("/", 1)[-1] not in _METADATA}
 
 
-def _chunk_row(array: Any, key: str) -> int | None:
-    """The first chunk-grid index (axis 0) of a chunk key, None for a non-chunk key."""
+def _key_parser(array: Any) -> Any:
+    """A function: chunk key -> its first chunk-grid index (axis 0), None for others."""
     meta = array.metadata
     encoding = getattr(meta, "chunk_key_encoding", None)
+    head = ""
     if encoding is not None:  # zarr v3
         sep = encoding.separator
         if type(encoding).__name__ == "DefaultChunkKeyEncoding":
-            if not key.startswith("c" + sep):
-                return None
-            key = key[2:]
+            head = "c" + sep
     else:  # zarr v2
         sep = getattr(meta, "dimension_separator", ".") or "."
-    parts = key.split(sep)
-    if len(parts) != array.ndim or not all(p.isdigit() for p in parts):
-        return None
-    return int(parts[0])
+    ndim = array.ndim
+
+    def row(key: str) -> int | None:
+        if head:
+            if not key.startswith(head):
+                return None
+            key = key[len(head):]
+        parts = key.split(sep)
+        if len(parts) != ndim or not all(p.isdigit() for p in parts):
+            return None
+        return int(parts[0])
+
+    return row
 
 
 def chunk_listing(source: Any, bounds: list[tuple[int, int]]) -> dict[str, Any] | None:
@@ -124,13 +145,22 @@ def chunk_listing(source: Any, bounds: list[tuple[int, int]]) -> dict[str, Any] 
             return None
         height = int((getattr(array, "shards", None) or array.chunks)[0])
         edges = starts if space == "rows" else source.offsets(starts)
+        parse = _key_parser(array)
+        keys, firsts, sizes = [], [], []
         for key, size in stored.items():
-            row = _chunk_row(array, key)
-            if row is None:
-                continue
-            panel = max(int(np.searchsorted(edges, row * height, side="right")) - 1, 0)
-            per_panel[panel].append(f"{name}/{key}:{size}" if name else f"{key}:{size}")
-            totals[panel] += (1, size)
+            row = parse(key)
+            if row is not None:
+                keys.append(f"{name}/{key}:{size}" if name else f"{key}:{size}")
+                firsts.append(row * height)
+                sizes.append(size)
+        if not keys:
+            continue
+        panel_of = np.maximum(np.searchsorted(edges, np.asarray(firsts, dtype=np.int64),
+                                              side="right") - 1, 0)
+        np.add.at(totals[:, 0], panel_of, 1)
+        np.add.at(totals[:, 1], panel_of, np.asarray(sizes, dtype=np.int64))
+        for entry, panel in zip(keys, panel_of.tolist()):
+            per_panel[panel].append(entry)
     panels = []
     for i, entries in enumerate(per_panel):
         digest = hashlib.sha256("\n".join(sorted(entries)).encode()).hexdigest()[:16]
@@ -175,7 +205,7 @@ def _describe(source: Any, bounds: list[tuple[int, int]], panel: int,
     count_now, bytes_now = int(now[0]), int(now[1])
     if count_now < count_then:
         what = f"{count_then - count_now} stored chunk(s) of {where} were deleted"
-        if source.kind == "zarr":
+        if source.kind == "zarr" and _arrays(source):
             grid = _grid_keys(source, bounds, panel)
             stored = _stored(source.data) or {}
             gone = [key for key in grid if key not in stored]
@@ -197,7 +227,8 @@ def _describe(source: Any, bounds: list[tuple[int, int]], panel: int,
 
 
 def check_listing(source: Any, bounds: list[tuple[int, int]], recorded: dict[str, Any],
-                  *, what: str, remedy: str, allow_nan: bool = False) -> None:
+                  *, what: str, remedy: str, allow_nan: bool = False,
+                  now: dict[str, Any] | None = None) -> None:
     """Raise one StoreError if V's stored chunks differ from the ``recorded`` listing.
 
     ``what`` starts the message ("V changed since the run at RUN started"), ``remedy``
@@ -205,7 +236,7 @@ def check_listing(source: Any, bounds: list[tuple[int, int]], recorded: dict[str
     (only then) and its values checked as a pass would: NaN (unless ``allow_nan``),
     infinity or a negative value is the pass's InvalidInputError naming row and column.
     """
-    now = chunk_listing(source, bounds)
+    now = now if now is not None else chunk_listing(source, bounds)  # (or listed now)
     if now is None or recorded is None:
         return
     then_panels, now_panels = recorded["panels"], now["panels"]
@@ -216,7 +247,7 @@ def check_listing(source: Any, bounds: list[tuple[int, int]], recorded: dict[str
     if not changed:
         return
     for i in changed:
-        if source.kind == "zarr" and then_panels[i][0] == now_panels[i][0]:
+        if source.kind == "zarr" and then_panels[i][0] == now_panels[i][0]:  # (Zarr)
             from ._source import ZarrPanel, check_panel
 
             # Read this panel (only now): a chunk that no longer decodes is the read's

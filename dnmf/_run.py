@@ -660,6 +660,7 @@ def _check_compatible(loc: Location, manifest: dict[str, Any], plan: _Plan) -> N
     # The same V as far as its shape and sampled panels tell, but a chunk elsewhere
     # deleted, truncated or added since the run started: damage, in one line.
     _check_listing(plan, old_fp.get("chunk_listing"),
+                   now=plan.fingerprint.get("chunk_listing"),
                    what=f"V changed since the run at {loc.path!r} started",
                    remedy=f"Nothing was changed. Restore V as it was when the run "
                           f"started, then dnmf resume {loc.path} (dnmf.resume); or "
@@ -667,13 +668,15 @@ def _check_compatible(loc: Location, manifest: dict[str, Any], plan: _Plan) -> N
 
 
 def _check_listing(plan: _Plan, recorded: dict[str, Any] | None, *, what: str,
-                   remedy: str) -> None:
-    """V's stored chunks against ``recorded`` (one StoreError if they differ)."""
+                   remedy: str, now: dict[str, Any] | None = None) -> None:
+    """V's stored chunks (``now``, or listed now) against ``recorded`` (one error if
+    they differ)."""
     from ._chunks import check_listing
 
     if recorded is not None and plan.listing_bounds is not None:
         check_listing(plan.prep.source, plan.listing_bounds, recorded, what=what,
-                      remedy=remedy, allow_nan=plan.params.get("missing") == "nan")
+                      remedy=remedy, allow_nan=plan.params.get("missing") == "nan",
+                      now=now)
 
 
 def _listing_guard(plan: _Plan, loc: Location) -> Callable[[Checkpointer, Snapshot], None]:
