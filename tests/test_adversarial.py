@@ -194,7 +194,7 @@ def _run_damage(run: Path) -> dict:
 
 def test_corruption_of_every_file_kind_is_detected(V_path, tmp_path):
     pristine = _pristine(V_path, tmp_path)
-    for name, damage in _run_damage(pristine).items():
+    for name in _run_damage(pristine):
         run = tmp_path / "damaged.zarr"
         shutil.rmtree(run, ignore_errors=True)
         shutil.copytree(pristine, run)
@@ -255,7 +255,7 @@ def test_damage_to_V_is_detected(V_path, reference, tmp_path):
         row = panels[0] * ROWS + 3
         chunk = data / "c" / str(row // 50) / "0"
         if how == "delete-running":
-            def delete(iteration, loss):
+            def delete(iteration, loss, chunk=chunk):
                 if iteration == 3:
                     chunk.unlink()
 
@@ -401,7 +401,7 @@ def test_full_disk(tmp_path, small_disk):
     rng = np.random.default_rng(2)
     np.save(tmp_path / "V.npy", rng.random((4000, 100)))
     disk = small_disk("1m")
-    for trial in range(10):
+    for _trial in range(10):
         done = cli("convert", str(tmp_path / "V.npy"), str(disk / "V.zarr"), cwd=tmp_path)
         ok = done.returncode == 1 and one_line_error(done.stderr) and \
             "disk is full" in done.stderr and not os.listdir(disk)
@@ -508,7 +508,7 @@ def moto_server():
 def test_object_store_faults(V_path, reference, tmp_path, moto_server, monkeypatch):
     import boto3
 
-    proc, endpoint = moto_server
+    _proc, endpoint = moto_server
     for key, value in {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "x",
                        "AWS_SECRET_ACCESS_KEY": "x", "AWS_DEFAULT_REGION": "us-east-1"}.items():
         monkeypatch.setenv(key, value)
