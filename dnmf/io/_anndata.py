@@ -176,9 +176,7 @@ def write_into(run: Any, path: str | os.PathLike[str], *, overwrite: bool = Fals
         if present and not overwrite:
             raise StoreError(f"{target} already holds {', '.join(present)}; pass "
                              f"--overwrite to replace.")
-        tmp = os.path.join(os.path.dirname(os.path.abspath(target)),
-                           f".{os.path.basename(target)}.tmp-{os.getpid()}")
-        try:
+        def extend(tmp: str) -> None:
             shutil.copyfile(target, tmp)
             with h5py.File(tmp, "r+") as f:
                 for group, key, value in elements:
@@ -186,14 +184,25 @@ def write_into(run: Any, path: str | os.PathLike[str], *, overwrite: bool = Fals
                     if key in g:
                         del g[key]
                     write_elem(g, key, value)
-            os.replace(tmp, target)
-        except OSError as exc:
-            raise StoreError(f"cannot write into {target}: {exc.strerror or exc}.") from None
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-        return target
+
+        return _replace_file(target, extend)
     return _write_into_zarr(target, elements, overwrite)
+
+
+def _replace_file(target: str, write: Any) -> str:
+    """``write(tmp)`` a temporary next to ``target``, then rename it over ``target``:
+    a failure leaves ``target`` as it was (and no temporary behind)."""
+    tmp = os.path.join(os.path.dirname(os.path.abspath(target)),
+                       f".{os.path.basename(target)}.tmp-{os.getpid()}")
+    try:
+        write(tmp)
+        os.replace(tmp, target)
+    except OSError as exc:
+        raise StoreError(f"cannot write into {target}: {exc.strerror or exc}.") from None
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return target
 
 
 def legacy_h5ad(path: str | os.PathLike[str]) -> bool:
@@ -224,17 +233,7 @@ def _write_into_legacy_h5ad(target: str, elements: Any, overwrite: bool) -> str:
                          f"--overwrite to replace.")
     for group, key, value in elements:
         mappings[group][key] = value
-    tmp = os.path.join(os.path.dirname(os.path.abspath(target)),
-                       f".{os.path.basename(target)}.tmp-{os.getpid()}")
-    try:
-        adata.write_h5ad(tmp)
-        os.replace(tmp, target)
-    except OSError as exc:
-        raise StoreError(f"cannot write into {target}: {exc.strerror or exc}.") from None
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return target
+    return _replace_file(target, adata.write_h5ad)
 
 
 def _write_into_zarr(target: str, elements: Any, overwrite: bool) -> str:
