@@ -12,7 +12,8 @@ For each V (in memory, dense; k = 10; init "nndsvda" on both sides):
   machine's load hit both alike. The 1-minute load average is reported beside each.
 
 Frobenius compares dnmf's ``--frobenius-solvers`` (default ``hals``, dnmf's default,
-and ``hals+ex``, ``extrapolate=True``) with scikit-learn's ``solver="cd"``; KL compares
+which extrapolates, and ``hals-plain``, ``extrapolate=False``; ``hals+ex`` is
+``extrapolate=True``) with scikit-learn's ``solver="cd"``; KL compares
 each of dnmf's KL solvers (``--kl-solvers``, default ``mu`` and ``amu``) with
 scikit-learn's ``solver="mu"``, all chasing the same target loss ``L``. Targets
 (issue 13): Frobenius ≤ 1.0 at 300 × 100 and 1797 × 64, ≤ 0.3 from 2000 × 500 up;
@@ -55,8 +56,8 @@ SK_SOLVER = {"frobenius": "cd", "kullback-leibler": "mu"}
 #: dnmf's solvers for KL (``--kl-solvers``), each measured against scikit-learn's mu.
 KL_SOLVERS = ("mu", "amu")
 #: dnmf's solvers for Frobenius (``--frobenius-solvers``), against scikit-learn's cd:
-#: HALS as it is by default, and with extrapolation.
-FROBENIUS_SOLVERS = ("hals", "hals+ex")
+#: HALS as it is by default (extrapolate="auto"), and plain.
+FROBENIUS_SOLVERS = ("hals", "hals-plain")
 
 
 def load() -> float:

@@ -447,7 +447,11 @@ def _converged(history: list[float], init_loss: float | None, tol: float,
     current = history[-1]
     if current - previous > rounding + 64.0 * np.finfo(np.float64).eps * abs(previous):
         return False
-    if previous <= 0.0:
+    if previous <= rounding / 16.0:
+        # At the floor: an objective within rounding of 0 (a 16th of the bound above:
+        # the noise measured is ~1 eps·‖V‖²) is an exact factorization; testing for
+        # exactly 0 would let rounding decide (a dense V and its sparse copy stopped
+        # at different iterations).
         return True
     # tol=0 means "run max_iter iterations": a loss that rose (a negative decrease)
     # must not pass for convergence there.
@@ -568,10 +572,10 @@ def iterate(
     # have been reused since; their context is made here from H.
     reuse_ctx = (ahead or not backend.distributed) and ex is None
     # (A resumed extrapolated run continues from its recorded H_y, not from its H.)
-    # Extrapolated passes have a schedule of their own: no HALS warm-up, no shuffle
-    # (their contexts carry no iteration).
+    # Extrapolated passes start as plain HALS's (its warm-up included) until
+    # extrapolation starts (dnmf/_extrapolation.py); no shuffle (refused with them).
     ctx: Any = (context_for(state.H, source, state.iteration) if ex is None
-                else context_for(ex.H_y, source))
+                else context_for(ex.H_y, source, state.iteration))
     with backend.driver_limits():
         while True:
             if lagged and state.iteration == max_iter:
@@ -607,7 +611,10 @@ def iterate(
                     break
             if ex is not None:
                 assert loss_after is not None
-                accepted = ex.judge(loss_after.objective, H_new, source.dtype)
+                # Ties: losses within rounding of each other (a 16th of the stopping
+                # rule's bound, which is generous: measured noise ~1 eps·‖V‖²).
+                accepted = ex.judge(loss_after.objective, H_new, source.dtype,
+                                    tie=rounding / 16.0)
                 if accepted:
                     state.W = keeper.handles(pending.outputs, sinks)
                     state.H = H_new.astype(source.dtype)
@@ -617,7 +624,7 @@ def iterate(
                     on_iteration(state)
                 if stop or state.iteration >= max_iter:
                     break
-                ctx = context_for(ex.H_y, source)
+                ctx = context_for(ex.H_y, source, state.iteration)
                 continue
             state.W = next_W if next_W is not None else keeper.handles(pending.outputs, sinks)
             state.H = H_new.astype(source.dtype)

@@ -149,17 +149,20 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         "nan", the NaN entries of a dense X; "unstored", every entry a sparse X does
         not store (the recommender setting). The loss and every update then use the
         observed entries only; see also ``fit(X, mask=...)`` and docs/missing.md.
-    extrapolate : {False, True, "auto"}, default=False
+    extrapolate : {"auto", True, False}, default="auto"
         Extrapolation with restarts (Ang & Gillis 2019) for ``solver="hals"`` and
-        ``"als"``: each iteration starts from the factors pushed along their last
-        move, with a weight that grows while the loss falls and shrinks (and the
-        step is undone) when it rises; still one pass over X per iteration, and
-        the recorded loss never rises. It reaches a given loss in 1.5–4× fewer
-        iterations (see the guide). "auto": on where available (Frobenius HALS and
-        ALS without missing values, k < min(n_samples, n_features)), plain
-        elsewhere; True: on, and an error where it is not available; False (the
-        default): plain iterations. Run stores (``out``) keep
-        its state, so resume is bit for bit; "auto" continues a run as recorded.
+        ``"als"``: after plain iterations that lower the loss by at least 10 % each,
+        each iteration starts from the factors pushed along their last move, with a
+        weight that grows while the loss falls and shrinks (and the step is undone)
+        when it rises; still one pass over X per iteration, and the recorded loss
+        never rises. It reaches a given loss in 1.5–3× fewer iterations (see the
+        guide). "auto" (the default): on where available (Frobenius HALS and ALS
+        without missing values or ``shuffle``, k < min(n_samples, n_features)),
+        plain elsewhere; True: on, and an error where it is not available; False:
+        plain iterations. Unlike scikit-learn's cd, the default's iterates and
+        ``n_iter_`` are therefore not one plain sweep per iteration (docs/guide.md).
+        Run stores (``out``) keep its state, so resume is bit for bit; "auto"
+        continues a run as recorded.
 
     Attributes
     ----------
@@ -227,7 +230,7 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         overwrite: bool = False,
         cache: bool = False,
         missing: str | None = None,
-        extrapolate: bool | str = False,
+        extrapolate: bool | str = "auto",
     ) -> None:
         self.n_components = n_components
         self.solver = solver
@@ -555,6 +558,7 @@ def non_negative_factorization(
     panel_rows: int | None = None,
     panel_bytes: int | None = None,
     scheduler: Any = None,
+    extrapolate: bool | str = "auto",
 ) -> tuple[Any, np.ndarray, int]:
     """Factorize ``X ≈ W·H``; the function form of :class:`NMF`.
 
@@ -562,7 +566,8 @@ def non_negative_factorization(
     as :meth:`NMF.transform` does: each row is iterated until its own change falls
     below ``tol`` (at most ``max_iter`` times), and ``n_iter`` is the number of
     iterations the slowest row needed (scikit-learn stops all rows together on the
-    relative decrease of the loss, so its count can differ).
+    relative decrease of the loss, so its count can differ). ``extrapolate`` is
+    :class:`NMF`'s (default "auto"; ``extrapolate=False`` for plain HALS/ALS).
 
     Returns
     -------
@@ -574,7 +579,7 @@ def non_negative_factorization(
         n_components, solver=solver, beta_loss=beta_loss, init=init, max_iter=max_iter,
         tol=tol, random_state=random_state, alpha_W=alpha_W, alpha_H=alpha_H,
         l1_ratio=l1_ratio, callback=callback, verbose=verbose, panel_rows=panel_rows,
-        panel_bytes=panel_bytes, scheduler=scheduler,
+        panel_bytes=panel_bytes, scheduler=scheduler, extrapolate=extrapolate,
     )
     if update_H:
         W_out = est.fit_transform(X, W=W, H=H)

@@ -21,6 +21,13 @@ Gillis compare with the previous iteration's loss; comparing with the last
 accepted one keeps the recorded losses non-increasing, so the fit's stopping rule
 and its returned factors are those of the best iterate so far.
 
+A fit starts with plain passes (β = 0, HALS's warm-up included) and extrapolates
+from the first that lowers the loss by less than :data:`START_BELOW` (relative):
+on exact rank-deficient data (the swimmer) pushes in the first passes commit a fit
+to a poor factorization, and there the loss falls fast to its floor, so such a fit
+stays plain. An iterate whose loss is within rounding of the last accepted one ends
+extrapolation for good (:meth:`Extrapolation.judge`).
+
 The fit returns its iterate (W_y, H_n) as it stands, so a finished run given more
 iterations continues exactly as the longer fit would have. Everything here is
 deterministic: β's schedule depends only on the losses. (Other
@@ -54,6 +61,9 @@ BETA0 = 0.5
 ETA = 1.5
 GAMMA = {"hals": 1.01, "als": 1.1}
 GAMMA_BAR = {"hals": 1.005, "als": 1.05}
+#: Extrapolation starts after the first plain iteration whose relative decrease of
+#: the loss is below this (see :meth:`Extrapolation.judge`).
+START_BELOW = 0.1
 
 
 def supported(solver: str, beta_loss: Any) -> bool:
@@ -65,10 +75,10 @@ def resolve(params: dict[str, Any], k: int, shape: tuple[int, int], *,
             masked: bool = False) -> bool:
     """Whether a fit with these parameters extrapolates (``extrapolate`` resolved).
 
-    True: Frobenius HALS or ALS without missing values, else an error; "auto": the
-    same where available, and also only for k < min(n, m) (at k ≥ min(n, m) exact
-    factorizations form a continuum, and the pushes go along it instead of down);
-    False: never.
+    True: Frobenius HALS or ALS without missing values or ``shuffle``, else an
+    error; "auto" (the default): the same where available, and also only for
+    k < min(n, m) (at k ≥ min(n, m) exact factorizations form a continuum, and the
+    pushes go along it instead of down); False: never.
     """
     from .errors import InvalidParameterError
 
@@ -83,6 +93,9 @@ def resolve(params: dict[str, Any], k: int, shape: tuple[int, int], *,
                f"(it is for Frobenius 'hals' and 'als')")
     elif masked:
         why = "missing values or a mask"
+    elif params.get("shuffle"):
+        # Extrapolated passes have their own schedule (no iteration-seeded order).
+        why = "shuffle=True"
     if why is None:
         return wanted is True or k < min(shape)
     if wanted is True:
@@ -111,6 +124,12 @@ class Extrapolation:
         The next W-step starts from the last W_y (False after a restart: from W_prev).
     restarts : int
         Rejected iterations so far.
+    waiting : bool
+        Plain passes (β = 0) until one lowers the loss by less than
+        :data:`START_BELOW` (relative); then extrapolation starts from β0.
+    plain : bool
+        Extrapolation has stopped for good (β = 0: plain passes), after an iterate
+        whose loss was within rounding of the last accepted one (see :meth:`judge`).
     """
 
     H_prev: np.ndarray
@@ -124,15 +143,24 @@ class Extrapolation:
     loss_prev: float = math.inf
     from_extrapolated: bool = True
     restarts: int = 0
+    plain: bool = False
+    waiting: bool = False
 
     #: The scalars a run store's manifest keeps (with H_y, and H_prev = the run's H).
     SCALARS = ("beta", "beta_max", "beta_last", "loss_prev", "from_extrapolated",
-               "restarts")
+               "restarts", "plain", "waiting")
+    #: Their values in manifests written before a scalar existed.
+    DEFAULTS = {"plain": False, "waiting": False}
 
     @classmethod
-    def start(cls, solver: str, H: np.ndarray) -> Extrapolation:
+    def start(cls, solver: str, H: np.ndarray, wait: bool = True) -> Extrapolation:
+        """The state at the start of a fit: waiting (plain passes) unless ``wait=False``."""
         H64 = np.array(H, dtype=np.float64)
-        return cls(H_prev=H64, H_y=H64.copy(), gamma=GAMMA[solver], gamma_bar=GAMMA_BAR[solver])
+        ex = cls(H_prev=H64, H_y=H64.copy(), gamma=GAMMA[solver], gamma_bar=GAMMA_BAR[solver])
+        if wait:
+            ex.waiting = True
+            ex.beta = 0.0
+        return ex
 
     def scalars(self) -> dict[str, Any]:
         """The state besides H_prev and H_y, JSON-ready (inf as None)."""
@@ -145,22 +173,58 @@ class Extrapolation:
     def restore(cls, solver: str, H_prev: np.ndarray, H_y: np.ndarray,
                 scalars: dict[str, Any]) -> Extrapolation:
         """The state a manifest recorded (:meth:`scalars`, H_prev = the run's H)."""
-        ex = cls.start(solver, H_prev)
+        ex = cls.start(solver, H_prev, wait=False)
         ex.H_y = np.array(H_y, dtype=np.float64)
         for name in cls.SCALARS:
-            setattr(ex, name, scalars[name])
+            setattr(ex, name, scalars[name] if name in scalars else cls.DEFAULTS[name])
         ex.loss_prev = math.inf if scalars["loss_prev"] is None else float(scalars["loss_prev"])
         return ex
 
-    def judge(self, loss: float, H_new: np.ndarray, dtype: Any = np.float64) -> bool:
+    def judge(self, loss: float, H_new: np.ndarray, dtype: Any = np.float64,
+              tie: float = 0.0) -> bool:
         """Accept the pass's iterate (loss at (W_y, H_new)) or restart; update β.
 
         Returns True if accepted: the caller then keeps the pass's W panels. H_prev and
         H_y are kept as values of the data's ``dtype`` (H_prev is the fit's H, H_y
         what the next pass uses), so a run store holds them exactly and a resumed
         float32 run continues bit for bit.
+
+        ``tie`` is how far two losses can differ by rounding alone. An extrapolated
+        iterate whose loss is within ``tie`` of the last accepted one is a tie that
+        rounding decides (a fit at its floor, or sliding along a continuum of exact
+        factorizations, where pushes that change nothing would be accepted forever
+        and other panels or a sparse copy of V would decide such ties otherwise):
+        it is rejected, and the fit goes on with plain passes (β = 0) for good. A
+        plain pass is accepted unless its loss rises by more than ``tie``, as plain
+        HALS/ALS take their steps (letting rounding decide again would make two
+        copies of a fit part at its floor).
         """
-        if loss <= self.loss_prev:
+        if self.waiting:
+            # Plain passes, taken as plain HALS/ALS takes them, until the loss falls
+            # by less than START_BELOW in one: the early passes decide which of the
+            # many factorizations of rank-deficient data a fit heads for, and pushes
+            # there commit it to a poor one (the swimmer: min part cosine 0.35-0.65
+            # extrapolating from the first pass, 0.86-0.97 plain); on exact data the
+            # loss keeps falling fast and the fit stays plain.
+            H_new = np.asarray(H_new, dtype=dtype).astype(np.float64)
+            decrease = ((self.loss_prev - loss) / self.loss_prev
+                        if math.isfinite(self.loss_prev) and self.loss_prev > 0 else math.inf)
+            self.H_prev = H_new
+            self.H_y = H_new.copy()
+            self.loss_prev = float(loss)
+            if decrease < START_BELOW:
+                self.waiting = False
+                self.beta = self.beta_last = BETA0
+                self.beta_max = 1.0
+            return True
+        if not self.plain and abs(loss - self.loss_prev) <= tie:
+            self.restarts += 1
+            self.H_y = self.H_prev.copy()
+            self.from_extrapolated = False
+            self.plain = True
+            self.beta = self.beta_max = self.beta_last = 0.0
+            return False
+        if loss <= self.loss_prev + (tie if self.plain else 0.0):
             H_new = np.asarray(H_new, dtype=dtype).astype(np.float64)
             H_y = H_new + self.beta * (H_new - self.H_prev)
             self.H_y = H_y.astype(dtype).astype(np.float64)

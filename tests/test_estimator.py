@@ -116,6 +116,8 @@ def _penalised(X, W, H, alpha_W, alpha_H, l1_ratio, beta=2):
     ("mu", dict(alpha_W=0.5, l1_ratio=1.0)),
     ("hals", dict(alpha_W=1.0, alpha_H=1.0, max_iter=100)),
     ("als", dict(alpha_W=1.0, alpha_H=1.0, max_iter=100)),
+    ("hals", dict(alpha_W=1.0, alpha_H=1.0, max_iter=100, extrapolate=False)),
+    ("als", dict(alpha_W=1.0, alpha_H=1.0, max_iter=100, extrapolate=False)),
     ("mu", dict(alpha_W=0.1, l1_ratio=0.5, beta_loss="kullback-leibler")),
 ])
 def test_regularised_fit_stops_on_the_penalised_objective(solver, kwargs):
@@ -130,14 +132,18 @@ def test_regularised_fit_stops_on_the_penalised_objective(solver, kwargs):
         warnings.simplefilter("ignore")
         ours = dnmf.NMF(3, solver=solver, random_state=42, **kwargs)
         W = ours.fit_transform(X)
-        ref = SkNMF(3, solver="mu" if solver == "mu" else "cd", random_state=42, **kwargs)
+        sk_kwargs = {key: v for key, v in kwargs.items() if key != "extrapolate"}
+        ref = SkNMF(3, solver="mu" if solver == "mu" else "cd", random_state=42, **sk_kwargs)
         W_ref = ref.fit_transform(X)
     H = ours.components_
     objective = _penalised(X, W, H, kwargs["alpha_W"], alpha_H, kwargs.get("l1_ratio", 0.0),
                            beta)
     reference = _penalised(X, W_ref, ref.components_, kwargs["alpha_W"], alpha_H,
                            kwargs.get("l1_ratio", 0.0), beta)
-    assert ours.n_iter_ > 4
+    # The old stopping rule stopped these fits after 1-2 iterations. Plain fits need
+    # more than 4 here; extrapolated hals/als (the default) reach the objective's
+    # minimum in 2 and stop at 3 (measured), which the objective check below holds.
+    assert ours.n_iter_ > (2 if ours.extrapolate == "auto" and solver != "mu" else 4)
     # loss_history_ records the penalised objective, reconstruction_err_ the data term.
     assert ours.loss_history_[-1] == pytest.approx(objective, rel=1e-9)
     from sklearn.decomposition._nmf import _beta_divergence

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import dnmf
-from dnmf._extrapolation import ETA, GAMMA, GAMMA_BAR, Extrapolation
+from dnmf._extrapolation import ETA, GAMMA, GAMMA_BAR, START_BELOW, Extrapolation
 from dnmf.errors import InvalidParameterError
 from dnmf.testing import planted
 
@@ -56,15 +56,30 @@ def test_reaches_the_plain_solvers_loss_in_fewer_iterations(solver, within):
     assert reached <= within * 100, reached
 
 
-def test_off_by_default_and_auto_is_on_where_available(tmp_path):
+def test_auto_by_default_and_auto_is_on_where_available(tmp_path):
     V, _, _ = planted(120, 50, 4, seed=2, noise=0.05)
     for solver in ("hals", "als"):
         default, _ = _fit(V, n_components=4, solver=solver, max_iter=30)
         off, _ = _fit(V, n_components=4, solver=solver, max_iter=30, extrapolate=False)
         auto, _ = _fit(V, n_components=4, solver=solver, max_iter=30, extrapolate="auto")
         on, _ = _fit(V, n_components=4, solver=solver, max_iter=30, extrapolate=True)
-        assert default.loss_history_ == off.loss_history_
+        assert dnmf.NMF().extrapolate == "auto"
+        assert default.loss_history_ == auto.loss_history_
         assert auto.loss_history_ == on.loss_history_ != off.loss_history_
+        # the function form passes it through (default "auto")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            for value, model in ((False, off), ("auto", auto)):
+                _, H, n_iter = dnmf.non_negative_factorization(
+                    V, n_components=4, solver=solver, max_iter=30, tol=0.0,
+                    random_state=0, scheduler="threads", extrapolate=value)
+                assert n_iter == model.n_iter_
+                np.testing.assert_array_equal(H, model.components_)
+    # shuffle=True asks for HALS's seeded sweep order, which extrapolated passes do
+    # not have: "auto" then runs plain
+    sh, _ = _fit(V, n_components=4, max_iter=20, shuffle=True)
+    sh_off, _ = _fit(V, n_components=4, max_iter=20, shuffle=True, extrapolate=False)
+    assert sh.loss_history_ == sh_off.loss_history_
     # "auto" where it is unavailable: the plain iterations, no error
     mu, _ = _fit(V, n_components=4, solver="mu", max_iter=30, extrapolate="auto")
     mu_off, _ = _fit(V, n_components=4, solver="mu", max_iter=30, extrapolate=False)
@@ -104,9 +119,60 @@ def test_stopping_rule_and_callback_see_the_recorded_losses():
                                                       rel=1e-10)
 
 
-def test_beta_schedule_grows_on_decrease_and_restarts_on_increase():
+def test_plain_passes_until_the_loss_falls_slowly_then_extrapolation_starts():
     H = np.ones((2, 3))
     ex = Extrapolation.start("hals", H)
+    assert ex.waiting and ex.beta == 0.0
+    H1 = np.full((2, 3), 2.0)
+    assert ex.judge(10.0, H1)  # the first pass: no decrease to judge by
+    np.testing.assert_array_equal(ex.H_y, H1)  # no push
+    assert START_BELOW == 0.1
+    assert ex.judge(8.0, H1)  # fell by 20 %: still plain
+    assert ex.waiting and ex.beta == 0.0 and ex.loss_prev == 8.0
+    assert ex.judge(7.5, H1)  # fell by 6.25 %: extrapolation starts
+    assert not ex.waiting and (ex.beta, ex.beta_max) == (0.5, 1.0) and ex.restarts == 0
+    rose = Extrapolation.start("hals", H)
+    assert rose.judge(10.0, H1) and rose.judge(10.5, H1)  # a plain pass is taken as it is
+    assert not rose.waiting and rose.loss_prev == 10.5
+    # a manifest written before the waiting phase existed restores as not waiting
+    scalars = ex.scalars()
+    del scalars["waiting"], scalars["plain"]
+    old = Extrapolation.restore("hals", H1, H1, scalars)
+    assert not old.waiting and not old.plain
+
+
+def test_a_fit_on_exact_rank_deficient_data_stays_plain():
+    # The swimmer (rank 13, k = 17): its loss falls by more than START_BELOW every
+    # iteration down to the floor, so "auto" never pushes and gives plain HALS's fit
+    # (extrapolating from the first pass: min part cosine 0.35-0.65 over seeds 0-4).
+    from dnmf._demo import swimmer
+
+    X = swimmer()
+    auto, _ = _fit(X, n_components=17, init="random", max_iter=400, tol=1e-6)
+    off, _ = _fit(X, n_components=17, init="random", max_iter=400, tol=1e-6,
+                  extrapolate=False)
+    assert auto.loss_history_ == off.loss_history_
+    np.testing.assert_array_equal(auto.components_, off.components_)
+
+
+def test_ties_at_the_floor_end_extrapolation_and_sparse_copies_agree():
+    # Exact data (5 of 10 columns zero, k = 5): the fit reaches its floor within 100
+    # iterations; ties there are decided by rounding. A dense V and its sparse copy
+    # stop together (objective within rounding of 0) and agree entrywise.
+    import scipy.sparse as sp
+
+    A = np.abs(np.random.RandomState(42).randn(10, 10))
+    A[:, 2 * np.arange(5)] = 0
+    dense, Wd = _fit(A, n_components=5, init="random", max_iter=100)
+    sparse, Ws = _fit(sp.csr_matrix(A), n_components=5, init="random", max_iter=100)
+    assert dense.n_iter_ == sparse.n_iter_ < 100
+    np.testing.assert_allclose(Wd, Ws, rtol=1e-7)
+    np.testing.assert_allclose(dense.components_, sparse.components_, rtol=1e-7)
+
+
+def test_beta_schedule_grows_on_decrease_and_restarts_on_increase():
+    H = np.ones((2, 3))
+    ex = Extrapolation.start("hals", H, wait=False)
     assert (ex.beta, ex.beta_max) == (0.5, 1.0)
     H1 = np.full((2, 3), 2.0)
     assert ex.judge(10.0, H1)
@@ -136,6 +202,8 @@ def test_extrapolate_is_refused_where_it_is_not_available(tmp_path):
     holes[0, 0] = np.nan
     with pytest.raises(InvalidParameterError, match=r"extrapolate=True.*missing"):
         dnmf.NMF(3, extrapolate=True, missing="nan").fit(holes)
+    with pytest.raises(InvalidParameterError, match=r"extrapolate=True.*shuffle=True"):
+        dnmf.NMF(3, extrapolate=True, shuffle=True).fit(V)
     with pytest.raises(InvalidParameterError, match=r"'extrapolate'.*'auto', True or False"):
         dnmf.NMF(3, extrapolate="yes").fit(V)
 
