@@ -18,6 +18,7 @@ import socket
 import subprocess
 import sys
 import time
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -223,6 +224,22 @@ MORE_ERROR_CASES = {
                             r"local:N needs a positive number of workers"),
     "kl with hals": (["fit", "v.npy", "-k", "2", "-o", "r.zarr", "--loss", "kl"], USAGE,
                      r"solver='mu' for the KL divergence"),
+    "extrapolate on with mu": (["fit", "v.npy", "-k", "2", "-o", "r.zarr", "--solver", "mu",
+                                "--extrapolate", "on"], USAGE,
+                               r"--extrapolate on is for --solver hals or als with --loss "
+                               r"frobenius, not --solver mu with --loss frobenius\. Use "
+                               r"--extrapolate auto"),
+    "extrapolate on with kl": (["fit", "v.npy", "-k", "2", "-o", "r.zarr", "--solver", "amu",
+                                "--loss", "kl", "--extrapolate", "on"], USAGE,
+                               r"not --solver amu with --loss kullback-leibler"),
+    "extrapolate on masked": (["fit", "v.npy", "-k", "2", "-o", "r.zarr", "--missing", "nan",
+                               "--extrapolate", "on"], USAGE,
+                              r"not --missing or --mask \(masked fits\)"),
+    "extrapolate online": (["fit", "v.npy", "-k", "2", "-o", "r.zarr", "--online",
+                            "--extrapolate", "off"], USAGE,
+                           r"--extrapolate off does not apply with --online"),
+    "bad extrapolate": (["fit", "v.npy", "-k", "2", "-o", "r.zarr", "--extrapolate", "yes"],
+                        USAGE, r"--extrapolate.*'yes'"),
     "bad loss": (["fit", "v.npy", "-k", "2", "-o", "r.zarr", "--loss", "ikura"], USAGE,
                  r"--loss must be frobenius, kullback-leibler \(kl\), itakura-saito"),
     "unknown command": (["fti"], USAGE, r"No such command 'fti'"),
@@ -292,6 +309,28 @@ def test_more_user_errors(case, workspace, monkeypatch, capsys):
     args, code, pattern = MORE_ERROR_CASES[case]
     assert_user_error(run_here(*args, cwd=workspace, capsys=capsys, monkeypatch=monkeypatch),
                       code, pattern)
+
+
+def test_fit_extrapolate_option(workspace, monkeypatch, capsys):
+    # auto (the default) and on extrapolate this HALS fit, off runs it plain; the run
+    # records what was resolved, and each is the estimator's fit with that setting.
+    V = np.load(workspace / "v.npy")
+    histories = {}
+    for value in ("default", "auto", "on", "off"):
+        out = f"ex-{value}.zarr"
+        args = ["fit", "v.npy", "-k", "2", "-o", out, "--seed", "3", "--max-iter", "15",
+                "--tol", "0"]
+        ok(run_here(*args, *([] if value == "default" else ["--extrapolate", value]),
+                    cwd=workspace, capsys=capsys, monkeypatch=monkeypatch))
+        run = dnmf.open_run(workspace / out)
+        assert run.params.get("extrapolate", False) is (value != "off")
+        histories[value] = list(run.loss_history)
+        shutil.rmtree(workspace / out)
+    assert histories["default"] == histories["auto"] == histories["on"] != histories["off"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # max_iter reached
+        plain = dnmf.NMF(2, random_state=3, max_iter=15, tol=0, extrapolate=False).fit(V)
+    assert histories["off"] == pytest.approx(plain.loss_history_, rel=1e-12)
 
 
 def test_failed_commands_leave_nothing_behind(error_results, workspace):

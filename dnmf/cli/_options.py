@@ -36,6 +36,18 @@ class SolverName(str, Enum):
     amu = "amu"
 
 
+class ExtrapolateName(str, Enum):
+    """``--extrapolate``: NMF's ``extrapolate`` ("auto", True, False)."""
+
+    auto = "auto"
+    on = "on"
+    off = "off"
+
+    @property
+    def param(self) -> bool | str:
+        return {"auto": "auto", "on": True, "off": False}[self.value]
+
+
 class LossName(str, Enum):
     """The loss names of commands that take only Frobenius or KL (``dnmf rank``)."""
 

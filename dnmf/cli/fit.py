@@ -23,6 +23,7 @@ from ._inputs import _make_parent, _prepare_input, _put_back, _refuse_foreign, _
 from ._masks import MaskOpt, MissingOpt, check_missing_options, prepare_mask
 from ._options import (
     DtypeName,
+    ExtrapolateName,
     IndexColOpt,
     InitName,
     LayerOpt,
@@ -64,6 +65,21 @@ def _alpha_h(value: str) -> float | str:
     return alpha
 
 
+def _check_extrapolate_on(solver: str, loss: Any, masked: bool) -> None:
+    """``--extrapolate on`` where it is unavailable: one line, before anything is read."""
+    from .._extrapolation import supported
+
+    if not supported(solver, loss):
+        why = f"--solver {solver} with --loss {loss}"
+    elif masked:
+        why = "--missing or --mask (masked fits)"
+    else:
+        return
+    raise InvalidParameterError(
+        f"--extrapolate on is for --solver hals or als with --loss frobenius, not {why}. "
+        f"Use --extrapolate auto (extrapolate where available) or --extrapolate off.")
+
+
 @app.command()
 def fit(
     input: Annotated[str, typer.Argument(
@@ -85,6 +101,10 @@ def fit(
     init: Annotated[InitName | None, typer.Option(
         help="Initialisation [default: nndsvda if K <= min(n, m), else random].",
         show_default=False)] = None,
+    extrapolate: Annotated[ExtrapolateName | None, typer.Option(
+        help="Extrapolation with restarts (HALS and ALS, Frobenius): auto (where "
+             "available), on (refused elsewhere) or off (plain iterations) "
+             "[default: auto; not with --online].", show_default=False)] = None,
     max_iter: Annotated[int, typer.Option("--max-iter", min=1,
                                           help="Maximum number of iterations.")] = 200,
     tol: Annotated[float, typer.Option(min=0.0, help="Stop when the loss decreases by less "
@@ -162,12 +182,19 @@ def fit(
             "--batch-size, --forget-factor, --fresh-restarts and --in-flight apply only "
             "with --online.")
     check_missing_options(missing, mask, online=online, dense=dense)
+    if online and extrapolate is not None:
+        raise InvalidParameterError(
+            f"--extrapolate {extrapolate.value} does not apply with --online: it "
+            f"extrapolates HALS and ALS iterations. Drop --extrapolate, or drop --online.")
     solver = solver or SolverName.hals
+    loss_name = _parse_loss(loss)
+    if extrapolate is ExtrapolateName.on:
+        _check_extrapolate_on(solver.value, loss_name, missing is not None or mask is not None)
+    extrapolate = extrapolate or ExtrapolateName.auto
     panel_bytes = None if panel_size is None else _parse_size(panel_size, "--panel-size")
     sched = _scheduler_args(scheduler, scheduler_file)
     if "://" not in out and Path(out).resolve() == Path(input).resolve():
         raise InvalidParameterError("--out must not be INPUT itself.")
-    loss_name = _parse_loss(loss)
     if not overwrite:
         _refuse_foreign(out)
     out_existed = "://" in out or Path(out).exists()
@@ -183,7 +210,8 @@ def fit(
                 out_existed, sched, reading_options(layer, raw, index_col),
                 online=online, batch_size=batch_size, forget_factor=forget_factor,
                 fresh_restarts=fresh_restarts, in_flight=in_flight, started=started,
-                missing=missing.value if missing else None, mask=mask)
+                missing=missing.value if missing else None, mask=mask,
+                extrapolate=extrapolate.param)
     finally:
         if not out_existed and "://" not in out:
             with contextlib.suppress(OSError):
@@ -223,7 +251,7 @@ def _fit_holding(input: str, out: str, rank: int, solver: Any, loss_name: str, i
                  batch_size: int = 1024, forget_factor: float = 0.7,
                  fresh_restarts: bool = False, in_flight: int = 4,
                  started: float = 0.0, missing: str | None = None,
-                 mask: str | None = None) -> bool:
+                 mask: str | None = None, extrapolate: bool | str = "auto") -> bool:
     """The conversion and the fit, under the run's lock (see :func:`_holding`)."""
     import dnmf
 
@@ -275,7 +303,7 @@ def _fit_holding(input: str, out: str, rank: int, solver: Any, loss_name: str, i
                 verbose=1, scheduler=client, out=_absolute(out),
                 checkpoint_every=10 if checkpoint_every is None else checkpoint_every,
                 overwrite=ow, cache=cache,
-                panel_bytes=panel_bytes, missing=missing,
+                panel_bytes=panel_bytes, missing=missing, extrapolate=extrapolate,
             )
             shape, stored, _, sparse = _zarr_array_info(path)
             where = "local threads" if client == "threads" else "the Dask cluster"
