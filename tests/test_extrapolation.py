@@ -145,9 +145,11 @@ def test_a_fit_on_exact_rank_deficient_data_stays_plain():
     # The swimmer (rank 13, k = 17): its loss falls by more than START_BELOW every
     # iteration down to the floor, so "auto" never pushes and gives plain HALS's fit
     # (extrapolating from the first pass: min part cosine 0.35-0.65 over seeds 0-4).
+    # (float64: a float32 plain fit switches to exact float64 statistics near its floor,
+    # an extrapolating one does not — its float32 fit stops at float32's floor.)
     from dnmf._demo import swimmer
 
-    X = swimmer()
+    X = swimmer(np.float64)
     auto, _ = _fit(X, n_components=17, init="random", max_iter=400, tol=1e-6)
     off, _ = _fit(X, n_components=17, init="random", max_iter=400, tol=1e-6,
                   extrapolate=False)
