@@ -45,7 +45,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -150,7 +150,7 @@ class Extrapolation:
     SCALARS = ("beta", "beta_max", "beta_last", "loss_prev", "from_extrapolated",
                "restarts", "plain", "waiting")
     #: Their values in manifests written before a scalar existed.
-    DEFAULTS = {"plain": False, "waiting": False}
+    DEFAULTS: ClassVar[dict[str, Any]] = {"plain": False, "waiting": False}
 
     @classmethod
     def start(cls, solver: str, H: np.ndarray, wait: bool = True) -> Extrapolation:
