@@ -10,10 +10,17 @@ from typing import Any
 
 import numpy as np
 
-from . import _engine, _mask
+from . import _engine, _mask, _panelcache
 from ._backend import Backend, get_backend
 from ._mask import mask_refs, observed_refs, prepare_mask
-from ._source import MIN_SPLIT_BYTES, PanelSource, as_source, load_panel, snap_bounds
+from ._source import (
+    MIN_SPLIT_BYTES,
+    PanelSource,
+    ZarrPanel,
+    as_source,
+    load_panel,
+    snap_bounds,
+)
 from .io import engine_input
 
 __all__ = ["PreparedInput"]
@@ -72,9 +79,17 @@ class PreparedInput:
         elif self.backend.distributed and self.source.kind in ("sparse", "zarr-csr"):
             self.backend.check_memory(self._sparse_panel_bytes(), "sparse panel")
         refs = self.source.panel_refs(self.bounds)
+        m_refs = mask_refs(mask_array, self.bounds)
+        shared = _panelcache.active()
+        if (shared is not None and not self.backend.distributed
+                and self.source.kind in _panelcache.CACHED_KINDS):
+            # A local sweep's fits share each decoded panel of V and of a Zarr mask.
+            refs = _panelcache.wrap(refs, shared, "V")
+            m_refs = [_panelcache.CachedPanel(r, shared, "mask") if isinstance(r, ZarrPanel)
+                      else r for r in m_refs]
         #: what the scan reads: V's references and the mask's, panel by panel
         self.raw_refs = refs
-        self.mask_refs = mask_refs(mask_array, self.bounds)
+        self.mask_refs = m_refs
         #: references for initialisation (V with 0 where not observed)
         self.init_refs = refs
         if self.spec is not None:

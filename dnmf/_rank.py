@@ -203,7 +203,13 @@ class RankSelection:
         Consensus: W for ``consensus_H`` (``transform`` with H fixed).
     path : str or None
         The sweep store, if ``out`` was given.
+    panel_cache : dict or None
+        The sweep's shared panel cache, if one was used: ``budget`` and ``peak``
+        (bytes; the peak never exceeds the budget), ``kept`` (panels), ``reads``
+        (panels decoded) and ``hits`` (panel loads served without a read).
     """
+
+    panel_cache: dict[str, int] | None = None
 
     def __init__(self, method: str, rule: str, k: int, rows: list[dict[str, Any]],
                  summary: list[dict[str, Any]], *, threshold: float | None = None,
@@ -384,6 +390,7 @@ def select_rank(
     scheduler: Any = None,
     on_fit: Callable[[dict[str, Any], int, int], Any] | None = None,
     mask: Any = None,
+    panel_cache: int | str | None = "auto",
     **nmf_params: Any,
 ) -> RankSelection:
     r"""Choose the rank k of an NMF of ``X`` by cross-validation or by consensus.
@@ -441,6 +448,17 @@ def select_rank(
         :meth:`NMF.fit`); with ``missing="nan"`` (an NMF parameter) NaN entries are
         unobserved too. Every fit uses only the observed entries; cv holds out
         entries among them, so the test error is measured on observed entries only.
+    panel_cache : "auto", int or None, default="auto"
+        A local sweep of a V read from storage (Zarr, a CSR Zarr group): the bytes
+        of decoded panels of V (and of a Zarr mask) kept in memory and shared by all
+        the sweep's fits, so that a panel is decompressed once rather than once per
+        fit and iteration. ``"auto"``: a quarter of the memory available when the
+        sweep starts; 0 or None: no cache. Panels are kept while there is room and
+        never evicted; with V larger than the budget the rest is read by each fit
+        as without a cache (fits reading the same panel at the same time still
+        share that read). The results are the same, bit for bit, with and without
+        it; it is not used on a cluster (each fit's tasks read on the workers).
+        See docs/rank.md.
     **nmf_params
         Any other :class:`NMF` parameter (``solver``, ``beta_loss``, ``max_iter``,
         ``tol``, ``init``, ``alpha_W``, ...). ``init`` defaults to ``"random"``
@@ -469,6 +487,9 @@ def select_rank(
                               consensus_rows=consensus_rows)
     rule, grid, replicates = checked["rule"], checked["ks"], checked["n_replicates"]
     seed, rows_cap = checked["seed"], checked["consensus_rows"]
+    from ._panelcache import PanelCache, resolve_budget, using
+
+    budget = resolve_budget(panel_cache)
     params = _check_nmf_params({**nmf_params, "scheduler": scheduler}, method)
     from ._mask import split_mask
 
@@ -499,10 +520,17 @@ def select_rank(
     store = SweepStore(out) if out is not None else None
     memory: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     fit_scheduler = backend.client if backend.distributed else "threads"
+    from ._panelcache import CACHED_KINDS
+
+    # One cache for the sweep's fits in this process (a cluster's fits read on the
+    # workers); only for V read from storage, where a read is a decompression.
+    cache = (PanelCache(budget) if budget and not backend.distributed
+             and source.kind in CACHED_KINDS and len(specs) > 1 else None)
 
     def fit_one(spec: FitSpec, callback: Any) -> dict[str, Any]:
-        return _fit(X, spec, params, method, seed, fraction, store, fit_scheduler,
-                    callback, sample, memory, mask)
+        with using(cache):
+            return _fit(X, spec, params, method, seed, fraction, store, fit_scheduler,
+                        callback, sample, memory, mask)
 
     def run(rows: list[dict[str, Any]], on_done: Any) -> None:
         done = {(row["k"], row["replicate"]) for row in rows}
@@ -559,12 +587,21 @@ def select_rank(
 
             run(rows, on_done)
         path = store.path
+    cache_stats = None
+    if cache is not None:
+        from ._panelcache import describe
+
+        cache_stats = cache.stats()
+        logger.info("rank sweep: %s", describe(cache_stats))
+        cache.clear()
     rows = sorted((r for r in rows if (r["k"], r["replicate"]) in wanted),
                   key=lambda r: (r["k"], r["replicate"]))
     if method == "cv":
         summary = _summarize_cv(rows, grid)
         k = choose_cv(summary, rule)
-        return RankSelection(method, rule, k, rows, summary, path=path)
+        result = RankSelection(method, rule, k, rows, summary, path=path)
+        result.panel_cache = cache_stats
+        return result
     summary, consensus = _summarize_consensus(rows, grid, store, memory, sample)
     k = choose_consensus(summary, rule, float(stability_threshold))
     per_k = {s["k"]: s for s in summary}
@@ -572,8 +609,11 @@ def select_rank(
              "stability": per_k[row["k"]]["stability"]} for row in rows]
     H = consensus[k]
     W = _consensus_W(X, k, H, {**params, "scheduler": fit_scheduler}, mask)
-    return RankSelection(method, rule, k, rows, summary, threshold=float(stability_threshold),
-                         consensus_H=H, consensus_W=W, path=path)
+    result = RankSelection(method, rule, k, rows, summary,
+                           threshold=float(stability_threshold),
+                           consensus_H=H, consensus_W=W, path=path)
+    result.panel_cache = cache_stats
+    return result
 
 
 def holdout_seed(seed: int, replicate: int) -> int:

@@ -418,3 +418,123 @@ def test_cv_full_grid(k_star, kind, loss):
     res = dnmf.select_rank(V, range(2, 21), method="cv", n_replicates=3,
                            max_iter=300, tol=1e-5, **_loss_params(loss))
     assert res.k == k_star, res.summary.to_string()
+
+
+# ------------------------------------------------------- the shared panel cache
+def _zarr(path, V, rows):
+    import zarr
+
+    z = zarr.create_array(str(path), shape=V.shape, chunks=(rows, V.shape[1]),
+                          dtype=V.dtype)
+    z[:] = V
+    return z
+
+
+def _fits(out, rows):
+    from dnmf._runs import open_run
+
+    runs = [open_run(os.path.join(out, "fits", f"k{r['k']:03d}-r{r['replicate']:02d}"))
+            for r in rows]
+    return [(np.asarray(run.W.compute()), np.asarray(run.H)) for run in runs]
+
+
+def test_shared_panel_cache_same_table_same_bytes_and_its_budget(tmp_path):
+    V, _, _ = planted_rank(400, 40, 3, seed=11)
+    path = _zarr(tmp_path / "V.zarr", V, 50).store.root
+    panel = 50 * 40 * 8
+    kw = dict(method="cv", n_replicates=2, max_iter=8, tol=0.0, panel_rows=50)
+    plain = dnmf.select_rank(str(path), [2, 3], panel_cache=0, out=tmp_path / "plain", **kw)
+    shared = dnmf.select_rank(str(path), [2, 3], out=tmp_path / "shared", **kw)
+    small = dnmf.select_rank(str(path), [2, 3], panel_cache=3 * panel + 1, **kw)
+    assert plain.panel_cache is None
+    assert _comparable(shared.rows) == _comparable(plain.rows) == _comparable(small.rows)
+    for (W0, H0), (W1, H1) in zip(_fits(tmp_path / "plain", plain.rows),
+                                  _fits(tmp_path / "shared", shared.rows)):
+        np.testing.assert_array_equal(W1, W0)
+        np.testing.assert_array_equal(H1, H0)
+    # "auto": all 8 panels kept; each decoded once for the 4 fits' scans and passes
+    assert shared.panel_cache["kept"] == 8 and shared.panel_cache["reads"] == 8
+    assert shared.panel_cache["peak"] == 8 * panel
+    # a budget of 3 panels: 3 kept, never more bytes than the budget, the rest re-read
+    assert small.panel_cache["kept"] == 3
+    assert small.panel_cache["peak"] == 3 * panel <= small.panel_cache["budget"]
+    assert 8 < small.panel_cache["reads"]
+    assert small.panel_cache["hits"] >= 3 * 4 * 8  # every fit's reads of the 3 kept
+
+
+def test_shared_panel_cache_with_nan_a_zarr_mask_and_csr_zarr(tmp_path):
+    V, _, _ = planted_rank(300, 30, 3, seed=12)
+    rng = np.random.default_rng(0)
+    V[rng.random(V.shape) < 0.05] = np.nan
+    mask = rng.random(V.shape) >= 0.05
+    v = _zarr(tmp_path / "V.zarr", V, 60)
+    m = _zarr(tmp_path / "M.zarr", mask, 60)
+    kw = dict(method="cv", n_replicates=2, max_iter=6, tol=0.0, missing="nan", mask=m,
+              panel_rows=60)
+    plain = dnmf.select_rank(v, [2, 3], panel_cache=0, **kw)
+    shared = dnmf.select_rank(v, [2, 3], **kw)
+    assert _comparable(shared.rows) == _comparable(plain.rows)
+    # V's 5 panels and the mask's 5, each read once
+    assert shared.panel_cache["reads"] == 10 and shared.panel_cache["kept"] == 10
+    # sparse V stored as a CSR Zarr group, KL: consensus factors bit for bit
+    S, _, _ = planted_rank(300, 40, 3, seed=13, kind="sparse", loss="kl")
+    dnmf.io.write_csr_zarr(S, tmp_path / "S.zarr", chunk_nnz=500)
+    kw = dict(method="consensus", n_replicates=2, max_iter=6, tol=0.0, panel_rows=100,
+              solver="mu", beta_loss="kullback-leibler")
+    plain = dnmf.select_rank(str(tmp_path / "S.zarr"), [2, 3], panel_cache=None, **kw)
+    shared = dnmf.select_rank(str(tmp_path / "S.zarr"), [2, 3], **kw)
+    assert _comparable(shared.rows) == _comparable(plain.rows)
+    np.testing.assert_array_equal(shared.consensus_H, plain.consensus_H)
+    assert shared.panel_cache["reads"] == 3
+
+
+def test_panel_cache_waits_for_a_read_in_flight_and_keeps_nothing_over_budget():
+    import threading
+
+    from dnmf._panelcache import PanelCache
+
+    cache = PanelCache(100)
+    started, release, calls = threading.Event(), threading.Event(), []
+
+    def read():
+        calls.append(1)
+        started.set()
+        release.wait(5)
+        return np.zeros(50)  # 400 bytes: over the budget, not kept
+
+    got = []
+    first = threading.Thread(target=lambda: got.append(cache.get("p", read)))
+    first.start()
+    started.wait(5)
+    second = threading.Thread(target=lambda: got.append(cache.get("p", read)))
+    second.start()
+    time.sleep(0.05)
+    release.set()
+    first.join(5)
+    second.join(5)
+    assert len(calls) == 1 and got[0] is got[1]  # one read served both
+    assert not got[0].flags.writeable
+    assert cache.stats()["kept"] == 0 and cache.stats()["peak"] == 0
+    cache.get("p", lambda: np.zeros(50))
+    assert cache.stats()["reads"] == 2  # not kept: read again
+
+
+def test_panel_cache_bad_value_is_one_clear_error():
+    with pytest.raises(InvalidParameterError, match="panel_cache must be 'auto', a number"):
+        dnmf.select_rank(np.ones((10, 5)), [2], panel_cache="lots")
+
+
+@pytest.mark.slow
+def test_cluster_sweep_reads_on_the_workers_and_matches_the_local_one(tmp_path,
+                                                                      distributed_client):
+    V, _, _ = planted_rank(200, 30, 3, seed=14)
+    v = _zarr(tmp_path / "V.zarr", V, 50)
+    kw = dict(method="cv", n_replicates=2, max_iter=5, tol=0.0, panel_rows=50)
+    local = dnmf.select_rank(v, [2, 3], **kw)
+    cluster = dnmf.select_rank(v, [2, 3], scheduler=distributed_client, **kw)
+    assert local.panel_cache is not None and cluster.panel_cache is None
+    for a, b in zip(_comparable(local.rows), _comparable(cluster.rows)):
+        assert (a["k"], a["replicate"], a["iterations"]) == (b["k"], b["replicate"],
+                                                             b["iterations"])
+        np.testing.assert_allclose(b["test_error"], a["test_error"], rtol=1e-10)
+        np.testing.assert_allclose(b["loss"], a["loss"], rtol=1e-10)
