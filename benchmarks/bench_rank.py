@@ -8,14 +8,20 @@ drifts from minute to minute):
   threads scheduler (what a user would write without select_rank), same seeds,
   same holdout sets;
 * **sweep, in memory**: ``select_rank(out=None)``, fits run concurrently (one per
-  core, each with cores // concurrent threads);
+  core, each with cores // concurrent threads), sharing each decoded panel of V
+  through the sweep's panel cache (``panel_cache="auto"``);
+* **sweep, no cache**: the same with ``panel_cache=0``: every fit decodes every
+  panel on every pass (what the cache saves);
+* **sweep, small cache**: ``panel_cache=`` a quarter of V's bytes (V larger than
+  the budget: how the cache degrades);
 * **sweep, sweep store**: ``select_rank(out=DIR)``: the same, every fit resumable
   from its own run store (W written every pass, commits every 10 iterations);
 * **1-worker / 2-worker local cluster**: ``select_rank(scheduler=client)`` on a
   ``distributed.LocalCluster`` of 1 and 2 worker processes of 1 thread each.
 
-Ratios: sweep / one by one (issue target <= 1.0) and 2 workers / 1 worker (target
-<= 0.6). Every figure is printed with the load average (``os.getloadavg``) taken
+Ratios: sweep / one by one (issue target <= 1.0), sweep / sweep without the cache,
+and 2 workers / 1 worker (target <= 0.6). The configurations of a round run in turn,
+in reverse order every other round. Every figure is printed with the load average (``os.getloadavg``) taken
 next to it. A comparison per stored entry and iteration with RcppML's published
 CPU timings is printed at the end (see docs/rank.md for what is compared).
 
@@ -96,6 +102,10 @@ def one_by_one(path: str, ks: list[int], replicates: int, method: str,
     return time.perf_counter() - start, errors
 
 
+#: The panel cache's counters of the last sweep (None: no cache was used).
+LAST_CACHE: dict[str, Any] = {}
+
+
 def sweep(path: str, ks: list[int], replicates: int, method: str, params: dict[str, Any],
           **options: Any) -> tuple[float, list[float], int]:
     import dnmf
@@ -104,6 +114,7 @@ def sweep(path: str, ks: list[int], replicates: int, method: str, params: dict[s
     res = dnmf.select_rank(path, ks, method=method, n_replicates=replicates, **params,
                            **options)
     seconds = time.perf_counter() - start
+    LAST_CACHE["stats"] = res.panel_cache
     column = "test_error" if method == "cv" else "loss"
     return seconds, [row[column] for row in res.rows], res.k
 
@@ -127,7 +138,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--iters", type=int, default=10, help="max_iter of every fit")
     parser.add_argument("--method", default="cv", choices=["cv", "consensus"])
     parser.add_argument("--rounds", type=int, default=1)
-    parser.add_argument("--skip", default="", help="comma list of: store,cluster")
+    parser.add_argument("--skip", default="",
+                        help="comma list of: onebyone,memory,nocache,small,store,cluster")
+    parser.add_argument("--workers", default="1,2",
+                        help="cluster sizes to run (comma list), 1 thread each")
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--json", default=None)
@@ -148,35 +162,57 @@ def main(argv: list[str] | None = None) -> int:
           f"{os.cpu_count()} cores", flush=True)
     results: dict[str, list[dict[str, Any]]] = {}
 
-    def record(name: str, seconds: float, load_before: float, values: list[float]) -> None:
+    def record(name: str, seconds: float, load_before: float, values: list[float],
+               cache: dict[str, Any] | None = None) -> None:
         entry = {"seconds": seconds, "load_before": load_before, "load_after": load()}
+        if cache:
+            entry["panel_cache"] = cache
         results.setdefault(name, []).append(entry)
+        extra = (f"   cache: {cache['reads']} reads, {cache['hits']} shared, peak "
+                 f"{cache['peak'] / 2**20:.0f} of {cache['budget'] / 2**20:.0f} MiB"
+                 if cache else "")
         print(f"  {name:24s} {seconds:8.2f} s   load {entry['load_before']:.1f} -> "
-              f"{entry['load_after']:.1f}", flush=True)
+              f"{entry['load_after']:.1f}{extra}", flush=True)
         results.setdefault(name + ":values", []).append(values)
 
+    v_bytes = args.n * args.m * 8
+
+    def run_sweep(name: str, **options: Any) -> None:
+        before = load()
+        seconds, values, _ = sweep(data, ks, args.replicates, args.method, params, **options)
+        record(name, seconds, before, values, LAST_CACHE.get("stats"))
+
+    def run_store(round_: int) -> None:
+        out = base / f"sweep-{round_}"
+        run_sweep("sweep (sweep store)", out=out)
+        shutil.rmtree(out, ignore_errors=True)
+
+    def run_one_by_one() -> None:
+        before = load()
+        seconds, values = one_by_one(data, ks, args.replicates, args.method, params)
+        record("one by one", seconds, before, values)
+
+    def run_cluster(workers: int) -> None:
+        before = load()
+        seconds, values, _ = on_cluster(data, ks, args.replicates, args.method, params,
+                                        workers)
+        record(f"cluster {workers} worker(s)", seconds, before, values)
+
+    configs: list[tuple[str, Any]] = [
+        ("onebyone", lambda r: run_one_by_one()),
+        ("memory", lambda r: run_sweep("sweep (memory)")),
+        ("nocache", lambda r: run_sweep("sweep (no cache)", panel_cache=0)),
+        ("small", lambda r: run_sweep("sweep (cache V/4)", panel_cache=v_bytes // 4)),
+        ("store", run_store),
+    ]
+    configs += [("cluster", (lambda w: lambda r: run_cluster(w))(int(w)))
+                for w in args.workers.split(",")]
+    configs = [(name, run) for name, run in configs if name not in skip]
     try:
         for round_ in range(args.rounds):
             print(f"round {round_ + 1}", flush=True)
-            before = load()
-            seconds, ref = one_by_one(data, ks, args.replicates, args.method, params)
-            record("one by one", seconds, before, ref)
-            before = load()
-            seconds, values, _ = sweep(data, ks, args.replicates, args.method, params)
-            record("sweep (memory)", seconds, before, values)
-            if "store" not in skip:
-                out = base / f"sweep-{round_}"
-                before = load()
-                seconds, values, _ = sweep(data, ks, args.replicates, args.method, params,
-                                           out=out)
-                record("sweep (sweep store)", seconds, before, values)
-                shutil.rmtree(out, ignore_errors=True)
-            if "cluster" not in skip:
-                for workers in (1, 2):
-                    before = load()
-                    seconds, values, _ = on_cluster(data, ks, args.replicates, args.method,
-                                                    params, workers)
-                    record(f"cluster {workers} worker(s)", seconds, before, values)
+            for _, run in (configs if round_ % 2 == 0 else configs[::-1]):
+                run(round_)
     finally:
         if args.data_dir is None:
             shutil.rmtree(base, ignore_errors=True)
@@ -190,23 +226,30 @@ def main(argv: list[str] | None = None) -> int:
         "cores": os.cpu_count(), "runs": {k: v for k, v in results.items()
                                           if not k.endswith(":values")},
     }
-    ref = results["one by one:values"][0]
-    same = {name[:-7]: bool(np.allclose(vals[0], ref, rtol=1e-6))
-            for name, vals in results.items() if name.endswith(":values")
-            and not name.startswith("cluster")}
-    summary["same_values_as_one_by_one"] = same
-    print(f"same test errors as the one-by-one fits: {same}")
-    summary["sweep_over_one_by_one"] = median("sweep (memory)") / median("one by one")
-    print(f"sweep (memory) / one by one: {summary['sweep_over_one_by_one']:.2f}")
-    if "sweep (sweep store)" in results:
-        summary["store_over_one_by_one"] = median("sweep (sweep store)") / median("one by one")
-        print(f"sweep (sweep store) / one by one: {summary['store_over_one_by_one']:.2f}")
-    if "cluster 1 worker(s)" in results:
-        summary["two_over_one_worker"] = (median("cluster 2 worker(s)")
-                                          / median("cluster 1 worker(s)"))
-        print(f"2 workers / 1 worker: {summary['two_over_one_worker']:.2f}")
+    values = {name[:-7]: vals[0] for name, vals in results.items()
+              if name.endswith(":values")}
+    first = next(iter(values.values()))
+    same = {name: bool(np.array_equal(vals, first)) for name, vals in values.items()}
+    summary["same_values"] = same
+    print(f"the same test errors (bit for bit) in every configuration: {same}")
+
+    def ratio(key: str, a: str, b: str) -> None:
+        if a in results and b in results:
+            summary[key] = median(a) / median(b)
+            print(f"{a} / {b}: {summary[key]:.2f}")
+
+    ratio("sweep_over_one_by_one", "sweep (memory)", "one by one")
+    ratio("sweep_over_no_cache", "sweep (memory)", "sweep (no cache)")
+    ratio("no_cache_over_one_by_one", "sweep (no cache)", "one by one")
+    ratio("small_cache_over_no_cache", "sweep (cache V/4)", "sweep (no cache)")
+    ratio("store_over_one_by_one", "sweep (sweep store)", "one by one")
+    ratio("two_over_one_worker", "cluster 2 worker(s)", "cluster 1 worker(s)")
     # Per stored entry and iteration (and per core), next to RcppML's CPU figures.
     k_mean = float(np.mean(ks))
+    if "sweep (memory)" not in results:
+        if args.json:
+            Path(args.json).write_text(json.dumps(summary, indent=1))
+        return 0
     ours = median("sweep (memory)") / (fits * args.iters * args.n * args.m)
     summary["ns_per_entry_iteration"] = ours * 1e9
     summary["ns_per_entry_iteration_core"] = ours * 1e9 * (os.cpu_count() or 1)

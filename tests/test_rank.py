@@ -228,8 +228,11 @@ def test_interrupted_sweep_continues_to_the_same_table(tmp_path, how):
     table = out / "table.json"
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and child.poll() is None:
-        if table.exists() and len(json.loads(table.read_text())["rows"]) >= 1:
-            break
+        # stop it once a fit is done and another has started (not between two fits)
+        if table.exists() and (rows := json.loads(table.read_text())["rows"]):
+            keys = {f"k{r['k']:03d}-r{r['replicate']:02d}" for r in rows}
+            if set(os.listdir(out / "fits")) - keys:
+                break
         time.sleep(0.05)
     assert child.poll() is None, child.stderr.read().decode()[-2000:]
     child.send_signal(signal.SIGKILL if how == "SIGKILL" else signal.SIGINT)
