@@ -21,8 +21,8 @@ drifts from minute to minute):
 
 Ratios: sweep / one by one (issue target <= 1.0), sweep / sweep without the cache,
 and 2 workers / 1 worker (target <= 0.6). The configurations of a round run in turn,
-in reverse order every other round. Every figure is printed with the load average (``os.getloadavg``) taken
-next to it. A comparison per stored entry and iteration with RcppML's published
+in reverse order every other round. Every figure is printed with the load average
+(``os.getloadavg``) taken next to it. A comparison per stored entry and iteration with RcppML's published
 CPU timings is printed at the end (see docs/rank.md for what is compared).
 
 Usage::
@@ -36,6 +36,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import shutil
@@ -129,6 +130,31 @@ def on_cluster(path: str, ks: list[int], replicates: int, method: str,
         return sweep(path, ks, replicates, method, params, scheduler=client)
 
 
+#: A fixed single-threaded job (NumPy products of NMF's shapes), for :func:`capacity`.
+PROBE = ("import numpy as np, time; a = np.random.default_rng(0).random((5000, 1000)); "
+         "b = np.random.default_rng(1).random((1000, 8)); t = time.perf_counter(); "
+         "[a @ b for _ in range(40)]; [a.T @ (a @ b) for _ in range(20)]; "
+         "print(time.perf_counter() - t)")
+
+
+def capacity(processes: int = 2) -> float:
+    """How much slower each of ``processes`` single-threaded jobs run at once than one
+    alone: 1.0 means that many cores are free, ``processes`` that none is spare. It
+    bounds what the 2-worker cluster can gain on this machine at this moment."""
+    import subprocess
+
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1",
+           "MKL_NUM_THREADS": "1"}
+
+    def run(n: int) -> list[float]:
+        children = [subprocess.Popen([sys.executable, "-c", PROBE], env=env, text=True,
+                                     stdout=subprocess.PIPE) for _ in range(n)]
+        return [float(c.communicate()[0]) for c in children]
+
+    alone = run(1)[0]
+    return max(run(processes)) / alone
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=20000)
@@ -193,6 +219,13 @@ def main(argv: list[str] | None = None) -> int:
         record("one by one", seconds, before, values)
 
     def run_cluster(workers: int) -> None:
+        if workers == 2:
+            before = load()
+            slower = capacity(2)
+            results.setdefault("capacity", []).append(
+                {"two_jobs_over_one": slower, "load_before": before, "load_after": load()})
+            print(f"  machine: 2 single-threaded jobs at once each take {slower:.2f}x one "
+                  f"alone (1.0: 2 free cores)   load {before:.1f}", flush=True)
         before = load()
         seconds, values, _ = on_cluster(data, ks, args.replicates, args.method, params,
                                         workers)
@@ -205,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
         ("small", lambda r: run_sweep("sweep (cache V/4)", panel_cache=v_bytes // 4)),
         ("store", run_store),
     ]
-    configs += [("cluster", (lambda w: lambda r: run_cluster(w))(int(w)))
+    configs += [("cluster", functools.partial(lambda w, r: run_cluster(w), int(w)))
                 for w in args.workers.split(",")]
     configs = [(name, run) for name, run in configs if name not in skip]
     try:
@@ -226,6 +259,10 @@ def main(argv: list[str] | None = None) -> int:
         "cores": os.cpu_count(), "runs": {k: v for k, v in results.items()
                                           if not k.endswith(":values")},
     }
+    if "capacity" in results:
+        summary["capacity_two_jobs_over_one"] = statistics.median(
+            e["two_jobs_over_one"] for e in results.pop("capacity"))
+        summary["runs"].pop("capacity", None)
     values = {name[:-7]: vals[0] for name, vals in results.items()
               if name.endswith(":values")}
     first = next(iter(values.values()))

@@ -61,6 +61,7 @@ BAD = {
     "holdout": (["--holdout", "2"], "--holdout must be a fraction between 0 and 1"),
     "rule": (["--rule", "stability"], "rule='stability' is not a rule of method='cv'"),
     "plot-dir": (["--plot", "nowhere/rank.png"], "does not exist"),
+    "panel-cache": (["--panel-cache", "lots"], "--panel-cache must be a size such as"),
 }
 
 

@@ -345,7 +345,7 @@ def test_a_started_marker_alone_makes_debris_restartable_not_damage(tmp_path):
     assert (foreign / "W0").exists()
     # a committed run whose manifest is gone: damage, refused
     (started / MANIFEST).unlink()
-    with pytest.raises(CorruptCheckpointError, match="manifest .* is missing"):
+    with pytest.raises(CorruptCheckpointError, match=r"manifest .* is missing"):
         dnmf.NMF(2, out=started, **fit).fit(V)
 
 

@@ -142,6 +142,10 @@ def rank(
         "--json", help="Print the result as one JSON object (k, summary, table).")] = False,
     missing: MissingOpt = None,
     mask: MaskOpt = None,
+    panel_cache: Annotated[str, typer.Option(
+        "--panel-cache", help="Memory for decoded panels of INPUT shared by the local "
+        "fits (a size such as 2GiB; auto: a quarter of the available memory; 0: none). "
+        "The results are the same without it.")] = "auto",
 ) -> None:
     """Choose the rank k of INPUT: fit every k of --ks --replicates times and compare.
 
@@ -176,6 +180,8 @@ def rank(
                     n_replicates=replicates, fraction=holdout, stability_threshold=threshold,
                     seed=seed, n_concurrent=concurrent, consensus_rows=1000)
     panel_bytes = None if panel_size is None else _parse_size(panel_size, "--panel-size")
+    cache_bytes: int | str = ("auto" if panel_cache.strip().lower() == "auto"
+                              else _parse_size(panel_cache, "--panel-cache"))
     sched = _scheduler_args(scheduler, scheduler_file)
     loss_name = _parse_loss(loss)
     if "://" not in out and Path(out).resolve() == Path(input).resolve():
@@ -223,7 +229,8 @@ def rank(
                 overwrite=overwrite, n_concurrent=concurrent, scheduler=client,
                 on_fit=_fit_line, solver=solver.value, beta_loss=loss_name,
                 max_iter=max_iter, tol=tol, checkpoint_every=checkpoint_every,
-                panel_bytes=panel_bytes, mask=mask_array, **observed,
+                panel_bytes=panel_bytes, mask=mask_array, panel_cache=cache_bytes,
+                **observed,
             )
     except KeyboardInterrupt as exc:
         _say(f"interrupted: the finished fits are kept in {out}, the others at their last "
