@@ -22,8 +22,11 @@ drifts from minute to minute):
 Ratios: sweep / one by one (issue target <= 1.0), sweep / sweep without the cache,
 and 2 workers / 1 worker (target <= 0.6). The configurations of a round run in turn,
 in reverse order every other round. Every figure is printed with the load average
-(``os.getloadavg``) taken next to it. A comparison per stored entry and iteration with RcppML's published
-CPU timings is printed at the end (see docs/rank.md for what is compared).
+(``os.getloadavg``) taken next to it, and before the 2-worker cluster a probe of the
+machine: how much slower two single-threaded jobs run at once than one alone (what a
+second worker can gain now). A comparison per stored entry and iteration with
+RcppML's published CPU timings is printed at the end (docs/rank.md says what is
+compared).
 
 Usage::
 
