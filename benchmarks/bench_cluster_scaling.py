@@ -102,7 +102,9 @@ def run_one(V: str, workers: int, args: argparse.Namespace, work: Path) -> dict[
             est = dnmf.NMF(
                 args.k, solver="hals", init="random", max_iter=args.iters, tol=0.0,
                 random_state=0, panel_rows=args.panel_rows, scheduler=client, cache=True,
-                callback=tick,
+                # plain passes: what is measured is how a pass scales (extrapolated
+                # passes are other tasks, and wait for the last pass's verdict)
+                extrapolate=False, callback=tick,
             )
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", dnmf.ConvergenceWarning)
@@ -203,7 +205,8 @@ def trajectory(V: str, args: argparse.Namespace, work: Path) -> tuple[str, list[
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", dnmf.ConvergenceWarning)
         est = dnmf.NMF(args.k, solver="hals", init="random", max_iter=1, tol=0.0,
-                       random_state=0, panel_rows=args.panel_rows, scheduler="threads")
+                       random_state=0, panel_rows=args.panel_rows, scheduler="threads",
+                       extrapolate=False)
         # The iterate after pass 0 as the longer fit has it: without the balancing
         # that ends a fit (it would change the sweeps' per-row stopping from there on).
         from dnmf import _engine
