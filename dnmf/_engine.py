@@ -496,20 +496,25 @@ def iterate(
     keeper = keeper or MemoryKeeper(len(refs), backend)
     ex = extrapolation
     # A float32 loss from float32 products cannot resolve changes below ~1e-7·‖V‖²,
-    # so near the end of a fit it rises by rounding alone and the fit would stop there
-    # (where float64 goes on decreasing). Frobenius solvers then switch to statistics
-    # accumulated exactly in float64, from the first recorded rise on. Derived from
-    # the recorded losses alone, so a resumed run switches where the first one did.
-    # (Extrapolated fits record no rises: they undo the step instead.)
+    # so near the end of a fit rounding alone decides its decrease, and the fit would
+    # stop there (where float64 goes on decreasing). Frobenius solvers then switch to
+    # statistics accumulated exactly in float64, from the first recorded decrease
+    # within rounding (or rise) on. Derived from the recorded losses alone, so a
+    # resumed run switches where the first one did. (Not for extrapolated fits: a
+    # rise undoes their step instead of being recorded.)
     exact = solver.with_exact_stats() if (
         ex is None and np.dtype(source.dtype) != np.float64 and not solver.exact_stats
     ) else None
-    # How far the data term can be off by rounding alone (see _converged).
-    total_ = norm_sq if total is None else total
-    rounding = solver.rounding(norm_sq, total_, solver.stats_eps(source.dtype))
+
+    def bound(solver: Solver) -> float:
+        """How far the data term can be off by rounding alone (see _converged)."""
+        return solver.rounding(norm_sq, norm_sq if total is None else total,
+                               solver.stats_eps(source.dtype))
+
+    rounding = bound(solver)
     if exact is not None and _unresolved(state.loss_history, rounding):
         solver, exact = exact, None
-        rounding = solver.rounding(norm_sq, total_, solver.stats_eps(source.dtype))
+        rounding = bound(solver)
 
     def record(loss: Loss | float, test: bool = True) -> bool:
         """Record an iteration's objective (a float: a rejected extrapolated pass
@@ -523,11 +528,11 @@ def iterate(
         stop = False
         nonlocal solver, exact, rounding, queued
         if test and exact is not None and _unresolved(state.loss_history[-2:], rounding):
-            # The first rise: from now on the loss is computed exactly (no stopping
-            # test on this one, which rounding decided); a pass already queued with
-            # the float32 statistics is dropped.
+            # The first unresolved decrease: from now on the loss is computed exactly
+            # (no stopping test on this one, which rounding decided); a pass already
+            # queued with the float32 statistics is dropped.
             solver, exact = exact, None
-            rounding = solver.rounding(norm_sq, total_, solver.stats_eps(source.dtype))
+            rounding = bound(solver)
             test = False
             if queued is not None:
                 queued[0].cancel()

@@ -22,7 +22,4 @@ def main() -> None:
         from .cli import main as run_main
     except KeyboardInterrupt:
         _interrupted()
-    try:
-        run_main()
-    except KeyboardInterrupt:  # before a command installed its own handling
-        _interrupted()
+    run_main()  # reports a Ctrl-C before its commands handle one themselves

@@ -143,12 +143,10 @@ def exact_t_dot(W: np.ndarray, V: Array) -> np.ndarray:
     block of rows at a time (summed in a fixed order: deterministic).
     """
     W64 = np.asarray(W, dtype=np.float64)
-    if not isinstance(V, np.ndarray) and sp.issparse(V):
-        return np.asarray((V.astype(np.float64).T @ W64).T)
     n, m = V.shape
     rows = max(1, EXACT_BLOCK // max(m, 1))
-    if rows >= n:
-        return W64.T @ np.asarray(V, dtype=np.float64)
+    if rows >= n or (not isinstance(V, np.ndarray) and sp.issparse(V)):
+        return t_dot(W64, V.astype(np.float64))  # a sparse cast copies only its values
     out = np.zeros((W64.shape[1], m))
     for start in range(0, n, rows):
         out += W64[start:start + rows].T @ np.asarray(V[start:start + rows], dtype=np.float64)

@@ -108,9 +108,11 @@ class FrobeniusSolver(Solver):
         W's column sums (the penalties). With :attr:`exact_stats`, from float64 casts
         of a float32 W and V (the products of float32 numbers are exact in float64)."""
         if self.exact_stats and W.dtype != np.float64:
-            W64 = W.astype(np.float64)
-            return {"A": exact_t_dot(W64, V), "B": W64.T @ W64, "w_sum": W64.sum(axis=0)}
-        return {"A": t_dot(W, V).astype(np.float64), "B": (W.T @ W).astype(np.float64),
+            W = W.astype(np.float64)
+            A = exact_t_dot(W, V)
+        else:
+            A = t_dot(W, V).astype(np.float64)
+        return {"A": A, "B": (W.T @ W).astype(np.float64, copy=False),
                 "w_sum": W.sum(axis=0, dtype=np.float64)}
 
     def update_panel(
