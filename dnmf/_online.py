@@ -126,17 +126,59 @@ def _bounds(n: int, size: int) -> list[tuple[int, int]]:
     return [(a, min(a + size, n)) for a in range(0, n, size)]
 
 
+def check_batch(X: Any, start: int, refuse_zeros: bool) -> float:
+    """Validate rows ``start : start + len(X)`` of V as they are read; their sum.
+
+    The check a validation pass would make (finite, non-negative; no zeros for
+    β ≤ 0), made on a batch already in memory, so it costs no read: one error naming
+    the rows (and the first bad entry) if it fails (``refuse_zeros``: β ≤ 0 in a
+    fit, where scikit-learn refuses zeros). Returns the sum of the rows in
+    float64 (the mean of V, for W's flat start, adds these up in row order).
+    """
+    data = X.data if sp.issparse(X) else np.asarray(X)
+    stop = start + X.shape[0]
+    if data.size and not (data.min() >= 0 and data.max() < np.inf):  # NaN fails both
+        part = _engine.scan_task(X, start)
+        if part["n_nonfinite"]:
+            r, c = part["first_nonfinite"]
+            raise InvalidInputError(
+                f"Input X contains NaN or infinity in rows {start}-{stop - 1}: "
+                f"{part['n_nonfinite']} entries (the first at row {r}, column {c}); "
+                f"nothing from these rows was used. MiniBatchNMF needs finite values: "
+                f"impute or drop them first."
+            )
+        r, c = part["first_negative"]
+        raise InvalidInputError(
+            f"Negative values in data passed to MiniBatchNMF (input X), rows "
+            f"{start}-{stop - 1}: {part['n_negative']} entries (the first at row {r}, "
+            f"column {c}); nothing from these rows was used. NMF needs non-negative data: "
+            f"shift or clip it, e.g. X - X.min() or np.clip(X, 0, None)."
+        )
+    if refuse_zeros:
+        stored = data.size == X.shape[0] * X.shape[1]
+        if not stored or (data.size and data.min() == 0):
+            raise InvalidInputError(
+                f"When beta_loss <= 0 and X contains zeros, the solver may diverge: rows "
+                f"{start}-{stop - 1} contain zeros; nothing from these rows was used. "
+                f"Please add small values to X, or use a positive beta_loss."
+            )
+    return float(np.sum(data, dtype=np.float64))
+
+
 def batch_terms(
-    X_ref: Any, W_b: np.ndarray | None, H: np.ndarray, beta: float, gamma: float,
-    l1_W: float, l2_W: float, fresh: bool, fresh_max_iter: int, tol: float,
-) -> tuple[np.ndarray, float, np.ndarray, np.ndarray]:
+    X_ref: Any, W_b: np.ndarray | None, H: np.ndarray, check_at: int | None, beta: float,
+    gamma: float, l1_W: float, l2_W: float, fresh: bool, fresh_max_iter: int, tol: float,
+) -> tuple[np.ndarray, float, np.ndarray, np.ndarray, float | None]:
     """A task: the W-step of some rows, their divergence and their H-update terms.
 
     ``X_ref`` is read where the task runs (a panel reference or the rows). Returns
-    the new W rows, D_β of the rows at (new W, H), and the numerator and denominator
-    of the H-update (sums over the rows: row blocks of one batch add theirs).
+    the new W rows, D_β of the rows at (new W, H), the numerator and denominator
+    of the H-update (sums over the rows: row blocks of one batch add theirs), and,
+    with ``check_at`` (the first row's index: the rows are read for the first time),
+    the rows' sum after :func:`check_batch` has validated them (else None).
     """
     X = load_panel(X_ref)
+    total = None if check_at is None else check_batch(X, check_at, beta <= 0)
     XHt = HHt = None
     if fresh or W_b is None:
         if beta == 2:
@@ -149,7 +191,7 @@ def batch_terms(
         W_b[W_b < steps.EPS64] = 0.0
     div = steps.batch_divergence(X, W_b, H, beta, XHt=XHt, HHt=HHt)
     numerator, denominator = steps.h_terms(X, W_b, H, beta)
-    return W_b, div, numerator, denominator
+    return W_b, div, numerator, denominator, total
 
 
 class MiniBatchNMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
@@ -372,6 +414,15 @@ class MiniBatchNMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
             return bool(X.min() == 0)
         return bool(summary.nnz < summary.size)
 
+    def _check_zeros(self, X: Any, prep: Any) -> None:
+        """scikit-learn's refusal of zeros for β <= 0, where X is validated whole."""
+        if self._beta_loss <= 0 and (X is not None or prep._summary is not None) \
+                and self._has_zeros(X, prep.summary if X is None else None):
+            raise InvalidInputError(
+                "When beta_loss <= 0 and X contains zeros, the solver may diverge. "
+                "Please add small values to X, or use a positive beta_loss."
+            )
+
     def _start(self, source: PanelSource, X: Any, W: Any, H: Any, prep: Any
                ) -> tuple[np.ndarray, np.ndarray]:
         """W and H to start from, with scikit-learn's checks and warnings."""
@@ -382,7 +433,13 @@ class MiniBatchNMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
             W0 = self._custom(W, "W", (n, self._n_components), dtype)
             if self._n_components == "auto":
                 self._n_components = H0.shape[0]
+            self._first_scan = self._scan_start(prep, X, n)
             return W0, H0
+        if prep._summary is None:
+            # the start needs V's mean (and NNDSVD reads V anyway): validated whole now
+            prep.summary = prep.scan()
+            self._check_zeros(X, prep)
+        self._first_scan = self._scan_start(prep, X, n)
         if W is not None or H is not None:
             warnings.warn(
                 "When init!='custom', provided W or H are ignored. Set "
@@ -433,15 +490,21 @@ class MiniBatchNMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
             )
         return np.array(arr, copy=True)
 
-    def _prepare(self, source: PanelSource) -> Any:
+    def _prepare(self, source: PanelSource, scan: bool = True) -> Any:
         from ._prepared import PreparedInput
 
-        return PreparedInput(source, self.scheduler, None)
+        return PreparedInput(source, self.scheduler, None, scan=scan)
 
     # ------------------------------------------------------------------ fit
     def fit(self, X: Any, y: Any = None, W: Any = None, H: Any = None) -> MiniBatchNMF:
-        """Learn the factorization of ``X``; see :meth:`fit_transform`."""
-        self.fit_transform(X, y, W=W, H=H)
+        """Learn the factorization of ``X``; see :meth:`fit_transform`.
+
+        On Dask or Zarr data (without ``out``) only H is made: W for all rows is not
+        solved (call :meth:`fit_transform` or :meth:`transform` for it), and
+        :attr:`reconstruction_err_` is computed, with one more pass over X, when it is
+        first read. In memory, and with ``out``, as :meth:`fit_transform`.
+        """
+        self._fit(X, W, H, want_W=False)
         return self
 
     def fit_transform(self, X: Any, y: Any = None, W: Any = None, H: Any = None) -> np.ndarray:
@@ -461,23 +524,32 @@ class MiniBatchNMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
         Returns
         -------
         W : ndarray of shape (n_samples, n_components)
+
+        Notes
+        -----
+        Dask and Zarr data are validated as the first pass reads them (each batch
+        before it is used: a bad batch stops the fit with an error naming its rows,
+        and nothing from it is used or committed), not by a pass of their own; only
+        ``init`` other than "custom" needs a pass before the first step (for the mean
+        of X or NNDSVD). W comes from one more pass at the end (solved for every row
+        with ``fresh_restarts``), which also gives ``reconstruction_err_``.
         """
+        return self._fit(X, W, H, want_W=True)
+
+    def _fit(self, X: Any, W: Any, H: Any, want_W: bool) -> np.ndarray | None:
         self._validate()
         source, X_mem = self._input(X, reset=True)
         n, m = source.shape
         self._check_params(n, m)
-        prep = self._prepare(source)
-        if self._beta_loss <= 0 and self._has_zeros(X_mem, prep.summary):
-            raise InvalidInputError(
-                "When beta_loss <= 0 and X contains zeros, the solver may diverge. "
-                "Please add small values to X, or use a positive beta_loss."
-            )
+        # Dask and Zarr: validated batch by batch as the first pass reads them (no pass
+        # of its own), unless the start needs V's summary anyway (see _start)
+        prep = self._prepare(source, scan=X_mem is not None)
+        self._check_zeros(X_mem, prep)
         batches = _Batches(source, X_mem)
+        store = self.out is not None
 
         def finish(state: dict[str, Any]) -> dict[str, Any]:
-            W_out, H_out, n_iter, n_steps = self._finish(batches, n, m, state)
-            return {"W": W_out, "n_iter": n_iter, "n_steps": n_steps,
-                    "reconstruction_err": self._full_error(batches, n, W_out, H_out)}
+            return self._finish(batches, n, m, state, want_W=want_W or store)
 
         try:
             if self.out is not None:
@@ -494,7 +566,12 @@ class MiniBatchNMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
             batches.close()
         self._components_numerator = state["A"]
         self._components_denominator = state["B"]
-        self.reconstruction_err_ = float(result["reconstruction_err"])
+        err = result["reconstruction_err"]
+        if callable(err):
+            self.__dict__.pop("_reconstruction_err", None)
+            self._pending_err = err
+        else:
+            self.reconstruction_err_ = float(err)
         H_out = state["H"]
         self.n_components_ = H_out.shape[0]
         self.components_ = H_out
@@ -506,8 +583,53 @@ class MiniBatchNMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
         return {
             "W": W0, "H": H0, "A": H0.copy(), "B": np.ones(H0.shape, dtype=H0.dtype),
             "step": 0, "ewa_cost": None, "ewa_cost_min": None, "no_improvement": 0,
-            "stopped": False,
+            "stopped": False, "scan": self._first_scan,
         }
+
+    @staticmethod
+    def _scan_start(prep: Any, X_mem: Any, n: int) -> dict[str, Any] | None:
+        """How much of X is validated before the first step, as ``state["scan"]``.
+
+        None for in-memory X (validated whole on entry); for Dask and Zarr the rows
+        ``0 : rows`` checked so far and their sum (all of them after a validation
+        pass; none yet when the batches are checked as the first pass reads them).
+        """
+        if X_mem is not None:
+            return None
+        if prep._summary is not None:
+            return {"rows": n, "total": float(prep.summary.total)}
+        return {"rows": 0, "total": 0.0}
+
+    # -------------------------------------------------- reconstruction_err_
+    @property
+    def reconstruction_err_(self) -> float:
+        """``sqrt(2 · D_β(X ‖ WH))`` over the whole of X at the end of the fit.
+
+        After ``fit`` on Dask or Zarr data it is computed when first read (one pass
+        over X, which must still be there; with ``fresh_restarts`` W is solved on the
+        way), then kept.
+        """
+        value = self.__dict__.get("_reconstruction_err")
+        if value is None:
+            pending = self.__dict__.get("_pending_err")
+            if pending is None:
+                raise AttributeError(
+                    f"'{type(self).__name__}' object has no attribute 'reconstruction_err_'")
+            value = float(pending())
+            self._reconstruction_err = value
+            del self._pending_err
+        return value
+
+    @reconstruction_err_.setter
+    def reconstruction_err_(self, value: float) -> None:
+        self.__dict__.pop("_pending_err", None)
+        self._reconstruction_err = float(value)
+
+    def __getstate__(self) -> dict[str, Any]:
+        # a pending reconstruction_err_ (a function of the data) is computed first
+        if "_pending_err" in self.__dict__:
+            _ = self.reconstruction_err_
+        return super().__getstate__()
 
     def _plan(self, n: int) -> tuple[list[tuple[int, int]], int]:
         bounds = _bounds(n, self._batch_size)
@@ -528,10 +650,15 @@ class MiniBatchNMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
             a, b = bounds[i % len(bounds)]
             following = bounds[(i + 1) % len(bounds)] if i + 1 < n_steps else None
             Xb = batches.get(a, b, following)
+            scan = state.get("scan")
+            if scan is not None and i < len(bounds) and a == scan["rows"]:
+                # first read of these rows: validated here, before anything uses them
+                total = scan["total"] + check_batch(Xb, a, self._beta_loss <= 0)
+                scan = {"rows": b, "total": total}
             W_b, cost, H_new, A, B = self._step(Xb, W[a:b], state["H"], state["A"],
                                                 state["B"], m, update_H=True)
             W[a:b] = W_b
-            state.update(H=H_new, A=A, B=B)
+            state.update(H=H_new, A=A, B=B, scan=scan)
             state["stopped"] = self._converged(b - a, cost, H_new, H_prev, n, i, n_steps, state)
             H_prev = H_new
             i += 1
@@ -567,14 +694,21 @@ class MiniBatchNMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
             end = min((i // P + 1) * P, n_steps)
             todo = [bounds[j % len(bounds)] for j in range(i, end)]
             refs = _task_refs(source, memory, todo)
-            parts = backend.map(batch_terms, [(ref, W[x:y], H) for ref, (x, y) in
-                                              zip(refs, todo)], shared)
+            scan = state.get("scan")
+            # rows read for the first time are validated by the task that reads them
+            first = scan is not None and i < len(bounds) and todo[0][0] == scan["rows"]
+            checks = [x if first and j < len(bounds) else None
+                      for j, (x, _) in enumerate(todo, start=i)]
+            parts = backend.map(batch_terms, [(ref, W[x:y], H, at) for ref, (x, y), at in
+                                              zip(refs, todo, checks)], shared)
             # fold into a copy: an interruption leaves the state of the last round
             new = {key: state[key] for key in ("H", "A", "B", "ewa_cost", "ewa_cost_min",
-                                               "no_improvement", "stopped")}
+                                               "no_improvement", "stopped", "scan")}
             rows = []
-            for (x, y), part in zip(todo, parts):  # folded in batch order
+            for (x, y), part, at in zip(todo, parts, checks):  # folded in batch order
                 rows.append((x, y, part[0]))
+                if at is not None:
+                    new["scan"] = {"rows": y, "total": new["scan"]["total"] + part[4]}
                 _, cost, H_new, A, B = self._fold(part[0], part[1], part[2], part[3], H,
                                                   new["A"], new["B"], y - x, m)
                 new.update(H=H_new, A=A, B=B)
@@ -597,8 +731,8 @@ class MiniBatchNMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
         """scikit-learn's ``_minibatch_step``: new W rows, the batch cost, new H, A, B."""
         rows = Xb.shape[0]
         l1_W, _, l2_W, _ = self._reg(rows, m)
-        W_b, div, numerator, denominator = batch_terms(
-            Xb, W_b, H, self._beta_loss, self._gamma, l1_W, l2_W,
+        W_b, div, numerator, denominator, _ = batch_terms(
+            Xb, W_b, H, None, self._beta_loss, self._gamma, l1_W, l2_W,
             bool(self.fresh_restarts), self.fresh_restarts_max_iter, self.tol)
         return self._fold(W_b, div, numerator, denominator, H, A, B, rows, m, update_H)
 
@@ -652,27 +786,74 @@ class MiniBatchNMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
             return True
         return False
 
-    def _finish(self, batches: _Batches, n: int, m: int, state: dict[str, Any]
-                ) -> tuple[np.ndarray, np.ndarray, int, int]:
-        W, H = state["W"], state["H"]
-        if self.fresh_restarts:
-            W = self._solve_all(batches, n, H)
+    def _finish(self, batches: _Batches, n: int, m: int, state: dict[str, Any],
+                want_W: bool = True) -> dict[str, Any]:
+        """The result of a fit: W, ``n_iter``, ``n_steps`` and ``reconstruction_err``.
+
+        In memory this is scikit-learn's ending (W solved for all rows with fresh
+        restarts, the error over all of X). For Dask and Zarr, the rows a fit that
+        stopped early never read are validated first (reading those rows only); then
+        W and the error come from one more pass, or, without ``want_W`` (``fit``: only
+        H is needed), W is not made and ``reconstruction_err`` is a function that
+        computes it when :attr:`reconstruction_err_` is first read.
+        """
+        H = state["H"]
+        self._complete_scan(batches, n, state)
         bounds, _ = self._plan(n)
         n_steps = state["step"]
         n_iter = int(np.ceil(n_steps / len(bounds)))
         if n_iter == self.max_iter and self.tol > 0:
             warnings.warn(
                 f"Maximum number of iterations {self.max_iter} reached. Increase it to "
-                f"improve convergence.", ConvergenceWarning, stacklevel=3,
+                f"improve convergence.", ConvergenceWarning, stacklevel=4,
             )
-        return W, H, n_iter, n_steps
+        result: dict[str, Any] = {"n_iter": n_iter, "n_steps": n_steps}
+        if batches.memory is not None:
+            W = self._solve_all(batches, n, H) if self.fresh_restarts else state["W"]
+            return {**result, "W": W, "reconstruction_err": self._full_error(batches, n, W, H)}
+        W_rows = None if self.fresh_restarts else state["W"]
+        mean = state["scan"]["total"] / (n * m)
+        if want_W:
+            W, err = self._solve_and_score(batches, n, H, W_rows, mean)
+            return {**result, "W": W, "reconstruction_err": err}
+        source = batches.source
+
+        def pending() -> float:
+            later = _Batches(source)
+            try:
+                return self._solve_and_score(later, n, H, W_rows, mean, solve=False)[1]
+            finally:
+                later.close()
+
+        return {**result, "W": None, "reconstruction_err": pending}
+
+    def _complete_scan(self, batches: _Batches, n: int, state: dict[str, Any]) -> None:
+        """Validate the rows the passes never read (a fit stopped within its first
+        pass), adding their sum: afterwards ``state["scan"]`` covers all of V."""
+        scan = state.get("scan")
+        if scan is None or scan["rows"] >= n:
+            return
+        state["scan"] = self._scan(batches, n, scan)
+
+    def _scan(self, batches: _Batches, n: int, scan: dict[str, Any]) -> dict[str, Any]:
+        rows, total = int(scan["rows"]), float(scan["total"])
+        bounds = [(a, min(a + self._batch_size, n)) for a in range(rows, n, self._batch_size)]
+        for j, (a, b) in enumerate(bounds):
+            Xb = batches.get(a, b, bounds[j + 1] if j + 1 < len(bounds) else None)
+            total += check_batch(Xb, a, self._beta_loss <= 0)
+        return {"rows": n, "total": total}
+
+    def _panels(self, n: int, m: int, itemsize: int) -> list[tuple[int, int]]:
+        """The row panels of W's solve with H fixed (64 MiB of X each)."""
+        return _bounds(n, max(self._batch_size, (64 * 2**20) // max(1, m * itemsize)))
 
     def _solve_all(self, batches: _Batches, n: int, H: np.ndarray) -> np.ndarray:
         """W for all rows with H fixed (scikit-learn's ``_solve_W`` on the whole X).
 
         In memory this is exactly scikit-learn's computation; for Dask and Zarr the
-        rows are solved in row panels (with the mean of the whole X as the start),
-        each panel stopping on its own change of W.
+        rows are validated and summed in one pass (for the mean of the whole X, the
+        flat start) and solved in row panels in a second, each panel stopping on its
+        own change of W.
         """
         m = H.shape[1]
         l1_W, _, l2_W, _ = self._reg(n, m)
@@ -680,42 +861,51 @@ class MiniBatchNMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
         if batches.memory is not None:
             return steps.solve_W(batches.memory, H, beta, l1_W, l2_W, gamma,
                                  self._transform_max_iter, self.tol)
-        source = batches.source
-        rows = max(self._batch_size, (64 * 2**20) // max(1, m * source.dtype.itemsize))
-        bounds = _bounds(n, rows)
-        mean = self._data_mean(batches, bounds)
-        parts = []
-        for j, (a, b) in enumerate(bounds):
-            following = bounds[j + 1] if j + 1 < len(bounds) else None
-            Xb = batches.get(a, b, following)
-            parts.append(steps.solve_W(Xb, H, beta, l1_W, l2_W, gamma,
-                                       self._transform_max_iter, self.tol, mean=mean))
-        return np.concatenate(parts, axis=0)
+        mean = self._scan(batches, n, {"rows": 0, "total": 0.0})["total"] / (n * m)
+        return self._solve_and_score(batches, n, H, None, mean, score=False)[0]
 
-    def _data_mean(self, batches: _Batches, bounds: list[tuple[int, int]]) -> float:
-        mean = getattr(self, "_mean", None)
-        if mean is not None and getattr(self, "_mean_shape", None) == batches.source.shape:
-            return float(mean)
-        total = 0.0
+    def _solve_and_score(self, batches: _Batches, n: int, H: np.ndarray,
+                         W: np.ndarray | None, mean: float, *, score: bool = True,
+                         solve: bool = True) -> tuple[np.ndarray | None, float]:
+        """One pass over a Dask or Zarr X: W with H fixed and ``sqrt(2 · D_β(X ‖ WH))``.
+
+        ``W=None`` solves W panel by panel from the flat start ``sqrt(mean / k)`` (with
+        ``solve=False`` each panel's W is dropped once scored); a given W (the rows a
+        fit kept) is only scored. The divergence is summed over blocks of
+        ``max(batch_size, 4096)`` rows in row order.
+        """
+        m = H.shape[1]
+        beta, gamma = self._beta_loss, self._gamma
+        l1_W, _, l2_W, _ = self._reg(n, m)
+        block = max(self._batch_size, 4096)
+        bounds = self._panels(n, m, batches.source.dtype.itemsize) if W is None else \
+            _bounds(n, block)
+        HHt = H @ H.T
+        parts, total = [], 0.0
         for j, (a, b) in enumerate(bounds):
             Xb = batches.get(a, b, bounds[j + 1] if j + 1 < len(bounds) else None)
-            data = Xb.data if sp.issparse(Xb) else np.asarray(Xb).ravel()
-            total += float(np.sum(data, dtype=np.float64))
-        return total / (batches.source.shape[0] * batches.source.shape[1])
+            if W is None:
+                W_p = steps.solve_W(Xb, H, beta, l1_W, l2_W, gamma, self._transform_max_iter,
+                                    self.tol, mean=mean)
+                if solve:
+                    parts.append(W_p)
+            else:
+                W_p = W[a:b]
+            if score:
+                for lo in range(0, b - a, block):
+                    hi = min(lo + block, b - a)
+                    total += steps.batch_divergence(Xb[lo:hi], W_p[lo:hi], H, beta, HHt=HHt,
+                                                    exact=True)
+        W_out = W if W is not None else (np.concatenate(parts, axis=0) if solve else None)
+        return W_out, math.sqrt(2 * max(total, 0.0))
 
     def _full_error(self, batches: _Batches, n: int, W: np.ndarray, H: np.ndarray) -> float:
-        """``sqrt(2 · D_β(X ‖ WH))`` over the whole of X, batch by batch."""
+        """``sqrt(2 · D_β(X ‖ WH))`` over the whole of in-memory X."""
         beta = self._beta_loss
-        if batches.memory is not None and (beta != 2 or sp.issparse(batches.memory)):
+        if beta != 2 or sp.issparse(batches.memory):
             total = steps.batch_divergence(batches.memory, W, H, beta, exact=True)
-        else:
-            bounds = _bounds(n, max(self._batch_size, 4096))
-            HHt = H @ H.T
-            total = 0.0
-            for j, (a, b) in enumerate(bounds):
-                Xb = batches.get(a, b, bounds[j + 1] if j + 1 < len(bounds) else None)
-                total += steps.batch_divergence(Xb, W[a:b], H, beta, HHt=HHt, exact=True)
-        return math.sqrt(2 * max(total, 0.0))
+            return math.sqrt(2 * max(total, 0.0))
+        return self._solve_and_score(batches, n, H, W, 0.0)[1]
 
     # ------------------------------------------------------------ partial_fit
     def partial_fit(self, X: Any, y: Any = None, W: Any = None, H: Any = None) -> MiniBatchNMF:
@@ -744,6 +934,8 @@ class MiniBatchNMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
             self._validate()
         source, X_mem = self._input(X, reset=not has_components)
         Xb = X_mem if X_mem is not None else _Batches(source).get(0, source.shape[0])
+        if X_mem is None:
+            check_batch(Xb, 0, refuse_zeros=False)  # as _input checks in-memory X
         n, m = source.shape
         if not has_components:
             self._check_params(n, m)
@@ -753,7 +945,7 @@ class MiniBatchNMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
 
                 restored = open_stream(self, m, source.dtype)
             if restored is None:
-                prep = self._prepare(source)
+                prep = self._prepare(source, scan=X_mem is not None)
                 _, H0 = self._start(source, X_mem, W, H, prep)
                 self._components_numerator = H0.copy()
                 self._components_denominator = np.ones(H0.shape, dtype=H0.dtype)

@@ -152,6 +152,8 @@ class _Committer:
                 "ewa_cost_min": state.get("ewa_cost_min"),
                 "no_improvement": int(state.get("no_improvement", 0)),
                 "stopped": bool(state.get("stopped", False)),
+                # rows 0 : rows validated as read, and their sum (None: X in memory)
+                "scan": state.get("scan"),
             },
         }
         self.store.commit(body)
@@ -195,6 +197,8 @@ def _restore_state(store: RunStore, manifest: dict[str, Any], with_W: bool) -> d
         "ewa_cost_min": online["ewa_cost_min"],
         "no_improvement": int(online["no_improvement"]),
         "stopped": bool(online["stopped"]),
+        # runs before the batches were validated as read: check the rows again
+        "scan": online.get("scan", {"rows": 0, "total": 0.0}),
     }
     return state
 
@@ -231,6 +235,8 @@ def fit_online_to_store(est: Any, X: Any, source: Any, X_mem: Any, prep: Any, ba
                 store.verify_arrays(manifest)
                 _check(store, manifest, "online", params, fingerprint)
                 state = _restore_state(store, manifest, with_W=True)
+                if X_mem is not None:
+                    state["scan"] = None  # validated whole on entry
                 est._n_components = int(state["H"].shape[0])
                 est._seed = int(manifest["rng"]["seed"])
                 # the parameters that may differ (max_iter, ...) are this fit's from now on

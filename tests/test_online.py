@@ -220,10 +220,14 @@ def test_zarr_is_read_in_row_ranges_never_whole(tmp_path, monkeypatch):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         est.fit(str(tmp_path / "X.zarr"))
-    # one validation panel (V is small: one panel), one read per step, one final
-    # loss pass (blocks of 4096 rows); the steps read their batch and nothing more
+    # one validation panel (init="random" needs V's mean; V is small: one panel), one
+    # read per step; fit makes no W and no final loss pass...
     assert est.n_steps_ == 18
-    assert sizes[1:-1] == [100] * est.n_steps_, sizes
+    assert sizes == [600] + [100] * est.n_steps_, sizes
+    # ...until reconstruction_err_ is read (one pass, blocks of 4096 rows), once
+    err = est.reconstruction_err_
+    assert sizes[-1] == 600 and len(sizes) == 2 + est.n_steps_
+    assert est.reconstruction_err_ == err and len(sizes) == 2 + est.n_steps_
 
 
 @pytest.mark.slow
