@@ -3,10 +3,11 @@
 Three contenders, each in its own process (so that its peak RSS is its own), run in
 interleaved rounds (the order rotates every round), all reading the same Zarr V:
 
-- ``dnmf-online``: ``dnmf.MiniBatchNMF(fresh_restarts=True, forget_factor=0.7 ** (n /
-  batch)).fit(path)`` (batches read as row ranges, the next one read ahead while the
-  current one is computed; each batch's W solved from a flat start and each batch
-  weighing the past by 0.7, as scikit-learn's partial_fit does);
+- ``dnmf-online``: ``dnmf.MiniBatchNMF(fresh_restarts=True, forget_per="batch")
+  .fit(path)`` (batches read as row ranges, the next one read ahead while the current
+  one is computed and validated as it is read; each batch's W solved from a flat start
+  and each batch weighing the past by 0.7, as scikit-learn's partial_fit does; fit
+  makes H only, W and ``reconstruction_err_`` are left to when they are asked for);
 - ``dnmf-partial_fit``: dnmf's ``MiniBatchNMF.partial_fit`` in the same loop as
   scikit-learn's below (the same mathematics; only the implementation differs);
 - ``sklearn-online``: scikit-learn's ``MiniBatchNMF.partial_fit`` fed the same Zarr
@@ -123,19 +124,15 @@ def run_worker(method: str, V: str, epochs: int, k: int, batch: int, out: str,
                     record(result[2])
                 return result
 
-        # forget_factor ** (batch / n) = 0.7: each batch weighs past ones as
-        # partial_fit's default does (fit's default, 0.7 per pass, keeps the poor
-        # early H in the sums for passes)
+        # forget_per="batch": each batch weighs past ones by 0.7, as partial_fit's
+        # default does (fit's default, 0.7 per pass, keeps the poor early H in the sums
+        # for passes; forget_factor=0.7 ** (n / batch), the same thing in scikit-learn's
+        # terms, underflows to 0.0 past ~2100 batches and then keeps no past at all)
         est = Recorded(k, init="custom", batch_size=batch, max_iter=epochs, tol=0.0,
                        max_no_improvement=None, random_state=0, scheduler="threads",
-                       # each batch's W solved as scikit-learn's partial_fit solves
-                       # it (up to its max_iter=200 MU iterations, stopped by tol):
-                       # with 30, dnmf's H ended 0.7 % worse at 4 GiB (2097 batches)
-                       fresh_restarts=True, transform_max_iter=200,
-                       # (0.7 ** (n / batch) underflows to 0.0 from ~2100 batches on:
-                       # at 4 GiB that kept no past at all; the smallest positive
-                       # float gives 0.713 per batch there, 0.7 below that size)
-                       forget_factor=max(0.7 ** (n / batch), np.finfo(np.float64).tiny))
+                       # each batch's W solved from a flat start, as scikit-learn's
+                       # partial_fit solves it (fresh_restarts_max_iter=30 both)
+                       fresh_restarts=True, forget_factor=0.7, forget_per="batch")
         t0 = time.perf_counter()
         # fresh restarts solve every batch's W from a flat start: W is not read
         est.fit(V, W=np.full((n, k), float(W_first.mean()), dtype=np.float32), H=H0.copy())

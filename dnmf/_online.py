@@ -57,6 +57,7 @@ ONLINE_CONSTRAINTS: dict[str, tuple[Any, str]] = {
                            "None or a positive int"),
     "forget_factor": (lambda v: isinstance(v, numbers.Real) and not isinstance(v, bool)
                       and 0 <= v <= 1, "a float in [0, 1]"),
+    "forget_per": (lambda v: v in ("pass", "batch"), "'pass' or 'batch'"),
     "fresh_restarts": (lambda v: isinstance(v, bool | np.bool_), "a bool"),
     "fresh_restarts_max_iter": (lambda v: _is_int(v) and v >= 1, "a positive int"),
     "transform_max_iter": (lambda v: v is None or (_is_int(v) and v >= 1),
@@ -235,6 +236,15 @@ class MiniBatchNMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
         penalties on H scale with the batch's rows).
     forget_factor : float, default=0.7
         Weight of past batches in H's running sums (1 keeps them all).
+    forget_per : {"pass", "batch"}, default="pass"
+        What ``forget_factor`` is the weight per. "pass" is scikit-learn's rule: each
+        batch scales the sums by ρ = forget_factor^(batch_size / n_samples), so a pass
+        over X multiplies them by forget_factor (for ``partial_fit``, n_samples is the
+        batch: per call). "batch" (dnmf only) makes ρ = forget_factor for every batch
+        of ``fit`` too, as a ``partial_fit`` loop over the same batches weighs them:
+        the same as forget_factor^(n_samples / batch_size) per pass, without that
+        number underflowing to 0 for many batches (0.7 per batch is 0.7^2100 per pass
+        at 2100 batches, below the smallest float).
     fresh_restarts : bool, default=False
         Solve each batch's W to convergence instead of one update.
     fresh_restarts_max_iter : int, default=30
@@ -308,6 +318,7 @@ class MiniBatchNMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
         alpha_H: float | str = "same",
         l1_ratio: float = 0.0,
         forget_factor: float = 0.7,
+        forget_per: str = "pass",
         fresh_restarts: bool = False,
         fresh_restarts_max_iter: int = 30,
         transform_max_iter: int | None = None,
@@ -330,6 +341,7 @@ class MiniBatchNMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
         self.alpha_H = alpha_H
         self.l1_ratio = l1_ratio
         self.forget_factor = forget_factor
+        self.forget_per = forget_per
         self.fresh_restarts = fresh_restarts
         self.fresh_restarts_max_iter = fresh_restarts_max_iter
         self.transform_max_iter = transform_max_iter
@@ -374,7 +386,9 @@ class MiniBatchNMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
         beta = self.beta_loss
         self._beta_loss = float(BETA_NAMES[beta] if isinstance(beta, str) else beta)
         self._batch_size = min(int(self.batch_size), n)
-        self._rho = float(self.forget_factor) ** (self._batch_size / n)
+        # scikit-learn's rule, or (forget_per="batch") the factor itself per batch
+        per_batch = self.forget_per == "batch"
+        self._rho = float(self.forget_factor) ** (1.0 if per_batch else self._batch_size / n)
         self._gamma = steps.gamma_for(self._beta_loss)
         self._transform_max_iter = (
             self.max_iter if self.transform_max_iter is None else self.transform_max_iter

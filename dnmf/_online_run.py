@@ -52,7 +52,7 @@ def _recorded_params(est: Any) -> dict[str, Any]:
 
 
 #: Parameters added since runs were first written, with the value older runs had.
-ADDED = {"in_flight": 4}
+ADDED = {"in_flight": 4, "forget_per": "pass"}
 
 
 def _differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
@@ -238,7 +238,8 @@ def fit_online_to_store(est: Any, X: Any, source: Any, X_mem: Any, prep: Any, ba
                 if X_mem is not None:
                     state["scan"] = None  # validated whole on entry
                 est._n_components = int(state["H"].shape[0])
-                est._seed = int(manifest["rng"]["seed"])
+                seed = manifest["rng"]["seed"]  # None: init="custom" drew no seed
+                est._seed = None if seed is None else int(seed)
                 # the parameters that may differ (max_iter, ...) are this fit's from now on
                 committer = _Committer(store, manifest["run_id"],
                                        {**_header(manifest), "params": params}, manifest)

@@ -95,3 +95,32 @@ def test_fit_online_again_continues_or_refuses(data, capsys, monkeypatch):
     assert other.returncode != 0 and "Traceback" not in other.stderr
     assert "forget_factor: 0.7 (run) vs 0.5 (now)" in other.stderr
     np.testing.assert_array_equal(read_stored_H(str(data / "run.zarr")), H)
+
+
+def test_fit_online_forget_per_batch(data, capsys, monkeypatch):
+    # --forget-per batch: the library's forget_per="batch", recorded with the run (and
+    # shown by info); the run's H is the library's bit for bit
+    args = ("fit", "V.npy", "-k", "3", "-o", "run.zarr", "--online", "--batch-size", "50",
+            "--max-iter", "2", "--seed", "0", "--init", "random", "--forget-per", "batch",
+            "--forget-factor", "0.5")
+    proc = run_here(*args, cwd=data, capsys=capsys, monkeypatch=monkeypatch)
+    assert proc.returncode == 0, proc.stderr
+    run = dnmf.open_run(str(data / "run.zarr"))
+    assert run.params["forget_per"] == "batch"
+    est = dnmf.MiniBatchNMF(3, init="random", batch_size=50, max_iter=2, random_state=0,
+                            forget_factor=0.5, forget_per="batch", scheduler="threads")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", dnmf.ConvergenceWarning)
+        est.fit(str(data / "V.npy"))
+    np.testing.assert_array_equal(run.H, est.components_)
+    per_pass = dnmf.MiniBatchNMF(3, init="random", batch_size=50, max_iter=2, random_state=0,
+                                 forget_factor=0.5, scheduler="threads")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", dnmf.ConvergenceWarning)
+        per_pass.fit(str(data / "V.npy"))
+    assert not np.allclose(run.H, per_pass.components_, rtol=1e-3)
+    info = run_here("info", "run.zarr", cwd=data, capsys=capsys, monkeypatch=monkeypatch)
+    assert "forget_factor 0.5 per batch" in info.stdout
+    proc = run_here("fit", "V.npy", "-k", "3", "-o", "other.zarr", "--forget-per", "batch",
+                    cwd=data, capsys=capsys, monkeypatch=monkeypatch)
+    one_error_line(proc, 2, "apply only with --online")

@@ -257,3 +257,225 @@ def test_cluster_runs_batches_in_flight_deterministically(V_path):
     assert abs(a.reconstruction_err_ - here.reconstruction_err_) < 0.05 * \
         here.reconstruction_err_  # ... to about the same loss
     assert W1.shape == W_here.shape
+
+
+# ---------------------------------------------- validation as read, H-only fit
+def zarr_of(tmp_path, X, name="X.zarr", chunk=50):
+    path = str(tmp_path / name)
+    z = zarr.create_array(store=path, shape=X.shape, chunks=(chunk, X.shape[1]),
+                          dtype=X.dtype)
+    z[...] = X
+    return path
+
+
+def read_sizes(monkeypatch):
+    """The row count of every read of a Zarr V (a spy on ZarrPanel.load)."""
+    from dnmf import _source
+
+    sizes = []
+    load = _source.ZarrPanel.load
+
+    def spy(self):
+        sizes.append(self.stop - self.start)
+        return load(self)
+
+    monkeypatch.setattr(_source.ZarrPanel, "load", spy)
+    return sizes
+
+
+def clean_V(n=600, m=20, seed=4):
+    rng = np.random.default_rng(seed)
+    return (rng.random((n, 4)) @ rng.random((4, m)) + 0.05 * rng.random((n, m))).astype(
+        np.float32)
+
+
+def custom(X, k=4, seed=11):
+    rng = np.random.default_rng(seed)
+    return ((rng.random((X.shape[0], k)) + 0.1).astype(X.dtype),
+            (rng.random((k, X.shape[1])) + 0.1).astype(X.dtype))
+
+
+def online(**kw):
+    return MiniBatchNMF(**{**dict(n_components=4, init="custom", batch_size=100, max_iter=2,
+                                  tol=0.0, max_no_improvement=None, random_state=0,
+                                  scheduler="threads"), **kw})
+
+
+@pytest.mark.parametrize("bad, message", [
+    (np.nan, r"NaN or infinity in rows 200-299: 1 entries \(the first at row 250, column 3\)"),
+    (np.inf, r"NaN or infinity in rows 200-299: 1 entries \(the first at row 250, column 3\)"),
+    (-1.0, r"Negative values .* rows 200-299: 1 entries \(the first at row 250, column 3\)"),
+])
+def test_a_bad_batch_found_mid_pass_names_its_rows_and_nothing_from_it_is_committed(
+        tmp_path, bad, message):
+    X = clean_V()
+    W0, H0 = custom(X)
+    X[250, 3] = bad
+    out = str(tmp_path / "run")
+    est = online(out=out, checkpoint_every=1, forget_per="batch")
+    with pytest.raises(dnmf.InvalidInputError, match=message):
+        est.fit(zarr_of(tmp_path, X), W=W0, H=H0)
+    # batches 0-99 and 100-199 were folded and committed; 200-299 not at all
+    assert committed_step(out) == 2
+    run = dnmf.open_run(out)
+    assert not run.complete and run.manifest["online"]["scan"]["rows"] == 200
+    # the committed H is the H of exactly those two steps (rows 0-199 in memory: with
+    # forget_per="batch" the steps do not depend on the number of rows)
+    two = online(max_iter=1, forget_per="batch")
+    two.fit(X[:200], W=W0[:200], H=H0)
+    np.testing.assert_allclose(run.H, two.components_, rtol=1e-6, atol=0)
+    np.testing.assert_allclose(run.A, two._components_numerator, rtol=1e-6, atol=0)
+    # the same fit again stops at the same rows, its commits untouched
+    with pytest.raises(dnmf.InvalidInputError, match=message):
+        online(out=out, checkpoint_every=1, forget_per="batch").fit(
+            str(tmp_path / "X.zarr"), W=W0, H=H0)
+    assert committed_step(out) == 2
+
+
+def test_zeros_with_beta_at_most_0_are_refused_by_the_batch_that_holds_them(tmp_path):
+    X = clean_V() + 0.1
+    X[420, 0] = 0.0
+    W0, H0 = custom(X)
+    with pytest.raises(dnmf.InvalidInputError, match=r"beta_loss <= 0 .* rows 400-499"):
+        online(beta_loss="itakura-saito").fit(zarr_of(tmp_path, X), W=W0, H=H0)
+    # partial_fit accepts zeros, as scikit-learn's does; a NaN in a later Zarr batch
+    # of a stream is refused with its rows
+    stream = online(beta_loss="frobenius")
+    stream.partial_fit(zarr.open_array(str(tmp_path / "X.zarr"))[:100], W=W0[:100], H=H0)
+    bad = X[:100].copy()
+    bad[7, 2] = np.nan
+    H_before = stream.components_.copy()
+    with pytest.raises(dnmf.InvalidInputError, match=r"rows 0-99: 1 entries \(the first at "
+                                                     r"row 7, column 2\)"):
+        stream.partial_fit(zarr.open_array(zarr_of(tmp_path, bad, "bad.zarr")))
+    np.testing.assert_array_equal(stream.components_, H_before)
+    assert stream.n_steps_ == 1
+
+
+def test_rows_a_fit_stopped_before_are_validated_at_its_end(tmp_path, monkeypatch):
+    # The stopping rule ends the fit within its first pass; the rows it never read
+    # are still read (those only) and checked.
+    X = clean_V()
+    W0, H0 = custom(X)
+    stopper = dict(tol=0.5, max_iter=5)
+    early = online(**stopper).fit(X, W=W0, H=H0)
+    assert early.n_steps_ < 6
+    X_bad = X.copy()
+    X_bad[590, 1] = np.nan
+    path = zarr_of(tmp_path, X_bad)
+    sizes = read_sizes(monkeypatch)
+    with pytest.raises(dnmf.InvalidInputError, match="rows 500-599"):
+        online(**stopper).fit(path, W=W0, H=H0)
+    assert sum(sizes) == 600  # every row read once: the steps', then the rest
+    clean = online(**stopper).fit(zarr_of(tmp_path, X, "clean.zarr"), W=W0, H=H0)
+    np.testing.assert_array_equal(clean.components_, early.components_)
+
+
+@pytest.mark.parametrize("fresh", [False, True])
+def test_fit_makes_H_only_with_the_same_components_and_a_lazy_error(tmp_path, monkeypatch,
+                                                                     fresh):
+    import pickle
+
+    X = clean_V()
+    W0, H0 = custom(X)
+    path = zarr_of(tmp_path, X)
+    memory = online(fresh_restarts=fresh)
+    W_mem = memory.fit_transform(X, W=W0, H=H0)
+    full = online(fresh_restarts=fresh)
+    W_full = full.fit_transform(path, W=W0, H=H0)
+    sizes = read_sizes(monkeypatch)
+    est = online(fresh_restarts=fresh).fit(path, W=W0, H=H0)
+    # no validation pass, no W for all rows, no loss pass: the steps' reads only
+    assert sizes == [100] * 12 and est.n_steps_ == 12
+    np.testing.assert_array_equal(est.components_, full.components_)
+    np.testing.assert_allclose(est.components_, memory.components_, rtol=1e-6, atol=0)
+    np.testing.assert_allclose(W_full, W_mem, rtol=1e-4, atol=1e-6)
+    assert "_pending_err" in est.__dict__
+    # reconstruction_err_: computed when first read (one pass), equal to fit_transform's
+    assert est.reconstruction_err_ == full.reconstruction_err_
+    assert sum(sizes) == 1200 + 600
+    assert est.reconstruction_err_ == full.reconstruction_err_ and sum(sizes) == 1800
+    assert full.reconstruction_err_ == pytest.approx(memory.reconstruction_err_, rel=1e-5)
+    relative = full.reconstruction_err_ / np.linalg.norm(X)
+    assert 0.005 < relative < 0.2
+    # a pickled fit carries the value, computed before pickling
+    again = online(fresh_restarts=fresh).fit(path, W=W0, H=H0)
+    copy = pickle.loads(pickle.dumps(again))
+    assert "_pending_err" not in copy.__dict__
+    assert copy.reconstruction_err_ == full.reconstruction_err_
+
+
+def test_forget_per_batch_is_a_partial_fit_loop_and_does_not_underflow(tmp_path):
+    X = clean_V()
+    W0, H0 = custom(X)
+    fit = online(fresh_restarts=True, forget_factor=0.6, forget_per="batch", max_iter=1)
+    fit.fit(zarr_of(tmp_path, X), W=W0, H=H0)
+    loop = online(forget_factor=0.6)
+    for a in range(0, 600, 100):
+        loop.partial_fit(X[a:a + 100], W=W0[:100], H=H0)
+    np.testing.assert_allclose(fit.components_, loop.components_, rtol=1e-6, atol=0)
+    # scikit-learn's terms for the same weights: forget_factor 0.6 ** 6 per pass
+    per_pass = online(fresh_restarts=True, forget_factor=0.6 ** 6, max_iter=1)
+    per_pass.fit(X, W=W0, H=H0)
+    np.testing.assert_allclose(per_pass.components_, loop.components_, rtol=1e-5, atol=0)
+    # 3000 batches per pass: 0.7 ** 3000 is 0.0, 0.7 per batch is still 0.7
+    many = online(batch_size=1000, forget_factor=0.7 ** 3000)
+    many._check_params(3_000_000, 20)
+    assert many._rho == 0.0
+    per_batch = online(batch_size=1000, forget_factor=0.7, forget_per="batch")
+    per_batch._check_params(3_000_000, 20)
+    assert per_batch._rho == pytest.approx(0.7, rel=1e-15)
+    with pytest.raises(dnmf.InvalidParameterError, match="forget_per"):
+        online(forget_per="step").fit(X, W=W0, H=H0)
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="needs SIGKILL")
+def test_sigkill_mid_first_pass_of_a_validated_as_read_fit_resumes_bit_for_bit(V_path,
+                                                                               tmp_path):
+    from online_worker import custom_start
+
+    W0, H0 = custom_start(N, M)
+    params = {**worker_params("frobenius"), "init": "custom"}
+
+    def fit(out=None):
+        est = MiniBatchNMF(**params, out=out, checkpoint_every=3, scheduler="threads")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            return est, est.fit_transform(V_path, W=W0, H=H0)
+
+    reference = fit()
+    out = str(tmp_path / "run")
+    args = [sys.executable, WORKER, V_path, out, "--every", "3", "--custom"]
+    kill_at(args, "online:written@6", str(tmp_path / "marker"))
+    run = dnmf.open_run(out)
+    assert run.n_steps == 3 and run.manifest["online"]["scan"]["rows"] == 150
+    np.testing.assert_allclose(run.manifest["online"]["scan"]["total"],
+                               np.asarray(zarr.open_array(V_path))[:150].sum(dtype=np.float64),
+                               rtol=1e-12)
+    same(fit(out), reference)
+    assert dnmf.open_run(out).manifest["online"]["scan"]["rows"] == N
+
+
+@pytest.mark.slow
+def test_on_a_cluster_the_workers_validate_the_batches_they_read(tmp_path):
+    # in_flight=2: the round with the bad batch is dropped whole; the fit on clean data
+    # reads each batch once in its first pass, and the scan's sum is V's
+    from distributed import Client, LocalCluster
+
+    X = clean_V()
+    W0, H0 = custom(X)
+    bad = X.copy()
+    bad[333, 5] = -2.0
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=False,
+                      dashboard_address=None) as cluster, Client(cluster) as client:
+        with pytest.raises(dnmf.InvalidInputError, match=r"rows 300-399: 1 entries \(the "
+                                                         r"first at row 333, column 5\)"):
+            online(scheduler=client, in_flight=2).fit(zarr_of(tmp_path, bad, "bad.zarr"),
+                                                       W=W0, H=H0)
+        out = str(tmp_path / "run")
+        est = online(scheduler=client, in_flight=2, out=out)
+        W = est.fit_transform(zarr_of(tmp_path, X), W=W0, H=H0)
+    scan = dnmf.open_run(out).manifest["online"]["scan"]
+    assert scan["rows"] == 600
+    np.testing.assert_allclose(scan["total"], X.sum(dtype=np.float64), rtol=1e-12)
+    assert W.shape == (600, 4) and est.n_steps_ == 12

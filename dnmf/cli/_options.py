@@ -36,6 +36,13 @@ class SolverName(str, Enum):
     amu = "amu"
 
 
+class ForgetPer(str, Enum):
+    """``--forget-per``: MiniBatchNMF's ``forget_per``."""
+
+    pass_ = "pass"
+    batch = "batch"
+
+
 class ExtrapolateName(str, Enum):
     """``--extrapolate``: NMF's ``extrapolate`` ("auto", True, False)."""
 

@@ -24,6 +24,7 @@ from ._masks import MaskOpt, MissingOpt, check_missing_options, prepare_mask
 from ._options import (
     DtypeName,
     ExtrapolateName,
+    ForgetPer,
     IndexColOpt,
     InitName,
     LayerOpt,
@@ -130,6 +131,10 @@ def fit(
     forget_factor: Annotated[float, typer.Option(
         "--forget-factor", min=0.0, max=1.0,
         help="With --online: weight of past batches in H's running sums.")] = 0.7,
+    forget_per: Annotated[ForgetPer, typer.Option(
+        "--forget-per",
+        help="With --online: --forget-factor per pass over INPUT (scikit-learn's rule) "
+        "or per batch (as a partial_fit loop).")] = ForgetPer.pass_,
     fresh_restarts: Annotated[bool, typer.Option(
         "--fresh-restarts", help="With --online: solve each batch's W to convergence.")
     ] = False,
@@ -177,10 +182,10 @@ def fit(
             f"--solver {solver.value} does not apply with --online: online NMF updates W "
             f"and H by multiplicative steps. Drop --solver, or drop --online.")
     if not online and (batch_size != 1024 or forget_factor != 0.7 or fresh_restarts
-                       or in_flight != 4):
+                       or in_flight != 4 or forget_per is not ForgetPer.pass_):
         raise InvalidParameterError(
-            "--batch-size, --forget-factor, --fresh-restarts and --in-flight apply only "
-            "with --online.")
+            "--batch-size, --forget-factor, --forget-per, --fresh-restarts and --in-flight "
+            "apply only with --online.")
     check_missing_options(missing, mask, online=online, dense=dense)
     if online and extrapolate is not None:
         raise InvalidParameterError(
@@ -209,6 +214,7 @@ def fit(
                 chunk_rows, dataset, transpose, cache, panel_bytes, overwrite, dense,
                 out_existed, sched, reading_options(layer, raw, index_col),
                 online=online, batch_size=batch_size, forget_factor=forget_factor,
+                forget_per=forget_per.value,
                 fresh_restarts=fresh_restarts, in_flight=in_flight, started=started,
                 missing=missing.value if missing else None, mask=mask,
                 extrapolate=extrapolate.param)
@@ -249,6 +255,7 @@ def _fit_holding(input: str, out: str, rank: int, solver: Any, loss_name: str, i
                  cache: bool, panel_bytes: int | None, overwrite: bool, dense: bool,
                  out_existed: bool, sched: str, reading: Any = None, *, online: bool = False,
                  batch_size: int = 1024, forget_factor: float = 0.7,
+                 forget_per: str = "pass",
                  fresh_restarts: bool = False, in_flight: int = 4,
                  started: float = 0.0, missing: str | None = None,
                  mask: str | None = None, extrapolate: bool | str = "auto") -> bool:
@@ -290,6 +297,7 @@ def _fit_holding(input: str, out: str, rank: int, solver: Any, loss_name: str, i
                     init=init.value if init else None, max_iter=max_iter, tol=tol,
                     seed=seed, alpha_w=alpha_w, alpha_h=alpha_h, l1_ratio=l1_ratio,
                     batch_size=batch_size, forget_factor=forget_factor,
+                    forget_per=forget_per,
                     fresh_restarts=fresh_restarts, every=checkpoint_every,
                     overwrite=overwrite, started=started, in_flight=in_flight,
                 )
@@ -375,13 +383,15 @@ def _fit_online(path: str, out: str, client: object, *, rank: int, loss: str,
                 init: str | None, max_iter: int, tol: float, seed: int | None,
                 alpha_w: float, alpha_h: float | str, l1_ratio: float, batch_size: int,
                 forget_factor: float, fresh_restarts: bool, every: int | None,
-                overwrite: bool, started: float, in_flight: int = 4) -> None:
+                overwrite: bool, started: float, in_flight: int = 4,
+                forget_per: str = "pass") -> None:
     """``dnmf fit --online``: a MiniBatchNMF with its state committed to OUT."""
     import dnmf
 
     est = dnmf.MiniBatchNMF(
         rank, init=init, batch_size=batch_size, beta_loss=loss, tol=tol, max_iter=max_iter,
         alpha_W=alpha_w, alpha_H=alpha_h, l1_ratio=l1_ratio, forget_factor=forget_factor,
+        forget_per=forget_per,
         fresh_restarts=fresh_restarts, random_state=seed, scheduler=client,
         out=_absolute(out), checkpoint_every=every, overwrite=overwrite,
         in_flight=in_flight,

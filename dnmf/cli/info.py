@@ -175,7 +175,8 @@ def _info_online(run: str, r: Any, as_json: bool) -> None:
         f"steps       {progress}",
         f"loss        {cost}",
         f"model       rank {k}, loss {p['beta_loss']}, batch_size {p['batch_size']}, "
-        f"forget_factor {p['forget_factor']}, fresh_restarts {p['fresh_restarts']}, "
+        f"forget_factor {p['forget_factor']} per {p.get('forget_per', 'pass')}, "
+        f"fresh_restarts {p['fresh_restarts']}, "
         f"init {p['init']}, seed {p['random_state']}",
         f"penalties   alpha_W {p['alpha_W']}, alpha_H {p['alpha_H']}, l1_ratio {p['l1_ratio']}",
     ]
