@@ -113,6 +113,90 @@ def test_kl_values_at_stored_entries(rng, dtype, rtol):
     np.testing.assert_allclose(fast, ref, rtol=rtol)
 
 
+def _kl_panel(rng, n, m, k, dtype):
+    from dnmf._solvers import EPSILON
+
+    V = rng.random((n, m)) * (rng.random((n, m)) < 0.7)  # exact zeros
+    V[1, :7] = EPSILON / 4  # positive entries at or below eps: left out of the loss
+    V[2, :3] = 1e-300  # a quotient that is not a normal number: np.log's value
+    W = rng.random((n, k))
+    W[3] = 0.0  # a zero row: WH floored at eps
+    H = rng.random((k, m))
+    return V.astype(dtype), W.astype(dtype), H.astype(dtype)
+
+
+@pytest.mark.parametrize("solver", ["mu", "amu"])
+@pytest.mark.parametrize("n,m", [(300, 100), (1000, 37), (7, 5000)])
+@pytest.mark.parametrize("dtype,rtol", [(np.float64, 1e-10), (np.float32, 2e-5)])
+@pytest.mark.parametrize("l1,l2", [(0.0, 0.0), (0.3, 0.2)])
+def test_kl_dense_panel_compiled_matches_numpy(monkeypatch, rng, solver, n, m, dtype, rtol,
+                                               l1, l2):
+    from dnmf._solvers import PanelContext, Regularization, get_solver
+
+    V, W, H = _kl_panel(rng, n, m, 6, dtype)
+    ctx = PanelContext(H=H, gram=H.astype(float) @ H.T, H_sum=H.sum(axis=1, dtype=float),
+                       shape=V.shape, nnz=V.size)
+    reg = Regularization(l1_W=l1, l2_W=l2)
+    kl = get_solver(solver, "kullback-leibler")
+    monkeypatch.setenv("DNMF_KERNELS", "numpy")
+    W_ref, ref = kl.update_panel(V, W, ctx, reg)
+    monkeypatch.setenv("DNMF_KERNELS", "numba")
+    W_fast, fast = kl.update_panel(V, W, ctx, reg)
+    assert W_fast.dtype == W_ref.dtype == dtype and sorted(fast) == sorted(ref)
+    close(W_fast, W_ref, rtol)
+    for key in ref:
+        assert fast[key].dtype == ref[key].dtype and fast[key].shape == ref[key].shape
+        close(fast[key], ref[key], rtol)
+    # amu's step moved entries beyond MU's point (its over-relaxation was exercised)
+    if solver == "amu":
+        mu_W, _ = get_solver("mu", "kullback-leibler").update_panel(V, W, ctx, reg)
+        assert not np.allclose(W_fast, mu_W)
+
+
+@pytest.mark.parametrize("l1,l2", [(0.0, 0.0), (0.3, 0.0), (0.0, 0.2), (0.3, 0.2)])
+def test_relaxed_step_compiled_matches_numpy(rng, l1, l2):
+    from dnmf._solvers import EPSILON
+    from dnmf._solvers._kl import OMEGAS, relaxed_step
+
+    for shape, per_row in [((300, 10), False), ((10, 100), True)]:
+        X0 = rng.random(shape)
+        X0[rng.random(shape) < 0.1] = 0.0
+        numerator = rng.random(shape) * 3.0
+        numerator[rng.random(shape) < 0.05] = 0.0
+        numerator[0, 0] = 1e300  # ρ^ω overflows: MU's step there
+        numerator[1, 1] = 1e-310  # a subnormal ρ: np.log's value
+        linear = rng.random(shape[0] if per_row else shape[1]) + 0.2
+        linear[1] = 0.0  # a zero denominator when unpenalised
+        broadcast = linear[:, np.newaxis] if per_row else linear[np.newaxis, :]
+        with np.errstate(all="ignore"):
+            expected = relaxed_step(X0, numerator, broadcast, l1, l2)
+        got = _kernels.relaxed_step(X0, numerator, linear, per_row, l1, l2, OMEGAS, EPSILON)
+        close(got, expected)
+
+
+def test_vectorised_log_and_exp_are_the_libraries_to_rounding(rng):
+    from dnmf._solvers import _compiled
+
+    v = rng.random(20000) + 1e-3
+    wh = v / 10.0 ** rng.uniform(-290, 290, v.size)  # quotients v / wh of every size
+    wh[:3] = v[:3] / np.array([1.0, np.nextafter(1.0, 2.0), np.sqrt(2.0)])
+    for tiny in (False, True):  # with a subnormal quotient: np.log's values for all
+        if tiny:
+            wh[3] = v[3] / 1e-309
+        xlog, xsum = _compiled._ratio_xlog(v, wh.copy(), 0.0, False)
+        assert xsum == pytest.approx(v.sum(), rel=1e-14)
+        assert xlog == pytest.approx(np.dot(v, np.log(v / wh)), rel=1e-13)
+        R = wh.copy()
+        assert _compiled._ratio_xlog(v, R, 0.0, True) == (xlog, xsum)
+        np.testing.assert_array_equal(R, v / wh)
+    y = np.concatenate([rng.uniform(-700, 700, 20000), [0.0, -1e-300, 709.7, -745.0, 800.0,
+                                                          -np.inf, np.nan]])
+    out = np.empty_like(y)
+    _compiled._exps(y, out)
+    np.testing.assert_allclose(out, np.exp(y), rtol=4e-16, atol=0)
+    assert np.isnan(out[-1]) and out[-3] == np.inf and out[-2] == 0.0
+
+
 def _fit(V, monkeypatch, mode, **params):
     monkeypatch.setenv("DNMF_KERNELS", mode)
     with warnings.catch_warnings():
@@ -131,6 +215,22 @@ def test_fit_same_with_either_kernels(monkeypatch, params):
     b, Wb = _fit(V, monkeypatch, "numba", **params)
     np.testing.assert_allclose(b.loss_history_, a.loss_history_, rtol=1e-8)
     np.testing.assert_allclose(Wb, Wa, rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.parametrize("solver", ["mu", "amu"])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_dense_kl_fit_same_with_either_kernels(monkeypatch, solver, dtype):
+    V, _, _ = planted(200, 60, 5, seed=3, noise=0.05)
+    V = V.astype(dtype)
+    kw = dict(solver=solver, beta_loss="kullback-leibler")
+    a, Wa = _fit(V, monkeypatch, "numpy", **kw)
+    b, Wb = _fit(V, monkeypatch, "numba", **kw)
+    rtol = 1e-8 if dtype == np.float64 else 1e-4  # float32: rounding grows over a fit
+    np.testing.assert_allclose(b.loss_history_, a.loss_history_, rtol=rtol)
+    if dtype == np.float64:
+        np.testing.assert_allclose(Wb, Wa, rtol=1e-6, atol=1e-9)
+    else:
+        np.testing.assert_allclose(Wb, Wa, rtol=1e-3, atol=1e-4 * float(Wa.max()))
 
 
 def test_sparse_kl_fit_same_with_either_kernels(monkeypatch):

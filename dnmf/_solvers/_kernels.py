@@ -29,7 +29,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["TINY", "choice", "enabled", "hals_step", "nnls_columns", "wh_at_csr"]
+__all__ = ["TINY", "choice", "enabled", "hals_step", "kl_dense", "nnls_columns", "relaxed_step",
+           "wh_at_csr"]
 
 #: Below this (n + m)·k the NumPy references run in ``auto`` mode.
 TINY = 1000
@@ -142,3 +143,44 @@ def nnls_columns(Gs: np.ndarray, Rs: np.ndarray, passive: np.ndarray, usable: np
                             _FEAS_TOL_FACTOR * k * np.finfo(np.float64).eps,
                             _SINGULAR_RTOL, _FULL_EXCHANGE_BUDGET)
     return Z, status
+
+
+def kl_dense(V: np.ndarray, W: np.ndarray, H: np.ndarray, linear: np.ndarray, l1: float,
+             l2: float, omegas: np.ndarray, accelerated: bool,
+             eps: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One KL pass over a dense panel, fused: (W_new, A, sums).
+
+    For blocks of rows of V (``V``, ``W``, ``H`` of one dtype, float32 or float64):
+    WH = W·H (BLAS) floored at ``eps``, the quotient V / WH, the loss sums at the
+    entries with v > ``eps`` (in float64, a vectorised log), MU's numerator
+    (V / WH)·Hᵀ, the W-step (amu's :func:`dnmf._solvers._kl.relaxed_step` over the
+    ``omegas`` (a float64 array) if ``accelerated``, else KL-MU's; ``linear`` = the
+    row sums of H), then the H-step's A = W_newᵀ·(V / (W_new·H)) from the same block
+    of V. No panel-sized temporaries. ``sums`` (float64): Σ v·log(v/wh), Σ v, the
+    column sums of W and Σ W², the same of W_new. Reference:
+    :meth:`dnmf._solvers._mu.KLMultiplicative.update_panel`.
+    """
+    kernels = _load()
+    assert kernels is not None
+    k = W.shape[1]
+    W_new = np.empty(W.shape, dtype=V.dtype)
+    A = np.empty((k, V.shape[1]), dtype=V.dtype)
+    sums = np.empty(2 + 2 * (k + 1))
+    kernels.kl_dense(V, W, H, np.ascontiguousarray(H.T), linear, float(l1), float(l2), omegas,
+                     bool(accelerated), float(eps), W_new, A, sums)
+    return W_new, A, sums
+
+
+def relaxed_step(X0: np.ndarray, numerator: np.ndarray, linear: np.ndarray, per_row: bool,
+                 l1: float, l2: float, omegas: tuple[float, ...], eps: float) -> np.ndarray:
+    """:func:`dnmf._solvers._kl.relaxed_step` in one compiled loop (a new float64
+    array); ``linear`` is a vector: per row of ``X0`` (``per_row``) or per column."""
+    kernels = _load()
+    assert kernels is not None
+    X0 = np.ascontiguousarray(X0, dtype=np.float64)
+    out = np.empty_like(X0)
+    kernels.relaxed_rows(X0, np.ascontiguousarray(numerator, dtype=np.float64),
+                         np.ascontiguousarray(linear, dtype=np.float64), bool(per_row),
+                         float(l1), float(l2), np.array(omegas, dtype=np.float64), float(eps),
+                         out)
+    return out

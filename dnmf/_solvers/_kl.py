@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import _kernels
 from ._base import EPSILON, PanelContext, Regularization, Stats
 from ._mu import KLMultiplicative
 
@@ -99,6 +100,10 @@ class KLAccelerated(KLMultiplicative):
     handling; ``transform`` iterates the accelerated W-step.
     """
 
+    accelerated = True
+    omegas = OMEGAS
+    _omega_array = np.array(OMEGAS)
+
     @staticmethod
     def _step_from_ratio(
         W: np.ndarray, numerator: np.ndarray, ctx: PanelContext, reg: Regularization
@@ -112,6 +117,10 @@ class KLAccelerated(KLMultiplicative):
     ) -> np.ndarray:
         w_sum = stats["w_sum"].copy()
         w_sum[w_sum == 0] = 1.0
-        H_new = relaxed_step(H, stats["A"], w_sum[:, np.newaxis], reg.l1_H, reg.l2_H)
+        if _kernels.enabled(ctx.shape, H.shape[0]):
+            H_new = _kernels.relaxed_step(H, stats["A"], w_sum, True, reg.l1_H, reg.l2_H,
+                                          OMEGAS, EPSILON)
+        else:
+            H_new = relaxed_step(H, stats["A"], w_sum[:, np.newaxis], reg.l1_H, reg.l2_H)
         H_new[H_new < EPS64] = 0.0
         return H_new

@@ -166,6 +166,13 @@ def _kl_pieces_from_ratio(V: np.ndarray, R: np.ndarray, W: np.ndarray) -> Stats:
             "w_sq0": np.array([np.vdot(W, W)])}
 
 
+def _fused_dense(V: Array, W: np.ndarray, H: np.ndarray) -> bool:
+    """A dense float32 or float64 panel with factors of its dtype (the compiled
+    :func:`._kernels.kl_dense`'s case)."""
+    return (isinstance(V, np.ndarray) and V.dtype in (np.float32, np.float64)
+            and W.dtype == V.dtype and H.dtype == V.dtype)
+
+
 def _dense64(V: Array, W: np.ndarray, H: np.ndarray) -> bool:
     """A dense float64 panel with float64 factors (where :func:`_kl_pieces_from_ratio`
     gives :func:`_kl_pieces`'s values entry for entry)."""
@@ -192,6 +199,8 @@ class KLMultiplicative(Solver):
         H = ctx.H
         V = _csr(V)
         compiled = _kernels.enabled(ctx.shape, H.shape[0])
+        if compiled and _fused_dense(V, W, H):
+            return self._fused_dense_panel(V, W, ctx, reg)
         WH = _wh_at(W, H, V, compiled)
         if _dense64(V, W, H):
             R = _ratio(V, WH)  # over WH
@@ -208,6 +217,27 @@ class KLMultiplicative(Solver):
         W64 = W_new.astype(np.float64, copy=False)
         pieces["w_sq"] = np.array([np.vdot(W64, W64)])
         return W_new, pieces
+
+    #: The W- and H-steps: amu's over-relaxed ones (:mod:`._kl`) or MU's.
+    accelerated = False
+    omegas: tuple[float, ...] = ()
+    _omega_array = np.zeros(0)
+
+    def _fused_dense_panel(
+        self, V: np.ndarray, W: np.ndarray, ctx: PanelContext, reg: Regularization
+    ) -> tuple[np.ndarray, Stats]:
+        """:meth:`update_panel` in one compiled loop over blocks of rows
+        (:func:`._kernels.kl_dense`): the same values to rounding."""
+        k = W.shape[1]
+        W_new, A, sums = _kernels.kl_dense(
+            np.ascontiguousarray(V), np.ascontiguousarray(W), np.ascontiguousarray(ctx.H),
+            ctx.H_sum.astype(W.dtype), reg.l1_W, reg.l2_W, self._omega_array,
+            self.accelerated, EPSILON)
+        return W_new, {
+            "kl_xlog": sums[0:1], "kl_xsum": sums[1:2], "w_sum0": sums[2:2 + k],
+            "w_sq0": sums[2 + k:3 + k], "A": A.astype(np.float64, copy=False),
+            "w_sum": sums[3 + k:3 + 2 * k], "w_sq": sums[3 + 2 * k:4 + 2 * k],
+        }
 
     def _step_W(
         self, V: Array, W: np.ndarray, WH: np.ndarray, ctx: PanelContext, reg: Regularization
