@@ -9,6 +9,7 @@ that was written (exactly), with its names; a few are fitted through
 
 from __future__ import annotations
 
+import os
 import warnings
 
 import h5py
@@ -18,7 +19,7 @@ import scipy.sparse as sp
 import zarr
 
 import dnmf
-from dnmf.errors import InvalidInputError, InvalidParameterError
+from dnmf.errors import InvalidInputError, InvalidParameterError, StoreError
 from dnmf.io import open_source
 
 anndata = pytest.importorskip("anndata")
@@ -216,19 +217,54 @@ def test_csv_with_pandas_default_column_labels_has_a_header(tmp_path, V):
     np.testing.assert_array_equal(open_source(str(tmp_path / "data.csv")).array, W)
 
 
-def test_a_csv_too_large_to_read_whole_is_refused_with_the_conversion(tmp_path, V,
+def test_a_csv_too_large_to_read_whole_is_fitted_from_a_temporary_zarr(tmp_path, V,
                                                                       monkeypatch):
+    """Over DNMF_READ_WHOLE_LIMIT, NMF.fit("X.csv") converts the text by blocks of lines
+    into a private Zarr array under DNMF_TMPDIR, fits it by panels, and removes it; the
+    run records the CSV (a resume converts it again) and gives the uninterrupted fit."""
+    import gc
+
     pd.DataFrame(V, columns=[f"g{j}" for j in range(M)]).to_csv(tmp_path / "X.csv",
                                                                  index=False)
-    need = V.size * 8  # float64 in memory
-    monkeypatch.setenv("DNMF_READ_WHOLE_LIMIT", str(need - 1))
-    with pytest.raises(InvalidInputError, match=r"convert it first.*dnmf convert .*X\.csv"):
+    spill = tmp_path / "spill"
+    spill.mkdir()
+    monkeypatch.setenv("DNMF_TMPDIR", str(spill))
+    monkeypatch.setenv("DNMF_READ_WHOLE_LIMIT", str(V.size * 8 - 1))  # float64 in memory
+    seen = []
+    est = dnmf.NMF(2, max_iter=5, tol=0, random_state=0,
+                   callback=lambda i, loss: seen.append(sorted(os.listdir(spill)))
+                   ).fit(str(tmp_path / "X.csv"))
+    assert len(seen) == 5 and all(len(names) == 1 for names in seen), seen
+    assert seen[0][0].startswith("dnmf-text-")
+    gc.collect()
+    assert os.listdir(spill) == []  # removed once the fit let go of it
+    ref = dnmf.NMF(2, max_iter=5, tol=0, random_state=0).fit(V)
+    np.testing.assert_allclose(est.components_, ref.components_, rtol=1e-10, atol=1e-12)
+
+    # With out=: the run's source is the CSV; resume converts it again, same answer.
+    dnmf.NMF(2, max_iter=3, tol=0, random_state=0, out=str(tmp_path / "run")).fit(
+        str(tmp_path / "X.csv"))
+    gc.collect()
+    assert os.listdir(spill) == []
+    run = dnmf.resume(str(tmp_path / "run"), max_iter=8)
+    gc.collect()
+    assert os.listdir(spill) == []
+    whole = dnmf.NMF(2, max_iter=8, tol=0, random_state=0).fit(V)
+    np.testing.assert_allclose(np.asarray(run.H), whole.components_, rtol=1e-10, atol=1e-12)
+
+    # A bad value found while converting: the usual error, no temporary left.
+    bad = V.copy()
+    bad[N - 1, 1] = -1.0
+    pd.DataFrame(bad).to_csv(tmp_path / "bad.csv", index=False)
+    with pytest.raises(InvalidInputError, match=r"negative"):
+        dnmf.NMF(2, max_iter=5).fit(str(tmp_path / "bad.csv"))
+    assert os.listdir(spill) == []
+
+    # No room for the conversion: one error naming DNMF_TMPDIR and the way out.
+    monkeypatch.setenv("DNMF_TMPDIR", str(tmp_path / "no" / "such"))
+    with pytest.raises(StoreError, match=r"DNMF_TMPDIR.*dnmf convert"):
         dnmf.NMF(2, max_iter=5).fit(str(tmp_path / "X.csv"))
-    monkeypatch.setenv("DNMF_READ_WHOLE_LIMIT", "1G")
-    est = dnmf.NMF(2, max_iter=5, random_state=0).fit(str(tmp_path / "X.csv"))
-    np.testing.assert_allclose(est.components_,
-                               dnmf.NMF(2, max_iter=5, random_state=0).fit(V).components_,
-                               rtol=1e-12)
+
     monkeypatch.setenv("DNMF_READ_WHOLE_LIMIT", "lots")
     with pytest.raises(InvalidInputError, match=r"DNMF_READ_WHOLE_LIMIT='lots' is not a size"):
         dnmf.NMF(2, max_iter=5).fit(str(tmp_path / "X.csv"))

@@ -3,12 +3,16 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import shutil
+import tempfile
+import weakref
 from typing import Any
 
 import numpy as np
 
-from ..errors import InvalidInputError
+from ..errors import InvalidInputError, StoreError
 from ._base import Engine, Source, register
 from ._blocks import (
     ArrayReader,
@@ -198,20 +202,60 @@ def _read_whole_limit() -> int | None:
         return None
 
 
-def check_read_whole(path: str, shape: tuple[int, int], dtype: Any) -> None:
-    """Refuse to read a text file whole (``NMF.fit("X.csv")``) into more memory than
-    :data:`READ_WHOLE_LIMIT` allows: say to convert it first, which streams."""
+#: The environment variable naming the directory where ``NMF.fit("X.csv")`` converts
+#: a text file too large to read whole (default: the system's temporary directory).
+SPILL_DIR = "DNMF_TMPDIR"
+
+logger = logging.getLogger("dnmf")
+
+
+def fits_whole(shape: tuple[int, int], dtype: Any) -> bool:
+    """Whether a text file's values may be read whole into memory: at most
+    :data:`READ_WHOLE_LIMIT` (default half the memory available)."""
     need = int(shape[0]) * int(shape[1]) * np.dtype(dtype).itemsize
     limit = _read_whole_limit()
-    if limit is not None and need > limit:
-        raise InvalidInputError(
-            f"{path} holds {shape[0]} × {shape[1]} values, {need / 2**30:.2f} GiB in memory: "
-            f"more than the {limit / 2**30:.2f} GiB a text file may take when it is read "
-            f"whole (half the memory available, or {READ_WHOLE_LIMIT}). Text cannot be "
-            f"read by row panels: convert it first, a block of lines at a time, with "
-            f"`dnmf convert {path} X.zarr`, and fit X.zarr (dnmf fit {path} does this "
-            f"for you)."
-        )
+    return limit is None or need <= limit
+
+
+def _spill(path: str, index_col: int | bool | None, shape: tuple[int, int]) -> Any:
+    """``path`` converted, a block of lines at a time, into a Zarr array in a private
+    temporary directory (under :data:`SPILL_DIR`), opened for the engine's panels.
+
+    The directory is removed when the returned array is garbage collected (the fit
+    that read it has ended) or when Python exits. A failed conversion leaves nothing.
+    """
+    import zarr
+
+    from .._convert import convert
+
+    base = os.environ.get(SPILL_DIR, "").strip() or None
+    try:
+        where = tempfile.mkdtemp(prefix="dnmf-text-", dir=base)
+    except OSError as exc:
+        raise StoreError(
+            f"{path} is too large to read whole, and no temporary directory for its "
+            f"conversion could be made in {base or tempfile.gettempdir()} "
+            f"({exc.strerror or exc}): set {SPILL_DIR} to a writable directory, or "
+            f"convert it yourself (dnmf convert {path} X.zarr) and fit X.zarr."
+        ) from None
+    target = os.path.join(where, "V.zarr")
+    logger.info("%s (%d × %d) is too large to read whole: converting it by blocks of "
+                "lines to %s for the fit", path, shape[0], shape[1], target)
+    try:
+        convert(path, target, index_col=index_col)
+    except StoreError as exc:
+        shutil.rmtree(where, ignore_errors=True)
+        raise StoreError(
+            f"{path} is too large to read whole, and converting it to {where} failed: "
+            f"{exc} Set {SPILL_DIR} to a directory with room for it, or convert it "
+            f"yourself (dnmf convert {path} X.zarr) and fit X.zarr."
+        ) from None
+    except BaseException:
+        shutil.rmtree(where, ignore_errors=True)
+        raise
+    array = zarr.open_array(target, mode="r")
+    weakref.finalize(array, shutil.rmtree, where, True)
+    return array
 
 
 def _text_opener(fmt: str, delimiter: str) -> Any:
@@ -221,9 +265,11 @@ def _text_opener(fmt: str, delimiter: str) -> Any:
             raise InvalidInputError(f"{path} is a directory, not a {fmt} file.")
         reader = TextReader(path, delimiter, index_col=index_col)
 
-        def load() -> np.ndarray:
-            # In memory for the engine (text cannot be sliced by rows): read once.
-            check_read_whole(path, reader.shape, reader.dtype)
+        def load() -> Any:
+            # Text cannot be sliced by rows: read once into memory, or, when that would
+            # take too much of it, converted once into a temporary Zarr array.
+            if not fits_whole(reader.shape, reader.dtype):
+                return _spill(path, index_col, reader.shape)
             parts = []
             for start, block in TextReader(path, delimiter, index_col=index_col).blocks(
                     65536):
