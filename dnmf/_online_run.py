@@ -172,10 +172,12 @@ def _check(store: RunStore, manifest: dict[str, Any], kind: str, params: dict[st
         )
     diffs = _differences(manifest.get("params", {}), params)
     if fingerprint is not None:
-        old = manifest.get("fingerprint", {})
-        diffs += [f"data {key}: {old.get(key)!r} (run) vs {fingerprint.get(key)!r} (now)"
-                  for key in sorted(set(old) | set(fingerprint))
-                  if key != "storage_chunks" and old.get(key) != fingerprint.get(key)]
+        from ._run import _differences as data_differences
+
+        # V's shape, dtype and sampled content, worded as for NMF runs (the chunk
+        # listing is compared on its own, in one line: _check_listing below).
+        diffs += data_differences({"fingerprint": manifest.get("fingerprint", {})},
+                                  {"fingerprint": fingerprint, "params": {}})
     if diffs:
         raise IncompatibleRunError(
             f"out={loc!r} holds a run for other data or other parameters; nothing was "
@@ -212,6 +214,7 @@ def fit_online_to_store(est: Any, X: Any, source: Any, X_mem: Any, prep: Any, ba
     final W, ``n_iter``, ``reconstruction_err``), committed with the last state.
     """
     from . import __version__
+    from ._chunks import check_listing, chunk_listing
     from ._run import _check_not_input, _fingerprint, _source_location, _source_record
 
     store = _store_for(est)
@@ -228,11 +231,26 @@ def fit_online_to_store(est: Any, X: Any, source: Any, X_mem: Any, prep: Any, ba
             manifest = store.read_manifest() if store.is_run() else None
             params = _recorded_params(est)
             fingerprint = _fingerprint(prep, prep.bounds)
+            # V's stored chunks (a listing, no data read), compared on resume and before
+            # every commit: a chunk deleted, truncated or added reads as other numbers.
+            listing = chunk_listing(prep.source, prep.bounds)
+            if listing is not None:
+                fingerprint["chunk_listing"] = listing
+
+            def check_v(recorded: dict[str, Any] | None, what: str, remedy: str) -> None:
+                if recorded is not None:
+                    check_listing(prep.source, prep.bounds, recorded, what=what,
+                                  remedy=remedy)
             bounds, _ = est._plan(n)
             if every is None:
                 every = len(bounds)
             if manifest is not None:
                 store.verify_arrays(manifest)
+                check_v(manifest.get("fingerprint", {}).get("chunk_listing"),
+                        f"V changed since the online run at {store.location.path!r} started",
+                        f"Nothing was changed. Restore V as it was when the run started, "
+                        f"then dnmf resume {store.location.path} (dnmf.resume); or start "
+                        f"again with overwrite=True.")
                 _check(store, manifest, "online", params, fingerprint)
                 state = _restore_state(store, manifest, with_W=True)
                 if X_mem is not None:
@@ -274,19 +292,30 @@ def fit_online_to_store(est: Any, X: Any, source: Any, X_mem: Any, prep: Any, ba
                 committer = _Committer(store, run_id, header, None)
                 committer.commit(state)
 
+            def guarded(current: dict[str, Any], **kwargs: Any) -> None:
+                """A commit, once V's stored chunks are still those the run listed."""
+                last = committer.manifest["iteration"] if committer.manifest else 0
+                check_v(fingerprint.get("chunk_listing"),
+                        f"V changed while the online fit into {store.location.path!r} ran",
+                        f"Nothing of step {current['step']} was committed; step {last} is "
+                        f"committed and intact. Restore V as it was, then dnmf resume "
+                        f"{store.location.path} (dnmf.resume); or start again with "
+                        f"overwrite=True.")
+                committer.commit(current, **kwargs)
+
             def on_step(current: dict[str, Any]) -> None:
                 last = committer.manifest["iteration"] if committer.manifest else 0
                 if current["step"] - last >= every and not current["stopped"]:
-                    committer.commit(current)
+                    guarded(current)
 
             try:
                 est._run(batches, n, m, state, on_step=on_step, backend=prep.backend)
             except KeyboardInterrupt:
-                committer.commit(state)
+                guarded(state)
                 raise
             result = finish(state)
             final = {**state, "W": result["W"]}
-            committer.commit(final, complete=True, result={
+            guarded(final, complete=True, result={
                 key: value for key, value in result.items() if key != "W"})
             return final, result
     finally:

@@ -136,3 +136,64 @@ def test_a_chunk_deleted_while_the_fit_runs_commits_nothing_of_that_pass(tmp_pat
     _fit(data, clean, max_iter=2)
     assert run.iteration == 2
     assert run.loss_history == dnmf.open_run(str(clean)).loss_history
+
+
+# ------------------------------------------------------------------ online runs
+def _online(data: Path, out: Path, max_iter: int, **kw) -> dnmf.MiniBatchNMF:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", dnmf.ConvergenceWarning)
+        return dnmf.MiniBatchNMF(4, batch_size=20, max_iter=max_iter, tol=0.0,
+                                 max_no_improvement=None, random_state=7, out=str(out),
+                                 **kw).fit(str(data))
+
+
+def test_an_online_run_resumed_on_v_with_a_deleted_chunk_is_refused_naming_it(tmp_path):
+    data = tmp_path / "V.zarr"
+    arr = zarr.create_array(store=str(data), shape=(N, M), chunks=(CHUNK, M), dtype="f8")
+    arr[...] = _V()
+    out = tmp_path / "online.zarr"
+    _online(data, out, max_iter=1)
+    manifest = (out / "manifest.json").read_bytes()
+    (data / "c" / "7" / "0").unlink()  # Zarr would read it as zeros
+    with pytest.raises(dnmf.errors.StoreError) as info:
+        _online(data, out, max_iter=2)  # a larger max_iter continues the run
+    message = str(info.value)
+    assert "\n" not in message and f"{data}/c/7/0" in message and "deleted" in message
+    assert "V changed since the online run" in message and "Restore V" in message
+    assert (out / "manifest.json").read_bytes() == manifest  # nothing committed
+    # With the chunk back, the run continues to what an uninterrupted fit gives.
+    arr[...] = _V()
+    resumed = _online(data, out, max_iter=2)
+    whole = _online(data, tmp_path / "whole.zarr", max_iter=2)
+    np.testing.assert_array_equal(resumed.components_, whole.components_)
+
+
+def test_a_chunk_deleted_while_an_online_fit_runs_stops_it_before_the_next_commit(
+        tmp_path):
+    import threading
+    import time
+
+    data = tmp_path / "V.zarr"
+    arr = zarr.create_array(store=str(data), shape=(N, M), chunks=(CHUNK, M), dtype="f8")
+    arr[...] = _V()
+    out = tmp_path / "online.zarr"
+    chunk = data / "c" / "11" / "0"  # the last rows: read late in every epoch
+
+    def delete_after_first_commit() -> None:
+        deadline = time.monotonic() + 60
+        while not (out / "manifest.json").exists() and time.monotonic() < deadline:
+            time.sleep(0.001)
+        chunk.unlink()
+
+    thread = threading.Thread(target=delete_after_first_commit)
+    thread.start()
+    try:
+        with pytest.raises(dnmf.errors.StoreError) as info:
+            _online(data, out, max_iter=40, checkpoint_every=30)
+    finally:
+        thread.join()
+    message = str(info.value)
+    assert "\n" not in message and f"{data}/c/11/0" in message, message
+    assert "while the online fit" in message and "was committed" in message, message
+    run = dnmf.open_run(str(out))
+    assert not run.complete
