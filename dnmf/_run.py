@@ -19,6 +19,7 @@ import itertools
 import logging
 import os
 import shutil
+import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -550,6 +551,8 @@ class _Plan:
     extrapolate: bool = False
     #: the panels the fingerprint (and V's chunk listing) is taken over
     listing_bounds: list[tuple[int, int]] | None = None
+    #: how long listing V's chunks took when the fit started (s)
+    listing_seconds: float = 0.0
 
     @property
     def panel_rows(self) -> int:
@@ -612,7 +615,9 @@ def _plan(est: Estimator, X: Any, W: Any, H: Any, params: dict[str, Any],
 
     # V's stored chunks as listed now (no data read): a resume and every commit
     # compare V with it (dnmf/_chunks.py).
+    started = time.perf_counter()
     listing = chunk_listing(prep.source, fp_bounds)
+    plan.listing_seconds = time.perf_counter() - started
     if listing is not None:
         plan.fingerprint["chunk_listing"] = listing
     plan.listing_bounds = fp_bounds
@@ -679,17 +684,42 @@ def _check_listing(plan: _Plan, recorded: dict[str, Any] | None, *, what: str,
                       now=now)
 
 
+#: Before a commit, V's chunks are listed again only if the listing costs at most this
+#: share of the time since the last one (a listing of ~10⁶ chunks on an object store
+#: takes ~1,000 requests); resume always lists.
+LISTING_SHARE = 0.05
+#: ... and listings shorter than this are always made again (local V, most runs).
+LISTING_FLOOR = 0.1
+
+
 def _listing_guard(plan: _Plan, loc: Location) -> Callable[[Checkpointer, Snapshot], None]:
-    """Before each commit: V's stored chunks still those listed when the fit started."""
+    """Before each commit: V's stored chunks still those listed when the fit started.
+
+    Skipped (with a debug log) where listing again would take longer than
+    :data:`LISTING_FLOOR` and more than :data:`LISTING_SHARE` of the time since the
+    last listing, so a run on a large object store spends at most ~5 % of its time on
+    it; every resume still checks.
+    """
     recorded = plan.fingerprint.get("chunk_listing")
+    last = [time.perf_counter()]
 
     def guard(ckpt: Checkpointer, snap: Snapshot) -> None:
+        if recorded is None:
+            return
+        allowed = max(LISTING_FLOOR, LISTING_SHARE * (time.perf_counter() - last[0]))
+        if plan.listing_seconds > allowed:
+            logger.debug("V's chunk listing (%.2f s) skipped before commit %d",
+                         plan.listing_seconds, snap.iteration)
+            return
         kept = (f"iteration {ckpt.committed_iteration} is committed and intact"
                 if ckpt.committed_iteration >= 0 else "nothing was committed yet")
+        started = time.perf_counter()
         _check_listing(plan, recorded, what=f"V changed while the fit into {loc.path!r} ran",
                        remedy=f"Nothing of iteration {snap.iteration} was committed; {kept}. "
                               f"Restore V as it was, then dnmf resume {loc.path} "
                               f"(dnmf.resume); or start again with overwrite=True.")
+        plan.listing_seconds = time.perf_counter() - started
+        last[0] = time.perf_counter()
 
     return guard
 

@@ -197,3 +197,34 @@ def test_a_chunk_deleted_while_an_online_fit_runs_stops_it_before_the_next_commi
     assert "while the online fit" in message and "was committed" in message, message
     run = dnmf.open_run(str(out))
     assert not run.complete
+
+
+def test_the_listing_before_a_commit_is_rate_limited_when_it_is_slow(tmp_path, monkeypatch,
+                                                                       caplog):
+    """A listing that costs more than LISTING_SHARE of the time between commits (and
+    more than LISTING_FLOOR) is skipped before commits, with a debug line; resume still
+    lists. (Both limits set to 0 here: every listing counts as slow.)"""
+    import logging
+
+    import dnmf._run as run_module
+
+    data = tmp_path / "V.zarr"
+    arr = zarr.create_array(store=str(data), shape=(N, M), chunks=(CHUNK, M), dtype="f8")
+    arr[...] = _V()
+    out = tmp_path / "run.zarr"
+    chunk = _chunk(data, UNSAMPLED[0])
+    monkeypatch.setattr(run_module, "LISTING_FLOOR", 0.0)
+    monkeypatch.setattr(run_module, "LISTING_SHARE", 0.0)
+
+    def delete_after_3(iteration, loss):
+        if iteration == 3:
+            chunk.unlink()
+
+    with caplog.at_level(logging.DEBUG, logger="dnmf"):
+        _fit(data, out, max_iter=6, callback=delete_after_3)  # not seen before commits
+    messages = [r.getMessage() for r in caplog.records]
+    commits = sum(m.startswith("committed iteration") for m in messages)
+    assert commits >= 4  # iterations 0, 2, 4, 6 (and the final one)
+    assert sum("chunk listing" in m and "skipped" in m for m in messages) == commits
+    line = _one_error_line(_resume(out))  # ... but resume lists, always
+    assert f"c/{UNSAMPLED[0] * 2}/0" in line and "deleted" in line, line
