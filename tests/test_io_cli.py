@@ -123,6 +123,9 @@ def test_export_into_anndata_zarr(cells, capsys, monkeypatch):
     np.testing.assert_array_equal(back.varm["NMF_components"], np.asarray(run.H).T)
     np.testing.assert_array_equal(back.X.toarray(), V)
     assert not [p for p in (d / "cells.zarr" / "obsm").iterdir() if ".tmp-" in p.name]
+    # From Python: the path written, and that it was extended, not rewritten whole.
+    written = dnmf.io.write_into(run, d / "cells.zarr", overwrite=True)
+    assert written == str(d / "cells.zarr") and written.rewritten is False
 
 
 def test_convert_reports_index_column_and_keeps_names(tmp_path, capsys, monkeypatch):

@@ -60,11 +60,8 @@ def export(
     r = _open_run(run)
     if into is not None:
         from ..io import write_into
-        from ..io._anndata import legacy_h5ad
 
-        legacy = (str(into).endswith(".h5ad") and os.path.isfile(into)
-                  and legacy_h5ad(into))
-        write_into(r, into, overwrite=overwrite)
+        legacy = write_into(r, into, overwrite=overwrite).rewritten
         n, k = r.shape[0], int(r.H.shape[0])
         _result(f"wrote into {into}: obsm['X_nmf'] ({n} × {k}), varm['NMF_components'] "
                 f"({r.shape[1]} × {k}), uns['nmf']"

@@ -138,7 +138,20 @@ def to_anndata(run: Any, adata: Any = None) -> Any:
     return adata
 
 
-def write_into(run: Any, path: str | os.PathLike[str], *, overwrite: bool = False) -> str:
+class Written(str):
+    """The path :func:`write_into` wrote (a ``str``), and how: ``rewritten`` is True
+    when the whole file was written anew (an .h5ad in anndata's pre-0.7 layout)."""
+
+    rewritten: bool = False
+
+    def __new__(cls, path: str, rewritten: bool = False) -> Written:
+        self = super().__new__(cls, path)
+        self.rewritten = rewritten
+        return self
+
+
+def write_into(run: Any, path: str | os.PathLike[str], *, overwrite: bool = False
+               ) -> Written:
     """Add a run's W, Hᵀ and record to an ``.h5ad`` file or AnnData Zarr store.
 
     X and everything else in the file are left as they are (not read, not
@@ -147,6 +160,12 @@ def write_into(run: Any, path: str | os.PathLike[str], *, overwrite: bool = Fals
     current layout. Existing ``obsm["X_nmf"]``, ``varm["NMF_components"]`` or
     ``uns["nmf"]`` are replaced only with ``overwrite=True``. Atomic: a failure
     leaves the file as it was.
+
+    Returns
+    -------
+    Written
+        The path (a ``str``); its ``rewritten`` attribute says whether the file was
+        written anew whole (the pre-0.7 layout) rather than extended.
     """
     from anndata.io import write_elem
 
@@ -172,7 +191,7 @@ def write_into(run: Any, path: str | os.PathLike[str], *, overwrite: bool = Fals
         with h5py.File(target, "r") as f:
             present = [f"{g}/{k}" for g, k, _ in elements if f"{g}/{k}" in f]
         if legacy_h5ad(target):
-            return _write_into_legacy_h5ad(target, elements, overwrite)
+            return Written(_write_into_legacy_h5ad(target, elements, overwrite), True)
         if present and not overwrite:
             raise StoreError(f"{target} already holds {', '.join(present)}; pass "
                              f"--overwrite to replace.")
@@ -185,8 +204,8 @@ def write_into(run: Any, path: str | os.PathLike[str], *, overwrite: bool = Fals
                         del g[key]
                     write_elem(g, key, value)
 
-        return _replace_file(target, extend)
-    return _write_into_zarr(target, elements, overwrite)
+        return Written(_replace_file(target, extend))
+    return Written(_write_into_zarr(target, elements, overwrite))
 
 
 def _replace_file(target: str, write: Any) -> str:
