@@ -153,6 +153,36 @@ def test_kl_dense_panel_compiled_matches_numpy(monkeypatch, rng, solver, n, m, d
         assert not np.allclose(W_fast, mu_W)
 
 
+@pytest.mark.parametrize("solver", ["mu", "amu"])
+@pytest.mark.parametrize("dtype,rtol", [(np.float64, 1e-10), (np.float32, 2e-5)])
+@pytest.mark.parametrize("l1,l2", [(0.0, 0.0), (0.3, 0.2)])
+def test_kl_csr_panel_compiled_matches_numpy(monkeypatch, rng, solver, dtype, rtol, l1, l2):
+    from dnmf._solvers import PanelContext, Regularization, get_solver
+    from dnmf._solvers._compiled import KL_BLOCK
+
+    # Rows of every length: empty ones, and one longer than a block of stored entries.
+    V = sp.random(3000, 40, density=0.08, format="lil", random_state=5, dtype=dtype)
+    V[7, :] = 0.0
+    long_rows = sp.csr_matrix(rng.random((2, KL_BLOCK + 10)).astype(dtype))
+    V = sp.block_diag([V.tocsr(), long_rows], format="csr").astype(dtype)
+    assert V.format == "csr" and V.indptr[8] == V.indptr[7]
+    n, m = V.shape
+    W, H = rng.random((n, 6)).astype(dtype), rng.random((6, m)).astype(dtype)
+    ctx = PanelContext(H=H, gram=H.astype(float) @ H.T, H_sum=H.sum(axis=1, dtype=float),
+                       shape=V.shape, nnz=V.nnz)
+    reg = Regularization(l1_W=l1, l2_W=l2)
+    kl = get_solver(solver, "kullback-leibler")
+    monkeypatch.setenv("DNMF_KERNELS", "numpy")
+    W_ref, ref = kl.update_panel(V, W, ctx, reg)
+    monkeypatch.setenv("DNMF_KERNELS", "numba")
+    W_fast, fast = kl.update_panel(V, W, ctx, reg)
+    assert W_fast.dtype == W_ref.dtype == dtype and sorted(fast) == sorted(ref)
+    close(W_fast, W_ref, rtol)
+    for key in ref:
+        assert fast[key].dtype == ref[key].dtype and fast[key].shape == ref[key].shape
+        close(fast[key], ref[key], rtol)
+
+
 @pytest.mark.parametrize("l1,l2", [(0.0, 0.0), (0.3, 0.0), (0.0, 0.2), (0.3, 0.2)])
 def test_relaxed_step_compiled_matches_numpy(rng, l1, l2):
     from dnmf._solvers import EPSILON
@@ -233,10 +263,11 @@ def test_dense_kl_fit_same_with_either_kernels(monkeypatch, solver, dtype):
         np.testing.assert_allclose(Wb, Wa, rtol=1e-3, atol=1e-4 * float(Wa.max()))
 
 
-def test_sparse_kl_fit_same_with_either_kernels(monkeypatch):
+@pytest.mark.parametrize("solver", ["mu", "amu"])
+def test_sparse_kl_fit_same_with_either_kernels(monkeypatch, solver):
     V = sp.random(300, 80, density=0.1, format="csr", random_state=1) * 5
-    a, _ = _fit(V, monkeypatch, "numpy", solver="mu", beta_loss="kullback-leibler")
-    b, _ = _fit(V, monkeypatch, "numba", solver="mu", beta_loss="kullback-leibler")
+    a, _ = _fit(V, monkeypatch, "numpy", solver=solver, beta_loss="kullback-leibler")
+    b, _ = _fit(V, monkeypatch, "numba", solver=solver, beta_loss="kullback-leibler")
     np.testing.assert_allclose(b.loss_history_, a.loss_history_, rtol=1e-8)
 
 

@@ -520,3 +520,96 @@ def kl_dense(V, W, H, Ht, linear, l1, l2, omegas, accelerated, eps, W_new, A, su
                 sums[base + j] += x
                 sq += x * x
         sums[base + k] = sq
+
+
+@_jit_simd
+def kl_csr(indptr, indices, data, W, Ht, linear, l1, l2, omegas, accelerated, eps, W_new, At,
+           sums):  # type: ignore[no-untyped-def]
+    """One KL pass over a CSR panel (see :func:`._kernels.kl_csr`)."""
+    n, k = W.shape
+    longest = 0
+    for i in range(n):
+        longest = max(longest, indptr[i + 1] - indptr[i])
+    size = max(KL_BLOCK, longest)
+    Q = np.empty(size, dtype=data.dtype)
+    N = np.empty((n if n < 1024 else 1024) * k)
+    lin = np.empty(N.shape[0])
+    for i in range(N.shape[0] // k):
+        for j in range(k):
+            lin[i * k + j] = linear[j]
+    work = np.empty((4, N.shape[0]))
+    narrow = data.itemsize < 8
+    xlog = 0.0
+    xsum = 0.0
+    At[:, :] = 0.0
+    i0 = 0
+    while i0 < n:
+        # a block of rows: at most KL_BLOCK stored entries (or one long row), 1024 rows
+        i1 = i0 + 1
+        while i1 < n and i1 - i0 < 1024 and indptr[i1 + 1] - indptr[i0] <= size:
+            i1 += 1
+        e0 = indptr[i0]
+        e1 = indptr[i1]
+        for i in range(i0, i1):
+            for e in range(indptr[i], indptr[i + 1]):
+                c = indices[e]
+                t = 0.0
+                for r in range(k):
+                    t += W[i, r] * Ht[c, r]
+                Q[e - e0] = t
+        x = data[e0:e1]
+        q = Q[:e1 - e0]
+        if narrow:
+            a, s = _ratio_xlog(x, q, eps, False)
+            _floored_ratio(x, q, eps)
+        else:
+            a, s = _ratio_xlog(x, q, eps, True)
+        xlog += a
+        xsum += s
+        b = i1 - i0
+        for i in range(i0, i1):
+            row = (i - i0) * k
+            for r in range(k):
+                N[row + r] = 0.0
+            for e in range(indptr[i], indptr[i + 1]):
+                c = indices[e]
+                v = Q[e - e0]
+                for r in range(k):
+                    N[row + r] += v * Ht[c, r]
+        if accelerated:
+            _relaxed_flat(W[i0:i1].reshape(b * k), N[:b * k], lin[:b * k], l1, l2, omegas, eps,
+                          W_new[i0:i1].reshape(b * k), work)
+        else:
+            for i in range(b):
+                for j in range(k):
+                    W_new[i0 + i, j] = _mu_entry(W[i0 + i, j], N[i * k + j], linear[j], l1,
+                                                 l2, eps)
+        for i in range(i0, i1):
+            for e in range(indptr[i], indptr[i + 1]):
+                c = indices[e]
+                t = 0.0
+                for r in range(k):
+                    t += W_new[i, r] * Ht[c, r]
+                Q[e - e0] = t
+        _floored_ratio(x, q, eps)
+        for i in range(i0, i1):
+            for e in range(indptr[i], indptr[i + 1]):
+                c = indices[e]
+                v = np.float64(Q[e - e0])
+                for r in range(k):
+                    At[c, r] += v * W_new[i, r]
+        i0 = i1
+    sums[0] = xlog
+    sums[1] = xsum
+    for which in range(2):
+        X = W if which == 0 else W_new
+        base = 2 + which * (k + 1)
+        sq = 0.0
+        for j in range(k):
+            sums[base + j] = 0.0
+        for i in range(n):
+            for j in range(k):
+                x64 = np.float64(X[i, j])
+                sums[base + j] += x64
+                sq += x64 * x64
+        sums[base + k] = sq

@@ -2,9 +2,11 @@
 
 Python loops dominate a few kernels: the HALS sweeps (k small vector operations per
 sweep, up to hundreds of sweeps per H-step) and the KL quotient at the stored
-entries of a sparse V. Each has a NumPy reference in the solver's own module; the
-compiled version here does the same arithmetic row by row in one loop, and the
-tests compare the two (to 1e-10).
+entries of a sparse V. KL's pass is elementwise work between products: compiled,
+it runs block of rows by block of rows (:func:`kl_dense`, :func:`kl_csr`), so the
+panel-sized quotients never go to memory and the log of the loss vectorises. Each has
+a NumPy reference in the solver's own module; the compiled version does the same
+arithmetic in loops, and the tests compare the two (to 1e-10).
 
 Which one runs is decided once per fit, from the environment and V's shape only
 (:func:`enabled`), never from what this process happens to have loaded, so a run
@@ -29,8 +31,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["TINY", "choice", "enabled", "hals_step", "kl_dense", "nnls_columns", "relaxed_step",
-           "wh_at_csr"]
+__all__ = ["TINY", "choice", "enabled", "hals_step", "kl_csr", "kl_dense", "nnls_columns",
+           "relaxed_step", "wh_at_csr"]
 
 #: Below this (n + m)·k the NumPy references run in ``auto`` mode.
 TINY = 1000
@@ -169,6 +171,25 @@ def kl_dense(V: np.ndarray, W: np.ndarray, H: np.ndarray, linear: np.ndarray, l1
     kernels.kl_dense(V, W, H, np.ascontiguousarray(H.T), linear, float(l1), float(l2), omegas,
                      bool(accelerated), float(eps), W_new, A, sums)
     return W_new, A, sums
+
+
+def kl_csr(V: Any, W: np.ndarray, H: np.ndarray, linear: np.ndarray, l1: float, l2: float,
+           omegas: np.ndarray, accelerated: bool,
+           eps: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`kl_dense` for a CSR panel ``V``: W·H, the quotients and the loss at the
+    stored entries only, block of rows by block of rows (O(nnz·k) work, no nnz-sized
+    temporaries); A = W_newᵀ·(V / (W_new·H)) accumulated in float64. Reference:
+    :meth:`dnmf._solvers._mu.KLMultiplicative.update_panel`.
+    """
+    kernels = _load()
+    assert kernels is not None
+    k = W.shape[1]
+    W_new = np.empty(W.shape, dtype=W.dtype)
+    At = np.empty((V.shape[1], k))
+    sums = np.empty(2 + 2 * (k + 1))
+    kernels.kl_csr(V.indptr, V.indices, V.data, W, np.ascontiguousarray(H.T), linear,
+                   float(l1), float(l2), omegas, bool(accelerated), float(eps), W_new, At, sums)
+    return W_new, At.T, sums
 
 
 def relaxed_step(X0: np.ndarray, numerator: np.ndarray, linear: np.ndarray, per_row: bool,

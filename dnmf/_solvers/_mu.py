@@ -166,11 +166,14 @@ def _kl_pieces_from_ratio(V: np.ndarray, R: np.ndarray, W: np.ndarray) -> Stats:
             "w_sq0": np.array([np.vdot(W, W)])}
 
 
-def _fused_dense(V: Array, W: np.ndarray, H: np.ndarray) -> bool:
-    """A dense float32 or float64 panel with factors of its dtype (the compiled
-    :func:`._kernels.kl_dense`'s case)."""
-    return (isinstance(V, np.ndarray) and V.dtype in (np.float32, np.float64)
-            and W.dtype == V.dtype and H.dtype == V.dtype)
+def _fused(V: Array, W: np.ndarray, H: np.ndarray) -> bool:
+    """A dense (C order) or CSR float32/float64 panel with factors of its dtype: the
+    case of the compiled :func:`._kernels.kl_dense` and :func:`._kernels.kl_csr`."""
+    if W.dtype != V.dtype or H.dtype != V.dtype or V.dtype not in (np.float32, np.float64):
+        return False
+    if isinstance(V, np.ndarray):
+        return True
+    return _sparse(V) and V.format == "csr"
 
 
 def _dense64(V: Array, W: np.ndarray, H: np.ndarray) -> bool:
@@ -199,8 +202,8 @@ class KLMultiplicative(Solver):
         H = ctx.H
         V = _csr(V)
         compiled = _kernels.enabled(ctx.shape, H.shape[0])
-        if compiled and _fused_dense(V, W, H):
-            return self._fused_dense_panel(V, W, ctx, reg)
+        if compiled and _fused(V, W, H):
+            return self._fused_panel(V, W, ctx, reg)
         WH = _wh_at(W, H, V, compiled)
         if _dense64(V, W, H):
             R = _ratio(V, WH)  # over WH
@@ -223,16 +226,18 @@ class KLMultiplicative(Solver):
     omegas: tuple[float, ...] = ()
     _omega_array = np.zeros(0)
 
-    def _fused_dense_panel(
-        self, V: np.ndarray, W: np.ndarray, ctx: PanelContext, reg: Regularization
+    def _fused_panel(
+        self, V: Array, W: np.ndarray, ctx: PanelContext, reg: Regularization
     ) -> tuple[np.ndarray, Stats]:
         """:meth:`update_panel` in one compiled loop over blocks of rows
-        (:func:`._kernels.kl_dense`): the same values to rounding."""
+        (:func:`._kernels.kl_dense`, :func:`._kernels.kl_csr`): the same values to
+        rounding."""
         k = W.shape[1]
-        W_new, A, sums = _kernels.kl_dense(
-            np.ascontiguousarray(V), np.ascontiguousarray(W), np.ascontiguousarray(ctx.H),
-            ctx.H_sum.astype(W.dtype), reg.l1_W, reg.l2_W, self._omega_array,
-            self.accelerated, EPSILON)
+        fused = _kernels.kl_csr if _sparse(V) else _kernels.kl_dense
+        W_new, A, sums = fused(
+            V if _sparse(V) else np.ascontiguousarray(V), np.ascontiguousarray(W),
+            np.ascontiguousarray(ctx.H), ctx.H_sum.astype(W.dtype), reg.l1_W, reg.l2_W,
+            self._omega_array, self.accelerated, EPSILON)
         return W_new, {
             "kl_xlog": sums[0:1], "kl_xsum": sums[1:2], "w_sum0": sums[2:2 + k],
             "w_sq0": sums[2 + k:3 + k], "A": A.astype(np.float64, copy=False),
