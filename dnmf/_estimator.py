@@ -74,11 +74,13 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
     ----------
     n_components : int or "auto", default="auto"
         Rank k. "auto" takes it from custom ``W``/``H``, else ``n_features``.
-    solver : {"hals", "mu", "als", "amu"}, default="hals"
-        Accelerated HALS, Lee & Seung's multiplicative updates, alternating
-        NNLS with block principal pivoting, or (KL only) accelerated MU:
-        over-relaxed MU steps kept where MU's majorant guarantees a decrease
-        (about half of MU's iterations; see the guide).
+    solver : {"hals", "cd", "mu", "als", "amu"}, default="hals"
+        Accelerated HALS; "cd", scikit-learn's coordinate descent (HALS's updates,
+        one sweep of W and one of H per iteration, no extrapolation: scikit-learn's
+        iterates from the same custom start, to ~1e-14); Lee & Seung's
+        multiplicative updates; alternating NNLS with block principal pivoting; or
+        (KL only) accelerated MU: over-relaxed MU steps kept where MU's majorant
+        guarantees a decrease (about half of MU's iterations; see the guide).
     beta_loss : float or {"frobenius", "kullback-leibler", "itakura-saito"}, \
             default="frobenius"
         The β-divergence minimised: "frobenius" (β = 2, ½‖X − WH‖²),
@@ -174,7 +176,9 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
     reconstruction_err_ : float
         ``sqrt(2 · D)`` with D the data term alone at the final iterate (½‖X − WH‖²,
         or the KL divergence), without penalties: the Frobenius norm ‖X − WH‖ for
-        Frobenius, as in scikit-learn for KL.
+        Frobenius, as in scikit-learn for KL. Computed from the pass's k × m sums
+        (WH is never formed), so exact to the rounding of ½‖X‖²: for Frobenius
+        within about 8·sqrt(eps)·‖X‖ (a fit that close to exact may report 0.0).
     loss_history_ : list of float
         The objective minimised after each iteration: the data term (½‖X − WH‖², or
         the β-divergence, as scikit-learn's ``_beta_divergence``) plus the L1/L2

@@ -27,7 +27,7 @@ __all__ = [
     "resolve_seed",
 ]
 
-#: "cd" is scikit-learn's name for its coordinate descent: HALS is that method.
+#: "cd" is scikit-learn's coordinate descent: HALS's updates on scikit-learn's schedule.
 SOLVERS = ("hals", "mu", "als", "amu", "cd")
 #: The named divergences and their β (scikit-learn's names).
 BETA_NAMES = {"frobenius": 2.0, "kullback-leibler": 1.0, "itakura-saito": 0.0}
@@ -156,8 +156,6 @@ def check_params(params: dict[str, Any]) -> dict[str, Any]:
             f"beta_loss='kullback-leibler' with 'amu', or solver='mu' for other "
             f"divergences."
         )
-    if solver == "cd":
-        checked["solver"] = "hals"  # the same method: exact coordinate updates
     if checked.get("panel_rows") is not None and checked.get("panel_bytes") is not None:
         raise InvalidParameterError(
             f"panel_rows={checked['panel_rows']!r} and panel_bytes="

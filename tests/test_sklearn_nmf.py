@@ -7,8 +7,10 @@ are scikit-learn's; what changed is listed here.
 Mapping
 -------
 - ``NMF`` and ``non_negative_factorization`` are dnmf's. ``solver="cd"`` is passed as
-  written: dnmf accepts it as its HALS (exact coordinate updates, the method cd is), so
-  every "cd" case tests ``solver="hals"``. ``_n_components`` is dnmf's too.
+  written: dnmf's "cd" is scikit-learn's coordinate descent (HALS's exact coordinate
+  updates, one sweep of W and one of H per iteration, no extrapolation, no final
+  rescaling; its iterates are scikit-learn's from the same start, tests/
+  test_estimator.py). ``_n_components`` is dnmf's too.
 - scikit-learn's private helpers are still used where a test uses them as a
   *reference* (``_initialize_nmf`` for a start, ``_beta_divergence`` for the loss).
 - Parametrizations over ``[NMF, MiniBatchNMF]`` keep ``NMF`` only.
@@ -40,15 +42,12 @@ is written ``init='nndsvd'`` (no spaces) by dnmf; matched with that spelling.
 ``test_nmf_decreasing`` cases β ∈ {-1.2, 0, 0.2, 2.5}) run as scikit-learn wrote them:
 dnmf's MU handles every real β.
 
-Known failure, marked ``xfail(strict=True)`` with its reason:
-``test_nmf_float32_float64_consistency[cd]``. float32 fits no longer stop at the
-rounding floor of a float32 loss (they switch to float64-exact statistics, see
-tests/test_float32.py: 200 iterations in both dtypes, as float64), but accelerated
-HALS's per-row inner-sweep rule takes a different number of sweeps for some rows in
-float32, and W differ by 2.4e-5 (atol 1e-5); with single sweeps, 1.9e-6.
+No known failure in the port. (``test_nmf_float32_float64_consistency[cd]`` was one
+while "cd" meant accelerated HALS: its per-row inner-sweep rule took a different number
+of sweeps for some rows in float32, W 2.4e-5 apart; cd's single sweeps give 1.1e-6.)
 
 After the port: ``check_estimator`` through ``parametrize_with_checks`` for every
-solver (hals in the default run, mu and als marked heavy for the time budget; two
+solver (hals in the default run, mu, als and cd marked heavy for the time budget; two
 expected failures for mu, ``check_transformer_data_not_an_array`` and
 ``check_transformer_general``, named in ``_expected_failed_checks`` with their reason:
 dnmf's MU transform stops each row when its own change is below tol, scikit-learn's on
@@ -591,13 +590,7 @@ def test_nmf_dtype_match(Estimator, solver, dtype_in, dtype_out):
 @pytest.mark.parametrize(
     ["Estimator", "solver"],
     [
-        pytest.param(NMF, {"solver": "cd"}, marks=pytest.mark.xfail(
-            strict=True,
-            reason="both fits now run 200 iterations to the same loss (tests/"
-                   "test_float32.py), but W differ by 2.4e-5 > atol 1e-5: accelerated "
-                   "HALS stops each row's inner sweeps below 0.1 x its first change "
-                   "(Gillis & Glineur), a discrete rule that float32 rounding flips "
-                   "for some rows; with one sweep per pass (cd's) they differ by 1.9e-6")),
+        [NMF, {"solver": "cd"}],
         [NMF, {"solver": "mu"}],
     ],
 )
@@ -761,7 +754,7 @@ from sklearn.utils.estimator_checks import (  # noqa: E402
     parametrize_with_checks,
 )
 
-SOLVERS = ("hals", "mu", "als")
+SOLVERS = ("hals", "mu", "als", "cd")
 
 
 def _instances():

@@ -8,7 +8,7 @@ from __future__ import annotations
 from ._als import ALS
 from ._base import EPSILON, PanelContext, Regularization, Solver, Stats, add_stats
 from ._beta import BetaMultiplicative
-from ._hals import HALS
+from ._hals import HALS, CoordinateDescent
 from ._kl import KLAccelerated
 from ._mu import KLMultiplicative, Multiplicative
 
@@ -35,5 +35,6 @@ def get_solver(name: str, beta_loss: str | float) -> Solver:
         return KLMultiplicative()
     if beta_loss != "frobenius":
         return BetaMultiplicative(0.0 if beta_loss == "itakura-saito" else float(beta_loss))
-    kernels: dict[str, type[Solver]] = {"mu": Multiplicative, "hals": HALS, "als": ALS}
+    kernels: dict[str, type[Solver]] = {"mu": Multiplicative, "hals": HALS, "als": ALS,
+                                        "cd": CoordinateDescent}
     return kernels[name]()

@@ -38,7 +38,7 @@ import numpy as np
 from . import _kernels
 from ._frobenius import FrobeniusSolver
 
-__all__ = ["HALS", "WARMUP_ITERATIONS", "warm_rho"]
+__all__ = ["HALS", "WARMUP_ITERATIONS", "CoordinateDescent", "warm_rho"]
 
 #: Gillis & Glineur's constants: sweeps ≤ 1 + ALPHA·ρ, stop below DELTA × first change.
 ALPHA = 0.5
@@ -149,6 +149,24 @@ class HALS(FrobeniusSolver):
             _sweeps(Xc, Pc, Gs, columns, max_sweeps, tmp[: b - a], scratch)
             out[a:b] = Xc.T
         return out
+
+
+
+class CoordinateDescent(HALS):
+    """``solver="cd"``: scikit-learn's coordinate descent, iterate for iterate.
+
+    The same exact coordinate updates as :class:`HALS`, on scikit-learn's schedule:
+    one sweep over W's components, then one over H's, per iteration (no inner
+    repeats), and no rescaling of W and H at the end. From the same custom start
+    the iterates are scikit-learn's ``solver="cd"`` ones to ~1e-14 (the sums'
+    order differs); ``extrapolate="auto"`` leaves it plain. ``solver="hals"`` (the
+    default) reaches the same loss in several times fewer passes.
+    """
+
+    balances = False
+
+    def sweep_ratio(self, ctx: object, rho: float) -> float:
+        return 0.0  # one sweep per factor and iteration
 
 
 def _sweep(Xa: np.ndarray, Pa: np.ndarray, Gs: np.ndarray, columns: np.ndarray,

@@ -758,7 +758,7 @@ def get_masked_solver(name: str, beta_loss: str, observed: float = 1.0) -> Solve
         return MaskedKL()
     if beta_loss not in ("frobenius", 2, 2.0):
         return MaskedBeta(0.0 if beta_loss == "itakura-saito" else float(beta_loss))
-    if name == "hals":
+    if name in ("hals", "cd"):  # (scikit-learn's cd has no missing values: HALS's)
         return MaskedHALS(majorize=observed >= MAJORIZE_ABOVE)
     kernels: dict[str, type[Solver]] = {"mu": MaskedMU, "als": MaskedALS}
     return kernels[name]()

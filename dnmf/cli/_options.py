@@ -31,6 +31,7 @@ def _parse_size(text: str, option: str = "--max-size") -> int:
 
 class SolverName(str, Enum):
     hals = "hals"
+    cd = "cd"
     mu = "mu"
     als = "als"
     amu = "amu"
