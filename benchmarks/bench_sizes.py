@@ -29,6 +29,10 @@ Usage::
     python benchmarks/bench_sizes.py                       # the four sizes, best of 3
     python benchmarks/bench_sizes.py --quick               # the two small sizes
     python benchmarks/bench_sizes.py --sizes 300x100 --losses frobenius --json out.json
+    python benchmarks/bench_sizes.py --sizes 50000x5000@0.001 --losses kullback-leibler
+
+A size ``NxM@D`` is a CSR V of density D instead (bench_sparse.py's planted sparse
+matrix, with k = 10 here), fitted as CSR by both libraries.
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
+import scipy.sparse as sp
 
 SIZES = ["300x100", "1797x64", "2000x500", "10000x1000"]
 QUICK_SIZES = ["300x100", "1797x64"]
@@ -64,8 +69,20 @@ def load() -> float:
     return os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
 
 
-def data(size: str) -> np.ndarray:
-    n, m = (int(x) for x in size.lower().split("x"))
+def shape_of(size: str) -> tuple[int, int]:
+    n, m = (int(x) for x in size.lower().split("@")[0].split("x"))
+    return n, m
+
+
+def data(size: str) -> Any:
+    """V for ``size``: "NxM" dense, "NxM@D" CSR of density D (bench_sparse's planted
+    sparse matrix, k = 10)."""
+    n, m = shape_of(size)
+    if "@" in size:
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        from bench_sparse import make_sparse
+
+        return make_sparse(n, m, float(size.split("@")[1]), k=K)
     if (n, m) == (1797, 64):
         from sklearn.datasets import load_digits
 
@@ -86,6 +103,8 @@ def exact_loss(V: np.ndarray, W: np.ndarray, H: np.ndarray, beta_loss: str) -> f
     """
     W = np.asarray(W, dtype=np.float64)
     H = np.asarray(H, dtype=np.float64)
+    if sp.issparse(V):
+        return _exact_loss_sparse(V, W, H, beta_loss)
     WH = W @ H
     if beta_loss == "frobenius":
         R = V - WH
@@ -94,6 +113,24 @@ def exact_loss(V: np.ndarray, W: np.ndarray, H: np.ndarray, beta_loss: str) -> f
     keep = V > eps
     x, wh = V[keep], np.maximum(WH[keep], eps)
     return float(np.dot(x, np.log(x / wh)) + W.sum(axis=0) @ H.sum(axis=1) - x.sum())
+
+
+def _exact_loss_sparse(V: Any, W: np.ndarray, H: np.ndarray, beta_loss: str) -> float:
+    """:func:`exact_loss` of a CSR V, from W·H at the stored entries (row blocks)."""
+    V = sp.csr_matrix(V, dtype=np.float64)
+    rows = np.repeat(np.arange(V.shape[0]), np.diff(V.indptr))
+    wh = np.empty(V.nnz)
+    for a in range(0, V.nnz, 1 << 18):
+        b = min(a + (1 << 18), V.nnz)
+        wh[a:b] = np.einsum("ij,ji->i", W[rows[a:b]], H[:, V.indices[a:b]])
+    x = V.data
+    if beta_loss == "frobenius":
+        cross = float(np.dot(x, wh))
+        return 0.5 * (float(np.dot(x, x)) - 2 * cross + float(np.sum((W.T @ W) * (H @ H.T))))
+    eps = float(np.finfo(np.float32).eps)
+    keep = x > eps
+    return float(np.dot(x[keep], np.log(x[keep] / np.maximum(wh[keep], eps)))
+                 + W.sum(axis=0) @ H.sum(axis=1) - x[keep].sum())
 
 
 @contextlib.contextmanager
@@ -157,7 +194,7 @@ def dnmf_fit(V: np.ndarray, beta_loss: str, target: float, max_iter: int,
 
 
 def target_of(size: str, beta_loss: str) -> float:
-    n, m = (int(x) for x in size.lower().split("x"))
+    n, m = shape_of(size)
     return TARGETS[beta_loss]["large" if n * m >= 2000 * 500 else "small"]
 
 
@@ -222,7 +259,8 @@ def table(results: list[dict[str, Any]]) -> str:
             loads = [x for run in r["sklearn"] + r["dnmf"] for x in run["load"]]
             cells.append(f"{r['ratio']:.2f}{ok} ({r['dnmf_best']:.3f} s / "
                          f"{r['sklearn_best']:.3f} s, load {min(loads):.1f}-{max(loads):.1f})")
-        lines.append(f"| {size.replace('x', ' × ')} | " + " | ".join(cells) + " |")
+        label = size.replace("x", " × ").replace("@", ", sparse, density ")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
