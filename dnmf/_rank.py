@@ -315,6 +315,14 @@ def _check_nmf_params(params: dict[str, Any], method: str) -> dict[str, Any]:
             f"every replicate alike. Use init='random' (the default of select_rank)."
         )
     NMF(2, **params)._checked()  # the estimator's own checks and messages
+    if params.get("extrapolate") is True and (method == "cv" or params.get("missing")):
+        why = ("every fit of method='cv' is masked (its held-out entries)" if method == "cv"
+               else f"missing={params['missing']!r} masks every fit")
+        raise InvalidParameterError(
+            f"extrapolate=True is not available here: {why}, and masked fits do not "
+            f"extrapolate. Use extrapolate='auto' (extrapolate where available) or "
+            f"extrapolate=False."
+        )
     for name, value in params.items():
         if name == "scheduler":
             continue
@@ -497,6 +505,12 @@ def select_rank(
         raise InvalidParameterError(
             "select_rank makes the hold-outs of method='cv' itself: pass mask= a boolean "
             "array of observed entries (or None), not a SpeckledHoldout."
+        )
+    if mask is not None and params.get("extrapolate") is True:
+        raise InvalidParameterError(
+            "extrapolate=True is not available here: mask= masks every fit, and masked "
+            "fits do not extrapolate. Use extrapolate='auto' (extrapolate where "
+            "available) or extrapolate=False."
         )
 
     from ._backend import get_backend

@@ -117,3 +117,62 @@ def test_rank_ctrl_c_says_how_to_continue(data):
     assert "Traceback" not in err
     done = len(json.loads(table.read_text())["rows"])
     assert 1 <= done < 8
+
+
+def test_rank_extrapolate_passes_through_to_every_fit(data):
+    """--extrapolate off gives select_rank(extrapolate=False)'s table (plain iterations,
+    which differ from the default's extrapolated ones), recorded in the sweep; on is
+    refused where no fit of the sweep could extrapolate."""
+    import dnmf
+
+    common = ["--ks", "2:3", "--method", "consensus", "-r", "2", "--max-iter", "40",
+              "--tol", "0", "--json"]
+    off = run_dnmf("rank", "V.npy", "--out", "xoff.sweep", "--extrapolate", "off", *common,
+                   cwd=data)
+    auto = run_dnmf("rank", "V.npy", "--out", "xauto.sweep", *common, cwd=data)
+    assert off.returncode == 0 and auto.returncode == 0, off.stderr + auto.stderr
+    header = json.loads((data / "xoff.sweep" / "sweep.json").read_text())
+    assert header["nmf.extrapolate"] is False
+    assert "nmf.extrapolate" not in json.loads(
+        (data / "xauto.sweep" / "sweep.json").read_text())  # auto: NMF's default
+    losses_off = [r["loss"] for r in json.loads(off.stdout)["table"]]
+    losses_auto = [r["loss"] for r in json.loads(auto.stdout)["table"]]
+    V = np.load(data / "V.npy")
+    plain = dnmf.select_rank(V, [2, 3], method="consensus", n_replicates=2, max_iter=40,
+                             tol=0.0, extrapolate=False)
+    assert losses_off == [r["loss"] for r in plain.rows]
+    assert losses_off != losses_auto  # extrapolation changed the iterates
+    # continued with the same option: nothing refitted
+    again = run_dnmf("rank", "V.npy", "--out", "xoff.sweep", "--extrapolate", "off", *common,
+                     cwd=data)
+    assert again.returncode == 0, again.stderr
+    assert [r["loss"] for r in json.loads(again.stdout)["table"]] == losses_off
+    # on: refused (one line, nothing written) for cv sweeps (masked fits) and for mu
+    for extra, words in ((["--method", "cv"], "--method cv"),
+                         (["--method", "consensus", "--solver", "mu"], "--solver mu")):
+        res = run_dnmf("rank", "V.npy", "--out", "xon.sweep", "--extrapolate", "on", *extra,
+                       cwd=data)
+        assert res.returncode == 2, res.stderr
+        assert "--extrapolate on is for unmasked" in res.stderr and words in res.stderr
+        assert len(res.stderr.strip().splitlines()) == 1
+        assert not (data / "xon.sweep").exists()
+    on = run_dnmf("rank", "V.npy", "--out", "xon.sweep", "--extrapolate", "on", *common,
+                  cwd=data)
+    assert on.returncode == 0, on.stderr
+    assert [r["loss"] for r in json.loads(on.stdout)["table"]] == losses_auto  # k < min(n, m)
+
+
+def test_select_rank_refuses_extrapolate_true_for_masked_sweeps():
+    import dnmf
+    from dnmf.errors import InvalidParameterError
+
+    V = np.random.default_rng(0).random((30, 12))
+    with pytest.raises(InvalidParameterError, match="every fit of method='cv' is masked"):
+        dnmf.select_rank(V, [2, 3], method="cv", extrapolate=True)
+    with pytest.raises(InvalidParameterError, match="mask= masks every fit"):
+        dnmf.select_rank(V, [2, 3], method="consensus", extrapolate=True,
+                         mask=np.ones(V.shape, bool))
+    Vn = V.copy()
+    Vn[0, 0] = np.nan
+    with pytest.raises(InvalidParameterError, match="missing='nan' masks every fit"):
+        dnmf.select_rank(Vn, [2, 3], method="consensus", extrapolate=True, missing="nan")

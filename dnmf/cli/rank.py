@@ -15,7 +15,7 @@ from ..errors import ClusterLostError, InvalidParameterError
 from ._app import _exit_code, app
 from ._inputs import _make_parent, _prepare_input
 from ._masks import MaskOpt, MissingOpt, check_missing_options, prepare_mask
-from ._options import SolverName, _parse_loss, _parse_size
+from ._options import ExtrapolateName, SolverName, _parse_loss, _parse_size
 from ._output import _absolute, _fmt_duration, _quote, _result, _say
 from ._scheduler import (
     PanelSizeOpt,
@@ -87,6 +87,26 @@ def _summary_lines(result: Any) -> list[str]:
     return lines
 
 
+def _check_rank_extrapolate_on(solver: str, loss: Any, method: MethodName,
+                               missing: Any, mask: Any) -> None:
+    """``--extrapolate on`` where no fit of the sweep can extrapolate: one line, before
+    anything is read."""
+    from .._extrapolation import supported
+
+    if not supported(solver, loss):
+        why = f"--solver {solver} with --loss {loss}"
+    elif method is MethodName.cv:
+        why = "--method cv (every cv fit is masked by its held-out entries)"
+    elif missing is not None or mask is not None:
+        why = "--missing or --mask (masked fits)"
+    else:
+        return
+    raise InvalidParameterError(
+        f"--extrapolate on is for unmasked --solver hals or als fits with --loss frobenius "
+        f"(--method consensus), not {why}. Use --extrapolate auto (extrapolate where "
+        f"available) or --extrapolate off.")
+
+
 @app.command()
 def rank(
     input: Annotated[str, typer.Argument(
@@ -120,6 +140,11 @@ def rank(
     loss: Annotated[str, typer.Option(
         help="frobenius, kullback-leibler (kl), itakura-saito (is) or a number beta, as "
         "for dnmf fit.")] = "frobenius",
+    extrapolate: Annotated[ExtrapolateName, typer.Option(
+        help="Extrapolation with restarts, as for dnmf fit (HALS and ALS, Frobenius, "
+             "unmasked fits: consensus without --missing/--mask; cv fits are masked and "
+             "never extrapolate): auto (where available), on (refused elsewhere) or off "
+             "(plain iterations).")] = ExtrapolateName.auto,
     max_iter: Annotated[int, typer.Option("--max-iter", min=1,
                                           help="Maximum iterations of each fit.")] = 200,
     tol: Annotated[float, typer.Option(min=0.0, help="Stopping tolerance of each fit.")] = 1e-4,
@@ -184,6 +209,8 @@ def rank(
                               else _parse_size(panel_cache, "--panel-cache"))
     sched = _scheduler_args(scheduler, scheduler_file)
     loss_name = _parse_loss(loss)
+    if extrapolate is ExtrapolateName.on:
+        _check_rank_extrapolate_on(solver.value, loss_name, method, missing, mask)
     if "://" not in out and Path(out).resolve() == Path(input).resolve():
         raise InvalidParameterError("--out must not be INPUT itself.")
     if plot is not None and not plot.parent.is_dir():
@@ -231,6 +258,10 @@ def rank(
                 max_iter=max_iter, tol=tol, checkpoint_every=checkpoint_every,
                 panel_bytes=panel_bytes, mask=mask_array, panel_cache=cache_bytes,
                 **observed,
+                # "auto" is NMF's default: left out, so sweeps started before this
+                # option continue (sweep.json records the parameters passed).
+                **({} if extrapolate is ExtrapolateName.auto
+                   else {"extrapolate": extrapolate.param}),
             )
     except KeyboardInterrupt as exc:
         _say(f"interrupted: the finished fits are kept in {out}, the others at their last "
