@@ -70,17 +70,37 @@ def load() -> float:
     return round(os.getloadavg()[0], 2)
 
 
-def make_data(path: Path, n: int, m: int, k: int, chunk_rows: int) -> str:
+def open_loadavg() -> str:
+    """/proc/loadavg as it reads (1, 5, 15 minutes; runnable/total), or the 3 averages."""
+    try:
+        return Path("/proc/loadavg").read_text().strip()
+    except OSError:
+        return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def make_data(path: Path, n: int, m: int, k: int, chunk_rows: int,
+              dtype: str = "float64") -> str:
+    """Write V (planted rank k plus noise) as a Zarr array, or reuse the one at ``path``
+    when it has this shape, chunking and dtype (``--data-dir``: written once, kept)."""
     import zarr
 
+    if path.exists():
+        try:
+            z = zarr.open_array(str(path), mode="r")
+            if (z.shape == (n, m) and z.chunks == (chunk_rows, m)
+                    and z.dtype == np.dtype(dtype)):
+                return str(path)
+        except Exception:  # anything else there is rewritten
+            pass
+        shutil.rmtree(path)
     rng = np.random.default_rng(0)
     W = rng.random((n, k)) * (rng.random((n, k)) < 0.5)
     H = rng.random((k, m)) * (rng.random((k, m)) < 0.5)
-    z = zarr.create_array(str(path), shape=(n, m), chunks=(chunk_rows, m), dtype="f8")
+    z = zarr.create_array(str(path), shape=(n, m), chunks=(chunk_rows, m), dtype=dtype)
     for start in range(0, n, chunk_rows):
         stop = min(n, start + chunk_rows)
         block = W[start:stop] @ H
-        z[start:stop] = block + 0.05 * np.abs(rng.standard_normal(block.shape))
+        z[start:stop] = (block + 0.05 * np.abs(rng.standard_normal(block.shape))).astype(dtype)
     return str(path)
 
 
@@ -171,24 +191,36 @@ def main(argv: list[str] | None = None) -> int:
                         help="comma list of: onebyone,memory,nocache,small,store,cluster")
     parser.add_argument("--workers", default="1,2",
                         help="cluster sizes to run (comma list), 1 thread each")
-    parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--dtype", default="float64", choices=["float32", "float64"],
+                        help="V's dtype on disk (the issue's 200000 x 2000: float32, 1.6 GB)")
+    parser.add_argument("--chunk-rows", type=int, default=5000,
+                        help="rows per Zarr chunk (and panel)")
+    parser.add_argument("--data-dir", default=None,
+                        help="where V is written and kept (reused by the next run with "
+                             "the same --n --m --dtype --chunk-rows); default: a temporary "
+                             "directory removed at the end")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
     if args.quick:
         args.n, args.m, args.ks, args.iters = 2000, 200, "2:6", 5
-    lo, hi = (int(x) for x in args.ks.split(":"))
-    ks = list(range(lo, hi + 1))
+    from dnmf.cli.rank import parse_ks
+
+    ks = parse_ks(args.ks)
     skip = set(filter(None, args.skip.split(",")))
     warnings.simplefilter("ignore")
     base = Path(args.data_dir or tempfile.mkdtemp(prefix="dnmf-bench-rank-"))
     base.mkdir(parents=True, exist_ok=True)
-    data = make_data(base / "V.zarr", args.n, args.m, 8, max(1, min(args.n, 5000)))
+    written = time.perf_counter()
+    data = make_data(base / "V.zarr", args.n, args.m, 8, max(1, min(args.n, args.chunk_rows)),
+                     args.dtype)
+    written = time.perf_counter() - written
     params = {"max_iter": args.iters, "tol": 0.0}
     fits = len(ks) * args.replicates
-    print(f"V: {args.n} x {args.m} Zarr (planted k = 8), ks {lo}..{hi} x {args.replicates} "
-          f"replicates = {fits} fits of {args.iters} iterations, method {args.method}; "
-          f"{os.cpu_count()} cores", flush=True)
+    print(f"V: {args.n} x {args.m} {args.dtype} Zarr (planted k = 8, chunks of "
+          f"{args.chunk_rows} rows; {written:.0f} s to write or find), ks {ks} x "
+          f"{args.replicates} replicates = {fits} fits of {args.iters} iterations, method "
+          f"{args.method}; {os.cpu_count()} cores; load {open_loadavg()}", flush=True)
     results: dict[str, list[dict[str, Any]]] = {}
 
     def record(name: str, seconds: float, load_before: float, values: list[float],
@@ -200,11 +232,13 @@ def main(argv: list[str] | None = None) -> int:
         extra = (f"   cache: {cache['reads']} reads, {cache['hits']} shared, peak "
                  f"{cache['peak'] / 2**20:.0f} of {cache['budget'] / 2**20:.0f} MiB"
                  if cache else "")
-        print(f"  {name:24s} {seconds:8.2f} s   load {entry['load_before']:.1f} -> "
-              f"{entry['load_after']:.1f}{extra}", flush=True)
+        entry["per_fit_iteration"] = seconds / (fits * args.iters)
+        print(f"  {name:24s} {seconds:8.2f} s  ({entry['per_fit_iteration']:.3f} s per "
+              f"fit-iteration)   load {entry['load_before']:.1f} -> {entry['load_after']:.1f}"
+              f"  [{open_loadavg()}]{extra}", flush=True)
         results.setdefault(name + ":values", []).append(values)
 
-    v_bytes = args.n * args.m * 8
+    v_bytes = args.n * args.m * np.dtype(args.dtype).itemsize
 
     def run_sweep(name: str, **options: Any) -> None:
         before = load()
