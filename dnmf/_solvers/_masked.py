@@ -24,8 +24,10 @@ The loss of a masked fit is evaluated at the (W, H) a pass starts from, from sum
 pass makes anyway (``exact_loss_after_update = False``): so is the loss over the
 held-out entries, a panel-local sum at the same (W, H), never an extra read.
 
-Everything here is NumPy/SciPy on one panel; a compiled version of the two hot spots
-(:func:`pattern_grams` and :func:`hals_rows`) can replace them one to one.
+Everything here is NumPy/SciPy on one panel, but for the per-row HALS sweeps:
+:func:`hals_rows` is the NumPy reference and :func:`hals_rows_packed` its compiled
+twin (numba, on the packed Grams; chosen by ``DNMF_KERNELS`` as the unmasked
+kernels are). :func:`pattern_grams` is one matrix product already.
 """
 
 from __future__ import annotations
@@ -59,6 +61,7 @@ __all__ = [
     "Observed",
     "get_masked_solver",
     "hals_rows",
+    "hals_rows_packed",
     "pattern_grams",
 ]
 
@@ -282,6 +285,86 @@ def hals_rows(X: np.ndarray, P: np.ndarray, G: np.ndarray, l1: float, l2: float,
     return X
 
 
+def _use_compiled(rows: int, k: int) -> bool:
+    """Whether :func:`hals_rows_packed` runs compiled for a block of ``rows`` rows: the
+    ``DNMF_KERNELS`` rule (:func:`dnmf._solvers._kernels.enabled`) on the block's
+    shape, so a panel takes the same path in every process and on every resume."""
+    from . import _kernels
+
+    return _kernels.enabled((rows, 0), k) and _numba_hals_rows() is not None
+
+
+_HALS_ROWS: Any = None
+
+
+def _numba_hals_rows() -> Any:
+    """The compiled per-row HALS kernel (numba, cached on disk), or None without numba."""
+    global _HALS_ROWS
+    if _HALS_ROWS is None:
+        try:
+            import numba
+        except ImportError:  # pragma: no cover - numba is a dependency
+            _HALS_ROWS = False
+            return None
+
+        @numba.njit(cache=True, nogil=True)
+        def kernel(X, P, packed, index, l1, l2, max_sweeps, delta_sq):  # pragma: no cover
+            n, k = X.shape
+            old = np.empty(k)
+            for r in range(n):
+                x = X[r]
+                first = -1.0
+                for sweep in range(max_sweeps):
+                    for j in range(k):
+                        old[j] = x[j]
+                    for j in range(k):
+                        d = packed[r, index[j, j]] + l2
+                        if not d > 0:
+                            continue  # a dead coordinate keeps its value
+                        dot = 0.0
+                        for c in range(k):
+                            dot += packed[r, index[j, c]] * x[c]
+                        grad = P[r, j] - l1 - dot - l2 * x[j]
+                        value = x[j] + grad * (1.0 / d)
+                        x[j] = value if value > 0.0 else 0.0
+                    change = 0.0
+                    for j in range(k):
+                        change += (old[j] - x[j]) * (old[j] - x[j])
+                    if sweep == 0:
+                        first = change
+                        if not change > 0:
+                            break
+                    elif not change > delta_sq * first:
+                        break
+            return X
+
+        _HALS_ROWS = kernel
+    return _HALS_ROWS or None
+
+
+def hals_rows_packed(X: np.ndarray, P: np.ndarray, packed: np.ndarray, l1: float,
+                     l2: float, max_sweeps: int) -> np.ndarray:
+    """:func:`hals_rows` compiled, on the packed upper triangles of the rows' Grams
+    ((rows, k(k+1)/2), as :func:`pattern_grams` makes them: no (rows, k, k) copy).
+
+    The same sweeps, the same stopping rule per row, row by row; the sums of each
+    coordinate step are taken in another order than NumPy's einsum, so results agree
+    with :func:`hals_rows` to rounding (tests: 1e-10). Returns a new float64 array.
+    """
+    X = np.array(X, dtype=np.float64, order="C")
+    n, k = X.shape
+    if n == 0:
+        return X
+    a, b = np.triu_indices(k)
+    index = np.empty((k, k), dtype=np.int64)
+    index[a, b] = np.arange(a.size)
+    index[b, a] = np.arange(a.size)
+    kernel = _numba_hals_rows()
+    return kernel(X, np.ascontiguousarray(P, dtype=np.float64),
+                  np.ascontiguousarray(packed, dtype=np.float64), index, float(l1),
+                  float(l2), max(1, int(max_sweeps)), float(DELTA * DELTA))
+
+
 def als_rows(X: np.ndarray, P: np.ndarray, G: np.ndarray, packed: np.ndarray,
              l1: float, l2: float) -> np.ndarray:
     """Exact NNLS per row with its own Gram; rows with equal Grams solved together."""
@@ -487,6 +570,8 @@ class MaskedHALS(_MaskedFrobenius):
 
     def rows(self, X: np.ndarray, P: np.ndarray, packed: np.ndarray, l1: float, l2: float,
              rho: float) -> np.ndarray:
+        if _use_compiled(X.shape[0], X.shape[1]):
+            return hals_rows_packed(X, P, packed, l1, l2, _sweeps(rho))
         return hals_rows(X, P, unpack(packed, X.shape[1]), l1, l2, _sweeps(rho))
 
     def update_panel(self, V: Observed, W: np.ndarray, ctx: PanelContext,
