@@ -32,6 +32,9 @@ Usage::
 
     python benchmarks/bench_rank.py                    # 20000 x 1000, ks 2..20 x 3
     python benchmarks/bench_rank.py --n 200000 --m 2000   # the issue's size (slow)
+    # the issue's size, a bounded subset (3 fits of 2 iterations, V written once and kept):
+    python benchmarks/bench_rank.py --n 200000 --m 2000 --dtype float32 --ks 2:20:9 \
+        --replicates 1 --iters 2 --skip nocache,small,store --data-dir /tmp/dnmf-rank-V
     python benchmarks/bench_rank.py --quick            # small, about a minute
     python benchmarks/bench_rank.py --json out.json
 """
@@ -61,8 +64,12 @@ sys.path.insert(0, str(ROOT))
 RCPPML = [
     {"data": "dense synthetic 10K x 5K", "entries": 10_000 * 5_000, "k": 20, "seconds": 45.0,
      "iterations": 100, "cores": 48},
+    {"data": "dense synthetic 10K x 5K", "entries": 10_000 * 5_000, "k": 50,
+     "seconds": 120.0, "iterations": 100, "cores": 48},
     {"data": "sparse 50K x 10K (2 %)", "entries": int(50_000 * 10_000 * 0.02), "k": 20,
      "seconds": 38.0, "iterations": 100, "cores": 48},
+    {"data": "single-cell RNA-seq 30K x 20K (5 %)", "entries": int(30_000 * 20_000 * 0.05),
+     "k": 30, "seconds": 185.0, "iterations": 100, "cores": 48},
 ]
 
 
