@@ -133,12 +133,21 @@ def check_batch(X: Any, start: int, refuse_zeros: bool) -> float:
     The check a validation pass would make (finite, non-negative; no zeros for
     β ≤ 0), made on a batch already in memory, so it costs no read: one error naming
     the rows (and the first bad entry) if it fails (``refuse_zeros``: β ≤ 0 in a
-    fit, where scikit-learn refuses zeros). Returns the sum of the rows in
-    float64 (the mean of V, for W's flat start, adds these up in row order).
+    fit, where scikit-learn refuses zeros). Returns the sum of the rows (dense:
+    the column sums in X's dtype, added in float64; the mean of V, for W's flat start,
+    adds these up in row order).
     """
     data = X.data if sp.issparse(X) else np.asarray(X)
     stop = start + X.shape[0]
-    if data.size and not (data.min() >= 0 and data.max() < np.inf):  # NaN fails both
+    if not data.size:
+        total = 0.0
+    elif sp.issparse(X):
+        total = float(np.sum(data, dtype=np.float64))
+    else:
+        # column sums in X's dtype, added in float64: a NaN or inf reaches them, and
+        # they cost a third of a float64 sum of every entry
+        total = float(np.sum(data.sum(axis=0), dtype=np.float64))
+    if data.size and not (data.min() >= 0 and math.isfinite(total)):  # NaN fails both
         part = _engine.scan_task(X, start)
         if part["n_nonfinite"]:
             r, c = part["first_nonfinite"]
@@ -148,13 +157,15 @@ def check_batch(X: Any, start: int, refuse_zeros: bool) -> float:
                 f"nothing from these rows was used. MiniBatchNMF needs finite values: "
                 f"impute or drop them first."
             )
-        r, c = part["first_negative"]
-        raise InvalidInputError(
-            f"Negative values in data passed to MiniBatchNMF (input X), rows "
-            f"{start}-{stop - 1}: {part['n_negative']} entries (the first at row {r}, "
-            f"column {c}); nothing from these rows was used. NMF needs non-negative data: "
-            f"shift or clip it, e.g. X - X.min() or np.clip(X, 0, None)."
-        )
+        if part["n_negative"]:
+            r, c = part["first_negative"]
+            raise InvalidInputError(
+                f"Negative values in data passed to MiniBatchNMF (input X), rows "
+                f"{start}-{stop - 1}: {part['n_negative']} entries (the first at row {r}, "
+                f"column {c}); nothing from these rows was used. NMF needs non-negative "
+                f"data: shift or clip it, e.g. X - X.min() or np.clip(X, 0, None)."
+            )
+        total = float(part["total"])  # finite values whose sums overflowed X's dtype
     if refuse_zeros:
         stored = data.size == X.shape[0] * X.shape[1]
         if not stored or (data.size and data.min() == 0):
@@ -163,7 +174,7 @@ def check_batch(X: Any, start: int, refuse_zeros: bool) -> float:
                 f"{start}-{stop - 1} contain zeros; nothing from these rows was used. "
                 f"Please add small values to X, or use a positive beta_loss."
             )
-    return float(np.sum(data, dtype=np.float64))
+    return total
 
 
 def batch_terms(
