@@ -29,7 +29,7 @@ from . import _extrapolation, _init, errors
 from ._backend import Backend, Pending
 from ._solvers import PanelContext, Regularization, Solver, Stats, add_stats
 from ._solvers._base import w_pieces
-from ._source import PanelSource, check_panel, load_panel, panel_start
+from ._source import PanelSource, check_panel, load_panel, needs_check, panel_start
 from .errors import InvalidInputError
 
 if TYPE_CHECKING:
@@ -339,7 +339,8 @@ def update_task(
 ) -> tuple[Any, Stats]:
     """The panel task: read V_i and W_i, update W_i, return it (or store it) and stats."""
     V = load_panel(v_ref)
-    check_panel(V, panel_start(v_ref) if sink is None else sink.start)
+    if needs_check(v_ref):
+        check_panel(V, panel_start(v_ref) if sink is None else sink.start)
     W = load_panel(w_ref)
     W_new, stats = solver.update_panel(V, W, ctx, reg)
     if "w_sum0" not in stats:
@@ -405,7 +406,8 @@ def _heldout(solver: Solver, stats: Stats) -> float | None:
 def loss_task(v_ref: Any, w_ref: Any, solver: Solver, ctx: PanelContext) -> tuple[None, Stats]:
     """Loss pieces at (W_i, H) for one panel (the extra pass KL needs at the end)."""
     V = load_panel(v_ref)
-    check_panel(V, panel_start(v_ref))
+    if needs_check(v_ref):
+        check_panel(V, panel_start(v_ref))
     W = load_panel(w_ref)
     pieces = solver.loss_pieces(V, W, ctx)
     return None, pieces if "w_sum0" in pieces else {**pieces, **w_pieces(W)}

@@ -50,7 +50,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from ._solvers import PanelContext, Regularization, Stats
-from ._source import check_panel, load_panel, panel_start
+from ._source import check_panel, load_panel, needs_check, panel_start
 
 __all__ = ["Extrapolation", "extrapolated_update_task", "final_W_task", "resolve",
            "supported"]
@@ -261,7 +261,8 @@ def extrapolated_update_task(
     from its W_n.
     """
     V = load_panel(v_ref)
-    check_panel(V, panel_start(v_ref) if sink is None else sink[1].start)
+    if needs_check(v_ref):
+        check_panel(V, panel_start(v_ref) if sink is None else sink[1].start)
     W_prev, W_y = _pair(load_panel(w_ref))
     W_prev = load_panel(W_prev)
     W_start = load_panel(W_y) if from_extrapolated else W_prev

@@ -118,12 +118,18 @@ def _chunk_names(array: Any, start: int, stop: int) -> str:
 
 @dataclass(frozen=True)
 class SlicePanel:
-    """Rows ``start:stop`` of an in-memory array (NumPy or SciPy CSR), cast on load."""
+    """Rows ``start:stop`` of an in-memory array (NumPy or SciPy CSR), cast on load.
+
+    ``resident``: the array lives in this process's memory (not a memory map of a
+    file, which may change on disk): checked once by the validation pass, not by
+    every pass (:func:`needs_check`).
+    """
 
     data: Any
     start: int
     stop: int
     dtype: str
+    resident: bool = False
 
     def load(self) -> Any:
         block = self.data[self.start : self.stop]
@@ -413,7 +419,8 @@ def snap_bounds(bounds: list[tuple[int, int]]) -> tuple[list[tuple[int, int]], i
 
 def check_panel(V: Any, start: int | None, *, allow_nan: bool = False) -> None:
     """Refuse a panel read in a pass that holds ±inf, negative values or (unless
-    ``allow_nan``: entries declared missing) NaN.
+    ``allow_nan``: entries declared missing) NaN. Passes skip it for arrays resident
+    in memory (:func:`needs_check`).
 
     Every pass reads all of V, so this check costs no I/O: two reductions over values
     already in memory (the stored values of a sparse panel). Data changed or damaged
@@ -586,7 +593,31 @@ class PanelSource:
             blocks = X.to_delayed().ravel()
             assert isinstance(X, da.Array) and len(blocks) == len(bounds)
             return list(blocks)
-        return [SlicePanel(self.data, a, b, dt) for a, b in bounds]
+        resident = _resident(self.data)
+        return [SlicePanel(self.data, a, b, dt, resident) for a, b in bounds]
+
+
+def _resident(data: Any) -> bool:
+    """Whether an array's values live in this process's memory: a SciPy sparse matrix,
+    or an ndarray none of whose bases is a memory map (``.npy`` read in place)."""
+    import mmap
+
+    if sp.issparse(data):
+        return True
+    base = data
+    while base is not None:
+        if isinstance(base, np.memmap | mmap.mmap):
+            return False
+        base = getattr(base, "base", None)
+    return isinstance(data, np.ndarray)
+
+
+def needs_check(ref: Any) -> bool:
+    """Whether a pass must check the values of the panel behind ``ref`` (see
+    :func:`check_panel`): every panel read from storage or through Dask, and none of
+    an array resident in memory, which the validation pass has checked (a user who
+    changes their own array during a fit is not protected against)."""
+    return not (isinstance(ref, SlicePanel) and ref.resident)  # (not getattr: Delayed)
 
 
 def _open_zarr(path: str) -> Any:

@@ -160,16 +160,24 @@ def test_a_fit_on_exact_rank_deficient_data_stays_plain():
 def test_ties_at_the_floor_end_extrapolation_and_sparse_copies_agree():
     # Exact data (5 of 10 columns zero, k = 5): the fit reaches its floor within 100
     # iterations; ties there are decided by rounding. A dense V and its sparse copy
-    # stop together (objective within rounding of 0) and agree entrywise.
+    # stop at the floor (objective within rounding of 0) and agree entrywise. Which of
+    # two floor iterations (losses ~1e-14 apart, the sums' rounding) ends a fit depends
+    # on the BLAS's rounding: the copies may stop one iteration apart (39 and 40 with
+    # numpy 2.4's OpenBLAS, together with earlier builds).
     import scipy.sparse as sp
 
     A = np.abs(np.random.RandomState(42).randn(10, 10))
     A[:, 2 * np.arange(5)] = 0
     dense, Wd = _fit(A, n_components=5, init="random", max_iter=100)
     sparse, Ws = _fit(sp.csr_matrix(A), n_components=5, init="random", max_iter=100)
-    assert dense.n_iter_ == sparse.n_iter_ < 100
-    np.testing.assert_allclose(Wd, Ws, rtol=1e-7)
-    np.testing.assert_allclose(dense.components_, sparse.components_, rtol=1e-7)
+    assert max(dense.n_iter_, sparse.n_iter_) < 100
+    assert abs(dense.n_iter_ - sparse.n_iter_) <= 1
+    rounding = 64 * np.finfo(np.float64).eps * 0.5 * (A ** 2).sum()
+    assert dense.loss_history_[-1] <= rounding and sparse.loss_history_[-1] <= rounding
+    # (an extra floor iteration moves entries by ~3e-8 of the largest: 1e-7 of it)
+    np.testing.assert_allclose(Wd, Ws, rtol=1e-7, atol=1e-7 * np.abs(Wd).max())
+    np.testing.assert_allclose(dense.components_, sparse.components_, rtol=1e-7,
+                               atol=1e-7 * np.abs(dense.components_).max())
 
 
 def test_beta_schedule_grows_on_decrease_and_restarts_on_increase():

@@ -737,6 +737,28 @@ def test_bad_values_written_into_an_unsampled_panel_stop_the_pass(tmp_path, bad,
     assert np.isfinite(after.loss_history).all()
 
 
+def test_a_npy_file_changed_on_disk_is_still_checked_by_every_pass(tmp_path):
+    """V read in place from .npy (a memory map of the file) is checked by every pass,
+    as Zarr is; only arrays resident in memory are checked once, at the start."""
+    from dnmf._store import sample_panels
+
+    V = make_V(n=1000, m=12)
+    path = tmp_path / "V.npy"
+    np.save(path, V)
+    run = tmp_path / "run"
+    model(out=run, max_iter=4, checkpoint_every=2, panel_rows=50).fit(str(path))
+    panel = next(i for i in range(20) if i not in sample_panels(20, V.shape))
+    row = panel * 50 + 7
+    on_disk = np.load(path, mmap_mode="r+")
+    on_disk[row, 3] = -1.0
+    on_disk.flush()
+    del on_disk
+    with pytest.raises(InvalidInputError) as exc:
+        dnmf.resume(run, max_iter=8)
+    assert f"row {row}, column 3 " in str(exc.value) and "a negative value" in str(exc.value)
+    assert dnmf.open_run(run).iteration == 4
+
+
 def test_a_truncated_chunk_of_V_is_a_store_error_naming_it(tmp_path):
     from dnmf import StoreError
 

@@ -30,3 +30,24 @@ def test_check_panel_names_the_first_bad_entry_and_allows_declared_nan(sparse):
     check_panel(sp.csr_matrix(V) if sparse else V, 100, allow_nan=True)
     check_panel(np.full((3, 3), np.nan), 0, allow_nan=True)
     check_panel(np.zeros((0, 3)), 0)
+
+
+def test_only_arrays_resident_in_memory_skip_the_per_pass_check(tmp_path):
+    """Arrays in this process's memory (NumPy, SciPy sparse) are checked once by the
+    validation pass; a memory map of a file (which may change on disk), Zarr and Dask
+    panels are checked by every pass."""
+    import dask.array as da
+    import scipy.sparse as sp
+
+    from dnmf._source import as_source, needs_check
+
+    V = np.abs(np.random.default_rng(0).standard_normal((40, 6)))
+    np.save(tmp_path / "V.npy", V)
+    mapped = np.load(tmp_path / "V.npy", mmap_mode="r")
+    cases = {"ndarray": (V, False), "view": (V[::1], False),
+             "sparse": (sp.csr_matrix(V), False), "memmap": (mapped, True),
+             "asarray(memmap)": (np.asarray(mapped), True),
+             "dask": (da.from_array(V, chunks=(20, 6)), True)}
+    for name, (X, checked) in cases.items():
+        refs = as_source(X).panel_refs([(0, 20), (20, 40)])
+        assert [needs_check(r) for r in refs] == [checked] * 2, name
