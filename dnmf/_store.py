@@ -757,8 +757,10 @@ class RunStore:
 
     def is_empty_dir(self) -> bool:
         """Nothing but a lock (or nothing at all) is there: also a lock's temporary
-        (``.lock.json.XXXX``, left when a writer was killed while writing it)."""
-        return all(key == LOCK or key.startswith((f"{LOCK}.", f".{LOCK}."))
+        (``.lock.json.XXXX``, left when a writer was killed while writing it) and the
+        start marker's (``.starting.json.XXXX``: killed while marking its start, before
+        anything else was written)."""
+        return all(key == LOCK or key.startswith((f"{LOCK}.", f".{LOCK}.", f".{STARTING}."))
                    for key in self.keys(""))
 
     def is_unfinished_start(self) -> bool:
@@ -775,7 +777,7 @@ class RunStore:
         if not self.local or not os.path.isdir(self.location.path):
             return
         for name in os.listdir(self.location.path):
-            if name.startswith((f".{MANIFEST}.", f".{LOCK}.")):
+            if name.startswith((f".{MANIFEST}.", f".{LOCK}.", f".{STARTING}.")):
                 with contextlib.suppress(OSError):
                     os.unlink(os.path.join(self.location.path, name))
 

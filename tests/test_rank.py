@@ -308,6 +308,11 @@ def test_fits_killed_before_their_first_commit_are_restarted_cleanly(tmp_path):
         temp.mkdir()
         (temp / LOCK).write_text("{}")
         (temp / f".{LOCK}.k2j4x9").write_text('{"pid": 1')
+    if len(free) > 2:  # killed while writing the start marker (its temporary)
+        marking = fits / free[2]
+        marking.mkdir()
+        (marking / LOCK).write_text("{}")
+        (marking / f".{STARTING}.p3v7q1").write_text('{"run_id": "ab')
     V, _, _ = planted_rank(80, 40, 3, seed=7)
     params = dict(method="consensus", n_replicates=2, max_iter=200, tol=0, n_concurrent=2,
                   checkpoint_every=5)

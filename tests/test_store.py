@@ -353,3 +353,27 @@ def test_pause_point_is_inert_unless_asked(tmp_path, monkeypatch):
     pause_point("commit:manifest", 3)
     pause_point("commit:H", 4)
     assert time.perf_counter() - t0 < 0.5
+
+
+def test_a_fit_killed_while_marking_its_start_leaves_a_store_the_next_fit_takes(tmp_path):
+    """A SIGKILL inside the atomic write of ``starting.json`` leaves the lock and the
+    marker's temporary only: no content, so the next fit starts there (and clears the
+    temporary) instead of refusing "data that is not a dnmf run"."""
+    import dnmf
+    from dnmf._store import LOCK, STARTING
+
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / LOCK).write_text("{}")  # a lock of a process that is gone
+    (out / f".{STARTING}.p3v7q1").write_text('{"run_id": "ab')
+    V = np.abs(np.random.default_rng(3).standard_normal((30, 8)))
+    est = dnmf.NMF(2, max_iter=3, tol=0, random_state=0, out=str(out)).fit(V)
+    ref = dnmf.NMF(2, max_iter=3, tol=0, random_state=0).fit(V)
+    np.testing.assert_allclose(est.components_, ref.components_, rtol=1e-12)
+    assert not [p for p in os.listdir(out) if p.startswith(f".{STARTING}.")]
+    # Anything else there is still refused.
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    with pytest.raises(dnmf.errors.IncompatibleRunError, match="not a dnmf run"):
+        dnmf.NMF(2, max_iter=3, out=str(other)).fit(V)
