@@ -453,6 +453,27 @@ def _floored_ratio(x, wh, eps):  # type: ignore[no-untyped-def]
         wh[c] = x[c] / y
 
 
+@_jit_inline
+def _pass_sums(xlog, xsum, W, W_new, sums):  # type: ignore[no-untyped-def]
+    """``sums`` of a KL pass: Σ v·log(v/wh), Σ v, then for W and for W_new their
+    column sums (float64) and the sum of their squares (k + 1 values each)."""
+    n, k = W.shape
+    sums[0] = xlog
+    sums[1] = xsum
+    for which in range(2):
+        X = W if which == 0 else W_new
+        base = 2 + which * (k + 1)
+        sq = 0.0
+        for j in range(k):
+            sums[base + j] = 0.0
+        for i in range(n):
+            for j in range(k):
+                x = np.float64(X[i, j])
+                sums[base + j] += x
+                sq += x * x
+        sums[base + k] = sq
+
+
 @_jit_simd
 def kl_dense(V, W, H, Ht, linear, l1, l2, omegas, accelerated, eps, W_new, A, sums):  # type: ignore[no-untyped-def]
     """One KL pass over a dense panel (see :func:`._kernels.kl_dense`).
@@ -506,20 +527,7 @@ def kl_dense(V, W, H, Ht, linear, l1, l2, omegas, accelerated, eps, W_new, A, su
         for i in range(k):
             for c in range(m):
                 A[i, c] += Ab[i, c]
-    sums[0] = xlog
-    sums[1] = xsum
-    for which in range(2):
-        X = W if which == 0 else W_new
-        base = 2 + which * (k + 1)
-        sq = 0.0
-        for j in range(k):
-            sums[base + j] = 0.0
-        for i in range(n):
-            for j in range(k):
-                x = np.float64(X[i, j])
-                sums[base + j] += x
-                sq += x * x
-        sums[base + k] = sq
+    _pass_sums(xlog, xsum, W, W_new, sums)
 
 
 @_jit_simd
@@ -599,17 +607,4 @@ def kl_csr(indptr, indices, data, W, Ht, linear, l1, l2, omegas, accelerated, ep
                 for r in range(k):
                     At[c, r] += v * W_new[i, r]
         i0 = i1
-    sums[0] = xlog
-    sums[1] = xsum
-    for which in range(2):
-        X = W if which == 0 else W_new
-        base = 2 + which * (k + 1)
-        sq = 0.0
-        for j in range(k):
-            sums[base + j] = 0.0
-        for i in range(n):
-            for j in range(k):
-                x64 = np.float64(X[i, j])
-                sums[base + j] += x64
-                sq += x64 * x64
-        sums[base + k] = sq
+    _pass_sums(xlog, xsum, W, W_new, sums)
