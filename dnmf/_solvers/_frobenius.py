@@ -39,6 +39,9 @@ class FrobeniusSolver(Solver):
 
     beta = 2.0
     exact_loss_after_update = True
+    #: Below this (n + m)·k the NumPy step runs in ``auto`` mode (see
+    #: :func:`dnmf._solvers._kernels.enabled`).
+    tiny = _kernels.TINY
 
     @abstractmethod
     def step(
@@ -95,7 +98,7 @@ class FrobeniusSolver(Solver):
         k = H.shape[0]
         rho = self.sweep_ratio(ctx, 1.0 + (ctx.nnz + m * k) / (n * (k + 1.0)))
         W_new = self._ordered_step(ctx, 0, W, P, ctx.gram, reg.l1_W, reg.l2_W, rho,
-                                   _kernels.enabled(ctx.shape, k))
+                                   _kernels.enabled(ctx.shape, k, self.tiny))
         return W_new, start
 
     def with_exact_stats(self) -> FrobeniusSolver:
@@ -158,7 +161,7 @@ class FrobeniusSolver(Solver):
             reg.l1_H,
             reg.l2_H,
             rho,
-            _kernels.enabled(ctx.shape, k),
+            _kernels.enabled(ctx.shape, k, self.tiny),
         )
         return np.ascontiguousarray(Ht.T)
 
@@ -206,7 +209,7 @@ class FrobeniusSolver(Solver):
     ) -> np.ndarray:
         P = np.asarray(V @ ctx.H.T).astype(np.float64)
         # H is fixed, so P and G are too: iterate the W-step without touching V again.
-        compiled = _kernels.enabled(ctx.shape, ctx.H.shape[0])
+        compiled = _kernels.enabled(ctx.shape, ctx.H.shape[0], self.tiny)
         X = solve_rows(
             lambda rows, Xr: self.step(Xr, P[rows], ctx.gram, reg.l1_W, reg.l2_W, 1.0,
                                        compiled=compiled),

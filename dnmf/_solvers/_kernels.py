@@ -17,7 +17,7 @@ path:
   the compiled kernels (an error if numba cannot be imported);
 * unset (``auto``): compiled when numba imports, except for tiny problems
   (``(n + m)·k < TINY``), where loading numba (about half a second per process) costs
-  more than the whole fit in NumPy.
+  more than the whole fit in NumPy; ALS's NNLS is compiled at every size.
 
 numba is imported on first use, not with dnmf. Compiled code is cached on disk
 (``cache=True``), so only the first process after an install pays the compilation
@@ -57,12 +57,15 @@ def choice() -> str:
     return value
 
 
-def enabled(shape: tuple[int, int], k: int) -> bool:
-    """Whether a fit of V of ``shape`` with ``k`` components uses the compiled kernels."""
+def enabled(shape: tuple[int, int], k: int, tiny: int = TINY) -> bool:
+    """Whether a fit of V of ``shape`` with ``k`` components uses the compiled kernels.
+
+    ``tiny`` is the solver's own threshold in ``auto`` mode (ALS passes 0: its NumPy
+    NNLS loops over columns in Python, slower than loading numba at every size)."""
     mode = choice()
     if mode == "numpy":
         return False
-    if mode == "auto" and (shape[0] + shape[1]) * k < TINY:
+    if mode == "auto" and (shape[0] + shape[1]) * k < tiny:
         return False
     if _load() is None:
         if mode == "numba":
