@@ -71,6 +71,7 @@ def test_run_all_smoke(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.heavy  # a real scheduler and workers, ~40 s; test_cluster.py runs by default
 def test_run_all_smoke_with_cluster(tmp_path):
     pytest.importorskip("distributed")
     run_all = _run_all()
