@@ -74,22 +74,26 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
     ----------
     n_components : int or "auto", default="auto"
         Rank k. "auto" takes it from custom ``W``/``H``, else ``n_features``.
-    solver : {"hals", "cd", "mu", "als", "amu"}, default="hals"
-        Accelerated HALS; "cd", scikit-learn's coordinate descent (HALS's updates,
-        one sweep of W and one of H per iteration, no extrapolation: scikit-learn's
-        iterates from the same custom start, to ~1e-14); Lee & Seung's
-        multiplicative updates; alternating NNLS with block principal pivoting; or
-        (KL only) accelerated MU: over-relaxed MU steps kept where MU's majorant
-        guarantees a decrease (about half of MU's iterations; see the guide).
+    solver : {"auto", "hals", "cd", "mu", "als", "amu"}, default="auto"
+        "auto" picks the fastest solver for the loss: "hals" for Frobenius, "amu"
+        for KL, "mu" for KL with missing values or a mask and for every other β
+        (dnmf's addition; scikit-learn's default is "cd", which minimises the
+        Frobenius norm only). "hals" is accelerated HALS; "cd", scikit-learn's
+        coordinate descent (HALS's updates, one sweep of W and one of H per
+        iteration, no extrapolation: scikit-learn's iterates from the same custom
+        start, to ~1e-14); "mu", Lee & Seung's multiplicative updates; "als",
+        alternating NNLS with block principal pivoting; "amu" (KL only),
+        accelerated MU: over-relaxed MU steps kept where MU's majorant guarantees
+        a decrease (about half of MU's iterations; see the guide).
     beta_loss : float or {"frobenius", "kullback-leibler", "itakura-saito"}, \
             default="frobenius"
         The β-divergence minimised: "frobenius" (β = 2, ½‖X − WH‖²),
         "kullback-leibler" (β = 1), "itakura-saito" (β = 0) or any finite β.
         Losses other than Frobenius need ``solver="mu"`` (scikit-learn's update
-        rules, with the exponent γ(β)). For β ≤ 0, X must not contain zeros (a
-        sparse X then has to store every entry). β other than 1 and 2 costs a
-        dense panel's work per iteration even for sparse X (the loss needs WH
-        at every entry).
+        rules, with the exponent γ(β)), or "amu" for KL; "auto" picks them. For
+        β ≤ 0, X must not contain zeros (a sparse X then has to store every
+        entry). β other than 1 and 2 costs a dense panel's work per iteration even
+        for sparse X (the loss needs WH at every entry).
     init : {None, "random", "nndsvd", "nndsvda", "nndsvdar", "custom"}, default=None
         Start. None means "nndsvda" when n_components <= min(n_samples,
         n_features), else "random" (scikit-learn's rule).
@@ -214,7 +218,7 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         self,
         n_components: int | str | None = "auto",
         *,
-        solver: str = "hals",
+        solver: str = "auto",
         beta_loss: str | float = "frobenius",
         init: str | None = None,
         max_iter: int = 200,
@@ -295,8 +299,10 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
             )
         return _frame_values(X)
 
-    def _checked(self) -> dict[str, Any]:
-        return check_params(self.get_params())
+    def _checked(self, mask: Any = None) -> dict[str, Any]:
+        """The checked parameters, ``solver="auto"`` resolved for this call (a mask,
+        or ``missing``, makes the call masked)."""
+        return check_params(self.get_params(), masked=mask is not None)
 
     @staticmethod
     def _check_masked(params: dict[str, Any], mask: Any) -> None:
@@ -356,7 +362,7 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         W : ndarray of shape (n_samples, n_components), or a Dask array for Dask
             and Zarr input, or with ``out`` set (read from the run store).
         """
-        params = self._checked()
+        params = self._checked(mask)
         self._check_masked(params, mask)
         X = self._check_frame(X, reset=True)
         if params["init"] != "custom" and (W is not None or H is not None):
@@ -462,7 +468,7 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
     def _transform(self, X: Any, mask: Any = None, *, count: bool = False) -> Any:
         """:meth:`transform`; with ``count``, also the iterations the slowest row needed."""
         self._check_fitted()
-        params = self._checked()
+        params = self._checked(mask)
         self._check_masked(params, mask)
         # Feature names first (scikit-learn's order: names, then their number).
         X = self._check_frame(X, reset=False)
@@ -549,7 +555,7 @@ def non_negative_factorization(
     *,
     init: str | None = None,
     update_H: bool = True,
-    solver: str = "hals",
+    solver: str = "auto",
     beta_loss: str | float = "frobenius",
     tol: float = 1e-4,
     max_iter: int = 200,

@@ -25,10 +25,12 @@ __all__ = [
     "regularization",
     "resolve_init",
     "resolve_seed",
+    "resolve_solver",
 ]
 
 #: "cd" is scikit-learn's coordinate descent: HALS's updates on scikit-learn's schedule.
-SOLVERS = ("hals", "mu", "als", "amu", "cd")
+#: "auto" picks per fit (see :func:`resolve_solver`).
+SOLVERS = ("auto", "hals", "mu", "als", "amu", "cd")
 #: The named divergences and their β (scikit-learn's names).
 BETA_NAMES = {"frobenius": 2.0, "kullback-leibler": 1.0, "itakura-saito": 0.0}
 
@@ -121,8 +123,27 @@ CONSTRAINTS: dict[str, tuple[Callable[[Any], bool], str]] = {
 }
 
 
-def check_params(params: dict[str, Any]) -> dict[str, Any]:
-    """Validate the estimator's parameters; return them with beta_loss normalised."""
+def resolve_solver(solver: str, beta_loss: str | float, masked: bool = False) -> str:
+    """The solver ``solver="auto"`` stands for; any other name is returned as is.
+
+    The fastest solver measured for the loss (see the guide's "Which solver"):
+    accelerated HALS for the Frobenius norm, accelerated MU for an unmasked KL
+    fit, and Lee & Seung's MU for a masked KL fit and every other β-divergence
+    (the only solver for those). ``beta_loss`` is the normalised one
+    (:func:`normalize_beta_loss`).
+    """
+    if solver != "auto":
+        return solver
+    if beta_loss == "frobenius":
+        return "hals"
+    if beta_loss == "kullback-leibler" and not masked:
+        return "amu"
+    return "mu"
+
+
+def check_params(params: dict[str, Any], masked: bool = False) -> dict[str, Any]:
+    """Validate the estimator's parameters; return them with beta_loss normalised
+    and ``solver="auto"`` resolved (for a masked fit when ``masked``)."""
     for name, value in params.items():
         if name not in CONSTRAINTS:
             continue
@@ -138,6 +159,10 @@ def check_params(params: dict[str, Any]) -> dict[str, Any]:
     checked = dict(params)
     if "beta_loss" in checked:
         checked["beta_loss"] = normalize_beta_loss(checked["beta_loss"])
+    if checked.get("solver") == "auto":
+        checked["solver"] = resolve_solver(
+            "auto", checked.get("beta_loss", "frobenius"),
+            masked or checked.get("missing") is not None)
     solver, loss = checked.get("solver"), checked.get("beta_loss")
     if loss is not None and loss != "frobenius" and solver in ("hals", "als", "cd"):
         divergence = {"kullback-leibler": "KL divergence (or 'amu', accelerated MU)",

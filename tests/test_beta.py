@@ -361,3 +361,50 @@ def test_distributed_cluster_equals_threads(distributed_client, solver, beta):
     np.testing.assert_allclose(W_remote, W_local, rtol=1e-10, atol=1e-14)
     np.testing.assert_allclose(remote.components_, local.components_, rtol=1e-10, atol=1e-14)
     assert remote.loss_history_ == pytest.approx(local.loss_history_, rel=1e-12)
+
+
+@pytest.mark.parametrize(("beta_loss", "masked", "expected"), [
+    ("frobenius", False, "hals"), ("frobenius", True, "hals"),
+    ("kullback-leibler", False, "amu"), ("kullback-leibler", True, "mu"),
+    (1.5, False, "mu"),
+])
+def test_solver_auto_picks_hals_amu_or_mu_and_equals_the_named_solver(beta_loss, masked,
+                                                                        expected):
+    from dnmf._validation import resolve_solver
+
+    V = _positive(60, 24, 3)
+    mask = None
+    if masked:
+        mask = np.random.default_rng(5).random(V.shape) > 0.1
+    kw = dict(beta_loss=beta_loss, init="random", random_state=0, max_iter=25, tol=0.0)
+    auto = dnmf.NMF(3, **kw)
+    assert auto.get_params()["solver"] == "auto"  # the default
+    W_auto = auto.fit_transform(V, mask=mask)
+    named = dnmf.NMF(3, solver=expected, **kw)
+    W_named = named.fit_transform(V, mask=mask)
+    assert auto.solver == "auto"  # fit does not change the parameter
+    np.testing.assert_array_equal(W_auto, W_named)
+    np.testing.assert_array_equal(auto.components_, named.components_)
+    assert auto.n_iter_ == named.n_iter_ == 25
+    normal = dnmf._validation.normalize_beta_loss(beta_loss)
+    assert resolve_solver("auto", normal, masked) == expected
+    assert resolve_solver("als", normal, masked) == "als"  # a named solver is kept
+
+
+def test_solver_auto_on_the_command_line(tmp_path):
+    from typer.testing import CliRunner
+
+    from dnmf.cli import app
+
+    V = _positive(60, 20, 3)
+    np.save(tmp_path / "v.npy", V)
+    runner = CliRunner()
+    for i, (args, recorded) in enumerate([([], "hals"), (["--loss", "kl"], "amu"),
+                                          (["--solver", "auto", "--loss", "1.5"], "mu"),
+                                          (["--solver", "mu", "--loss", "kl"], "mu")]):
+        out = tmp_path / f"r{i}.zarr"
+        result = runner.invoke(app, ["fit", str(tmp_path / "v.npy"), "-k", "3", "-o", str(out),
+                                     "--max-iter", "5", *args])
+        assert result.exit_code == 0, result.output
+        assert dnmf.open_run(out).params["solver"] == recorded
+        assert f"with rank 3, {recorded}, on local threads" in result.output

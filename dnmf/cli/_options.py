@@ -30,6 +30,7 @@ def _parse_size(text: str, option: str = "--max-size") -> int:
 
 
 class SolverName(str, Enum):
+    auto = "auto"
     hals = "hals"
     cd = "cd"
     mu = "mu"

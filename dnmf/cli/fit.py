@@ -14,6 +14,7 @@ from typing import Annotated, Any
 import typer
 
 from .. import errors  # errors.ConvergenceWarning: made (with scikit-learn) when used
+from .._validation import resolve_solver
 from ..errors import (
     ClusterLostError,
     InvalidParameterError,
@@ -92,8 +93,9 @@ def fit(
         "--out", "-o", metavar="RUN", help="The run store to write (RUN.zarr).",
         show_default=False)],
     solver: Annotated[SolverName | None, typer.Option(
-        help="hals, mu (multiplicative updates), als (alternating NNLS) or amu "
-             "(accelerated MU, KL only) [default: hals; not with --online].",
+        help="auto (hals for frobenius, amu for kl, mu for masked kl and other "
+             "losses), hals, mu (multiplicative updates), als (alternating NNLS) or amu "
+             "(accelerated MU, KL only) [default: auto; not with --online].",
         show_default=False)] = None,
     loss: Annotated[str, typer.Option(
         metavar="LOSS", help="frobenius, kullback-leibler (kl), itakura-saito (is) or any "
@@ -191,8 +193,9 @@ def fit(
         raise InvalidParameterError(
             f"--extrapolate {extrapolate.value} does not apply with --online: it "
             f"extrapolates HALS and ALS iterations. Drop --extrapolate, or drop --online.")
-    solver = solver or SolverName.hals
     loss_name = _parse_loss(loss)
+    solver = SolverName(resolve_solver((solver or SolverName.auto).value, loss_name,
+                                       masked=missing is not None or mask is not None))
     if extrapolate is ExtrapolateName.on:
         _check_extrapolate_on(solver.value, loss_name, missing is not None or mask is not None)
     extrapolate = extrapolate or ExtrapolateName.auto

@@ -11,6 +11,7 @@ from typing import Annotated, Any
 
 import typer
 
+from .._validation import resolve_solver
 from ..errors import ClusterLostError, InvalidParameterError
 from ._app import _exit_code, app
 from ._inputs import _make_parent, _prepare_input
@@ -136,7 +137,9 @@ def rank(
     plot: Annotated[Path | None, typer.Option(
         "--plot", metavar="PNG", help="Draw the rank plot to this file (.png, .svg, .pdf).",
         show_default=False)] = None,
-    solver: Annotated[SolverName, typer.Option(help="hals, mu or als.")] = SolverName.hals,
+    solver: Annotated[SolverName, typer.Option(
+        help="auto (hals for frobenius; for kl, mu in cv fits and with --missing/--mask, "
+             "else amu; mu for other losses), hals, mu, als or amu.")] = SolverName.auto,
     loss: Annotated[str, typer.Option(
         help="frobenius, kullback-leibler (kl), itakura-saito (is) or a number beta, as "
         "for dnmf fit.")] = "frobenius",
@@ -209,6 +212,9 @@ def rank(
                               else _parse_size(panel_cache, "--panel-cache"))
     sched = _scheduler_args(scheduler, scheduler_file)
     loss_name = _parse_loss(loss)
+    solver = SolverName(resolve_solver(
+        solver.value, loss_name,
+        masked=method is MethodName.cv or missing is not None or mask is not None))
     if extrapolate is ExtrapolateName.on:
         _check_rank_extrapolate_on(solver.value, loss_name, method, missing, mask)
     if "://" not in out and Path(out).resolve() == Path(input).resolve():
