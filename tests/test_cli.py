@@ -259,6 +259,8 @@ MORE_ERROR_CASES = {
     "conversion options on sparse input": (
         ["fit", "csr.zarr", "-k", "2", "-o", "r.zarr", "--chunk-rows", "10"], USAGE,
         r"sparse \(CSR\) Zarr group, fitted as it is"),
+    "demo with amu": (["demo", "--solver", "amu", "--out", "d"], USAGE,
+                      r"the demo runs --solver hals or mu .*not --solver amu"),
     "demo over someone else's files": (["demo", "--out", "foreign"], ERROR,
                                        r"foreign/run\.zarr exists and is not a dnmf run"),
     "missing zarr input": (["fit", "missing.zarr", "-k", "2", "-o", "r.zarr"], ERROR,

@@ -46,8 +46,10 @@ def demo(
     from .._demo import SWIMMER_SHAPE, swimmer
 
     started = time.perf_counter()
-    if solver is SolverName.als:
-        raise InvalidParameterError("the demo runs --solver hals or mu.")
+    if solver in (SolverName.als, SolverName.amu):
+        raise InvalidParameterError(
+            f"the demo runs --solver hals or mu (a Frobenius fit of the swimmer), not "
+            f"--solver {solver.value}: drop --solver, or pass --solver mu.")
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
