@@ -14,7 +14,6 @@ from typing import Annotated, Any
 import typer
 
 from .. import errors  # errors.ConvergenceWarning: made (with scikit-learn) when used
-from .._validation import resolve_solver
 from ..errors import (
     ClusterLostError,
     InvalidParameterError,
@@ -194,6 +193,8 @@ def fit(
             f"--extrapolate {extrapolate.value} does not apply with --online: it "
             f"extrapolates HALS and ALS iterations. Drop --extrapolate, or drop --online.")
     loss_name = _parse_loss(loss)
+    from .._validation import resolve_solver  # numpy: not at import (dnmf --help)
+
     solver = SolverName(resolve_solver((solver or SolverName.auto).value, loss_name,
                                        masked=missing is not None or mask is not None))
     if extrapolate is ExtrapolateName.on:

@@ -11,7 +11,6 @@ from typing import Annotated, Any
 
 import typer
 
-from .._validation import resolve_solver
 from ..errors import ClusterLostError, InvalidParameterError
 from ._app import _exit_code, app
 from ._inputs import _make_parent, _prepare_input
@@ -212,6 +211,8 @@ def rank(
                               else _parse_size(panel_cache, "--panel-cache"))
     sched = _scheduler_args(scheduler, scheduler_file)
     loss_name = _parse_loss(loss)
+    from .._validation import resolve_solver  # numpy: not at import (dnmf --help)
+
     solver = SolverName(resolve_solver(
         solver.value, loss_name,
         masked=method is MethodName.cv or missing is not None or mask is not None))
