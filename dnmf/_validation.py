@@ -159,9 +159,9 @@ def check_params(params: dict[str, Any], masked: bool = False) -> dict[str, Any]
     checked = dict(params)
     if "beta_loss" in checked:
         checked["beta_loss"] = normalize_beta_loss(checked["beta_loss"])
-    if checked.get("solver") == "auto":
+    if "solver" in checked:
         checked["solver"] = resolve_solver(
-            "auto", checked.get("beta_loss", "frobenius"),
+            checked["solver"], checked.get("beta_loss", "frobenius"),
             masked or checked.get("missing") is not None)
     solver, loss = checked.get("solver"), checked.get("beta_loss")
     if loss is not None and loss != "frobenius" and solver in ("hals", "als", "cd"):

@@ -195,10 +195,10 @@ def fit(
     loss_name = _parse_loss(loss)
     from .._validation import resolve_solver  # numpy: not at import (dnmf --help)
 
-    solver = SolverName(resolve_solver((solver or SolverName.auto).value, loss_name,
-                                       masked=missing is not None or mask is not None))
+    masked = missing is not None or mask is not None
+    solver = SolverName(resolve_solver((solver or SolverName.auto).value, loss_name, masked))
     if extrapolate is ExtrapolateName.on:
-        _check_extrapolate_on(solver.value, loss_name, missing is not None or mask is not None)
+        _check_extrapolate_on(solver.value, loss_name, masked)
     extrapolate = extrapolate or ExtrapolateName.auto
     panel_bytes = None if panel_size is None else _parse_size(panel_size, "--panel-size")
     sched = _scheduler_args(scheduler, scheduler_file)
