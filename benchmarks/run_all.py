@@ -44,6 +44,7 @@ SMOKE_ARGS: dict[str, list[str]] = {
     "out_of_core": ["--gib", "0.002", "--cols", "100", "--chunk-mib", "0.25", "--iters", "2",
                     "--rounds", "1", "--skip", "dask-fused"],
     "sizes": ["--sizes", "60x30", "--repeats", "1", "--max-iter", "400"],
+    "startup": ["--repeats", "2"],
     "cluster_scaling": ["--n", "400", "--m", "40", "--k", "4", "--panel-rows", "100",
                         "--iters", "4", "--rounds", "1"],
 }

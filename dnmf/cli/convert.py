@@ -1,7 +1,5 @@
 """``dnmf convert``: a data file to a Zarr array chunked by rows, streaming."""
 
-from __future__ import annotations
-
 import time
 from enum import Enum
 from pathlib import Path

@@ -1,7 +1,5 @@
 """``dnmf demo``: the swimmer data set factorized, its parts drawn."""
 
-from __future__ import annotations
-
 import os
 import time
 import warnings

@@ -1,8 +1,6 @@
 """``dnmf export``: W and H of a run to plain files (NumPy or CSV, with names), or
 into the AnnData file or store the run was fitted on (``--into``)."""
 
-from __future__ import annotations
-
 import os
 import shutil
 from enum import Enum

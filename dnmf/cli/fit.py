@@ -1,7 +1,5 @@
 """``dnmf fit``: factorize an input into a run store."""
 
-from __future__ import annotations
-
 import contextlib
 import math
 import os

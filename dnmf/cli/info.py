@@ -1,7 +1,5 @@
 """``dnmf info``: parameters, progress, loss and checkpoint health of a run."""
 
-from __future__ import annotations
-
 import json
 from typing import Annotated, Any
 

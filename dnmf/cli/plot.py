@@ -1,7 +1,5 @@
 """``dnmf plot``: the loss curve and basis images of a run."""
 
-from __future__ import annotations
-
 from enum import Enum
 from pathlib import Path
 from typing import Annotated

@@ -1,7 +1,5 @@
 """``dnmf rank``: choose k by a sweep of fits (cross-validation or consensus)."""
 
-from __future__ import annotations
-
 import json
 import shutil
 import time

@@ -1,7 +1,5 @@
 """``dnmf resume``: continue an interrupted run, or extend a finished one."""
 
-from __future__ import annotations
-
 import os
 import time
 import warnings

@@ -1,8 +1,6 @@
 """``dnmf top``: the top features of each component (words per topic, genes per program),
 by name where the data had names."""
 
-from __future__ import annotations
-
 import json
 from typing import TYPE_CHECKING, Annotated
 
@@ -16,7 +14,7 @@ if TYPE_CHECKING:
     import numpy as np
 
 
-def top_features(H: np.ndarray, n: int) -> list[list[tuple[int, float]]]:
+def top_features(H: "np.ndarray", n: int) -> list[list[tuple[int, float]]]:
     """Per row of H: the ``n`` largest entries as (column, value), largest first; ties
     in column order (a stable sort, so the answer does not depend on the platform)."""
     import numpy as np

@@ -1,7 +1,5 @@
 """``dnmf transform``: W for new rows with a run's H fixed."""
 
-from __future__ import annotations
-
 import os
 import shutil
 from pathlib import Path
