@@ -109,7 +109,7 @@ def finish_and_compare(out, ref, V_path=None) -> None:
     [
         ("hals", "frobenius", "nndsvda"),
         # KL's loss lags one pass; in-process interrupts cover it in test_run.py.
-        pytest.param("mu", "kullback-leibler", "random", marks=pytest.mark.slow),
+        pytest.param("mu", "kullback-leibler", "random", marks=pytest.mark.heavy),
     ],
 )
 def test_sigkill_at_each_commit_stage_then_resume_is_bit_for_bit(tmp_path, V_path, solver,

@@ -447,7 +447,10 @@ def test_fit_converts_other_formats_on_the_fly_and_resume_extends(sources, V, ca
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", [n for n in FORMATS if n != "v.npy"])
+@pytest.mark.parametrize("name", [
+    # text and npz formats: heavy (suite time); h5, Zarr and CSR Zarr stay in the default run
+    pytest.param(n, marks=pytest.mark.heavy) if n in ("v.csv", "v.tsv", "v.npz", "v.mtx") else n
+    for n in FORMATS if n != "v.npy"])
 def test_every_format_through_fit_info_export(name, converted, sources, V):
     ok(converted[name])
     _fit_info_export(sources, f"out-{name.replace('.', '-')}.zarr",
@@ -661,6 +664,7 @@ def _doc_commands(path: Path, section: str) -> list[list[str]]:
 
 
 @pytest.mark.slow
+@pytest.mark.heavy  # suite time; test_readme_commands_run_as_written stays
 def test_cli_guide_first_session_runs_as_written(tmp_path):
     commands = _doc_commands(ROOT / "docs" / "cli.md", "## A first session")
     assert commands[0] == ["demo"] and len(commands) >= 5
@@ -671,6 +675,7 @@ def test_cli_guide_first_session_runs_as_written(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.heavy  # suite time; the dashboard-link test stays
 def test_fit_on_a_local_cluster_prints_the_dashboard(tmp_path):
     convert(_save(tmp_path / "v.npy", planted(200, 30, 3, seed=5)[0]), tmp_path / "v.zarr")
     proc = ok(run_dnmf("fit", "v.zarr", "-k", "3", "--out", "run.zarr", "--max-iter", "15",

@@ -119,6 +119,7 @@ def test_rank_ctrl_c_says_how_to_continue(data):
     assert 1 <= done < 8
 
 
+@pytest.mark.heavy  # suite time; test_extrapolation stays
 def test_rank_extrapolate_passes_through_to_every_fit(data):
     """--extrapolate off gives select_rank(extrapolate=False)'s table (plain iterations,
     which differ from the default's extrapolated ones), recorded in the sweep; on is

@@ -191,7 +191,9 @@ def test_only_k_by_m_results_reach_the_client(client, V_path, reference, monkeyp
 # 3. a worker dies mid-run
 # --------------------------------------------------------------------------- #
 @pytest.mark.slow
-@pytest.mark.parametrize("store,numpy_input", [(False, False), (True, False), (False, True)],
+@pytest.mark.parametrize("store,numpy_input", [(False, False),
+                                                pytest.param(True, False, marks=pytest.mark.heavy),
+                                                (False, True)],
                          ids=["W-in-worker-memory", "W-in-store", "V-and-W-from-numpy"])
 def test_sigkill_of_a_worker_mid_run(client, V_path, reference, tmp_path, store, numpy_input):
     # NumPy input: the panels reach the workers as tasks that hold them, so a lost
@@ -315,6 +317,7 @@ def test_panels_too_big_for_the_workers_fail_before_any_work(client, tmp_path):
 # 6. the scheduler dies mid-run
 # --------------------------------------------------------------------------- #
 @pytest.mark.slow
+@pytest.mark.heavy  # suite time; client and worker kills stay
 def test_sigkill_of_the_scheduler_stops_the_fit_cleanly_then_resume(V_path, tmp_path):
     local = _load_local()
     d = tmp_path / "cluster"
@@ -374,7 +377,8 @@ def test_sigkill_of_the_scheduler_stops_the_fit_cleanly_then_resume(V_path, tmp_
 # 7. every worker dies at once (issue 16, defect 3)
 # --------------------------------------------------------------------------- #
 @pytest.mark.slow
-@pytest.mark.parametrize("store", [True, False], ids=["W-in-store", "W-in-worker-memory"])
+@pytest.mark.parametrize("store", [pytest.param(True, marks=pytest.mark.heavy), False],
+                         ids=["W-in-store", "W-in-worker-memory"])
 def test_sigkill_of_every_worker_at_once_finishes_with_the_same_answer(
         client, V_path, reference, tmp_path, store):
     """Both workers SIGKILLed together; their nannies restart them within a second.

@@ -372,7 +372,8 @@ def _kill_at(args, point, marker, timeout=180.0):
 
 @pytest.mark.slow
 @pytest.mark.skipif(sys.platform == "win32", reason="needs SIGKILL")
-@pytest.mark.parametrize("holdout", [0.0, 0.1], ids=["zarr-mask", "nan+holdout"])
+@pytest.mark.parametrize("holdout", [pytest.param(0.0, marks=pytest.mark.heavy), 0.1],
+                         ids=["zarr-mask", "nan+holdout"])
 def test_masked_run_sigkilled_and_resumed_gives_the_same_bytes(tmp_path, holdout):
     import zarr
 

@@ -230,6 +230,7 @@ def _start_cluster(d: Path, workers: int, threads: int) -> dict:
 
 @pytest.mark.slow
 @pytest.mark.skipif(os.name != "posix", reason="start_cluster.py is POSIX only")
+@pytest.mark.heavy  # suite time; test_online's cluster and SIGKILL tests stay
 def test_online_on_a_cluster_does_not_depend_on_its_threads_and_resumes_bit_for_bit(
         data):
     pytest.importorskip("distributed")

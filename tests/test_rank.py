@@ -214,7 +214,7 @@ SWEEP_SCRIPT = textwrap.dedent("""
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("how", ["SIGKILL", "SIGINT"])
+@pytest.mark.parametrize("how", ["SIGKILL", pytest.param("SIGINT", marks=pytest.mark.heavy)])
 def test_interrupted_sweep_continues_to_the_same_table(tmp_path, how):
     out = tmp_path / "sweep"
     script = tmp_path / "sweep.py"

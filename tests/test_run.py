@@ -534,7 +534,7 @@ def _write_uniform(path, n: int, m: int, rows: int) -> int:
     return n * m * 4
 
 
-@pytest.mark.parametrize("init", ["random", pytest.param("nndsvda", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("init", ["random", pytest.param("nndsvda", marks=pytest.mark.heavy)])
 def test_peak_memory_is_bounded_by_panels_not_V(tmp_path, init):
     m, rows = 1000, 1000  # panels of 4 MB
     _write_uniform(tmp_path / "small.zarr", 10_000, m, rows)  # 40 MB

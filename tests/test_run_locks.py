@@ -10,6 +10,7 @@ import sys
 import time
 
 import numpy as np
+import pytest
 
 import dnmf
 
@@ -31,6 +32,7 @@ def race(args: list[str], cwd, gap: float = 0.3) -> list[tuple[int, str, str]]:
     return [(p.wait(timeout=TIMEOUT), *p.communicate()) for p in procs]
 
 
+@pytest.mark.heavy  # suite time; the directory-store race in test_cli stays
 def test_two_fits_into_one_zip_started_together_one_is_refused_and_the_other_is_right(
         tmp_path):
     # A CSV is converted (to run.zip.input.zarr) under the lock: the loser is refused

@@ -221,6 +221,7 @@ def test_s3_defaults_fail_fast_and_are_overridable(monkeypatch):
         {"anon": False, "profile": "p"}
 
 
+@pytest.mark.heavy  # suite time; the local races stay
 def test_two_fits_into_one_url_started_together_one_is_refused(s3, tmp_path):
     # Issue 16: the command line holds the run's lock for a URL --out too (taken where
     # the fit takes it, in the object store), so the second is refused in one line.

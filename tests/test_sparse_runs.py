@@ -132,6 +132,7 @@ def test_cluster_memory_check_counts_sparse_panels_by_stored_entries(tmp_path):
         assert prep._sparse_panel_bytes() < 100_000
 
 
+@pytest.mark.heavy  # suite time; test_estimator's cluster tests stay
 def test_distributed_fit_of_csr_zarr_equals_threads(tmp_path, V, store, distributed_client):
     kw = dict(solver="mu", beta_loss="kullback-leibler", max_iter=10)
     threads = model(**kw)
@@ -157,6 +158,7 @@ def skewed(seed: int = 1) -> sp.csr_matrix:
     return sp.vstack([top, rest], format="csr")
 
 
+@pytest.mark.heavy  # suite time; csr resume and panel-cut tests stay
 def test_run_store_keeps_panels_cut_by_stored_entries_and_resumes(tmp_path):
     V = skewed()
     path = write_csr_zarr(V, tmp_path / "skewed.zarr", chunk_nnz=512)
