@@ -143,8 +143,13 @@ class SpeckledHoldout:
             return out
         seed_key = splitmix64(np.array([self.seed], dtype=np.uint64))
         row_keys = splitmix64(seed_key ^ np.arange(start, stop, dtype=np.uint64))
-        cols = np.arange(m, dtype=np.uint64)
         threshold = self._threshold
+        from ._solvers import _kernels
+
+        if _kernels.hash_enabled(n * m):  # compiled: ~1 ns an entry against NumPy's ~15
+            _kernels.heldout_rows(row_keys, m, threshold, out)
+            return out
+        cols = np.arange(m, dtype=np.uint64)
         step = max(1, _BLOCK_ENTRIES // m)
         for a in range(0, n, step):
             b = min(n, a + step)
@@ -162,6 +167,11 @@ class SpeckledHoldout:
         seed_key = splitmix64(np.array([self.seed], dtype=np.uint64))
         out = np.empty(rows.shape, dtype=bool)
         threshold = self._threshold
+        from ._solvers import _kernels
+
+        if rows.ndim == 1 and rows.shape == cols.shape and _kernels.hash_enabled(rows.size):
+            _kernels.heldout_pairs(seed_key[0], rows, cols, threshold, out)
+            return out
         for a in range(0, rows.size, _BLOCK_ENTRIES):
             b = min(rows.size, a + _BLOCK_ENTRIES)
             h = splitmix64(splitmix64(seed_key ^ rows[a:b]) ^ cols[a:b])

@@ -134,3 +134,29 @@ def test_bad_heldout_arguments():
         h.heldout(1.0, 4, 3)
     assert h.heldout(0, 0, 5).shape == (0, 5)
     assert h.heldout(0, 3, 0).shape == (3, 0)
+
+
+@pytest.mark.parametrize(("fraction", "seed", "start", "m"), [
+    (0.05, 0, 0, 2000), (0.5, 7, 123_457, 1), (0.999, 2**64 - 1, 2**62 - 40, 33),
+    (1e-6, 12345, 10**12, 257)])
+def test_compiled_hold_out_hash_is_the_numpy_one_bit_for_bit(monkeypatch, fraction, seed,
+                                                              start, m):
+    pytest.importorskip("numba")
+    holdout = SpeckledHoldout(fraction=fraction, seed=seed)
+    n = max(40, (1 << 18) // m + 3)  # over HASH_TINY entries: auto runs it compiled
+    rng = np.random.default_rng(seed % 97)
+    rows = rng.integers(start, start + n, 50_000).astype(np.uint64)
+    cols = rng.integers(0, m, 50_000).astype(np.uint64)
+    results = {}
+    for mode in ("numpy", "numba", "auto"):
+        monkeypatch.setenv("DNMF_KERNELS", mode)
+        results[mode] = (holdout.heldout(start, start + n, m), holdout.heldout_at(rows, cols))
+    for mode in ("numba", "auto"):
+        np.testing.assert_array_equal(results[mode][0], results["numpy"][0])
+        np.testing.assert_array_equal(results[mode][1], results["numpy"][1])
+    block, at = results["numpy"]
+    # the pointwise and the block hash agree, and the share held out is the fraction
+    np.testing.assert_array_equal(at, block[(rows - np.uint64(start)).astype(np.int64),
+                                            cols.astype(np.int64)])
+    assert abs(block.mean() - fraction) < 5 * np.sqrt(fraction * (1 - fraction) / block.size) \
+        + 1e-9

@@ -608,3 +608,43 @@ def kl_csr(indptr, indices, data, W, Ht, linear, l1, l2, omegas, accelerated, ep
                     At[c, r] += v * W_new[i, r]
         i0 = i1
     _pass_sums(xlog, xsum, W, W_new, sums)
+
+
+# ---------------------------------------------------------- the hold-out hash
+# SplitMix64 as dnmf._mask.splitmix64, in uint64 throughout (numba would turn a uint64
+# op an int64 into float64: every constant here is a uint64).
+_SM_GAMMA = np.uint64(0x9E3779B97F4A7C15)
+_SM_MUL1 = np.uint64(0xBF58476D1CE4E5B9)
+_SM_MUL2 = np.uint64(0x94D049BB133111EB)
+_SM_30 = np.uint64(30)
+_SM_27 = np.uint64(27)
+_SM_31 = np.uint64(31)
+_SM_11 = np.uint64(11)
+
+
+@_jit_inline
+def _splitmix64(x):  # type: ignore[no-untyped-def]
+    z = x + _SM_GAMMA
+    z = (z ^ (z >> _SM_30)) * _SM_MUL1
+    z = (z ^ (z >> _SM_27)) * _SM_MUL2
+    return z ^ (z >> _SM_31)
+
+
+@_jit_simd
+def heldout_rows(row_keys, threshold, out):  # type: ignore[no-untyped-def]
+    """``out[i, j] = splitmix64(row_keys[i] ^ j) >> 11 < threshold`` (bool, n × m):
+    :meth:`dnmf.SpeckledHoldout.heldout`'s hash, bit for bit."""
+    n, m = out.shape
+    for i in range(n):
+        key = row_keys[i]
+        for j in range(m):
+            out[i, j] = (_splitmix64(key ^ np.uint64(j)) >> _SM_11) < threshold
+
+
+@_jit_simd
+def heldout_pairs(seed_key, rows, cols, threshold, out):  # type: ignore[no-untyped-def]
+    """``out[e] = splitmix64(splitmix64(seed_key ^ rows[e]) ^ cols[e]) >> 11 <
+    threshold``: :meth:`dnmf.SpeckledHoldout.heldout_at`'s hash, bit for bit."""
+    for e in range(rows.shape[0]):
+        h = _splitmix64(_splitmix64(seed_key ^ rows[e]) ^ cols[e])
+        out[e] = (h >> _SM_11) < threshold

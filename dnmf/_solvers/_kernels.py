@@ -92,6 +92,38 @@ def _load() -> Any:
     return _compiled
 
 
+#: Entries of a hold-out below which the NumPy hash runs (loading numba costs more).
+HASH_TINY = 1 << 18
+
+
+def hash_enabled(entries: int) -> bool:
+    """Whether the hold-out hash of ``entries`` entries runs compiled (the
+    ``DNMF_KERNELS`` setting as for the solvers; NumPy below :data:`HASH_TINY`)."""
+    mode = choice()
+    if mode == "numpy" or (mode == "auto" and entries < HASH_TINY):
+        return False
+    return enabled((entries, 0), 1, tiny=0)
+
+
+def heldout_rows(row_keys: np.ndarray, m: int, threshold: np.uint64,
+                 out: np.ndarray) -> None:
+    """``out`` (bool, len(row_keys) × m) = which entries the hold-out hash holds out."""
+    kernels = _load()
+    assert kernels is not None
+    kernels.heldout_rows(np.ascontiguousarray(row_keys, dtype=np.uint64), np.uint64(threshold),
+                         out)
+
+
+def heldout_pairs(seed_key: np.uint64, rows: np.ndarray, cols: np.ndarray,
+                  threshold: np.uint64, out: np.ndarray) -> None:
+    """``out[e]`` = whether entry (rows[e], cols[e]) is held out."""
+    kernels = _load()
+    assert kernels is not None
+    kernels.heldout_pairs(np.uint64(seed_key), np.ascontiguousarray(rows, dtype=np.uint64),
+                          np.ascontiguousarray(cols, dtype=np.uint64), np.uint64(threshold),
+                          out)
+
+
 def hals_step(X: np.ndarray, P: np.ndarray, G: np.ndarray, l1: float, l2: float,
               max_sweeps: int, delta: float, floor: float, skip_dead: bool) -> np.ndarray:
     """HALS sweeps on the rows of ``X`` (n × k), each row with its own stopping rule.
