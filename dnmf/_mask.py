@@ -147,7 +147,7 @@ class SpeckledHoldout:
         from ._solvers import _kernels
 
         if _kernels.hash_enabled(n * m):  # compiled: ~1 ns an entry against NumPy's ~15
-            _kernels.heldout_rows(row_keys, m, threshold, out)
+            _kernels.heldout_rows(row_keys, threshold, out)
             return out
         cols = np.arange(m, dtype=np.uint64)
         step = max(1, _BLOCK_ENTRIES // m)

@@ -15,6 +15,8 @@ from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic
 
+from .._mask import _GAMMA, _MUL1, _MUL2, _S11, _S27, _S30, _S31
+
 _jit = numba.njit(cache=True, nogil=True)
 #: For the HALS sweeps: sums may be reassociated and fused (FMA). Results then differ
 #: from the NumPy reference by rounding only (tested to 1e-10); inputs are finite.
@@ -611,23 +613,16 @@ def kl_csr(indptr, indices, data, W, Ht, linear, l1, l2, omegas, accelerated, ep
 
 
 # ---------------------------------------------------------- the hold-out hash
-# SplitMix64 as dnmf._mask.splitmix64, in uint64 throughout (numba would turn a uint64
-# op an int64 into float64: every constant here is a uint64).
-_SM_GAMMA = np.uint64(0x9E3779B97F4A7C15)
-_SM_MUL1 = np.uint64(0xBF58476D1CE4E5B9)
-_SM_MUL2 = np.uint64(0x94D049BB133111EB)
-_SM_30 = np.uint64(30)
-_SM_27 = np.uint64(27)
-_SM_31 = np.uint64(31)
-_SM_11 = np.uint64(11)
+# SplitMix64 as dnmf._mask.splitmix64, with its constants (all np.uint64: numba would
+# turn a uint64 op an int64 into float64).
 
 
 @_jit_inline
 def _splitmix64(x):  # type: ignore[no-untyped-def]
-    z = x + _SM_GAMMA
-    z = (z ^ (z >> _SM_30)) * _SM_MUL1
-    z = (z ^ (z >> _SM_27)) * _SM_MUL2
-    return z ^ (z >> _SM_31)
+    z = x + _GAMMA
+    z = (z ^ (z >> _S30)) * _MUL1
+    z = (z ^ (z >> _S27)) * _MUL2
+    return z ^ (z >> _S31)
 
 
 @_jit_simd
@@ -638,7 +633,7 @@ def heldout_rows(row_keys, threshold, out):  # type: ignore[no-untyped-def]
     for i in range(n):
         key = row_keys[i]
         for j in range(m):
-            out[i, j] = (_splitmix64(key ^ np.uint64(j)) >> _SM_11) < threshold
+            out[i, j] = (_splitmix64(key ^ np.uint64(j)) >> _S11) < threshold
 
 
 @_jit_simd
@@ -647,4 +642,4 @@ def heldout_pairs(seed_key, rows, cols, threshold, out):  # type: ignore[no-unty
     threshold``: :meth:`dnmf.SpeckledHoldout.heldout_at`'s hash, bit for bit."""
     for e in range(rows.shape[0]):
         h = _splitmix64(_splitmix64(seed_key ^ rows[e]) ^ cols[e])
-        out[e] = (h >> _SM_11) < threshold
+        out[e] = (h >> _S11) < threshold

@@ -99,14 +99,10 @@ HASH_TINY = 1 << 18
 def hash_enabled(entries: int) -> bool:
     """Whether the hold-out hash of ``entries`` entries runs compiled (the
     ``DNMF_KERNELS`` setting as for the solvers; NumPy below :data:`HASH_TINY`)."""
-    mode = choice()
-    if mode == "numpy" or (mode == "auto" and entries < HASH_TINY):
-        return False
-    return enabled((entries, 0), 1, tiny=0)
+    return enabled((entries, 0), 1, tiny=HASH_TINY)
 
 
-def heldout_rows(row_keys: np.ndarray, m: int, threshold: np.uint64,
-                 out: np.ndarray) -> None:
+def heldout_rows(row_keys: np.ndarray, threshold: np.uint64, out: np.ndarray) -> None:
     """``out`` (bool, len(row_keys) × m) = which entries the hold-out hash holds out."""
     kernels = _load()
     assert kernels is not None
