@@ -32,7 +32,13 @@ Usage::
     python benchmarks/bench_sizes.py --sizes 50000x5000@0.001 --losses kullback-leibler
 
 A size ``NxM@D`` is a CSR V of density D instead (bench_sparse.py's planted sparse
-matrix, with k = 10 here), fitted as CSR by both libraries.
+matrix, with k = 10 here), fitted as CSR by both libraries. ``--source zarr`` fits
+dnmf from a Zarr store of the same V on disk (dense in row chunks, or dnmf's CSR
+layout: :func:`dnmf.io.write_csr_zarr`), so the time includes opening and reading it
+every pass; scikit-learn still fits from memory::
+
+    python benchmarks/bench_sizes.py --sizes 2000x500,10000x1000 --losses kullback-leibler \
+        --kl-solvers amu --source zarr
 """
 
 from __future__ import annotations
@@ -43,6 +49,7 @@ import json
 import math
 import os
 import sys
+import tempfile
 import time
 import warnings
 from collections.abc import Iterator
@@ -198,27 +205,56 @@ def target_of(size: str, beta_loss: str) -> float:
     return TARGETS[beta_loss]["large" if n * m >= 2000 * 500 else "small"]
 
 
+def to_zarr(V: Any, directory: str) -> str:
+    """V written as a Zarr store in ``directory``: CSR (dnmf's CSR layout) for sparse
+    V, a dense array in row chunks of about 32 MiB otherwise."""
+    if sp.issparse(V):
+        from dnmf.io import write_csr_zarr
+
+        return str(write_csr_zarr(sp.csr_matrix(V), os.path.join(directory, "v.zarr")))
+    import zarr
+
+    path = os.path.join(directory, "v.zarr")
+    rows = max(1, min(V.shape[0], (32 << 20) // (8 * V.shape[1])))
+    z = zarr.create_array(path, shape=V.shape, chunks=(rows, V.shape[1]), dtype=V.dtype)
+    z[:] = V
+    return path
+
+
 def measure(size: str, beta_loss: str, repeats: int, max_iter: int,
-            solvers: list[str]) -> list[dict[str, Any]]:
+            solvers: list[str], source: str = "memory") -> list[dict[str, Any]]:
     """One row per dnmf solver, all against the same scikit-learn runs.
 
     Per repeat: scikit-learn, then each dnmf solver (interleaved), so a change of
-    the machine's load hits every side alike.
+    the machine's load hits every side alike. ``source="zarr"``: dnmf fits V from a
+    Zarr store on disk (its path: opening and reading it are in dnmf's time),
+    scikit-learn from memory.
     """
     V = data(size)
+    if source == "zarr":
+        with tempfile.TemporaryDirectory() as d:
+            return _measure(size, V, to_zarr(V, d), beta_loss, repeats, max_iter, solvers,
+                            source)
+    return _measure(size, V, V, beta_loss, repeats, max_iter, solvers, source)
+
+
+def _measure(size: str, V: Any, X: Any, beta_loss: str, repeats: int, max_iter: int,
+             solvers: list[str], source: str) -> list[dict[str, Any]]:
     sk_runs: list[dict[str, Any]] = []
     dn_runs: dict[str, list[dict[str, Any]]] = {s: [] for s in solvers}
     target_loss = None
     # Warm-up (imports, numba's cache, first-touch of V) outside the timings.
     for solver in solvers:
         dnmf_fit(V[: min(V.shape[0], 200)], beta_loss, 0.0, 2, solver)
+        if source == "zarr":
+            dnmf_fit(X, beta_loss, 0.0, 1, solver)
     for _ in range(repeats):
         sk = sklearn_fit(V, beta_loss)
         if target_loss is None:
             target_loss = exact_loss(V, sk["W"], sk["H"], beta_loss)
         sk_runs.append({key: sk[key] for key in ("seconds", "iterations", "load")})
         for solver in solvers:
-            dn_runs[solver].append(dnmf_fit(V, beta_loss, target_loss, max_iter, solver))
+            dn_runs[solver].append(dnmf_fit(X, beta_loss, target_loss, max_iter, solver))
     assert target_loss is not None
     sk_best = min(r["seconds"] for r in sk_runs)
     rows = []
@@ -226,7 +262,7 @@ def measure(size: str, beta_loss: str, repeats: int, max_iter: int,
         reached = [r for r in runs if r["reached"]]
         dn_best = min(r["seconds"] for r in reached) if reached else math.inf
         rows.append({
-            "size": size, "beta_loss": beta_loss, "shape": list(V.shape), "k": K,
+            "size": size, "source": source, "beta_loss": beta_loss, "shape": list(V.shape), "k": K,
             "sklearn_solver": SK_SOLVER[beta_loss], "dnmf_solver": runs[0]["solver"],
             "target_loss": target_loss, "sklearn": sk_runs, "dnmf": runs,
             "sklearn_best": sk_best, "dnmf_best": dn_best, "ratio": dn_best / sk_best,
@@ -260,6 +296,8 @@ def table(results: list[dict[str, Any]]) -> str:
             cells.append(f"{r['ratio']:.2f}{ok} ({r['dnmf_best']:.3f} s / "
                          f"{r['sklearn_best']:.3f} s, load {min(loads):.1f}-{max(loads):.1f})")
         label = size.replace("x", " × ").replace("@", ", sparse, density ")
+        if any(r.get("source") == "zarr" for r in results if r["size"] == size):
+            label += " (dnmf from Zarr)"
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -282,6 +320,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="comma-separated dnmf solvers for Frobenius (default "
                              f"{','.join(FROBENIUS_SOLVERS)!r}; '+ex' / '-plain' after a "
                              "name: extrapolate=True / False)")
+    parser.add_argument("--source", choices=("memory", "zarr"), default="memory",
+                        help="dnmf's V: in memory (default) or a Zarr store on disk "
+                             "(scikit-learn's is in memory either way)")
     parser.add_argument("--quick", action="store_true", help="the two small sizes only")
     parser.add_argument("--json", default=None, help="write the results here")
     args = parser.parse_args(argv)
@@ -295,7 +336,7 @@ def main(argv: list[str] | None = None) -> int:
         for beta_loss in losses:
             for size in sizes:
                 for r in measure(size, beta_loss, args.repeats, args.max_iter,
-                                 solvers[beta_loss]):
+                                 solvers[beta_loss], args.source):
                     results.append(r)
                     print(f"{size:>11} {beta_loss:>16}: dnmf {r['dnmf_best']:.3f} s "
                           f"({r['dnmf_solver']}, iterations {r['dnmf_iterations']}) / "

@@ -145,11 +145,15 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
     overwrite : bool, default=False
         With ``out``: discard whatever is at ``out`` (another run, or other files)
         and start afresh. Leave False to resume.
-    cache : bool, default=False
+    cache : "auto" or bool, default="auto"
         Keep V's panels in memory after their first read (in this process with the
         threads scheduler, in the workers' memory on a cluster), so later
-        iterations do not read V from storage again. Only for a V that fits in the
-        memory available; for NumPy and SciPy input it changes nothing.
+        iterations do not read V from storage again. ``"auto"``: for a Zarr or Dask
+        V of at most 64 MiB in memory (``dnmf._prepared.AUTO_CACHE_BYTES``), and not
+        within a rank sweep, whose fits share one panel cache. True: whatever its
+        size (only for a V that fits in the memory available). False: read V every
+        pass. For NumPy and SciPy input it changes nothing; the results never
+        depend on it.
     missing : {None, "nan", "unstored"}, default=None
         Which entries of X are missing (unobserved): None, none (NaN is an error);
         "nan", the NaN entries of a dense X; "unstored", every entry a sparse X does
@@ -236,7 +240,7 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         out: Any = None,
         checkpoint_every: int = 10,
         overwrite: bool = False,
-        cache: bool = False,
+        cache: bool | str = "auto",
         missing: str | None = None,
         extrapolate: bool | str = "auto",
     ) -> None:

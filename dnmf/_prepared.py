@@ -15,6 +15,7 @@ from ._backend import Backend, get_backend
 from ._mask import mask_refs, observed_refs, prepare_mask
 from ._source import (
     MIN_SPLIT_BYTES,
+    KeptPanel,
     PanelSource,
     ZarrPanel,
     as_source,
@@ -23,7 +24,32 @@ from ._source import (
 )
 from .io import engine_input
 
-__all__ = ["PreparedInput"]
+__all__ = ["AUTO_CACHE_BYTES", "PreparedInput", "resolve_cache"]
+
+#: ``cache="auto"``: a Zarr or Dask V whose panels take at most this many bytes in
+#: memory is read once and kept (a small store then fits as fast as an array in
+#: memory: re-reading a 240 KB store costs more per pass than its arithmetic).
+AUTO_CACHE_BYTES = 64 * 2**20
+
+
+def resolve_cache(cache: Any, source: PanelSource, shared: Any) -> bool:
+    """Whether a fit keeps V's panels after their first read.
+
+    ``cache`` True or False decides; ``"auto"`` keeps a Zarr or Dask V of at most
+    :data:`AUTO_CACHE_BYTES` decoded (values; with a CSR group, its indices and row
+    pointers too), unless a sweep's shared panel cache already serves the fit.
+    """
+    if cache != "auto":
+        return bool(cache)
+    if shared is not None or source.kind not in ("zarr", "zarr-csr", "dask"):
+        return False
+    n, m = source.shape
+    itemsize = source.dtype.itemsize
+    if source.kind == "zarr-csr":
+        size = source.nnz * (itemsize + 8) + (n + 1) * 8
+    else:
+        size = n * m * itemsize
+    return size <= AUTO_CACHE_BYTES
 
 
 class PreparedInput:
@@ -38,7 +64,7 @@ class PreparedInput:
         panel_bytes: int | None = None,
         layout: tuple[list[tuple[int, int]], int] | None = None,
         regular: bool = False,
-        cache: bool = False,
+        cache: bool | str = False,
         scan: bool = True,
         missing: str | None = None,
         mask: Any = None,
@@ -99,10 +125,15 @@ class PreparedInput:
             refs = self.backend.scatter_panels([ref.load() for ref in refs])
             if self.spec is not None:
                 self.init_refs = _mask.values_refs(refs)
-        elif cache and self.source.kind in ("zarr", "zarr-csr", "dask"):
+        elif (resolve_cache(cache, self.source, shared)
+              and self.source.kind in ("zarr", "zarr-csr", "dask")):
             # cache=True: read each panel once; later passes use the copy in memory
             # (this process, or the workers' memory on a cluster).
             refs = self.backend.map_keep(load_panel, [(ref,) for ref in refs])
+            if not self.backend.distributed:
+                # Checked by every pass until the validation pass has checked them
+                # (a resume, which skips that pass, checks them every pass).
+                refs = [KeptPanel(value, a) for value, (a, _) in zip(refs, self.bounds)]
         self.refs = refs
         # Small data (one panel's worth): one BLAS thread for the whole fit.
         n, m = self.source.shape
@@ -130,9 +161,18 @@ class PreparedInput:
     def scan(self) -> _engine.DataSummary:
         """Read V (and the mask) once to validate it; its summary."""
         if self.spec is None:
-            return _engine.scan(self.backend, self.source, self.refs, self.bounds)
-        return _mask.scan(self.backend, self.source, self.raw_refs, self.mask_refs,
-                          self.spec, self.bounds, require_missing=self.fitting)
+            summary = _engine.scan(self.backend, self.source, self.refs, self.bounds)
+        else:
+            summary = _mask.scan(self.backend, self.source, self.raw_refs, self.mask_refs,
+                                 self.spec, self.bounds, require_missing=self.fitting)
+        # Panels kept in memory (cache) hold what was just checked: no pass checks
+        # them again.
+        checked = {id(r): KeptPanel(r.value, r.start, True) for r in self.refs
+                   if isinstance(r, KeptPanel)}
+        if checked:
+            self.refs = [checked.get(id(r), r) for r in self.refs]
+            self.init_refs = [checked.get(id(r), r) for r in self.init_refs]
+        return summary
 
     @property
     def observed_share(self) -> float:

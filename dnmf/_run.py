@@ -349,7 +349,7 @@ def _recorded_params(params: dict[str, Any], k: int, init: str, seed: int,
         "panel_rows": int(panel_rows),
         "max_iter": int(params["max_iter"]),
         "checkpoint_every": int(params["checkpoint_every"]),
-        "cache": bool(params["cache"]),
+        "cache": params["cache"] if params["cache"] == "auto" else bool(params["cache"]),
         **({"panel_starts": starts} if irregular else {}),
         **({"missing": params["missing"]} if params.get("missing") is not None else {}),
         # Recorded only when on, so runs written before the parameters stay compatible.

@@ -140,6 +140,20 @@ class SlicePanel:
         return np.ascontiguousarray(np.asarray(block), dtype=self.dtype)
 
 
+@dataclass(frozen=True, eq=False)
+class KeptPanel:
+    """A panel read once and kept in this process's memory (``cache``). Once the
+    validation pass has checked it (``checked``), passes do not check it again, as
+    for a resident array."""
+
+    value: Any
+    start: int
+    checked: bool = False
+
+    def load(self) -> Any:
+        return self.value
+
+
 #: The attribute values that mark a Zarr group as a CSR matrix (AnnData's encoding).
 CSR_ENCODING = {"encoding-type": "csr_matrix", "encoding-version": "0.1.0"}
 
@@ -617,7 +631,9 @@ def needs_check(ref: Any) -> bool:
     :func:`check_panel`): every panel read from storage or through Dask, and none of
     an array resident in memory, which the validation pass has checked (a user who
     changes their own array during a fit is not protected against)."""
-    return not (isinstance(ref, SlicePanel) and ref.resident)  # (not getattr: Delayed)
+    # (isinstance, not getattr: a Delayed answers any attribute)
+    return not ((isinstance(ref, SlicePanel) and ref.resident)
+                or (isinstance(ref, KeptPanel) and ref.checked))
 
 
 def _open_zarr(path: str) -> Any:

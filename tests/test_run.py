@@ -468,8 +468,35 @@ def test_cache_reads_each_panel_of_V_once(tmp_path, V, monkeypatch):
     assert sorted(set(reads)) == list(range(0, N, ROWS))
     assert len(reads) <= n_panels + 5
     reads.clear()
-    model(max_iter=5, out=tmp_path / "run2").fit(path)
+    model(max_iter=5, out=tmp_path / "run2", cache=False).fit(path)
     assert len(reads) >= 5 * n_panels
+
+
+@pytest.mark.parametrize("out", [False, True], ids=["in-memory", "run-store"])
+def test_cache_auto_keeps_a_small_store_and_reads_a_larger_one_every_pass(
+        tmp_path, V, monkeypatch, out):
+    """cache="auto" (the default): a V of at most AUTO_CACHE_BYTES is read once, a
+    larger one every pass; the fit is the same bit for bit either way."""
+    from dnmf import _prepared
+    from dnmf._source import ZarrPanel
+
+    path = write_zarr(tmp_path / "V.zarr", V)
+    reads = []
+    original = ZarrPanel.load
+    monkeypatch.setattr(ZarrPanel, "load", lambda self: reads.append(self.start) or original(self))
+    n_panels = N // ROWS
+    kw = {"out": tmp_path / "run"} if out else {}
+    assert model().cache == "auto"
+    W_kept = np.asarray(model(max_iter=5, **kw).fit_transform(path))
+    assert sorted(set(reads)) == list(range(0, N, ROWS))
+    assert len(reads) <= n_panels + (5 if out else 0)
+    reads.clear()
+    size = V.size * V.dtype.itemsize
+    monkeypatch.setattr(_prepared, "AUTO_CACHE_BYTES", size - 1)
+    kw = {"out": tmp_path / "run2"} if out else {}
+    W_read = np.asarray(model(max_iter=5, **kw).fit_transform(path))
+    assert len(reads) >= 5 * n_panels
+    np.testing.assert_array_equal(W_read, W_kept)
 
 
 def test_distributed_fit_with_out(tmp_path, V, reference, distributed_client):

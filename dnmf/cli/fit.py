@@ -152,8 +152,11 @@ def fit(
         show_default=False)] = None,
     transpose: Annotated[bool, typer.Option(
         "--transpose", help="Factorize the transpose of INPUT.")] = False,
-    cache: Annotated[bool, typer.Option(
-        "--cache", help="Keep V in memory after its first read (only if it fits).")] = False,
+    cache: Annotated[bool | None, typer.Option(
+        "--cache/--no-cache", show_default=False,
+        help="Keep V in memory after its first read (--cache: whatever its size, only "
+             "if it fits), or read it every pass. Default: kept when at most 64 MiB.")
+    ] = None,
     panel_size: PanelSizeOpt = None,
     overwrite: Annotated[bool, typer.Option(
         "--overwrite", help="Replace a different run at --out (kept if this fit fails).")] = False,
@@ -254,7 +257,7 @@ def _fit_holding(input: str, out: str, rank: int, solver: Any, loss_name: str, i
                  max_iter: int, tol: float, seed: int | None, alpha_w: float, alpha_h: Any,
                  l1_ratio: float, checkpoint_every: int, scheduler: Any, scheduler_file: Any,
                  dtype: Any, chunk_rows: int | None, dataset: str | None, transpose: bool,
-                 cache: bool, panel_bytes: int | None, overwrite: bool, dense: bool,
+                 cache: bool | None, panel_bytes: int | None, overwrite: bool, dense: bool,
                  out_existed: bool, sched: str, reading: Any = None, *, online: bool = False,
                  batch_size: int = 1024, forget_factor: float = 0.7,
                  forget_per: str = "pass",
@@ -312,7 +315,7 @@ def _fit_holding(input: str, out: str, rank: int, solver: Any, loss_name: str, i
                 random_state=seed, alpha_W=alpha_w, alpha_H=alpha_h, l1_ratio=l1_ratio,
                 verbose=1, scheduler=client, out=_absolute(out),
                 checkpoint_every=10 if checkpoint_every is None else checkpoint_every,
-                overwrite=ow, cache=cache,
+                overwrite=ow, cache="auto" if cache is None else cache,
                 panel_bytes=panel_bytes, missing=missing, extrapolate=extrapolate,
             )
             shape, stored, _, sparse = _zarr_array_info(path)
