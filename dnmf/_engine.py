@@ -163,10 +163,11 @@ def context_for(H: np.ndarray, source: PanelSource,
 
 
 def _context(H_data: np.ndarray, shape: tuple[int, int], nnz: int,
-             iteration: int | None = None) -> PanelContext:
+             iteration: int | None = None, gram: bool = True) -> PanelContext:
+    """The context of a pass; ``gram``: compute H·Hᵀ now (else only if a panel asks)."""
     H64 = H_data.astype(np.float64, copy=False)
-    return PanelContext(H=H_data, gram=H64 @ H64.T, H_sum=H64.sum(axis=1), shape=shape,
-                        nnz=nnz, iteration=iteration)
+    return PanelContext(H_data, H64 @ H64.T if gram else None, H_sum=H64.sum(axis=1),
+                        shape=shape, nnz=nnz, iteration=iteration)
 
 
 # ---------------------------------------------------------------- initialisation
@@ -387,7 +388,8 @@ def h_step(stats: Stats, solver: Solver, ctx: PanelContext, reg: Regularization,
     # The context holds H_new itself when the dtypes agree: the task's result then
     # carries H once, to the driver and to the workers of the next pass.
     next_ctx = _context(H_new.astype(ctx.H.dtype, copy=False), ctx.shape, ctx.nnz,
-                        None if ctx.iteration is None else ctx.iteration + 1)
+                        None if ctx.iteration is None else ctx.iteration + 1,
+                        gram=solver.uses_gram)
     return next_ctx, (before, after, H_new, heldout)
 
 

@@ -309,3 +309,25 @@ def test_fallback_without_numba():
     forced = _without_numba(code, DNMF_KERNELS="numba")
     assert forced.returncode != 0
     assert "DNMF_KERNELS=numba, but numba cannot be imported" in forced.stderr
+
+
+def test_relaxed_step_floor_zeroes_what_the_h_step_would():
+    """The H-step's floor (entries below float64's eps become 0, scikit-learn's rule
+    for β ≤ 1) applied inside the compiled step: the same array as applying it after."""
+    from dnmf._solvers import EPSILON
+    from dnmf._solvers._kl import EPS64, OMEGAS
+
+    rng = np.random.default_rng(3)
+    X0 = rng.random((10, 100))
+    X0[:, :7] = 1e-17  # below the floor after any step that keeps them small
+    numerator = rng.random((10, 100)) * 3.0
+    numerator[:, :7] = 1e-3
+    linear = rng.random(10) + 0.2
+    plain = _kernels.relaxed_step(X0, numerator, linear, True, 0.0, 0.0, OMEGAS, EPSILON)
+    assert (plain[:, :7] < EPS64).all() and (plain[:, :7] > 0).all()
+    expected = plain.copy()
+    expected[expected < EPS64] = 0.0
+    floored = _kernels.relaxed_step(X0, numerator, linear, True, 0.0, 0.0, OMEGAS, EPSILON,
+                                    EPS64)
+    np.testing.assert_array_equal(floored, expected)
+    assert (floored[:, :7] == 0).all() and (floored[:, 7:] > 0).all()

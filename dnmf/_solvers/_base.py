@@ -56,7 +56,6 @@ class Regularization:
     l2_H: float = 0.0
 
 
-@dataclass(frozen=True)
 class PanelContext:
     """H-derived data computed once per pass on the driver and shared by all panels.
 
@@ -65,7 +64,8 @@ class PanelContext:
     H : ndarray of shape (n_components, n_features)
         The current H, in the data's dtype.
     gram : ndarray of shape (n_components, n_components)
-        ``H @ H.T`` in float64.
+        ``H @ H.T`` in float64. Given, or computed on first use (the driver computes
+        it for the solvers that use it, :attr:`Solver.uses_gram`, before a pass).
     H_sum : ndarray of shape (n_components,)
         Row sums of H (KL).
     shape : tuple of int
@@ -77,14 +77,42 @@ class PanelContext:
     iteration : int or None
         Iterations done before this pass (0 for the first) in a fit; None outside
         one (transform). Rules that change over a fit (HALS's warm-up) read it.
+
+    A plain class with slots rather than a frozen dataclass: one is made per
+    iteration, and on small data its construction was a visible share of one.
     """
 
-    H: np.ndarray
-    gram: np.ndarray
-    H_sum: np.ndarray
-    shape: tuple[int, int]
-    nnz: int
-    iteration: int | None = None
+    __slots__ = ("H", "H_sum", "_gram", "iteration", "nnz", "shape")
+
+    def __init__(self, H: np.ndarray, gram: np.ndarray | None = None, *,
+                 H_sum: np.ndarray, shape: tuple[int, int], nnz: int,
+                 iteration: int | None = None) -> None:
+        self.H = H
+        self._gram = gram
+        self.H_sum = H_sum
+        self.shape = shape
+        self.nnz = nnz
+        self.iteration = iteration
+
+    @property
+    def gram(self) -> np.ndarray:
+        if self._gram is None:
+            H64 = self.H.astype(np.float64, copy=False)
+            self._gram = H64 @ H64.T
+        return self._gram
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_panel_context, (self.H, self._gram, self.H_sum, self.shape, self.nnz,
+                                 self.iteration))
+
+    def __repr__(self) -> str:
+        return (f"PanelContext(H={self.H.shape}, shape={self.shape}, nnz={self.nnz}, "
+                f"iteration={self.iteration})")
+
+
+def _panel_context(H: np.ndarray, gram: np.ndarray | None, H_sum: np.ndarray,
+                   shape: tuple[int, int], nnz: int, iteration: int | None) -> PanelContext:
+    return PanelContext(H, gram, H_sum=H_sum, shape=shape, nnz=nnz, iteration=iteration)
 
 
 def penalty(reg: Regularization, w_sum: float, w_sq: float, H: np.ndarray) -> float:
@@ -215,6 +243,9 @@ class Solver(ABC):
     #: Are the statistics behind the loss (and the H-step) accumulated in float64
     #: from products of float64 casts, whatever V's dtype? See :meth:`with_exact_stats`.
     exact_stats: bool = False
+    #: Do the panels read ``ctx.gram`` (H·Hᵀ)? Then the driver computes it once per
+    #: pass; otherwise it is not computed at all.
+    uses_gram: bool = True
 
     def with_exact_stats(self) -> Solver | None:
         """This solver with its loss statistics computed exactly in float64 for a

@@ -235,6 +235,7 @@ class BetaMultiplicative(Solver):
     """
 
     exact_loss_after_update = False
+    uses_gram = False
 
     def __init__(self, beta: float) -> None:
         self.beta = float(beta)

@@ -432,17 +432,23 @@ def _mu_entry(x0, num, s, l1, l2, eps):  # type: ignore[no-untyped-def]
 
 
 @_jit_simd
-def relaxed_rows(X0, numerator, linear, per_row, l1, l2, omegas, eps, out):  # type: ignore[no-untyped-def]
+def relaxed_rows(X0, numerator, linear, per_row, l1, l2, omegas, eps, floor, out):  # type: ignore[no-untyped-def]
     """``out = relaxed_step(X0, numerator, linear)``: ``linear[i]`` for row i
-    (``per_row``, the H-step) or ``linear[j]`` for column j (the W-step)."""
+    (``per_row``, the H-step) or ``linear[j]`` for column j (the W-step); entries
+    of ``out`` below ``floor`` become 0."""
     n, k = X0.shape
     s = np.empty(n * k)
     for i in range(n):
         for j in range(k):
             s[i * k + j] = linear[i] if per_row else linear[j]
     work = np.empty((4, n * k))
+    flat = out.reshape(n * k)
     _relaxed_flat(X0.reshape(n * k), numerator.reshape(n * k), s, l1, l2, omegas, eps,
-                  out.reshape(n * k), work)
+                  flat, work)
+    if floor > 0:
+        for c in range(n * k):
+            if flat[c] < floor:
+                flat[c] = 0.0
 
 
 @_jit_simd

@@ -224,15 +224,18 @@ def kl_csr(V: Any, W: np.ndarray, H: np.ndarray, linear: np.ndarray, l1: float, 
 
 
 def relaxed_step(X0: np.ndarray, numerator: np.ndarray, linear: np.ndarray, per_row: bool,
-                 l1: float, l2: float, omegas: tuple[float, ...], eps: float) -> np.ndarray:
+                 l1: float, l2: float, omegas: Any, eps: float,
+                 floor: float = 0.0) -> np.ndarray:
     """:func:`dnmf._solvers._kl.relaxed_step` in one compiled loop (a new float64
-    array); ``linear`` is a vector: per row of ``X0`` (``per_row``) or per column."""
+    array); ``linear`` is a vector: per row of ``X0`` (``per_row``) or per column;
+    entries below ``floor`` become 0 (the H-step's: scikit-learn's float64 eps; 0:
+    none)."""
     kernels = _load()
     assert kernels is not None
     X0 = np.ascontiguousarray(X0, dtype=np.float64)
     out = np.empty_like(X0)
     kernels.relaxed_rows(X0, np.ascontiguousarray(numerator, dtype=np.float64),
                          np.ascontiguousarray(linear, dtype=np.float64), bool(per_row),
-                         float(l1), float(l2), np.array(omegas, dtype=np.float64), float(eps),
-                         out)
+                         float(l1), float(l2), np.asarray(omegas, dtype=np.float64),
+                         float(eps), float(floor), out)
     return out

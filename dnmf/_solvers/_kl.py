@@ -115,12 +115,12 @@ class KLAccelerated(KLMultiplicative):
     def update_H(
         self, H: np.ndarray, stats: Stats, ctx: PanelContext, reg: Regularization
     ) -> np.ndarray:
-        w_sum = stats["w_sum"].copy()
-        w_sum[w_sum == 0] = 1.0
+        w_sum = stats["w_sum"]
+        w_sum = np.where(w_sum == 0, 1.0, w_sum)
         if _kernels.enabled(ctx.shape, H.shape[0]):
-            H_new = _kernels.relaxed_step(H, stats["A"], w_sum, True, reg.l1_H, reg.l2_H,
-                                          OMEGAS, EPSILON)
-        else:
-            H_new = relaxed_step(H, stats["A"], w_sum[:, np.newaxis], reg.l1_H, reg.l2_H)
+            # (entries below EPS64 become 0 inside)
+            return _kernels.relaxed_step(H, stats["A"], w_sum, True, reg.l1_H, reg.l2_H,
+                                         self._omega_array, EPSILON, EPS64)
+        H_new = relaxed_step(H, stats["A"], w_sum[:, np.newaxis], reg.l1_H, reg.l2_H)
         H_new[H_new < EPS64] = 0.0
         return H_new

@@ -195,6 +195,7 @@ class KLMultiplicative(Solver):
 
     beta = 1.0
     exact_loss_after_update = False
+    uses_gram = False
 
     def update_panel(
         self, V: Array, W: np.ndarray, ctx: PanelContext, reg: Regularization
