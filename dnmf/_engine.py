@@ -29,7 +29,14 @@ from . import _extrapolation, _init, errors
 from ._backend import Backend, Pending
 from ._solvers import PanelContext, Regularization, Solver, Stats, add_stats
 from ._solvers._base import w_pieces
-from ._source import PanelSource, check_panel, load_panel, needs_check, panel_start
+from ._source import (
+    PanelSource,
+    check_panel,
+    load_panel,
+    needs_check,
+    panel_digest,
+    panel_start,
+)
 from .errors import InvalidInputError
 
 if TYPE_CHECKING:
@@ -76,14 +83,17 @@ class DataSummary:
 SCAN_BLOCK = 1 << 20
 
 
-def scan_task(v_ref: Any, start: int) -> dict[str, Any]:
-    """Counts of bad entries (with the first position) and sums, for one panel.
+def scan_task(v_ref: Any, start: int, digest: bool = False) -> dict[str, Any]:
+    """Counts of bad entries (with the first position) and sums, for one panel; with
+    ``digest``, also the SHA-256 of its bytes (:func:`dnmf._source.panel_digest`).
 
     Sums run block by block in float64 (fixed order), so the temporaries stay small
     however large the panel; for sparse panels only the stored values are read.
     """
     V = load_panel(v_ref)
     import scipy.sparse as sp
+
+    sha = panel_digest(V) if digest else None
 
     if sp.issparse(V):
         V = V.tocsr()
@@ -116,14 +126,20 @@ def scan_task(v_ref: Any, start: int) -> dict[str, Any]:
         f64 = np.asarray(block[~bad] if bad.any() else block, dtype=np.float64)
         norm_sq += float(np.dot(f64, f64))
         total += float(f64.sum())
-    return {**counts, **firsts, "norm_sq": norm_sq, "total": total}
+    return {**counts, **firsts, "norm_sq": norm_sq, "total": total, "digest": sha}
 
 
 def scan(backend: Backend, source: PanelSource, refs: list[Any], bounds: list[tuple[int, int]],
-         name: str = "NMF") -> DataSummary:
-    """Read V once, refuse NaN, ±inf and negative values, and return its summary."""
+         name: str = "NMF", *, digests: list[str] | None = None) -> DataSummary:
+    """Read V once, refuse NaN, ±inf and negative values, and return its summary.
+
+    ``digests`` (a list): filled with each panel's SHA-256, from the same read.
+    """
     with backend.small_limits():
-        parts = backend.map(scan_task, [(ref, a) for ref, (a, _) in zip(refs, bounds)])
+        parts = backend.map(scan_task, [(ref, a, digests is not None)
+                                        for ref, (a, _) in zip(refs, bounds)])
+    if digests is not None:
+        digests.extend(p["digest"] for p in parts)
     n_nonfinite = sum(p["n_nonfinite"] for p in parts)
     if n_nonfinite:
         r, c = next(p["first_nonfinite"] for p in parts if p["first_nonfinite"])

@@ -20,6 +20,7 @@ from ._source import (
     ZarrPanel,
     as_source,
     load_panel,
+    panel_digest,
     snap_bounds,
 )
 from .io import engine_input
@@ -158,13 +159,18 @@ class PreparedInput:
         # The solvers' cost ratios count V's non-zeros, whatever its format.
         self.source.nonzeros = int(summary.nnz)
 
-    def scan(self) -> _engine.DataSummary:
-        """Read V (and the mask) once to validate it; its summary."""
+    def scan(self, digests: list[str] | None = None) -> _engine.DataSummary:
+        """Read V (and the mask) once to validate it; its summary. ``digests`` (a
+        list): filled with the SHA-256 of each panel of V (unmasked: from the same
+        read; masked: one more read of V)."""
         if self.spec is None:
-            summary = _engine.scan(self.backend, self.source, self.refs, self.bounds)
+            summary = _engine.scan(self.backend, self.source, self.refs, self.bounds,
+                                   digests=digests)
         else:
             summary = _mask.scan(self.backend, self.source, self.raw_refs, self.mask_refs,
                                  self.spec, self.bounds, require_missing=self.fitting)
+            if digests is not None:
+                digests.extend(self.backend.map(_digest_task, [(r,) for r in self.raw_refs]))
         # Panels kept in memory (cache) hold what was just checked: no pass checks
         # them again.
         checked = {id(r): KeptPanel(r.value, r.start, True) for r in self.refs
@@ -206,3 +212,7 @@ class PreparedInput:
             for h, (a, b) in zip(handles, self.bounds)
         ]
         return da.concatenate(blocks, axis=0)
+
+
+def _digest_task(ref: Any) -> str:
+    return panel_digest(load_panel(ref))

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
+import hashlib
 import itertools
 import logging
 import os
@@ -29,7 +30,7 @@ import numpy as np
 
 from . import _engine, errors
 from ._prepared import PreparedInput
-from ._source import equal_bounds
+from ._source import check_panel, equal_bounds, load_panel, panel_digest
 from ._store import (
     COMMITTED,
     H_BUFFERS,
@@ -367,8 +368,9 @@ def _differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
                 continue
             if key == "panel_rows" and "panel_starts" in {*before, *after}:
                 continue  # with panels cut by stored entries it is only W's chunk grid
-            if group == "fingerprint" and key in ("storage_chunks", "chunk_listing"):
-                continue  # (the listing is compared by _check_listing, in one line)
+            if group == "fingerprint" and key in ("storage_chunks", "chunk_listing",
+                                                   "content"):
+                continue  # (compared by _check_listing and _check_content, in one line)
             if before.get(key) != after.get(key):
                 label = "content of V (sampled panels)" if key == "sample" else key
                 if key == "sample":
@@ -672,6 +674,63 @@ def _check_compatible(loc: Location, manifest: dict[str, Any], plan: _Plan) -> N
                           f"start again with overwrite=True.")
 
 
+#: Hex digits of each panel's SHA-256 kept in the manifest (the whole digest of V is
+#: the SHA-256 of the panels' full digests): enough to name the panel that changed.
+PANEL_DIGEST_CHARS = 16
+
+
+def _content_record(digests: list[str]) -> dict[str, Any]:
+    """The fingerprint's record of every byte of V: per panel, and as one checksum."""
+    combined = hashlib.sha256("".join(digests).encode()).hexdigest()
+    return {"checksum": "sha256:" + combined,
+            "panels": [d[:PANEL_DIGEST_CHARS] for d in digests]}
+
+
+def _content_task(ref: Any, start: int, check: bool) -> str:
+    """One panel of V on resume: its values checked (``check``), its SHA-256."""
+    V = load_panel(ref)
+    if check:
+        check_panel(V, start)
+    return panel_digest(V)
+
+
+def _check_content(loc: Location, manifest: dict[str, Any], plan: _Plan) -> None:
+    """On resume: every byte of V as the run read it when it started (one read of V).
+
+    The sampled panels and the chunk listing (:func:`_check_compatible`) see a
+    different V, a deleted or resized chunk; this sees a value changed anywhere, to
+    other valid numbers too. Values no fit may use (NaN, ±inf, negative) are named
+    first, as a pass would. Runs recorded before this check are not digested.
+    """
+    recorded = manifest["fingerprint"].get("content")
+    if recorded is None:
+        return
+    prep = plan.prep
+    bounds = plan.listing_bounds or prep.bounds
+    refs = prep.source.panel_refs(bounds)
+    check = prep.spec is None
+    tasks = [(ref, a, check) for ref, (a, _) in zip(refs, bounds)]
+    if prep.source.kind in ("numpy", "sparse"):
+        digests = [_content_task(*args) for args in tasks]  # V is here: no shipping it
+    else:
+        with prep.backend.small_limits():
+            digests = prep.backend.map(_content_task, tasks)
+    if _content_record(digests) == recorded:
+        return
+    old = recorded.get("panels", [])
+    changed = [i for i, d in enumerate(digests)
+               if i >= len(old) or d[:PANEL_DIGEST_CHARS] != old[i]]
+    first = changed[0] if changed else 0
+    a, b = bounds[first]
+    raise IncompatibleRunError(
+        f"V changed since the run at {loc.path!r} started: rows {a}-{b - 1} (panel "
+        f"{first + 1} of {len(bounds)}; {max(len(changed), 1)} panel(s) in all) hold other "
+        f"values than the run read (their SHA-256 differs). Nothing was changed. Restore V "
+        f"as it was when the run started, then dnmf resume {loc.path} (dnmf.resume); or "
+        f"start again with overwrite=True."
+    )
+
+
 def _check_listing(plan: _Plan, recorded: dict[str, Any] | None, *, what: str,
                    remedy: str, now: dict[str, Any] | None = None) -> None:
     """V's stored chunks (``now``, or listed now) against ``recorded`` (one error if
@@ -752,7 +811,9 @@ def _start(store: RunStore, plan: _Plan, every: int, source_location: str | None
     prep = plan.prep
     source = prep.source
     n, m = source.shape
-    prep.summary = prep.scan()
+    digests: list[str] = []
+    prep.summary = prep.scan(digests)
+    plan.fingerprint["content"] = _content_record(digests)
     check_beta_data(plan.params["beta_loss"], prep.summary.size, prep.summary.nnz)
     if store.is_run() or store.is_unfinished_start():
         store.wipe()  # a run killed before its first commit: nothing to keep
@@ -839,6 +900,7 @@ def _fit_locked(
             plan = _plan(est, X, W, H, params, manifest)
             if manifest:
                 _check_compatible(loc, manifest, plan)
+                _check_content(loc, manifest, plan)
                 state, keeper, header = _reopen(store, manifest, plan, every)
                 logger.info("resuming the run at %s from iteration %d%s", loc,
                             state.iteration, " (complete)" if manifest["complete"] else "")

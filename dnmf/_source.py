@@ -485,6 +485,21 @@ def _bad_panel(V: Any, start: int | None, allow_nan: bool) -> InvalidInputError:
     )
 
 
+def panel_digest(panel: Any) -> str:
+    """SHA-256 (hex) of a loaded panel's bytes as the computation sees them: a dense
+    panel's values in C order, a sparse one's CSR data, indices and indptr."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    if sp.issparse(panel):
+        csr = panel.tocsr()
+        for part in (csr.data, csr.indices, csr.indptr):
+            digest.update(np.ascontiguousarray(part).data)
+    else:
+        digest.update(np.ascontiguousarray(panel).data)
+    return digest.hexdigest()
+
+
 def panel_start(ref: Any) -> int | None:
     """The first row in V of a panel reference, if it knows it."""
     start = getattr(ref, "start", None)

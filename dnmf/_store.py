@@ -42,7 +42,7 @@ from typing import Any
 
 import numpy as np
 
-from ._source import load_panel
+from ._source import load_panel, panel_digest
 from .errors import CorruptCheckpointError, RunLockedError, StoreError
 
 __all__ = [
@@ -1144,17 +1144,7 @@ def _body_checksum(body: dict[str, Any]) -> str:
 # -------------------------------------------------------------- V fingerprint
 def fingerprint_task(ref: Any) -> str:
     """SHA-256 of one panel's raw bytes as the computation sees them."""
-    import scipy.sparse as sp
-
-    panel = load_panel(ref)
-    digest = hashlib.sha256()
-    if sp.issparse(panel):
-        csr = panel.tocsr()
-        for part in (csr.data, csr.indices, csr.indptr):
-            digest.update(np.ascontiguousarray(part).tobytes())
-    else:
-        digest.update(np.ascontiguousarray(panel).data)
-    return digest.hexdigest()
+    return panel_digest(load_panel(ref))
 
 
 def sample_panels(n_panels: int, shape: tuple[int, int], extra: int = 3) -> list[int]:

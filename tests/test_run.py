@@ -764,6 +764,40 @@ def test_bad_values_written_into_an_unsampled_panel_stop_the_pass(tmp_path, bad,
     assert np.isfinite(after.loss_history).all()
 
 
+def test_a_valid_value_changed_anywhere_in_V_is_refused_on_resume(tmp_path):
+    """Every byte of V is digested when a run starts and again on resume: a value
+    rewritten with another valid number, in a panel the sampled fingerprint does not
+    read, is refused with the rows that changed, and the run is left as it was."""
+    data, run, panel = _run_on_zarr(tmp_path)
+    row = panel * 50 + 7
+    arr = zarr.open_array(data, mode="r+")
+    original = float(arr[row, 3])
+    arr[row, 3] = original + 0.25
+    before = dnmf.open_run(run)
+    with pytest.raises(IncompatibleRunError) as exc:
+        dnmf.resume(run, max_iter=8)
+    message = str(exc.value)
+    assert f"rows {panel * 50}-{panel * 50 + 49} (panel {panel + 1} of 20; 1 panel(s) in all)" \
+        in message and "SHA-256" in message and "\n" not in message, message
+    after = dnmf.open_run(run)
+    assert (after.iteration, after.loss_history) == (before.iteration, before.loss_history)
+    arr[row, 3] = original  # restored: the run goes on
+    assert dnmf.resume(run, max_iter=8).iteration == 8
+
+
+def test_an_in_memory_V_changed_between_fits_is_refused(tmp_path):
+    """fit(V, out=run) again with an array that differs in one entry: refused."""
+    V = make_V(n=600, m=12)
+    run = tmp_path / "run"
+    model(out=run, max_iter=4, panel_rows=50).fit(V)
+    V2 = V.copy()
+    V2[333, 5] += 1.0
+    with pytest.raises(IncompatibleRunError, match=r"rows 300-349 \(panel 7 of 12"):
+        model(out=run, max_iter=6, panel_rows=50).fit(V2)
+    assert dnmf.open_run(run).iteration == 4
+    assert model(out=run, max_iter=6, panel_rows=50).fit(V).n_iter_ == 6
+
+
 def test_a_npy_file_changed_on_disk_is_still_checked_by_every_pass(tmp_path):
     """V read in place from .npy (a memory map of the file) is checked by every pass,
     as Zarr is; only arrays resident in memory are checked once, at the start."""
