@@ -130,7 +130,7 @@ from dnmf.testing import peak_rss
 warnings.simplefilter("ignore")
 path, out, k, iters = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 dnmf.NMF(k, solver="mu", beta_loss="kullback-leibler", max_iter=iters, tol=0.0,
-         random_state=0, out=out, scheduler="threads").fit(path)
+         random_state=0, out=out, scheduler="threads", cache=False).fit(path)
 print(peak_rss())
 """
 

@@ -44,7 +44,8 @@ from dnmf.testing import peak_rss
 path, out, k, iters, budget = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), \\
     int(sys.argv[5])
 dnmf.NMF(k, solver="mu", beta_loss="kullback-leibler", max_iter=iters, tol=0.0,
-         random_state=0, out=out, scheduler="threads", panel_bytes=budget).fit(path)
+         random_state=0, out=out, scheduler="threads", panel_bytes=budget,
+         cache=False).fit(path)
 run = dnmf.open_run(out)
 print(json.dumps({"peak": peak_rss(),
                   "panels": len(run.bounds),

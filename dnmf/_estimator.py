@@ -149,7 +149,8 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         Keep V's panels in memory after their first read (in this process with the
         threads scheduler, in the workers' memory on a cluster), so later
         iterations do not read V from storage again. ``"auto"``: for a Zarr or Dask
-        V of at most 64 MiB in memory (``dnmf._prepared.AUTO_CACHE_BYTES``), and not
+        V of at most 1 GiB in memory, and at most an eighth of the memory available
+        (``dnmf._prepared.auto_cache_limit``), and not
         within a rank sweep, whose fits share one panel cache. True: whatever its
         size (only for a V that fits in the memory available). False: read V every
         pass. For NumPy and SciPy input it changes nothing; the results never

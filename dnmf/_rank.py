@@ -465,10 +465,9 @@ def select_rank(
         never evicted; with V larger than the budget the rest is read by each fit
         as without a cache (fits reading the same panel at the same time still
         share that read). The results are the same, bit for bit, with and without
-        it; it is not used on a cluster (each fit's tasks read on the workers, and a
-        fit's own ``cache`` applies there: by default a V of at most 64 MiB is kept in
-        the workers' memory per fit). Local fits do not keep V themselves unless
-        ``cache`` is given. See docs/rank.md.
+        it; it is not used on a cluster (each fit's tasks read on the workers). The
+        fits do not keep V themselves (``cache=False``) unless ``cache`` is given.
+        See docs/rank.md.
     **nmf_params
         Any other :class:`NMF` parameter (``solver``, ``beta_loss``, ``max_iter``,
         ``tol``, ``init``, ``alpha_W``, ...). ``init`` defaults to ``"random"``
@@ -644,9 +643,9 @@ def _fit(X: Any, spec: FitSpec, params: dict[str, Any], method: str, seed: int,
     from ._estimator import NMF
 
     fit_seed = replicate_seed(seed, spec.k, spec.replicate)
-    if scheduler == "threads" and "cache" not in params:
-        # A local sweep's fits read V through the sweep's panel cache (panel_cache):
-        # none keeps its own copy (cache="auto"), one per fit in flight.
+    if "cache" not in params:
+        # A sweep's fits do not keep their own copy of V (cache="auto"): one per fit in
+        # flight. Locally they read it through the sweep's panel cache (panel_cache).
         params = {**params, "cache": False}
     est = NMF(spec.k, random_state=fit_seed, callback=callback,
               out=None if store is None else store.run_out(spec.key),

@@ -534,8 +534,9 @@ MEMORY_SCRIPT = textwrap.dedent(
     dnmf.NMF(2, max_iter=1, out=sys.argv[2] + "-warm", scheduler="threads").fit(
         np.asarray(V[:50]))
     before = peak_rss()
+    # cache=False: V read every pass (cache="auto" would keep a V this small).
     dnmf.NMF(5, init=sys.argv[3], max_iter=2, panel_rows=int(sys.argv[4]), random_state=0,
-             out=sys.argv[2], scheduler="threads").fit(sys.argv[1])
+             out=sys.argv[2], scheduler="threads", cache=False).fit(sys.argv[1])
     after = peak_rss()
     print(before, after)
     """

@@ -155,7 +155,8 @@ def fit(
     cache: Annotated[bool | None, typer.Option(
         "--cache/--no-cache", show_default=False,
         help="Keep V in memory after its first read (--cache: whatever its size, only "
-             "if it fits), or read it every pass. Default: kept when at most 64 MiB.")
+             "if it fits), or read it every pass. Default: kept when at most 1 GiB "
+             "(and an eighth of the free memory).")
     ] = None,
     panel_size: PanelSizeOpt = None,
     overwrite: Annotated[bool, typer.Option(
