@@ -90,6 +90,15 @@ def _limited(controller: Any, blas: int) -> Iterator[None]:
             _LIMIT.blas = previous
 
 
+def _any_delayed(args: tuple[Any, ...]) -> bool:
+    """Whether any of a task's arguments is a Delayed (a loop: on small data this runs
+    once per iteration, and a generator expression costs more than the test)."""
+    for a in args:
+        if isinstance(a, Delayed):
+            return True
+    return False
+
+
 class _Graph:
     """A raw task graph for the local scheduler: cheaper to build than Delayed."""
 
@@ -708,7 +717,7 @@ class Backend:
         *,
         keep_outputs: bool,
     ) -> tuple[list[Any], Any]:
-        if len(per_panel) == 1 and not any(isinstance(a, Delayed) for a in per_panel[0]):
+        if len(per_panel) == 1 and not _any_delayed(per_panel[0]):
             # One panel: nothing to schedule, so skip the scheduler's fixed cost.
             with _blas_limit(self._one_panel_threads):
                 out, stats = task(*per_panel[0], *shared)
@@ -738,7 +747,7 @@ class Backend:
     ) -> list[Any]:
         # A raw graph for the threads scheduler, not ``dask.compute``: that looks
         # for a distributed client, importing distributed (about a second) to do so.
-        if len(per_panel) == 1 and not any(isinstance(a, Delayed) for a in per_panel[0]):
+        if len(per_panel) == 1 and not _any_delayed(per_panel[0]):
             with _blas_limit(self.n_threads if not self.small else self._one_panel_threads):
                 return [task(*per_panel[0], *shared)]
         with _blas_limit(self.n_threads):

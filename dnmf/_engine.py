@@ -21,7 +21,7 @@ import math
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 import numpy as np
 
@@ -179,11 +179,14 @@ def context_for(H: np.ndarray, source: PanelSource,
 
 
 def _context(H_data: np.ndarray, shape: tuple[int, int], nnz: int,
-             iteration: int | None = None, gram: bool = True) -> PanelContext:
-    """The context of a pass; ``gram``: compute H·Hᵀ now (else only if a panel asks)."""
+             iteration: int | None = None, gram: bool = True,
+             compiled: bool | None = None) -> PanelContext:
+    """The context of a pass; ``gram``: compute H·Hᵀ now (else only if a panel asks);
+    ``compiled``: the last pass's :attr:`PanelContext.compiled`, if known."""
     H64 = H_data.astype(np.float64, copy=False)
-    return PanelContext(H_data, H64 @ H64.T if gram else None, H_sum=H64.sum(axis=1),
-                        shape=shape, nnz=nnz, iteration=iteration)
+    # (np.add.reduce is H64.sum(axis=1) without the method's Python layer)
+    return PanelContext(H_data, H64 @ H64.T if gram else None, H_sum=np.add.reduce(H64, 1),
+                        shape=shape, nnz=nnz, iteration=iteration, compiled=compiled)
 
 
 # ---------------------------------------------------------------- initialisation
@@ -369,13 +372,13 @@ def update_task(
     return W_new, stats
 
 
-@dataclass(frozen=True)
-class Loss:
+class Loss(NamedTuple):
     """The value of the objective at one iterate: the data term and the penalties.
 
     ``objective = data + penalty`` is what the solvers minimise and what the stopping
     rule and ``loss_history_`` use; ``data`` alone (½‖X − WH‖² or the KL divergence)
-    gives ``reconstruction_err_``, as in scikit-learn.
+    gives ``reconstruction_err_``, as in scikit-learn. (A named tuple: two are made
+    per iteration, and a frozen dataclass costs several times as much to build.)
     """
 
     data: float
@@ -405,7 +408,7 @@ def h_step(stats: Stats, solver: Solver, ctx: PanelContext, reg: Regularization,
     # carries H once, to the driver and to the workers of the next pass.
     next_ctx = _context(H_new.astype(ctx.H.dtype, copy=False), ctx.shape, ctx.nnz,
                         None if ctx.iteration is None else ctx.iteration + 1,
-                        gram=solver.uses_gram)
+                        gram=solver.uses_gram, compiled=ctx._compiled)
     return next_ctx, (before, after, H_new, heldout)
 
 
@@ -575,17 +578,19 @@ def iterate(
     # With extrapolation the next pass depends on this one's verdict: no queueing.
     ahead = backend.distributed and keeper.queue_ahead and ex is None
 
+    plain_then = functools.partial(h_step, norm_sq=norm_sq)
+    extrapolated_then = functools.partial(_h_step_extrapolated, norm_sq=norm_sq)
+
     def submit(W: list[Any], ctx_arg: Any, iteration: int) -> tuple[Pending, list[Any]]:
         sinks = keeper.sinks(iteration + 1)
         task: Callable[..., Any] = update_task
         shared: tuple[Any, ...] = (solver, ctx_arg, reg)
-        then: Callable[..., Any] = h_step
+        then: Callable[..., Any] = plain_then
         if ex is not None:
-            task, then = _extrapolation.extrapolated_update_task, _h_step_extrapolated
+            task, then = _extrapolation.extrapolated_update_task, extrapolated_then
             shared = (solver, ctx_arg, reg, ex.beta, ex.from_extrapolated)
         pending = backend.submit_pass(
-            task, list(zip(refs, W, sinks)), shared, add_stats,
-            keep_outputs=True, then=functools.partial(then, norm_sq=norm_sq),
+            task, list(zip(refs, W, sinks)), shared, add_stats, keep_outputs=True, then=then,
         )
         return pending, sinks
 

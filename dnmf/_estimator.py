@@ -30,6 +30,7 @@ from ._validation import (
     check_custom_factor,
     check_params,
     check_rank_memory,
+    param_names,
     regularization,
     resolve_init,
     resolve_seed,
@@ -271,6 +272,10 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
     # ------------------------------------------------------------ parameters
     # get_params, set_params, repr, feature names, set_output and metadata routing
     # come from scikit-learn's mixins.
+    @classmethod
+    def _get_param_names(cls) -> list[str]:
+        return list(param_names(cls))  # scikit-learn's, read once per class
+
     def __sklearn_tags__(self) -> Any:
         tags = super().__sklearn_tags__()
         tags.input_tags.positive_only = True

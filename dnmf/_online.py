@@ -25,7 +25,7 @@ from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, Transfo
 from . import _engine
 from ._solvers import _online as steps
 from ._source import PanelSource, as_source, load_panel
-from ._validation import CONSTRAINTS, regularization, resolve_init, resolve_seed
+from ._validation import CONSTRAINTS, param_names, regularization, resolve_init, resolve_seed
 from .errors import ConvergenceWarning, InvalidInputError, InvalidParameterError, NotFittedError
 from .io import Source, engine_input
 
@@ -363,6 +363,10 @@ class MiniBatchNMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
         self.checkpoint_every = checkpoint_every
         self.overwrite = overwrite
         self.in_flight = in_flight
+
+    @classmethod
+    def _get_param_names(cls) -> list[str]:
+        return list(param_names(cls))  # scikit-learn's, read once per class
 
     def __sklearn_tags__(self) -> Any:
         tags = super().__sklearn_tags__()

@@ -82,17 +82,18 @@ class PanelContext:
     iteration, and on small data its construction was a visible share of one.
     """
 
-    __slots__ = ("H", "H_sum", "_gram", "iteration", "nnz", "shape")
+    __slots__ = ("H", "H_sum", "_compiled", "_gram", "iteration", "nnz", "shape")
 
     def __init__(self, H: np.ndarray, gram: np.ndarray | None = None, *,
                  H_sum: np.ndarray, shape: tuple[int, int], nnz: int,
-                 iteration: int | None = None) -> None:
+                 iteration: int | None = None, compiled: bool | None = None) -> None:
         self.H = H
         self._gram = gram
         self.H_sum = H_sum
         self.shape = shape
         self.nnz = nnz
         self.iteration = iteration
+        self._compiled = compiled
 
     @property
     def gram(self) -> np.ndarray:
@@ -100,6 +101,18 @@ class PanelContext:
             H64 = self.H.astype(np.float64, copy=False)
             self._gram = H64 @ H64.T
         return self._gram
+
+    @property
+    def compiled(self) -> bool:
+        """:func:`._kernels.enabled` for this fit's shape and k (with the default
+        threshold): asked once, then carried from pass to pass by the H-step, so
+        the environment is read once per fit and not in every step of every pass
+        (a worker that receives a context decides again, from its own)."""
+        if self._compiled is None:
+            from . import _kernels
+
+            self._compiled = _kernels.enabled(self.shape, self.H.shape[0])
+        return self._compiled
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (_panel_context, (self.H, self._gram, self.H_sum, self.shape, self.nnz,

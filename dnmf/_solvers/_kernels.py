@@ -57,11 +57,26 @@ def choice() -> str:
     return value
 
 
+#: :func:`enabled`'s answers, by (DNMF_KERNELS as set, n, m, k, tiny): solvers ask once
+#: or twice per pass, and on small data the full test was a visible share of one.
+_ENABLED: dict[tuple[Any, ...], bool] = {}
+
+
 def enabled(shape: tuple[int, int], k: int, tiny: int = TINY) -> bool:
     """Whether a fit of V of ``shape`` with ``k`` components uses the compiled kernels.
 
     ``tiny`` is the solver's own threshold in ``auto`` mode (ALS passes 0: its NumPy
     NNLS loops over columns in Python, slower than loading numba at every size)."""
+    key = (os.environ.get("DNMF_KERNELS"), shape[0], shape[1], k, tiny)
+    known = _ENABLED.get(key)
+    if known is None:
+        known = _enabled(shape, k, tiny)
+        if len(_ENABLED) < 1024:
+            _ENABLED[key] = known
+    return known
+
+
+def _enabled(shape: tuple[int, int], k: int, tiny: int) -> bool:
     mode = choice()
     if mode == "numpy":
         return False

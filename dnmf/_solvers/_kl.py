@@ -116,8 +116,9 @@ class KLAccelerated(KLMultiplicative):
         self, H: np.ndarray, stats: Stats, ctx: PanelContext, reg: Regularization
     ) -> np.ndarray:
         w_sum = stats["w_sum"]
-        w_sum = np.where(w_sum == 0, 1.0, w_sum)
-        if _kernels.enabled(ctx.shape, H.shape[0]):
+        if np.count_nonzero(w_sum) < w_sum.size:
+            w_sum = np.where(w_sum == 0, 1.0, w_sum)
+        if ctx.compiled:
             # (entries below EPS64 become 0 inside)
             return _kernels.relaxed_step(H, stats["A"], w_sum, True, reg.l1_H, reg.l2_H,
                                          self._omega_array, EPSILON, EPS64)

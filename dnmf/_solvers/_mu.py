@@ -202,7 +202,7 @@ class KLMultiplicative(Solver):
     ) -> tuple[np.ndarray, Stats]:
         H = ctx.H
         V = _csr(V)
-        compiled = _kernels.enabled(ctx.shape, H.shape[0])
+        compiled = ctx.compiled
         if compiled and _fused(V, W, H):
             return self._fused_panel(V, W, ctx, reg)
         WH = _wh_at(W, H, V, compiled)
@@ -237,7 +237,8 @@ class KLMultiplicative(Solver):
         fused = _kernels.kl_csr if _sparse(V) else _kernels.kl_dense
         W_new, A, sums = fused(
             V if _sparse(V) else np.ascontiguousarray(V), np.ascontiguousarray(W),
-            np.ascontiguousarray(ctx.H), ctx.H_sum.astype(W.dtype), reg.l1_W, reg.l2_W,
+            np.ascontiguousarray(ctx.H), ctx.H_sum.astype(W.dtype, copy=False), reg.l1_W,
+            reg.l2_W,
             self._omega_array, self.accelerated, EPSILON)
         return W_new, {
             "kl_xlog": sums[0:1], "kl_xsum": sums[1:2], "w_sum0": sums[2:2 + k],
@@ -286,11 +287,11 @@ class KLMultiplicative(Solver):
 
     def loss_pieces(self, V: Array, W: np.ndarray, ctx: PanelContext) -> Stats:
         V = _csr(V)
-        compiled = _kernels.enabled(ctx.shape, ctx.H.shape[0])
+        compiled = ctx.compiled
         return _kl_pieces(V, _wh_at(W, ctx.H, V, compiled), W)
 
     def loss_before(self, stats: Stats, ctx: PanelContext, norm_sq: float) -> float:
-        sum_wh = float(np.dot(stats["w_sum0"], ctx.H_sum.astype(np.float64)))
+        sum_wh = float(np.dot(stats["w_sum0"], ctx.H_sum.astype(np.float64, copy=False)))
         value = float(stats["kl_xlog"][0]) + sum_wh - float(stats["kl_xsum"][0])
         return max(value, 0.0)
 
@@ -309,7 +310,7 @@ class KLMultiplicative(Solver):
     ) -> np.ndarray:
         V = _csr(V)
         H = ctx.H
-        compiled = _kernels.enabled(ctx.shape, H.shape[0])
+        compiled = ctx.compiled
 
         def step(rows: np.ndarray, Xr: np.ndarray) -> np.ndarray:
             Vr = V if rows.size == V.shape[0] else V[rows]
