@@ -112,8 +112,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="300x100,1797x64,2000x500")
     parser.add_argument("--max-iter", type=int, default=400)
+    parser.add_argument("--quick", action="store_true",
+                        help="one small matrix (300 x 100) and at most 200 iterations")
     parser.add_argument("--json", dest="json_out")
     args = parser.parse_args(argv)
+    if args.quick:
+        args.sizes, args.max_iter = "300x100", min(args.max_iter, 200)
     warnings.simplefilter("ignore")
     results: list[dict[str, Any]] = []
     for size in args.sizes.split(","):

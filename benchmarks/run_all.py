@@ -45,6 +45,7 @@ SMOKE_ARGS: dict[str, list[str]] = {
                     "--rounds", "1", "--skip", "dask-fused"],
     "sizes": ["--sizes", "60x30", "--repeats", "1", "--max-iter", "400"],
     "startup": ["--repeats", "2"],
+    "kl_extrapolation": ["--sizes", "60x30", "--max-iter", "50"],
     "cluster_scaling": ["--n", "400", "--m", "40", "--k", "4", "--panel-rows", "100",
                         "--iters", "4", "--rounds", "1"],
 }

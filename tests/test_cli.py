@@ -817,3 +817,18 @@ def test_an_unreachable_object_store_is_one_clear_line(tmp_path, capsys, monkeyp
                     cwd=tmp_path, capsys=capsys, monkeypatch=monkeypatch)
     assert_user_error(done, 1, r"cannot reach 's3://dnmf-nowhere/V\.zarr' "
                                r"\(EndpointConnectionError")
+
+
+def test_an_unawaited_zarr_coroutine_is_not_shown_but_other_warnings_are(capsys):
+    # A Ctrl-C between zarr creating a read coroutine and awaiting it leaves the
+    # coroutine to be collected with RuntimeWarning "... was never awaited": zarr's
+    # internals, not the user's business (it once ended the interrupt message).
+    from dnmf.cli import _dispatch
+
+    _dispatch._show_warning("coroutine 'AsyncArray._get_selection' was never awaited",
+                            RuntimeWarning, "x.py", 1)
+    _dispatch._show_warning("overflow encountered in multiply", RuntimeWarning, "x.py", 1)
+    _dispatch._show_warning("rank 9 is above min(n, m)", UserWarning, "x.py", 1)
+    err = capsys.readouterr().err
+    assert err == ("warning: overflow encountered in multiply\n"
+                   "warning: rank 9 is above min(n, m)\n")

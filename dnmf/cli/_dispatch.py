@@ -26,7 +26,17 @@ from ._output import _cli_terms, _one_line
 
 def _show_warning(message: Any, category: type[Warning], filename: str, lineno: int,
                   file: Any = None, line: str | None = None) -> None:
+    if _internal_noise(message, category):
+        return
     sys.stderr.write(f"warning: {_one_line(str(message))}\n")
+
+
+def _internal_noise(message: Any, category: type[Warning]) -> bool:
+    """A warning about a library's internals that says nothing to the user: a Ctrl-C
+    that lands while zarr is between creating one of its read coroutines and awaiting
+    it leaves that coroutine to be collected with "coroutine ... was never awaited"
+    (the interrupted pass is not committed; nothing is lost)."""
+    return issubclass(category, RuntimeWarning) and "was never awaited" in str(message)
 
 
 def _help_only(args: list[str]) -> bool:
@@ -248,6 +258,10 @@ def _dispatch(args: list[str], debug: bool) -> int:
 
 def main(argv: list[str] | None = None) -> None:
     """The ``dnmf`` entry point: run the command line and exit with its status."""
+    # Coroutines collected as the process exits (after run() has restored the default
+    # warning display) would print zarr's internals too; see _internal_noise.
+    warnings.filterwarnings("ignore", message=r"coroutine .* was never awaited",
+                            category=RuntimeWarning)
     try:
         status = run(sys.argv[1:] if argv is None else argv)
     except KeyboardInterrupt:
