@@ -832,3 +832,17 @@ def test_an_unawaited_zarr_coroutine_is_not_shown_but_other_warnings_are(capsys)
     err = capsys.readouterr().err
     assert err == ("warning: overflow encountered in multiply\n"
                    "warning: rank 9 is above min(n, m)\n")
+
+
+def test_tornado_application_log_is_quiet_once_distributed_is_imported():
+    # distributed sets "tornado.application" to ERROR when imported; a Ctrl-C landing in
+    # distributed's sync() before its future exists then logs a NameError traceback
+    # there (seen in CI after "interrupted before the first checkpoint").
+    code = ("from dnmf.cli import _dispatch; _dispatch._quiet_logs(False)\n"
+            "import distributed, logging\n"
+            "print(logging.getLogger('tornado.application').getEffectiveLevel())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=TIMEOUT, check=True).stdout
+    import logging
+
+    assert int(out.split()[-1]) > logging.ERROR

@@ -55,6 +55,11 @@ def _quiet_logs(debug: bool, dask_too: bool = True) -> None:
     # client's log of its failed reconnection would only repeat it.
     levels = {"distributed": "error", "distributed.client": "critical",
               "tornado": "critical", "bokeh": "error",
+              # distributed sets this one to "error" itself; a Ctrl-C that lands in
+              # distributed's sync() before its future exists makes the cancel
+              # callback log a NameError traceback here (a distributed bug) after the
+              # interrupt has been reported.
+              "tornado.application": "critical",
               # zarr's writes run as asyncio tasks: when one fails (a full disk) the
               # others are dropped with "Task was destroyed but it is pending!" noise
               # after the error has been reported on one line.
