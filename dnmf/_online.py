@@ -507,12 +507,15 @@ class MiniBatchNMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
                     f"Array with wrong {which} dimension passed to MiniBatchNMF (input "
                     f"{name}). Expected {want}, but got {arr.shape}."
                 )
-        if not np.all(np.isfinite(arr)) or np.any(arr < 0):
+        # two reductions, no temporaries (a W of a tall V is large): a NaN makes both
+        # NaN, an infinity the largest, a negative value the smallest
+        lo, hi = (float(arr.min()), float(arr.max())) if arr.size else (0.0, 0.0)
+        if not (lo >= 0 and math.isfinite(hi)):
             raise InvalidInputError(
                 f"Negative values or NaN in data passed to MiniBatchNMF (input {name}): "
                 f"a starting factor must be finite and non-negative."
             )
-        if not np.any(arr):
+        if hi == 0:
             raise InvalidInputError(
                 f"Array passed to MiniBatchNMF (input {name}) is full of zeros; "
                 f"multiplicative updates cannot move from zeros. Give a non-zero start."

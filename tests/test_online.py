@@ -504,3 +504,28 @@ def test_check_batch_sums_and_refuses_as_a_validation_pass_would():
                        match=rf"rows 1000-1299: 1 entries \(the first at row {1000 + row}, "):
         check_batch(Xs, 1000, False)
     assert check_batch(X[:0], 7, True) == 0.0
+
+
+@pytest.mark.parametrize("which", ["W", "H"])
+@pytest.mark.parametrize("bad", ["nan", "inf", "negative", "zeros"])
+def test_a_bad_custom_start_is_refused_before_anything_runs(which, bad):
+    rng = np.random.default_rng(0)
+    X = rng.random((40, 12))
+    W, H = rng.random((40, 3)) + 0.1, rng.random((3, 12)) + 0.1
+    start = {"W": W, "H": H}
+    target = start[which]
+    if bad == "zeros":
+        target[:] = 0.0
+    else:
+        target[5 % target.shape[0], 1] = {"nan": np.nan, "inf": np.inf, "negative": -1e-3}[bad]
+    want = (rf"\(input {which}\) is full of zeros" if bad == "zeros"
+            else rf"Negative values or NaN .*\(input {which}\)")
+    with pytest.raises(dnmf.InvalidInputError, match=want):
+        MiniBatchNMF(3, init="custom", batch_size=10, max_iter=2,
+                     scheduler="threads").fit(X, **start)
+    # a good start of the same shapes fits
+    good = {"W": rng.random((40, 3)) + 0.1, "H": rng.random((3, 12)) + 0.1}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        MiniBatchNMF(3, init="custom", batch_size=10, max_iter=2,
+                     scheduler="threads").fit(X, **good)
