@@ -25,7 +25,14 @@ from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, Transfo
 from . import _engine
 from ._solvers import _online as steps
 from ._source import PanelSource, as_source, load_panel
-from ._validation import CONSTRAINTS, param_names, regularization, resolve_init, resolve_seed
+from ._validation import (
+    CONSTRAINTS,
+    param_names,
+    regularization,
+    resolve_init,
+    resolve_seed,
+    value_range,
+)
 from .errors import ConvergenceWarning, InvalidInputError, InvalidParameterError, NotFittedError
 from .io import Source, engine_input
 
@@ -507,9 +514,7 @@ class MiniBatchNMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
                     f"Array with wrong {which} dimension passed to MiniBatchNMF (input "
                     f"{name}). Expected {want}, but got {arr.shape}."
                 )
-        # two reductions, no temporaries (a W of a tall V is large): a NaN makes both
-        # NaN, an infinity the largest, a negative value the smallest
-        lo, hi = (float(arr.min()), float(arr.max())) if arr.size else (0.0, 0.0)
+        lo, hi = value_range(arr)
         if not (lo >= 0 and math.isfinite(hi)):
             raise InvalidInputError(
                 f"Negative values or NaN in data passed to MiniBatchNMF (input {name}): "

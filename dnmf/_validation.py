@@ -7,6 +7,7 @@ Messages quote the offending value and say what is allowed. Input *data* checks
 from __future__ import annotations
 
 import functools
+import math
 import numbers
 import os
 from collections.abc import Callable
@@ -232,6 +233,19 @@ def resolve_seed(random_state: Any) -> int:
     return int(random_state)
 
 
+def value_range(arr: np.ndarray) -> tuple[float, float]:
+    """``(min, max)`` of a float array as floats, ``(0.0, 0.0)`` if it is empty.
+
+    Two reductions and no temporaries (a custom W of a tall V is large). A NaN makes
+    both NaN and an infinity is the smallest or the largest, so the array is finite
+    and non-negative exactly when ``lo >= 0 and math.isfinite(hi)``, and it is all
+    zeros (given that) exactly when ``hi == 0``.
+    """
+    if not arr.size:
+        return 0.0, 0.0
+    return float(arr.min()), float(arr.max())
+
+
 def check_custom_factor(
     value: Any, name: str, shape: tuple[int, int], dtype: np.dtype
 ) -> np.ndarray:
@@ -252,18 +266,19 @@ def check_custom_factor(
             f"{shape[axis]}, but got {got}: {name} has shape {arr.shape}, expected "
             f"{shape}. Check n_components and the data's shape."
         )
-    if not np.all(np.isfinite(arr)):
+    lo, hi = value_range(arr)
+    if not (math.isfinite(lo) and math.isfinite(hi)):
         raise InvalidInputError(
             f"Input {name} (custom init) contains NaN or infinity; give finite values."
         )
-    if np.any(arr < 0):
+    if lo < 0:
         raise InvalidInputError(
             f"Negative values in data passed to NMF (input {name}): "
             f"{int(np.count_nonzero(arr < 0))} entries are negative (custom init). A "
             f"starting factor "
             f"must be non-negative: clip it with np.clip({name}, 0, None)."
         )
-    if name == "H" and not np.any(arr):
+    if name == "H" and hi == 0:
         raise InvalidInputError(
             "Array passed to NMF (input H) is full of zeros; multiplicative and "
             "coordinate updates cannot move from an all-zero H. Give a non-zero start."

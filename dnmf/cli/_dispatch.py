@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import sys
 import warnings
@@ -31,12 +32,15 @@ def _show_warning(message: Any, category: type[Warning], filename: str, lineno: 
     sys.stderr.write(f"warning: {_one_line(str(message))}\n")
 
 
+#: A warning about a library's internals that says nothing to the user: a Ctrl-C that
+#: lands while zarr is between creating one of its read coroutines and awaiting it
+#: leaves that coroutine to be collected with this RuntimeWarning (the interrupted
+#: pass is not committed; nothing is lost).
+_UNAWAITED = r"coroutine .* was never awaited"
+
+
 def _internal_noise(message: Any, category: type[Warning]) -> bool:
-    """A warning about a library's internals that says nothing to the user: a Ctrl-C
-    that lands while zarr is between creating one of its read coroutines and awaiting
-    it leaves that coroutine to be collected with "coroutine ... was never awaited"
-    (the interrupted pass is not committed; nothing is lost)."""
-    return issubclass(category, RuntimeWarning) and "was never awaited" in str(message)
+    return issubclass(category, RuntimeWarning) and re.match(_UNAWAITED, str(message)) is not None
 
 
 def _help_only(args: list[str]) -> bool:
@@ -264,9 +268,8 @@ def _dispatch(args: list[str], debug: bool) -> int:
 def main(argv: list[str] | None = None) -> None:
     """The ``dnmf`` entry point: run the command line and exit with its status."""
     # Coroutines collected as the process exits (after run() has restored the default
-    # warning display) would print zarr's internals too; see _internal_noise.
-    warnings.filterwarnings("ignore", message=r"coroutine .* was never awaited",
-                            category=RuntimeWarning)
+    # warning display) would print zarr's internals too (_UNAWAITED).
+    warnings.filterwarnings("ignore", message=_UNAWAITED, category=RuntimeWarning)
     try:
         status = run(sys.argv[1:] if argv is None else argv)
     except KeyboardInterrupt:
