@@ -459,18 +459,24 @@ class MiniBatchNMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
                 "Please add small values to X, or use a positive beta_loss."
             )
 
-    def _start(self, source: PanelSource, X: Any, W: Any, H: Any, prep: Any
-               ) -> tuple[np.ndarray, np.ndarray]:
-        """W and H to start from, with scikit-learn's checks and warnings."""
+    def _start(self, source: PanelSource, X: Any, W: Any, H: Any, prep: Any,
+               keep_W: bool = True) -> tuple[np.ndarray | None, np.ndarray]:
+        """W and H to start from, with scikit-learn's checks and warnings.
+
+        Without ``keep_W`` (a fit whose steps never read W: ``fresh_restarts``, where
+        every batch's W is solved afresh and the final W, if any, is solved again) W
+        is checked but neither copied nor gathered, and None is returned for it: no
+        n × k array is held for the fit.
+        """
         n, m = source.shape
         dtype = source.dtype
         if self.init == "custom":
             H0 = self._custom(H, "H", (self._n_components, m), dtype)
-            W0 = self._custom(W, "W", (n, self._n_components), dtype)
+            W0 = self._custom(W, "W", (n, self._n_components), dtype, copy=keep_W)
             if self._n_components == "auto":
                 self._n_components = H0.shape[0]
             self._first_scan = self._scan_start(prep, X, n)
-            return W0, H0
+            return (W0 if keep_W else None), H0
         if prep._summary is None:
             # the start needs V's mean (and NNDSVD reads V anyway): validated whole now
             prep.summary = prep.scan()
@@ -491,11 +497,13 @@ class MiniBatchNMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
             prep.backend, source, prep.refs, prep.bounds, init=init, k=k, seed=seed,
             summary=prep.summary,
         )
+        if not keep_W:
+            return None, np.asarray(H0, dtype=dtype)
         W0 = np.concatenate(prep.backend.gather(W_handles), axis=0).astype(dtype, copy=False)
         return W0, np.asarray(H0, dtype=dtype)
 
-    def _custom(self, value: Any, name: str, shape: tuple[Any, Any], dtype: np.dtype
-                ) -> np.ndarray:
+    def _custom(self, value: Any, name: str, shape: tuple[Any, Any], dtype: np.dtype,
+                copy: bool = True) -> np.ndarray:
         if value is None:
             raise InvalidInputError(
                 f"init='custom' needs both W and H: {name} is missing. Pass "
@@ -525,7 +533,7 @@ class MiniBatchNMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
                 f"Array passed to MiniBatchNMF (input {name}) is full of zeros; "
                 f"multiplicative updates cannot move from zeros. Give a non-zero start."
             )
-        return np.array(arr, copy=True)
+        return np.array(arr, copy=True) if copy else arr
 
     def _prepare(self, source: PanelSource, scan: bool = True) -> Any:
         from ._prepared import PreparedInput
@@ -595,7 +603,9 @@ class MiniBatchNMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
                 state, result = fit_online_to_store(self, X, source, X_mem, prep, batches,
                                                     W, H, finish)
             else:
-                W0, H0 = self._start(source, X_mem, W, H, prep)
+                # (fresh restarts never read W: none is kept; _finish solves it)
+                W0, H0 = self._start(source, X_mem, W, H, prep,
+                                     keep_W=not self.fresh_restarts)
                 state = self._new_state(H0, W0)
                 self._run(batches, n, m, state, backend=prep.backend)
                 result = finish(state)
@@ -692,9 +702,11 @@ class MiniBatchNMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
                 # first read of these rows: validated here, before anything uses them
                 total = scan["total"] + check_batch(Xb, a, self._beta_loss <= 0)
                 scan = {"rows": b, "total": total}
-            W_b, cost, H_new, A, B = self._step(Xb, W[a:b], state["H"], state["A"],
-                                                state["B"], m, update_H=True)
-            W[a:b] = W_b
+            W_b, cost, H_new, A, B = self._step(Xb, None if W is None else W[a:b],
+                                                state["H"], state["A"], state["B"], m,
+                                                update_H=True)
+            if W is not None:
+                W[a:b] = W_b
             state.update(H=H_new, A=A, B=B, scan=scan)
             state["stopped"] = self._converged(b - a, cost, H_new, H_prev, n, i, n_steps, state)
             H_prev = H_new
@@ -736,8 +748,9 @@ class MiniBatchNMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
             first = scan is not None and i < len(bounds) and todo[0][0] == scan["rows"]
             checks = [x if first and j < len(bounds) else None
                       for j, (x, _) in enumerate(todo, start=i)]
-            parts = backend.map(batch_terms, [(ref, W[x:y], H, at) for ref, (x, y), at in
-                                              zip(refs, todo, checks)], shared)
+            parts = backend.map(batch_terms, [(ref, None if W is None else W[x:y], H, at)
+                                              for ref, (x, y), at in zip(refs, todo, checks)],
+                                shared)
             # fold into a copy: an interruption leaves the state of the last round
             new = {key: state[key] for key in ("H", "A", "B", "ewa_cost", "ewa_cost_min",
                                                "no_improvement", "stopped", "scan")}
@@ -756,7 +769,8 @@ class MiniBatchNMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
                 if new["stopped"]:
                     break
             for x, y, W_b in rows:
-                W[x:y] = W_b
+                if W is not None:
+                    W[x:y] = W_b
             state.update(new)
             state["step"] = i
             if on_step is not None:
@@ -983,7 +997,7 @@ class MiniBatchNMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
                 restored = open_stream(self, m, source.dtype)
             if restored is None:
                 prep = self._prepare(source, scan=X_mem is not None)
-                _, H0 = self._start(source, X_mem, W, H, prep)
+                _, H0 = self._start(source, X_mem, W, H, prep, keep_W=False)
                 self._components_numerator = H0.copy()
                 self._components_denominator = np.ones(H0.shape, dtype=H0.dtype)
                 self.n_steps_ = 0

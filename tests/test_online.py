@@ -529,3 +529,41 @@ def test_a_bad_custom_start_is_refused_before_anything_runs(which, bad):
         warnings.simplefilter("ignore", ConvergenceWarning)
         MiniBatchNMF(3, init="custom", batch_size=10, max_iter=2,
                      scheduler="threads").fit(X, **good)
+
+
+def test_fresh_restarts_neither_read_nor_hold_the_custom_W(tmp_path):
+    """With fresh_restarts every batch's W is solved afresh (scikit-learn's rule), so a
+    custom W is only checked: two different ones give the same fit, the caller's array
+    is untouched, and a fit from a Zarr path allocates nothing of W's n × k size."""
+    import tracemalloc
+
+    rng = np.random.default_rng(3)
+    n, m, k = 60000, 8, 10
+    V = rng.random((n, 4)) @ rng.random((4, m)) + 0.05
+    path = str(tmp_path / "V.zarr")
+    zarr.create_array(store=path, shape=V.shape, chunks=(6000, m), dtype=V.dtype)[...] = V
+    H0 = rng.random((k, m)) + 0.1
+    W_a = rng.random((n, k)) + 0.1
+    W_b = np.full((n, k), 0.5)
+    kept = W_a.copy()
+
+    def fit(W: np.ndarray) -> MiniBatchNMF:
+        model = MiniBatchNMF(k, init="custom", fresh_restarts=True, batch_size=2048,
+                             max_iter=1, tol=0.0, scheduler="threads")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            return model.fit(path, W=W, H=H0)
+
+    fit(W_a)  # warm (numba, imports)
+    tracemalloc.start()
+    try:
+        first = fit(W_a)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    second = fit(W_b)
+    np.testing.assert_array_equal(first.components_, second.components_)
+    assert first.n_steps_ == second.n_steps_ == 30
+    np.testing.assert_array_equal(W_a, kept)
+    # W is n × k float64 = 4.8 MB; a copy of it would be in the peak
+    assert peak < W_a.nbytes * 0.6, f"peak {peak} bytes for a W of {W_a.nbytes}"
