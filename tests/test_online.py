@@ -231,14 +231,16 @@ def test_zarr_is_read_in_row_ranges_never_whole(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_cluster_runs_batches_in_flight_deterministically(V_path):
+@pytest.mark.parametrize("fresh", [False, True])
+def test_cluster_runs_batches_in_flight_deterministically(V_path, fresh):
     # On a cluster, P = 2 batches are in flight per round against the same H; the
     # workers read their rows from the Zarr store; the terms are folded in batch
     # order, so two fits agree exactly, and the loss is close to the one-process fit.
+    # (fresh: the driver keeps no W and the tasks solve each batch's W afresh.)
     from distributed import Client, LocalCluster
 
     params = dict(n_components=4, init="random", batch_size=50, max_iter=4, tol=0.0,
-                  max_no_improvement=None, random_state=7)
+                  max_no_improvement=None, random_state=7, fresh_restarts=fresh)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         here = MiniBatchNMF(**params, scheduler="threads")
