@@ -201,16 +201,18 @@ def initialize(
     seed: int,
     summary: DataSummary,
     keeper: WKeeper | None = None,
+    want_W: bool = True,
 ) -> tuple[list[Any], np.ndarray]:
     """W panels (handles) and H for ``init`` in {"random", "nndsvd", "nndsvda", "nndsvdar"}.
 
     With a ``keeper``, each W panel is written where the keeper says by the task
     that makes it, so W is never gathered (and NNDSVD's U is recomputed per panel
-    from one more read of V rather than held).
+    from one more read of V rather than held). Without ``want_W`` only H is made
+    (the same H) and no W panel (nor NNDSVD's U) exists at any point: ``[]`` for W.
     """
     with backend.small_limits():
         return _initialize(backend, source, refs, bounds, init=init, k=k, seed=seed,
-                           summary=summary, keeper=keeper)
+                           summary=summary, keeper=keeper, want_W=want_W)
 
 
 def _initialize(
@@ -224,12 +226,15 @@ def _initialize(
     seed: int,
     summary: DataSummary,
     keeper: WKeeper | None,
+    want_W: bool = True,
 ) -> tuple[list[Any], np.ndarray]:
     n, m = source.shape
     dtype = source.dtype.str
     avg = math.sqrt(summary.mean / k)
     if init == "random":
         H = _init.random_H(seed, k, m, avg, source.dtype)
+        if not want_W:
+            return [], H
         W = _map_W(
             backend, keeper, _init.random_W_task, [(a, b) for a, b in bounds],
             (k, avg, seed, dtype),
@@ -251,10 +256,12 @@ def _initialize(
     proj = Vt.T / np.where(S > 0, S, 1.0)
     U_handles, x_norms = backend.run_pass(
         _init.nndsvd_U_task, [(ref,) for ref in refs], (proj,), _add,
-        keep_outputs=keeper is None,
+        keep_outputs=keeper is None and want_W,
     )
     H, use_pos, scale = _init.nndsvd_H(S, Vt, x_norms)
-    if keeper is None:
+    if not want_W:
+        W = []
+    elif keeper is None:
         W = backend.map_keep(
             _init.nndsvd_W_task,
             [(U, a) for U, (a, _) in zip(U_handles, bounds)],

@@ -465,8 +465,8 @@ class MiniBatchNMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
 
         Without ``keep_W`` (a fit whose steps never read W: ``fresh_restarts``, where
         every batch's W is solved afresh and the final W, if any, is solved again) W
-        is checked but neither copied nor gathered, and None is returned for it: no
-        n × k array is held for the fit.
+        is checked but not copied, or not made at all (``init`` other than
+        "custom"), and None is returned for it: no n × k array is held for the fit.
         """
         n, m = source.shape
         dtype = source.dtype
@@ -495,11 +495,10 @@ class MiniBatchNMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
         self._seed = seed
         W_handles, H0 = _engine.initialize(
             prep.backend, source, prep.refs, prep.bounds, init=init, k=k, seed=seed,
-            summary=prep.summary,
+            summary=prep.summary, want_W=keep_W,
         )
-        if not keep_W:
-            return None, np.asarray(H0, dtype=dtype)
-        W0 = np.concatenate(prep.backend.gather(W_handles), axis=0).astype(dtype, copy=False)
+        W0 = (np.concatenate(prep.backend.gather(W_handles), axis=0).astype(dtype, copy=False)
+              if keep_W else None)
         return W0, np.asarray(H0, dtype=dtype)
 
     def _custom(self, value: Any, name: str, shape: tuple[Any, Any], dtype: np.dtype,

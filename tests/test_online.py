@@ -569,3 +569,50 @@ def test_fresh_restarts_neither_read_nor_hold_the_custom_W(tmp_path):
     np.testing.assert_array_equal(W_a, kept)
     # W is n × k float64 = 4.8 MB; a copy of it would be in the peak
     assert peak < W_a.nbytes * 0.6, f"peak {peak} bytes for a W of {W_a.nbytes}"
+
+
+
+@pytest.mark.parametrize("init", ["nndsvda", "random"])
+def test_the_start_can_make_H_alone(tmp_path, init):
+    """``initialize(want_W=False)`` (a fresh-restarts fit's start) makes the same H as
+    the start that makes W, and no W panel."""
+    from dnmf import _engine
+    from dnmf._prepared import PreparedInput
+
+    rng = np.random.default_rng(4)
+    V = rng.random((3000, 4)) @ rng.random((4, 12)) + 0.05
+    prep = PreparedInput(zarr_of(tmp_path, V, chunk=500), "threads", None)
+    kwargs = dict(init=init, k=6, seed=5, summary=prep.scan())
+    W_kept, H_kept = _engine.initialize(prep.backend, prep.source, prep.refs, prep.bounds,
+                                        **kwargs)
+    no_W, H_only = _engine.initialize(prep.backend, prep.source, prep.refs, prep.bounds,
+                                      want_W=False, **kwargs)
+    assert no_W == [] and len(W_kept) == len(prep.refs) >= 1
+    np.testing.assert_array_equal(H_only, H_kept)
+
+
+def test_a_fresh_restarts_fit_from_a_random_start_holds_no_W(tmp_path):
+    """fit(path) with fresh restarts and init="random": no n × k array at any point
+    (a W of 40 columns over 4 of V: W, were it made, would dwarf everything else)."""
+    import tracemalloc
+
+    rng = np.random.default_rng(4)
+    n, m, k = 60000, 4, 40
+    V = rng.random((n, 2)) @ rng.random((2, m)) + 0.05
+    path = zarr_of(tmp_path, V, chunk=6000)
+
+    def fit() -> MiniBatchNMF:
+        model = MiniBatchNMF(k, init="random", fresh_restarts=True, batch_size=2048,
+                             max_iter=1, tol=0.0, random_state=5, scheduler="threads")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return model.fit(path)
+
+    fit()  # warm
+    tracemalloc.start()
+    try:
+        fit()
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < n * k * 8 * 0.6, f"peak {peak} bytes for a W of {n * k * 8}"
